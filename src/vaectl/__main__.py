@@ -1,0 +1,3 @@
+from vaectl.cli import app
+
+app(prog_name="vaectl")

@@ -1,0 +1,96 @@
+"""The `vaectl` command line: parse options, load params once, call a stage, print.
+
+Heavy libraries (torch, mlflow, great_expectations) are imported inside commands so that
+`vaectl --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import typer
+
+from vaectl import UserError
+
+app = typer.Typer(
+    help="Train and compare a VAE and an AE baseline on MNIST-family images, tracked in "
+    "MLflow, staged with DVC.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (YAML)")
+PREPARED = Path("data/prepared")
+
+
+def user_errors(command):
+    """Turn a UserError into one line on stderr and exit code 1, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as err:
+            typer.secho(f"error: {err}", fg="red", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _params(path: Path):
+    from vaectl.params import load_params
+
+    return load_params(path)
+
+
+@app.command()
+@user_errors
+def fetch(
+    params_path: Path = PARAMS,
+    out: Path = typer.Option(PREPARED, help="where the prepared splits go"),
+):
+    """Fetch the dataset named by data.name, split it, write arrays + manifest.
+
+    Mirrors: VAECTL_MIRROR (os.pathsep-separated directories or URLs) is tried first, then
+    data.mirrors, then torchvision's own mirrors.
+
+    Example: VAECTL_MIRROR=/usr/share/datasets/fashion-mnist vaectl fetch
+    """
+    from vaectl.data import fetch as stage
+
+    params = _params(params_path)
+    env_mirrors = [m for m in os.environ.get("VAECTL_MIRROR", "").split(os.pathsep) if m]
+    manifest = stage.run(params.data, out, env_mirrors)
+    counts = ", ".join(f"{s} {d['count']}" for s, d in manifest["splits"].items())
+    typer.echo(f"fetched {manifest['source']['name']}: {counts} -> {out}")
+
+
+@app.command()
+@user_errors
+def validate(
+    params_path: Path = PARAMS,
+    prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
+    report: Path = typer.Option(Path("reports/validation.json"), help="JSON report (DVC metric)"),
+    docs: Path = typer.Option(Path("reports/data_docs"), help="Data Docs HTML site"),
+):
+    """Check the prepared data with a great-expectations suite; non-zero exit on any failure.
+
+    Example: vaectl validate && open reports/data_docs/index.html
+    """
+    from vaectl import validate as stage
+
+    outcome = stage.run(_params(params_path).validate, prepared, report, docs)
+    if not outcome.success:
+        for line in outcome.failures:
+            typer.secho(f"FAILED {line}", fg="red", err=True)
+        raise UserError(
+            f"validation failed: {len(outcome.failures)} of "
+            f"{outcome.report['expectations_evaluated']} expectations (details in {report})"
+        )
+    typer.echo(f"validation passed: {outcome.report['expectations_evaluated']} expectations "
+               f"-> {report}, {docs}/index.html")
+
+

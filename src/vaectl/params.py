@@ -1,0 +1,181 @@
+"""params.yaml -> typed, validated config. Loaded once at the CLI edge, passed into stages.
+
+Every key is declared here; an unknown, missing or mistyped key is a one-line error naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from vaectl import UserError
+
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "kmnist")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    name: Literal["mnist-5k", "mnist", "fashion-mnist", "kmnist"] = "mnist-5k"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1  # mnist-5k only: the full sets ship an official test split
+    seed: int = 0
+    mirrors: list[str] = field(default_factory=list)  # tried before torchvision's own mirrors
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    min_rows: int = 10  # per split
+    class_balance_tolerance: float = 0.25  # each class share within (1 +- tol) / n_classes
+    drift_tolerance: float = 0.1  # each split's mean intensity within (1 +- tol) * train's
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    arch: Literal["mlp"] = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [512, 256])
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    latent_dim: int = 20
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    patience: int = 5  # early stopping on validation loss; 0 disables it
+    binarize: Literal["none", "dynamic", "static"] = "dynamic"
+    seed: int = 0
+    sample_every: int = 5  # log sample/reconstruction grids every N epochs
+
+
+@dataclass(frozen=True)
+class VAETrainParams(TrainParams):
+    beta: float = 1.0
+    kl_warmup_epochs: int = 0
+
+
+@dataclass(frozen=True)
+class TrainGroup:
+    vae: VAETrainParams = field(default_factory=VAETrainParams)
+    ae: TrainParams = field(default_factory=TrainParams)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # 0: torch's default
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    experiment: str = "vaectl"
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    validate: ValidateParams = field(default_factory=ValidateParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainGroup = field(default_factory=TrainGroup)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+
+
+def _type_name(tp: object) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: object, tp: object, key: str) -> object:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"params: '{key}' must be a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise UserError(f"params: '{key}' must be {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UserError(f"params: '{key}' must be a list, got {value!r}")
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):  # type: ignore[arg-type]
+        raise UserError(f"params: '{key}' must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, raw: dict, prefix: str) -> object:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise UserError(f"params: unknown key '{where}' (known: {', '.join(sorted(names))})")
+    kwargs = {
+        name: _convert(raw[name], hints[name], f"{prefix}.{name}" if prefix else name)
+        for name in names
+        if name in raw
+    }
+    return cls(**kwargs)
+
+
+def _check_ranges(p: Params) -> None:
+    checks = [
+        (0 < p.data.val_fraction < 1, "data.val_fraction must be in (0, 1)"),
+        (0 < p.data.test_fraction < 1, "data.test_fraction must be in (0, 1)"),
+        (p.data.val_fraction + p.data.test_fraction < 1, "data val + test fractions must be < 1"),
+        (all(h > 0 for h in p.model.hidden), "model.hidden sizes must be positive"),
+        (p.validate.min_rows >= 1, "validate.min_rows must be >= 1"),
+    ]
+    for name, t in (("vae", p.train.vae), ("ae", p.train.ae)):
+        checks += [
+            (t.latent_dim >= 1, f"train.{name}.latent_dim must be >= 1"),
+            (t.epochs >= 1, f"train.{name}.epochs must be >= 1"),
+            (t.batch_size >= 1, f"train.{name}.batch_size must be >= 1"),
+            (t.lr > 0, f"train.{name}.lr must be > 0"),
+            (t.patience >= 0, f"train.{name}.patience must be >= 0"),
+            (t.sample_every >= 1, f"train.{name}.sample_every must be >= 1"),
+        ]
+    checks.append((p.train.vae.beta >= 0, "train.vae.beta must be >= 0"))
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"params: {message}")
+
+
+def parse_params(raw: dict | None) -> Params:
+    params = _build(Params, raw or {}, "")
+    _check_ranges(params)  # type: ignore[arg-type]
+    return params  # type: ignore[return-value]
+
+
+def load_params(path: Path) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise UserError(f"{path}: top level must be a mapping")
+    return parse_params(raw)
+
+
+def flatten(obj: object, prefix: str = "") -> dict[str, object]:
+    """Dotted keys for MLflow params and manifests: {'train.vae.lr': 0.001, ...}."""
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)  # type: ignore[arg-type]
+    out: dict[str, object] = {}
+    for key, value in obj.items():  # type: ignore[union-attr]
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+

@@ -1,0 +1,194 @@
+"""`vaectl validate`: a great-expectations suite over the prepared data.
+
+GX validates tables, so each split becomes a per-image summary table (label, pixel range,
+mean, dtype, shape, content hash), plus one row-per-split table (drift, class balance) and
+one table of each split's distinct image hashes (a hash seen twice = an image shared
+between splits). Results go to reports/validation.json (a DVC metric) and a Data Docs site.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vaectl import UserError
+from vaectl.data import SPLITS, load_manifest, load_split
+from vaectl.files import atomic_path, write_json
+from vaectl.params import ValidateParams
+
+
+@dataclass
+class ValidationOutcome:
+    success: bool
+    report: dict
+    failures: list[str]
+
+
+def image_table(images: np.ndarray, labels: np.ndarray):
+    """One row per image: what the expectations look at."""
+    import pandas as pd
+
+    flat = images.reshape(len(images), -1)
+    as_float = flat.astype(np.float64)
+    return pd.DataFrame({
+        "label": labels.astype(np.int64),
+        "pixel_min": as_float.min(axis=1) if len(flat) else [],
+        "pixel_max": as_float.max(axis=1) if len(flat) else [],
+        "pixel_mean": as_float.mean(axis=1) if len(flat) else [],  # NaN if any pixel is NaN
+        "dtype": str(images.dtype),
+        "shape": "x".join(map(str, images.shape[1:])),
+        "image_hash": [hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in flat],
+    })
+
+
+def split_table(tables: dict):
+    """One row per split: mean intensity and the smallest / largest class share."""
+    import pandas as pd
+
+    rows = []
+    for split, table in tables.items():
+        shares = table["label"].value_counts(normalize=True)
+        rows.append({
+            "split": split,
+            "mean_intensity": float(table["pixel_mean"].mean()),
+            "min_class_share": float(shares.min()) if len(shares) else 0.0,
+            "max_class_share": float(shares.max()) if len(shares) else 0.0,
+        })
+    return pd.DataFrame(rows)
+
+
+def hash_table(tables: dict):
+    """Each split's distinct image hashes stacked: a repeated hash is a cross-split leak."""
+    import pandas as pd
+
+    return pd.DataFrame({
+        "image_hash": np.concatenate([t["image_hash"].unique() for t in tables.values()]),
+        "split": np.concatenate([[s] * t["image_hash"].nunique() for s, t in tables.items()]),
+    })
+
+
+def build_suites(params: ValidateParams, manifest: dict, tables: dict) -> list[tuple]:
+    """[(table name, dataframe, [expectations])] — the whole suite, data-independent rules
+    except for expected counts (manifest) and the drift reference (train's mean)."""
+    import great_expectations.expectations as gxe
+
+    suites = []
+    for split, table in tables.items():
+        expected_rows = manifest["splits"][split]["count"]
+        suites.append((f"{split}_images", table, [
+            gxe.ExpectTableRowCountToEqual(value=expected_rows),
+            gxe.ExpectTableRowCountToBeBetween(min_value=params.min_rows),
+            gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(10))),
+            gxe.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=0, max_value=255),
+            gxe.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=0, max_value=255),
+            gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=["uint8"]),
+            gxe.ExpectColumnValuesToBeInSet(column="shape", value_set=["28x28"]),
+            gxe.ExpectColumnValuesToNotBeNull(column="pixel_mean"),
+            gxe.ExpectColumnValuesToNotBeNull(column="label"),
+        ]))
+    per_split = split_table(tables)
+    n_classes = max(1, int(tables["train"]["label"].nunique()))
+    train_mean = float(per_split.loc[per_split["split"] == "train", "mean_intensity"].iloc[0])
+    tol = params.class_balance_tolerance
+    suites.append(("splits", per_split, [
+        gxe.ExpectColumnValuesToBeBetween(
+            column="mean_intensity",
+            min_value=train_mean * (1 - params.drift_tolerance),
+            max_value=train_mean * (1 + params.drift_tolerance),
+        ),
+        gxe.ExpectColumnValuesToBeBetween(column="min_class_share", min_value=(1 - tol) / n_classes),
+        gxe.ExpectColumnValuesToBeBetween(column="max_class_share", max_value=(1 + tol) / n_classes),
+    ]))
+    suites.append(("leakage", hash_table(tables), [
+        gxe.ExpectColumnValuesToBeUnique(column="image_hash"),
+    ]))
+    return suites
+
+
+def _describe(result) -> dict:
+    config = result.expectation_config
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
+    observed = dict(result.result or {})
+    summary = {k: observed[k] for k in ("observed_value", "unexpected_count", "unexpected_percent",
+                                         "partial_unexpected_list", "element_count")
+               if k in observed}
+    return {"expectation": config.type, "kwargs": kwargs, "success": bool(result.success),
+            "result": summary}
+
+
+def run_suites(suites: list[tuple], docs_dir: Path) -> dict:
+    """Validate every table with GX in a throwaway file context; move its Data Docs to
+    `docs_dir`. Returns {table: {"success": bool, "expectations": [...]}}."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    with tempfile.TemporaryDirectory(prefix="vaectl-gx-") as root:
+        context = gx.get_context(mode="file", project_root_dir=root)
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        source = context.data_sources.add_pandas("prepared")
+        results = {}
+        for name, frame, expectations in suites:
+            batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
+            suite = context.suites.add(gx.ExpectationSuite(name=name))
+            for expectation in expectations:
+                suite.add_expectation(expectation)
+            definition = context.validation_definitions.add(
+                gx.ValidationDefinition(name=name, data=batch, suite=suite)
+            )
+            checkpoint = context.checkpoints.add(gx.Checkpoint(
+                name=name, validation_definitions=[definition], result_format="SUMMARY",
+            ))
+            outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+            (validation,) = outcome.run_results.values()
+            results[name] = {
+                "success": bool(validation.success),
+                "expectations": [_describe(r) for r in validation.results],
+            }
+        context.build_data_docs()
+        site = Path(root) / "gx" / "uncommitted" / "data_docs" / "local_site"
+        with atomic_path(docs_dir) as tmp:
+            shutil.copytree(site, tmp)
+    return results
+
+
+def run(params: ValidateParams, prepared: Path, report_path: Path, docs_dir: Path) -> ValidationOutcome:
+    manifest = load_manifest(prepared)
+    tables = {split: image_table(*load_split(prepared, split)) for split in SPLITS}
+    if len(tables["train"]) == 0:
+        raise UserError(f"{prepared}/train.npz holds no images")
+    results = run_suites(build_suites(params, manifest, tables), docs_dir)
+    failures = [
+        f"{table}: {e['expectation']}({_kwargs_text(e['kwargs'])}) -> {_observed_text(e['result'])}"
+        for table, outcome in results.items()
+        for e in outcome["expectations"]
+        if not e["success"]
+    ]
+    total = sum(len(o["expectations"]) for o in results.values())
+    report = {
+        "success": not failures,
+        "expectations_evaluated": total,
+        "expectations_failed": len(failures),
+        "tables": results,
+    }
+    write_json(report_path, report)
+    return ValidationOutcome(success=not failures, report=report, failures=failures)
+
+
+def _kwargs_text(kwargs: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k != "value_set" or len(v) < 12)
+
+
+def _observed_text(result: dict) -> str:
+    if "observed_value" in result:
+        return f"observed {result['observed_value']!r}"
+    if "unexpected_count" in result:
+        examples = result.get("partial_unexpected_list", [])[:5]
+        return f"{result['unexpected_count']} unexpected, e.g. {examples!r}"
+    return "failed"

@@ -1,0 +1,43 @@
+"""Shared fixtures: small synthetic datasets written the way `vaectl fetch` writes them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vaectl.data.fetch import describe
+from vaectl.files import write_json
+
+
+def synthetic_digits(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct, class-dependent uint8 28x28 images: a bright bar per class plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10, dtype=np.uint8), n_per_class)
+    images = (rng.random((len(labels), 28, 28)) * 60).astype(np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 2 + 2 * label : 5 + 2 * label, 4:24] = 220
+    return images, labels
+
+
+def write_prepared(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, (images, labels) in splits.items():
+        np.savez(root / f"{name}.npz", images=images, labels=labels)
+    write_json(root / "manifest.json", {
+        "source": {"name": "synthetic"},
+        "params": {},
+        "splits": {name: describe(*arrays) for name, arrays in splits.items()},
+    })
+    return root
+
+
+@pytest.fixture
+def prepared(tmp_path: Path) -> Path:
+    """A valid prepared dataset: 10 classes, 30/5/5 images per class."""
+    return write_prepared(tmp_path / "prepared", {
+        "train": synthetic_digits(30, seed=1),
+        "val": synthetic_digits(5, seed=2),
+        "test": synthetic_digits(5, seed=3),
+    })

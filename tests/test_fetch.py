@@ -1,0 +1,129 @@
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torchvision.datasets
+
+from vaectl import UserError
+from vaectl.data import fetch as fetch_stage
+from vaectl.data import load_split
+from vaectl.data.idx import write_idx
+from vaectl.data.splits import stratified_split
+from vaectl.params import DataParams
+
+from .conftest import synthetic_digits
+
+FILES = {
+    "train-images-idx3-ubyte.gz": ("train", "images"),
+    "train-labels-idx1-ubyte.gz": ("train", "labels"),
+    "t10k-images-idx3-ubyte.gz": ("test", "images"),
+    "t10k-labels-idx1-ubyte.gz": ("test", "labels"),
+}
+
+
+def make_mirror(path, train=synthetic_digits(20, 1), test=synthetic_digits(4, 2)):
+    """A local mirror of IDX archives; returns torchvision-style [(filename, md5)]."""
+    path.mkdir(parents=True, exist_ok=True)
+    arrays = {"train": dict(zip(("images", "labels"), train, strict=True)),
+              "test": dict(zip(("images", "labels"), test, strict=True))}
+    resources = []
+    for filename, (part, kind) in FILES.items():
+        write_idx(path / filename, arrays[part][kind])
+        resources.append((filename, hashlib.md5((path / filename).read_bytes()).hexdigest()))
+    return resources
+
+
+@pytest.fixture
+def local_mnist(tmp_path, monkeypatch):
+    """torchvision's MNIST pointed at nothing but our own checksums; mirrors come from us."""
+    mirror = tmp_path / "mirror"
+    resources = make_mirror(mirror)
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources", resources)
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [])
+    return mirror
+
+
+def test_fetch_from_local_mirror_writes_splits_and_manifest(tmp_path, local_mnist):
+    out = tmp_path / "prepared"
+    manifest = fetch_stage.run(DataParams(name="mnist", val_fraction=0.25), out, [str(local_mnist)])
+    counts = {s: d["count"] for s, d in manifest["splits"].items()}
+    assert counts == {"train": 150, "val": 50, "test": 40}
+    assert manifest["splits"]["val"]["class_counts"] == {str(c): 5 for c in range(10)}
+    images, labels = load_split(out, "test")
+    np.testing.assert_array_equal(images, synthetic_digits(4, 2)[0])
+    assert images.dtype == np.uint8 and labels.dtype == np.uint8
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["splits"]["test"]["images_sha256"] == hashlib.sha256(images.tobytes()).hexdigest()
+    assert all(f["verified_by"] == "archive md5" for f in on_disk["source"]["files"].values())
+
+
+def test_mirror_fallback_order_and_checksum(tmp_path):
+    good = tmp_path / "good"
+    resources = make_mirror(good)
+    corrupt = tmp_path / "corrupt"
+    make_mirror(corrupt, train=synthetic_digits(20, 99))  # same names, other bytes
+    missing = tmp_path / "missing"
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    fetched = fetch_stage.download_resources(
+        "mnist", resources, [str(missing), str(corrupt), good.as_uri()], dest)
+    assert set(fetched) == set(FILES)
+    for name in FILES:  # whatever mirror served a file, what landed is the checksummed original
+        assert (dest / name).read_bytes() == (good / name).read_bytes()
+
+
+def test_checksum_mismatch_everywhere_lists_what_was_tried(tmp_path):
+    corrupt = tmp_path / "corrupt"
+    make_mirror(corrupt)
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    resources = [("train-images-idx3-ubyte.gz", "0" * 32)]
+    with pytest.raises(UserError) as err:
+        fetch_stage.download_resources("mnist", resources, [str(tmp_path / "nope"), str(corrupt)], dest)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.index("nope") < message.index("corrupt")
+    assert "unreachable" in message and "checksum mismatch" in message
+    assert not (dest / "train-images-idx3-ubyte.gz").exists()
+
+
+def test_failed_fetch_leaves_previous_outputs_untouched(tmp_path, local_mnist, monkeypatch):
+    out = tmp_path / "prepared"
+    fetch_stage.run(DataParams(name="mnist"), out, [str(local_mnist)])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources",
+                        [("train-images-idx3-ubyte.gz", "f" * 32)])
+    with pytest.raises(UserError, match="checksum mismatch"):
+        fetch_stage.run(DataParams(name="mnist"), out, [str(local_mnist)])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mirror", "prepared"]
+
+
+def test_corrupt_idx_in_mirror_is_a_clear_error(tmp_path, local_mnist, monkeypatch):
+    bad = local_mnist / "t10k-labels-idx1-ubyte.gz"
+    write_idx(bad, np.zeros(3, np.uint8))  # 3 labels for 40 images
+    resources = [(n, hashlib.md5((local_mnist / n).read_bytes()).hexdigest()) for n in FILES]
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources", resources)
+    with pytest.raises(UserError, match="40 images but t10k-labels-idx1-ubyte.gz has 3 labels"):
+        fetch_stage.run(DataParams(name="mnist"), tmp_path / "out", [str(local_mnist)])
+    assert not (tmp_path / "out").exists()
+
+
+def test_embedded_mnist_5k_is_stratified_and_seeded(tmp_path):
+    manifest = fetch_stage.run(DataParams(), tmp_path / "a", [])
+    assert {s: d["count"] for s, d in manifest["splits"].items()} == {
+        "train": 4000, "val": 500, "test": 500}
+    assert set(manifest["splits"]["train"]["class_counts"].values()) == {400}
+    again = fetch_stage.run(DataParams(), tmp_path / "b", [])
+    assert again == manifest
+    other_seed = fetch_stage.run(DataParams(seed=1), tmp_path / "c", [])
+    assert other_seed["splits"]["test"]["images_sha256"] != manifest["splits"]["test"]["images_sha256"]
+
+
+def test_stratified_split_partitions_indices():
+    labels = np.repeat(np.arange(3), [10, 20, 30])
+    rest, val, test = stratified_split(labels, (0.1, 0.2), seed=0)
+    assert np.array_equal(np.sort(np.concatenate([rest, val, test])), np.arange(60))
+    assert np.bincount(labels[val]).tolist() == [1, 2, 3]
+    assert np.bincount(labels[test]).tolist() == [2, 4, 6]

@@ -1,0 +1,40 @@
+import pytest
+
+from vaectl import UserError
+from vaectl.params import Params, flatten, load_params, parse_params
+
+
+def test_repo_params_file_loads():
+    assert isinstance(load_params("params.yaml"), Params)
+
+
+def test_defaults_and_int_to_float():
+    params = parse_params({"train": {"vae": {"lr": 1}}})
+    assert params.train.vae.lr == 1.0 and params.data.name == "mnist-5k"
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"dta": {}}, "unknown key 'dta'"),
+    ({"train": {"vae": {"latent": 3}}}, "unknown key 'train.vae.latent'"),
+    ({"train": {"ae": {"beta": 1.0}}}, "unknown key 'train.ae.beta'"),
+    ({"data": {"name": "cifar"}}, "'data.name' must be one of"),
+    ({"train": {"vae": {"epochs": "ten"}}}, "'train.vae.epochs' must be int"),
+    ({"train": {"vae": {"epochs": True}}}, "'train.vae.epochs' must be int"),
+    ({"model": {"hidden": [64, "x"]}}, r"'model.hidden\[1\]' must be int"),
+    ({"data": {"val_fraction": 1.5}}, "data.val_fraction must be in"),
+])
+def test_bad_params_name_the_key(raw, message):
+    with pytest.raises(UserError, match=message):
+        parse_params(raw)
+
+
+def test_bad_yaml_file(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("data: [unclosed\n")
+    with pytest.raises(UserError, match="invalid YAML"):
+        load_params(path)
+
+
+def test_flatten():
+    flat = flatten(parse_params({}))
+    assert flat["train.vae.latent_dim"] == 20 and flat["data.name"] == "mnist-5k"
