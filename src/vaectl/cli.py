@@ -94,3 +94,34 @@ def validate(
                f"-> {report}, {docs}/index.html")
 
 
+
+
+@app.command()
+@user_errors
+def train(
+    model: str = typer.Option(..., "--model", "-m", help="vae or ae"),
+    params_path: Path = PARAMS,
+    prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
+    out: Path = typer.Option(None, help="checkpoint directory [default: models/MODEL]"),
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
+):
+    """Train the VAE or the AE baseline; checkpoints each epoch, logs the run to MLflow.
+
+    Example: vaectl train --model vae   (then `make ui` to watch curves and samples)
+    """
+    from vaectl import train as stage
+    from vaectl.models import KINDS
+
+    if model not in KINDS:
+        raise UserError(f"--model must be one of {', '.join(KINDS)}, got {model!r}")
+    out = out or Path("models") / model
+    try:
+        summary = stage.run(model, _params(params_path), prepared, out,
+                            Path("reports/curves") / f"{model}.json", resume=resume)
+    except KeyboardInterrupt:
+        typer.secho(f"interrupted: last checkpoint kept in {out}/last.pt; continue with "
+                    f"`vaectl train --model {model} --resume`", fg="yellow", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"{model}: best val loss {summary['best_val_loss']:.2f} nats at epoch "
+               f"{summary['best_epoch']} of {summary['epochs_run']} -> {out} "
+               f"(MLflow run {summary['run_id']})")

@@ -1,0 +1,277 @@
+"""`vaectl train --model vae|ae`: one loop for both models.
+
+Data are loaded once as tensors and batched by an index permutation. Every source of
+randomness (permutation, binarisation, reparameterisation noise) draws from RNGs whose
+states are checkpointed each epoch, so `--resume` ends with exactly the weights and
+metrics of an uninterrupted run, and two runs with the same params are identical (CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaectl import UserError
+from vaectl.data import load_manifest, load_split
+from vaectl.figures import image_grid
+from vaectl.files import atomic_path, sha256_file, write_json
+from vaectl.models import AutoEncoder, build_model
+from vaectl.objectives import loss_terms
+from vaectl.params import Params, TrainParams
+
+VAL_BINARIZE_SEED = 1234  # validation images are binarised once, the same for every run
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is 'cuda' but no CUDA device is available")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def to_unit(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 N x 28 x 28 -> float N x 784 in [0, 1] on `device`."""
+    return torch.from_numpy(images.reshape(len(images), -1)).to(device).float().div_(255)
+
+
+def binarize(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return torch.bernoulli(x, generator=generator)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_recon: float
+    train_kl: float
+    val_loss: float
+    val_recon: float
+    val_kl: float
+    beta: float
+    samples_per_s: float
+    epoch_time_s: float
+
+
+def kl_weight(t: TrainParams, epoch: int) -> float:
+    beta = getattr(t, "beta", 0.0)
+    warmup = getattr(t, "kl_warmup_epochs", 0)
+    return beta * min(1.0, (epoch + 1) / warmup) if warmup else beta
+
+
+@torch.no_grad()
+def evaluate_loss(model: AutoEncoder, x: torch.Tensor, beta: float, batch: int) -> tuple[float, ...]:
+    model.eval()
+    sums = np.zeros(3)
+    for start in range(0, len(x), batch):
+        xb = x[start : start + batch]
+        sums += [float(v) * len(xb) for v in loss_terms(model, xb, beta)]
+    model.train()
+    return tuple(float(v) for v in sums / len(x))
+
+
+class Progress:
+    """A live bar on a terminal; plain log lines (one per epoch) under CI and DVC."""
+
+    def __init__(self, label: str, total_batches: int):
+        self.label, self.total = label, total_batches
+        self.bar = None
+        if sys.stderr.isatty():
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(label, total=total_batches)
+
+    def step(self, done: int, loss: float, rate: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done,
+                            description=f"{self.label} loss {loss:8.2f} {rate:8.0f} samples/s")
+
+    def epoch(self, stats: EpochStats, epochs: int) -> None:
+        if self.bar is not None:
+            self.bar.reset(self.task)
+        print(f"[{self.label}] epoch {stats.epoch + 1}/{epochs} train {stats.train_loss:.2f} "
+              f"val {stats.val_loss:.2f} (recon {stats.val_recon:.2f} kl {stats.val_kl:.2f}) "
+              f"{stats.samples_per_s:.0f} samples/s", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    if not path.exists():
+        raise UserError(f"no checkpoint to resume from: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(state: dict, generator: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["data"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _sigterm_as_interrupt(*_):
+    raise KeyboardInterrupt
+
+
+@torch.no_grad()
+def log_images(run, model: AutoEncoder, x_val: torch.Tensor, epoch: int, seed: int) -> None:
+    model.eval()
+    gen = torch.Generator(device=x_val.device).manual_seed(seed)
+    originals = x_val[:16]
+    recon = torch.sigmoid(model.decode(model.encode(originals)[0]))  # posterior mean: no RNG draw
+    pairs = torch.stack([originals, recon], 1).reshape(-1, 784).cpu().numpy()
+    run.log_image(image_grid(pairs, ncol=8), f"reconstructions/epoch_{epoch + 1:03d}.png")
+    if model.variational:
+        z = torch.randn(64, model.latent_dim, generator=gen, device=x_val.device)
+        samples = torch.sigmoid(model.decode(z)).cpu().numpy()
+        run.log_image(image_grid(samples, ncol=8), f"samples/epoch_{epoch + 1:03d}.png")
+    model.train()
+
+
+def run(kind: str, params: Params, prepared: Path, out_dir: Path, curves_path: Path,
+        resume: bool = False) -> dict:
+    """Train `kind` on the prepared train split with early stopping on val.
+
+    Writes out_dir/{last,best}.pt and out_dir/summary.json, and the per-epoch curves (a DVC
+    plot) to `curves_path`; logs everything to one MLflow run. Returns the summary."""
+    from vaectl import tracking
+
+    t: TrainParams = getattr(params.train, kind)
+    device = pick_device(params.train.device)
+    if params.train.threads:
+        torch.set_num_threads(params.train.threads)
+    manifest = load_manifest(prepared)
+    data_sha = sha256_file(prepared / "manifest.json")
+    train_images, train_labels = load_split(prepared, "train")
+    val_images, _ = load_split(prepared, "val")
+    x_train, x_val = to_unit(train_images, device), to_unit(val_images, device)
+
+    torch.manual_seed(t.seed)
+    generator = torch.Generator(device=device).manual_seed(t.seed)
+    if t.binarize != "none":
+        x_val = binarize(x_val, torch.Generator(device=device).manual_seed(VAL_BINARIZE_SEED))
+    if t.binarize == "static":
+        x_train = binarize(x_train, generator)
+    model = build_model(kind, params.model.hidden, t.latent_dim).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    history: list[dict] = []
+    start_epoch, best_val, bad_epochs, run_id = 0, math.inf, 0, None
+    if resume:
+        state = load_checkpoint(last_path)
+        if state["model_config"] != model.config():
+            raise UserError(f"{last_path} holds a {state['model_config']} model; params ask for "
+                            f"{model.config()}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _restore_rng(state["rng"], generator, device)
+        start_epoch, best_val, bad_epochs = state["epoch"], state["best_val"], state["bad_epochs"]
+        history, run_id = state["history"], state["run_id"]
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (last_path, best_path):
+            stale.unlink(missing_ok=True)
+
+    n, batch = len(x_train), t.batch_size
+    steps_per_epoch = math.ceil(n / batch)
+    progress = Progress(kind, steps_per_epoch)
+    previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    tags = tracking.standard_tags(kind, data_sha)
+    try:
+        with tracking.start_run(params.tracking.experiment, f"train-{kind}", tags, run_id) as mlrun:
+            if run_id is None:
+                mlrun.log_params({**_flat(params, kind), "device": device.type,
+                                  "threads": torch.get_num_threads()})
+                mlrun.log_dataset(train_images, train_labels, manifest["source"]["name"] + "-train",
+                                  source=str(prepared / "train.npz"), context="training")
+            stopped_early = bool(history) and history[-1].get("stopped_early", False)
+            for epoch in range(start_epoch, t.epochs):
+                if stopped_early:
+                    break
+                beta = kl_weight(t, epoch)
+                x_epoch = binarize(x_train, generator) if t.binarize == "dynamic" else x_train
+                order = torch.randperm(n, generator=generator, device=device)
+                sums = torch.zeros(3, device=device)
+                began = time.perf_counter()
+                for step in range(steps_per_epoch):
+                    xb = x_epoch[order[step * batch : (step + 1) * batch]]
+                    loss, recon, kl = loss_terms(model, xb, beta)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    sums += torch.stack([loss.detach(), recon.detach(), kl.detach()]) * len(xb)
+                    if progress.bar is not None and step % 10 == 0:
+                        elapsed = time.perf_counter() - began
+                        progress.step(step + 1, float(loss), (step + 1) * batch / max(elapsed, 1e-9))
+                train_time = time.perf_counter() - began
+                val = evaluate_loss(model, x_val, beta, 1024)
+                train = (sums / n).tolist()
+                stats = EpochStats(epoch, *train, *val, beta, n / train_time,
+                                   time.perf_counter() - began)
+                improved = stats.val_loss < best_val
+                best_val = min(best_val, stats.val_loss)
+                bad_epochs = 0 if improved else bad_epochs + 1
+                stopped_early = bool(t.patience) and bad_epochs >= t.patience
+                history.append({**asdict(stats), "stopped_early": stopped_early})
+                mlrun.log_metrics({k: v for k, v in asdict(stats).items() if k != "epoch"}, step=epoch)
+                if improved:
+                    save_checkpoint(best_path, {"model": model.state_dict(),
+                                                "model_config": model.config(), "epoch": epoch})
+                save_checkpoint(last_path, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "model_config": model.config(), "rng": _rng_state(generator, device),
+                    "epoch": epoch + 1, "best_val": best_val, "bad_epochs": bad_epochs,
+                    "history": history, "run_id": mlrun.run_id,
+                })
+                if (epoch + 1) % t.sample_every == 0 or epoch + 1 == t.epochs or stopped_early:
+                    log_images(mlrun, model, x_val, epoch, t.seed)
+                progress.epoch(stats, t.epochs)
+            summary = {
+                "model": kind, "run_id": mlrun.run_id, "epochs_run": len(history),
+                "best_val_loss": best_val,
+                "best_epoch": int(np.argmin([h["val_loss"] for h in history])) + 1,
+                "final_train_loss": history[-1]["train_loss"],
+                "stopped_early": history[-1]["stopped_early"],
+                "data_sha256": data_sha, "model_config": model.config(),
+                "binarize": t.binarize,
+            }
+            mlrun.log_metrics({"best_val_loss": best_val})
+            mlrun.log_artifact(best_path, "checkpoint")
+            write_json(out_dir / "summary.json", summary)
+            write_json(curves_path, history)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        progress.close()
+    return summary
+
+
+def _flat(params: Params, kind: str) -> dict:
+    """The params that shape this run: data, model and this model's train group."""
+    from vaectl.params import flatten
+
+    return {**flatten(params.data, "data"), **flatten(params.model, "model"),
+            **flatten(getattr(params.train, kind), f"train.{kind}")}

@@ -1,0 +1,113 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from vaectl import tracking
+from vaectl import train as train_stage
+from vaectl.params import parse_params
+
+TINY = {"model": {"hidden": [32]},
+        "train": {"device": "cpu", "threads": 1,
+                  "vae": {"latent_dim": 2, "epochs": 4, "batch_size": 64, "sample_every": 2},
+                  "ae": {"latent_dim": 2, "epochs": 4, "batch_size": 64}}}
+
+
+@pytest.fixture(autouse=True)
+def mlflow_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("VAECTL_ROOT", str(tmp_path))
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("kind", ["vae", "ae"])
+def test_two_runs_are_identical(tmp_path, prepared, kind):
+    params = parse_params(TINY)
+    first = train_stage.run(kind, params, prepared, tmp_path / "a", tmp_path / "a.json")
+    second = train_stage.run(kind, params, prepared, tmp_path / "b", tmp_path / "b.json")
+    assert json.loads((tmp_path / "a.json").read_text()) != []
+    strip = lambda h: [{k: v for k, v in e.items() if k not in ("samples_per_s", "epoch_time_s")}  # noqa: E731
+                       for e in json.loads(h.read_text())]
+    assert strip(tmp_path / "a.json") == strip(tmp_path / "b.json")
+    assert first["best_val_loss"] == second["best_val_loss"]
+    assert_same_weights(weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt"))
+    assert tracking.run_status(first["run_id"]) == "FINISHED"
+
+
+def test_learning_reduces_the_loss(tmp_path, prepared):
+    summary = train_stage.run("vae", parse_params(TINY), prepared, tmp_path / "m", tmp_path / "c.json")
+    curve = json.loads((tmp_path / "c.json").read_text())
+    assert curve[-1]["train_loss"] < curve[0]["train_loss"] - 20
+    # better than the best model that ignores the image: p = 0.5 everywhere costs 784 ln 2
+    assert summary["epochs_run"] == 4 and 0 < summary["best_val_loss"] < 784 * math.log(2)
+
+
+@pytest.mark.parametrize("binarize", ["dynamic", "none"])
+def test_resume_equals_uninterrupted(tmp_path, prepared, binarize):
+    full = parse_params({**TINY, "train": {**TINY["train"], "vae": {
+        **TINY["train"]["vae"], "binarize": binarize}}})
+    short = parse_params({**TINY, "train": {**TINY["train"], "vae": {
+        **TINY["train"]["vae"], "binarize": binarize, "epochs": 2}}})
+    whole = train_stage.run("vae", full, prepared, tmp_path / "whole", tmp_path / "w.json")
+    train_stage.run("vae", short, prepared, tmp_path / "split", tmp_path / "s.json")
+    resumed = train_stage.run("vae", full, prepared, tmp_path / "split", tmp_path / "s.json",
+                              resume=True)
+    assert_same_weights(weights(tmp_path / "whole" / "last.pt"), weights(tmp_path / "split" / "last.pt"))
+    assert resumed["best_val_loss"] == whole["best_val_loss"]
+    losses = lambda p: [e["val_loss"] for e in json.loads(p.read_text())]  # noqa: E731
+    assert losses(tmp_path / "w.json") == losses(tmp_path / "s.json")
+    assert resumed["run_id"] != whole["run_id"]  # resumed into its own first run
+
+
+def test_early_stopping(tmp_path, prepared):
+    params = parse_params({**TINY, "train": {**TINY["train"], "ae": {
+        **TINY["train"]["ae"], "epochs": 50, "patience": 1, "lr": 0.5}}})
+    summary = train_stage.run("ae", params, prepared, tmp_path / "m", tmp_path / "c.json")
+    assert summary["stopped_early"] and summary["epochs_run"] < 50
+
+
+def test_sigterm_leaves_a_usable_checkpoint_and_a_killed_run(tmp_path, prepared):
+    (tmp_path / "params.yaml").write_text(json.dumps({**TINY, "train": {**TINY["train"], "vae": {
+        **TINY["train"]["vae"], "epochs": 100000, "patience": 0}}}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaectl", "train", "--model", "vae", "--prepared", str(prepared),
+         "--out", str(tmp_path / "m")],
+        cwd=tmp_path, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    last = tmp_path / "m" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert last.exists(), proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    state = torch.load(last, weights_only=True)
+    assert state["epoch"] >= 1
+    assert tracking.run_status(state["run_id"]) == "KILLED"
+
+
+def test_bad_model_and_missing_checkpoint(tmp_path, prepared):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    for args, message in [(["--model", "gan"], "--model must be one of vae, ae"),
+                          (["--model", "ae", "--resume", "--prepared", str(prepared)],
+                           "no checkpoint to resume from")]:
+        out = subprocess.run([sys.executable, "-m", "vaectl", "train", *args], cwd=tmp_path,
+                             capture_output=True, text=True)
+        assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr
