@@ -125,3 +125,61 @@ def train(
     typer.echo(f"{model}: best val loss {summary['best_val_loss']:.2f} nats at epoch "
                f"{summary['best_epoch']} of {summary['epochs_run']} -> {out} "
                f"(MLflow run {summary['run_id']})")
+
+
+@app.command()
+@user_errors
+def classifier(
+    params_path: Path = PARAMS,
+    prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
+    out: Path = typer.Option(Path("models/classifier"), help="where the classifier goes"),
+):
+    """Train the small digit classifier that judges how real decoded images look.
+
+    Example: vaectl classifier && vaectl evaluate
+    """
+    from vaectl import classifier as stage
+
+    summary = stage.run(_params(params_path).eval.classifier, prepared, out)
+    typer.echo(f"classifier: val accuracy {summary['val_accuracy']:.3f} -> {out}")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: str = typer.Option("vae", help="the VAE to evaluate (a directory under models/)"),
+    baseline: str = typer.Option("ae", help="the AE baseline (a directory under models/)"),
+    params_path: Path = PARAMS,
+    prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
+    reports: Path = typer.Option(Path("reports"), help="where metrics.json and figures/ go"),
+):
+    """Compare the VAE with the AE baseline on the test split: likelihood, reconstruction,
+    interpolation smoothness, realism of midpoints and samples.
+
+    Example: vaectl evaluate --baseline ae && dvc metrics diff
+    """
+    from vaectl import evaluate as stage
+
+    params = _params(params_path)
+    report = stage.run(params.eval, prepared, Path("models") / model, Path("models") / baseline,
+                       Path("models/classifier/classifier.pt"), reports, reports / "figures",
+                       params.tracking.experiment)
+    print_comparison(report)
+
+
+def print_comparison(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from vaectl.evaluate import compare, flatten_model_metrics
+
+    table = Table(title=f"VAE vs AE on {report['test_images']} test images", caption=report["protocol"])
+    for column in ("metric", "VAE", "AE", "better"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    fmt = lambda v: "—" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    rows = compare(flatten_model_metrics(report["vae"]), flatten_model_metrics(report["ae"]))
+    for name, vae, ae, better in rows:
+        table.add_row(name, fmt(vae), fmt(ae), {"vae": "◀ VAE", "ae": "AE ▶"}.get(better, ""))
+    Console(width=100).print(table)
+    typer.echo("real test images: classifier max-prob "
+               f"{report['real_images']['max_prob']:.3f}, entropy {report['real_images']['entropy']:.3f}")

@@ -26,3 +26,90 @@ def save_png(image: np.ndarray, path: Path) -> None:
 
     with atomic_path(Path(path)) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
+
+
+def _rows_figure(rows: list[tuple[str, np.ndarray]], ncol: int, title: str, path: Path) -> None:
+    """Labelled rows of image grids, one matplotlib figure, saved atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 1, figsize=(ncol * 0.6, 0.75 * sum(
+        -(-len(images) // ncol) for _, images in rows) + 0.6), squeeze=False)
+    for ax, (label, images) in zip(axes[:, 0], rows, strict=True):
+        ax.imshow(image_grid(images, ncol), cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def evaluation_figures(out_dir: Path, models: dict, x_pixels, labels: np.ndarray, paths: dict,
+                       samples: dict, reports: Path) -> list[Path]:
+    """reconstructions, samples, interpolation grids (VAE row above AE row for the same pairs),
+    a 2-D map of test latents coloured by label, training curves."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    originals = x_pixels[:12]
+    with torch.no_grad():
+        recon = {n: torch.sigmoid(m.decode(m.encode(originals)[0])).numpy() for n, (m, _) in models.items()}
+    written.append(out_dir / "reconstructions.png")
+    _rows_figure([("test", originals.numpy()), ("VAE", recon["vae"]), ("AE", recon["ae"])], 12,
+                 "Reconstructions of test images (posterior mean / AE code)", written[-1])
+    written.append(out_dir / "samples.png")
+    _rows_figure([("VAE prior", samples["vae"][:32].numpy()),
+                  ("AE fitted\nGaussian", samples["ae"][:32].numpy())], 16,
+                 "Generated samples", written[-1])
+    for kind in ("same_class", "diff_class"):
+        rows = []
+        for p in range(3):
+            rows += [(f"pair {p + 1} VAE", paths[("vae", kind)][p].numpy()),
+                     (f"pair {p + 1} AE", paths[("ae", kind)][p].numpy())]
+        written.append(out_dir / f"interpolation_{kind}.png")
+        _rows_figure(rows, paths[("vae", kind)].shape[1],
+                     f"Latent interpolation, {kind.replace('_', '-')} test pairs", written[-1])
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for ax, (name, (model, _)) in zip(axes, models.items(), strict=True):
+        with torch.no_grad():
+            mu = model.encode(x_pixels)[0].numpy()
+        centred = mu - mu.mean(0)
+        coords = centred[:, :2] if mu.shape[1] <= 2 else centred @ np.linalg.svd(
+            centred, full_matrices=False)[2][:2].T
+        scatter = ax.scatter(coords[:, 0], coords[:, -1], c=labels, cmap="tab10", s=4)
+        ax.set_title(f"{name.upper()} test latents ({'PCA' if mu.shape[1] > 2 else 'raw'})", fontsize=9)
+    fig.colorbar(scatter, ax=axes, ticks=range(10), label="label")
+    written.append(out_dir / "latent_map.png")
+    with atomic_path(written[-1]) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in models:
+        curve = reports / "curves" / f"{name}.json"
+        if curve.exists():
+            history = json.loads(curve.read_text())
+            epochs = [h["epoch"] + 1 for h in history]
+            ax.plot(epochs, [h["val_loss"] for h in history], label=f"{name.upper()} val")
+            ax.plot(epochs, [h["train_loss"] for h in history], "--", label=f"{name.upper()} train")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (nats/image)")
+    ax.legend()
+    written.append(out_dir / "curves.png")
+    with atomic_path(written[-1]) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return written

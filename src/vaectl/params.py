@@ -67,6 +67,30 @@ class TrainGroup:
 
 
 @dataclass(frozen=True)
+class ClassifierParams:
+    hidden: list[int] = field(default_factory=lambda: [256])
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    iw_samples: int = 5000  # k of the importance-weighted NLL (5000 in the literature)
+    iw_chunk: int = 250  # samples decoded at once per image batch (memory knob)
+    batch_size: int = 100  # test images per batch
+    seed: int = 0  # test binarisation, sampling noise, interpolation pairs
+    interp_pairs: int = 20  # per kind: same-class pairs and different-class pairs
+    interp_steps: int = 10
+    interp_mode: Literal["lerp", "slerp"] = "lerp"
+    ppl_epsilon: float = 1e-3
+    ppl_samples: int = 16  # u draws per pair
+    generated: int = 500  # samples drawn per model for the generation metrics
+    classifier: ClassifierParams = field(default_factory=ClassifierParams)
+
+
+@dataclass(frozen=True)
 class TrackingParams:
     experiment: str = "vaectl"
 
@@ -77,6 +101,7 @@ class Params:
     validate: ValidateParams = field(default_factory=ValidateParams)
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainGroup = field(default_factory=TrainGroup)
+    eval: EvalParams = field(default_factory=EvalParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
 
@@ -141,6 +166,16 @@ def _check_ranges(p: Params) -> None:
             (t.sample_every >= 1, f"train.{name}.sample_every must be >= 1"),
         ]
     checks.append((p.train.vae.beta >= 0, "train.vae.beta must be >= 0"))
+    e = p.eval
+    checks += [
+        (e.iw_samples >= 1 and e.iw_chunk >= 1 and e.batch_size >= 1,
+         "eval.iw_samples, eval.iw_chunk and eval.batch_size must be >= 1"),
+        (e.interp_pairs >= 1 and e.interp_steps >= 2, "eval needs interp_pairs >= 1, interp_steps >= 2"),
+        (0 < e.ppl_epsilon < 1 and e.ppl_samples >= 1, "eval.ppl_epsilon must be in (0, 1)"),
+        (e.generated >= 2, "eval.generated must be >= 2"),
+        (e.classifier.epochs >= 1 and all(h > 0 for h in e.classifier.hidden),
+         "eval.classifier needs epochs >= 1 and positive hidden sizes"),
+    ]
     for ok, message in checks:
         if not ok:
             raise UserError(f"params: {message}")
