@@ -169,7 +169,8 @@ def run(params: EvalParams, prepared: Path, model_dir: Path, baseline_dir: Path,
     data_sha = sha256_file(prepared / "manifest.json") if (prepared / "manifest.json").exists() else ""
     test_images, test_labels = load_split(prepared, "test")
     train_images, _ = load_split(prepared, "train")
-    models = {"vae": load_trained(model_dir, "vae", data_sha), "ae": load_trained(baseline_dir, "ae", data_sha)}
+    models = {"vae": load_trained(model_dir, "vae", data_sha),
+              "ae": load_trained(baseline_dir, "ae", data_sha)}
     protocols = {summary["binarize"] for _, summary in models.values()}
     if len(protocols) != 1:
         raise UserError("the VAE and the AE were trained with different train.*.binarize settings; "

@@ -24,8 +24,12 @@ def repo_root() -> Path:
     return Path(os.environ.get("VAECTL_ROOT") or Path.cwd()).resolve()
 
 
+def default_tracking_uri() -> str:
+    return f"sqlite:///{repo_root() / 'mlruns' / 'mlflow.db'}"
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlruns' / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
 def _mlflow():
@@ -45,8 +49,8 @@ def ensure_experiment(name: str) -> str:
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    location = None  # a shared server decides its own artifact root
+    if tracking_uri() == default_tracking_uri():  # (mlflow itself exports MLFLOW_TRACKING_URI)
         location = (repo_root() / "mlruns" / "artifacts").as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
 

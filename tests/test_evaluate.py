@@ -1,0 +1,106 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vaectl import UserError
+from vaectl import classifier as classifier_stage
+from vaectl import evaluate as evaluate_stage
+from vaectl import train as train_stage
+from vaectl.interpolation import decode_path, path, path_metrics, path_ppl
+from vaectl.params import parse_params
+
+from .test_train import TINY
+
+TINY_EVAL = {**TINY, "eval": {"iw_samples": 50, "iw_chunk": 16, "interp_pairs": 4,
+                              "interp_steps": 5, "ppl_samples": 4, "generated": 20,
+                              "classifier": {"hidden": [16], "epochs": 2}}}
+
+
+def linear_decoder(dim=3, seed=0):
+    A = torch.randn(784, dim, generator=torch.Generator().manual_seed(seed))
+    b = torch.randn(784, generator=torch.Generator().manual_seed(seed + 1))
+    return (lambda z: z @ A.T + b), A
+
+
+def test_linear_decoder_gives_straight_even_paths():
+    decode, _ = linear_decoder()
+    z0, z1 = torch.randn(5, 3), torch.randn(5, 3)
+    metrics = path_metrics(decode_path(decode, z0, z1, steps=8))
+    torch.testing.assert_close(metrics["path_length_ratio"], torch.ones(5))
+    torch.testing.assert_close(metrics["step_unevenness"], torch.ones(5))
+
+
+def test_ppl_of_linear_decoder_is_squared_chord():
+    decode, A = linear_decoder()
+    z0, z1 = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    A = A.double()
+    ppl = path_ppl(lambda z: z @ A.T, z0, z1, 1e-3, 5, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ppl, ((z1 - z0) @ A.T).pow(2).sum(-1))
+
+
+def test_a_jump_makes_steps_uneven():
+    step = lambda z: (z[:, :1] > 0.5).float().expand(-1, 784)  # noqa: E731 - a cliff at t = 0.5
+    metrics = path_metrics(decode_path(step, torch.zeros(1, 1), torch.ones(1, 1), steps=10))
+    assert metrics["step_unevenness"].item() == pytest.approx(10.0)
+    assert metrics["path_length_ratio"].item() == pytest.approx(1.0)
+
+
+def test_slerp_endpoints_and_norm():
+    z0, z1 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    points = path(z0, z1, torch.tensor([0.0, 0.5, 1.0]), "slerp")[0]
+    torch.testing.assert_close(points[0], z0[0])
+    torch.testing.assert_close(points[2], z1[0])
+    torch.testing.assert_close(points[1].norm(), torch.tensor(1.0))
+
+
+@pytest.fixture
+def trained(tmp_path, prepared, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    params = parse_params(TINY_EVAL)
+    for kind in ("vae", "ae"):
+        train_stage.run(kind, params, prepared, tmp_path / "models" / kind,
+                        tmp_path / "reports" / "curves" / f"{kind}.json")
+    classifier_stage.run(params.eval.classifier, prepared, tmp_path / "models" / "classifier")
+    return params, prepared, tmp_path
+
+
+def evaluate(params, prepared, root, reports="reports", vae="vae"):
+    return evaluate_stage.run(params.eval, prepared, root / "models" / vae, root / "models" / "ae",
+                              root / "models" / "classifier" / "classifier.pt", root / reports,
+                              root / reports / "figures", params.tracking.experiment)
+
+
+def test_evaluate_writes_metrics_and_is_deterministic(trained):
+    params, prepared, root = trained
+    report = evaluate(params, prepared, root)
+    vae, ae = report["vae"], report["ae"]
+    assert vae["iw_nll"] <= vae["neg_elbo"] + 1e-3  # the IWAE bound is tighter than the ELBO
+    assert vae["neg_elbo"] == pytest.approx(vae["elbo_recon"] + vae["elbo_kl"])
+    assert vae["bits_per_dim"] == pytest.approx(vae["iw_nll"] / (784 * np.log(2)))
+    assert "iw_nll" not in ae and ae["recon_bce"] > 0
+    assert report["vae_over_ae"]["same_class.ppl"] == pytest.approx(
+        vae["same_class"]["ppl"] / ae["same_class"]["ppl"])
+    first = (root / "reports" / "metrics.json").read_text()
+    evaluate(params, prepared, root, reports="again")
+    assert (root / "again" / "metrics.json").read_text() == first
+    figures = sorted(p.name for p in (root / "reports" / "figures").iterdir())
+    assert figures == ["curves.png", "interpolation_diff_class.png", "interpolation_same_class.png",
+                       "latent_map.png", "reconstructions.png", "samples.png"]
+    latents = json.loads((root / "reports" / "latents.json").read_text())
+    assert latents["vae"]["active_units"] == vae["active_units"]
+
+
+def test_missing_or_mismatched_model_is_a_clear_error(trained):
+    params, prepared, root = trained
+    with pytest.raises(UserError, match="no trained model in"):
+        evaluate(params, prepared, root, vae="nope")
+    with pytest.raises(UserError, match="holds a ae model, expected a vae"):
+        evaluate_stage.run(params.eval, prepared, root / "models" / "ae", root / "models" / "ae",
+                           root / "models" / "classifier" / "classifier.pt", root / "r",
+                           root / "r" / "f", "x")
+    manifest = prepared / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"synthetic"', '"other"'))
+    with pytest.raises(UserError, match="trained on other data"):
+        evaluate(params, prepared, root)

@@ -1,0 +1,81 @@
+"""One tiny end-to-end `dvc repro` in a temporary copy of the repository."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .test_evaluate import TINY_EVAL
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+
+def sh(*args, cwd, env):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = deep_merge(base[key], value) if isinstance(value, dict) else value
+    return merged
+
+
+@pytest.fixture(scope="module")
+def pipeline_copy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file() and name != "dvc.lock":
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    full = yaml.safe_load((REPO / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(deep_merge(full, TINY_EVAL)))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("VAECTL_ROOT", None)
+    sh("git", "init", "-q", cwd=root, env=env)
+    sh("git", "add", "-A", cwd=root, env=env)
+    sh("git", "commit", "-qm", "copy", cwd=root, env=env)
+    first = sh("dvc", "repro", cwd=root, env=env)
+    return root, env, first
+
+
+def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
+    root, env, _ = pipeline_copy
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    assert metrics["vae"]["iw_k"] == 50 and metrics["vae"]["iw_nll"] > 0
+    assert json.loads((root / "reports" / "validation.json").read_text())["success"]
+    assert len(list((root / "reports" / "figures").glob("*.png"))) == 6
+    assert (root / "dvc.lock").exists()
+    code = ("from vaectl import tracking; runs = tracking.find_runs('vaectl'); "
+            "print(sorted((r.info.run_name, r.info.status) for r in runs))")
+    runs = sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1]
+    assert runs == ("[('evaluate', 'FINISHED'), ('train-ae', 'FINISHED'), "
+                    "('train-vae', 'FINISHED')]")
+    assert (root / "mlruns" / "mlflow.db").exists() and (root / "mlruns" / "artifacts").is_dir()
+
+
+def test_second_repro_is_a_no_op_and_vae_change_skips_ae(pipeline_copy):
+    root, env, _ = pipeline_copy
+    assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=root, env=env)
+    log = sh("dvc", "exp", "run", "-S", "train.vae.latent_dim=3", "-n", "tiny-latent3",
+             cwd=root, env=env)
+    assert "Running stage 'train@vae'" in log and "Running stage 'evaluate'" in log
+    for untouched in ("fetch", "validate", "train@ae", "classifier"):
+        assert f"Running stage '{untouched}'" not in log
+    assert "tiny-latent3" in sh("dvc", "exp", "show", "--json", cwd=root, env=env)
+    code = ("from vaectl import tracking; "
+            "print(len(tracking.find_runs('vaectl', \"tags.`dvc.exp_name` = 'tiny-latent3'\")))")
+    assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "2"
