@@ -31,7 +31,7 @@ ui: setup ## MLflow UI on 127.0.0.1:5000 against mlruns/
 		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts
 
-bench: setup ## Throughput / quality benchmarks (see benchmarks/)
+bench: setup ## Benchmarks: training throughput, IWAE cost (see benchmarks/)
 	$(BIN)/python benchmarks/train_throughput.py
 
 clean: ## Remove produced data, models, reports and MLflow runs (keeps .venv)

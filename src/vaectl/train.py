@@ -215,7 +215,7 @@ def run(kind: str, params: Params, prepared: Path, out_dir: Path, curves_path: P
                 beta = kl_weight(t, epoch)
                 x_epoch = binarize(x_train, generator) if t.binarize == "dynamic" else x_train
                 order = torch.randperm(n, generator=generator, device=device)
-                sums = torch.zeros(3, device=device)
+                batch_terms = []  # detached (loss, recon, kl) per step, reduced once per epoch
                 began = time.perf_counter()
                 for step in range(steps_per_epoch):
                     xb = x_epoch[order[step * batch : (step + 1) * batch]]
@@ -223,13 +223,15 @@ def run(kind: str, params: Params, prepared: Path, out_dir: Path, curves_path: P
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    sums += torch.stack([loss.detach(), recon.detach(), kl.detach()]) * len(xb)
+                    batch_terms.append((loss.detach(), recon.detach(), kl.detach()))
                     if progress.bar is not None and step % 10 == 0:
                         elapsed = time.perf_counter() - began
                         progress.step(step + 1, float(loss), (step + 1) * batch / max(elapsed, 1e-9))
                 train_time = time.perf_counter() - began
                 val = evaluate_loss(model, x_val, beta, 1024)
-                train = (sums / n).tolist()
+                sizes = torch.full((steps_per_epoch,), float(batch), device=device)
+                sizes[-1] = n - batch * (steps_per_epoch - 1)
+                train = (sizes @ torch.stack([torch.stack(t) for t in batch_terms]) / n).tolist()
                 stats = EpochStats(epoch, *train, *val, beta, n / train_time,
                                    time.perf_counter() - began)
                 improved = stats.val_loss < best_val
