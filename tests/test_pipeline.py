@@ -62,9 +62,14 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
     code = ("from vaectl import tracking; runs = tracking.find_runs('vaectl'); "
             "print(sorted((r.info.run_name, r.info.status) for r in runs))")
     runs = sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1]
-    assert runs == ("[('evaluate', 'FINISHED'), ('train-ae', 'FINISHED'), "
+    assert runs == ("[('evaluate', 'FINISHED'), ('register-ae-mnist', 'FINISHED'), "
+                    "('register-vae-mnist', 'FINISHED'), ('train-ae', 'FINISHED'), "
                     "('train-vae', 'FINISHED')]")
     assert (root / "mlruns" / "mlflow.db").exists() and (root / "mlruns" / "artifacts").is_dir()
+    registered = json.loads((root / "reports" / "registry.json").read_text())
+    assert registered["vae"]["name"] == "vae-mnist" and registered["vae"]["version"] == "1"
+    code = ("from vaectl import tracking; print(tracking.resolve_model('vae-mnist@candidate'))")
+    assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "('vae-mnist', '1')"
 
 
 def test_second_repro_is_a_no_op_and_vae_change_skips_ae(pipeline_copy):
@@ -78,4 +83,5 @@ def test_second_repro_is_a_no_op_and_vae_change_skips_ae(pipeline_copy):
     assert "tiny-latent3" in sh("dvc", "exp", "show", "--json", cwd=root, env=env)
     code = ("from vaectl import tracking; "
             "print(len(tracking.find_runs('vaectl', \"tags.`dvc.exp_name` = 'tiny-latent3'\")))")
-    assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "2"
+    # the experiment's train-vae, evaluate and register runs carry its name; train-ae did not rerun
+    assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "4"

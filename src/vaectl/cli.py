@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -183,3 +184,90 @@ def print_comparison(report: dict) -> None:
     Console(width=100).print(table)
     typer.echo("real test images: classifier max-prob "
                f"{report['real_images']['max_prob']:.3f}, entropy {report['real_images']['entropy']:.3f}")
+
+
+@app.command()
+@user_errors
+def export(
+    prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
+    out: Path = typer.Option(Path("export"), help="one directory per model goes here"),
+    metrics: Path = typer.Option(Path("reports/metrics.json"), help="from `vaectl evaluate`"),
+):
+    """Export both models: TorchScript + ONNX (parity-checked), latent prior, model card.
+
+    Example: vaectl export && ls export/vae
+    """
+    from vaectl import export as stage
+    from vaectl.tracking import git_commit
+
+    cards = stage.run(("vae", "ae"), prepared, Path("models"), metrics, out, git_commit())
+    for kind, card in cards.items():
+        worst = max(card["onnx_parity_max_abs_diff"].values())
+        typer.echo(f"{kind}: exported to {out / kind} (ONNX vs torch max abs diff {worst:.1e})")
+
+
+@app.command()
+@user_errors
+def register(
+    params_path: Path = PARAMS,
+    prepared: Path = typer.Option(PREPARED, help="prepared data (input example)"),
+    exported: Path = typer.Option(Path("export"), help="from `vaectl export`"),
+    metrics: Path = typer.Option(Path("reports/metrics.json"), help="from `vaectl evaluate`"),
+    report: Path = typer.Option(Path("reports/registry.json"), help="what was registered"),
+):
+    """Register the VAE and the AE as new model versions (@candidate); move @champion when
+    the promotion rule in params.yaml (registry.*) holds.
+
+    Example: vaectl register && vaectl pull vae-mnist@champion --dest deploy/
+    """
+    from vaectl import registry
+
+    params = _params(params_path)
+    result = registry.register(params.registry, exported, metrics, prepared,
+                               params.tracking.experiment, report)
+    for r in result.values():
+        action = "promoted to @champion" if r["promoted"] else "left @champion where it was"
+        typer.echo(f"{r['name']} v{r['version']} @candidate, {action}: {r['reason']}")
+
+
+@app.command()
+@user_errors
+def pull(
+    ref: str = typer.Argument(..., help="NAME@alias, NAME/version, or NAME (= NAME@champion)"),
+    dest: Path = typer.Option(Path("deploy"), help="bundle directory (replaced atomically)"),
+):
+    """Download a registered model as a deploy bundle, verify checksums, load it once.
+
+    Example: vaectl pull vae-mnist@champion --dest deploy/
+    """
+    from vaectl import registry
+
+    summary = registry.pull(ref, dest)
+    typer.echo(f"pulled {summary['name']} v{summary['version']} to {dest}: "
+               f"{summary['files_verified']} files verified, smoke prediction ok")
+
+
+@app.command()
+@user_errors
+def serve(
+    ref: str = typer.Argument("vae-mnist@champion", help="NAME@alias or NAME/version"),
+    host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
+    port: int = typer.Option(5001, help="port"),
+):
+    """Serve a registered model over HTTP with MLflow's model server (local environment).
+
+    Example: vaectl serve vae-mnist@champion --port 5001 &
+             curl -d '{"inputs": [[0.5, ...784 values]]}' -H 'Content-Type: application/json'
+             http://127.0.0.1:5001/invocations
+    """
+    from vaectl import tracking
+
+    name, version = tracking.resolve_model(ref)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking.tracking_uri()
+    bindir = str(Path(sys.executable).parent)  # mlflow starts uvicorn by name, from this env
+    os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    command = [str(Path(bindir) / "mlflow"), "models", "serve", "-m",
+               f"models:/{name}/{version}", "--env-manager", "local", "--host", host,
+               "--port", str(port)]
+    typer.echo(f"serving {name} v{version} on http://{host}:{port}/invocations", err=True)
+    os.execv(command[0], command)

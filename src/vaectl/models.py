@@ -43,7 +43,7 @@ class AutoEncoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mean, log-variance) of q(z|x) for the VAE; (z, None) for the AE."""
-        h = self.head(self.encoder(x.reshape(len(x), PIXELS)))
+        h = self.head(self.encoder(x.flatten(1)))  # (N, 784) or (N, 28, 28); N stays dynamic in exports
         if self.variational:
             mu, logvar = h.chunk(2, dim=-1)
             return mu, logvar

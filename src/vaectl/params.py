@@ -91,6 +91,18 @@ class EvalParams:
 
 
 @dataclass(frozen=True)
+class RegistryParams:
+    vae_name: str = "vae-mnist"
+    ae_name: str = "ae-mnist"
+    min_improvement: float = 0.0  # nats a new champion must beat the current one by
+    require_smoother_than_baseline: bool = True  # VAE only: VAE/AE smoothness ratio < 1
+    smoothness_metric: Literal[
+        "diff_class.ppl", "diff_class.path_length_ratio", "diff_class.step_unevenness",
+        "same_class.ppl", "same_class.path_length_ratio", "same_class.step_unevenness",
+    ] = "diff_class.ppl"
+
+
+@dataclass(frozen=True)
 class TrackingParams:
     experiment: str = "vaectl"
 
@@ -102,6 +114,7 @@ class Params:
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainGroup = field(default_factory=TrainGroup)
     eval: EvalParams = field(default_factory=EvalParams)
+    registry: RegistryParams = field(default_factory=RegistryParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
 

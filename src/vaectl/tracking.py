@@ -9,6 +9,7 @@ directory (DVC runs stages from the repo root).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import subprocess
 import warnings
@@ -141,3 +142,170 @@ def find_runs(experiment: str, filter_string: str = "") -> list:
     mlflow = _mlflow()
     return mlflow.search_runs(experiment_names=[experiment], filter_string=filter_string,
                               output_format="list")
+
+
+# ---------------------------------------------------------------- deployment: pyfunc + registry
+
+PREDICT_DEFAULTS = {"mode": "reconstruct", "n": 16, "seed": 0}
+ARTIFACTS = {  # pyfunc artifact key -> file written by `vaectl export`
+    "encoder": "encoder.pt", "decoder": "decoder.pt", "reconstruct": "reconstruct.pt",
+    "encoder_onnx": "encoder.onnx", "decoder_onnx": "decoder.onnx",
+    "reconstruct_onnx": "reconstruct.onnx", "prior": "prior.npz", "model_card": "model_card.json",
+    "model_card_md": "model_card.md", "checksums": "checksums.json",
+}
+
+
+# This module is imported only inside commands, never by `vaectl --help`. mlflow warns about
+# missing predict type hints for its own loaders and for our class (whose signature is
+# explicit), past any warning filter set from outside; keep that notice off the terminal.
+with contextlib.redirect_stderr(io.StringIO()):
+    import mlflow.pyfunc
+
+    class AutoEncoderPyfunc(mlflow.pyfunc.PythonModel):
+        """MLflow pyfunc over the exported TorchScript parts. Input: float32 N x 784 pixels in
+        [0, 1] (or N x 28 x 28); `params={"mode": ...}` picks reconstruct (default), encode,
+        decode (input: N x latent_dim latents) or sample (`n`, `seed`)."""
+
+        def load_context(self, context):
+            import torch
+
+            art = context.artifacts
+            with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated
+                warnings.simplefilter("ignore", FutureWarning)
+                self.parts = {p: torch.jit.load(art[p], map_location="cpu")
+                              for p in ("encoder", "decoder", "reconstruct")}
+            prior = np.load(art["prior"])
+            self.mean, self.chol = prior["mean"], prior["chol"]
+            self.latent_dim = len(self.mean)
+
+        def _bad(self, message: str):
+            from mlflow.exceptions import MlflowException
+
+            return MlflowException.invalid_parameter_value(message)
+
+        def predict(self, context, model_input, params=None):
+            import torch
+
+            params = {**PREDICT_DEFAULTS, **(params or {})}
+            mode = params["mode"]
+            if mode not in ("reconstruct", "encode", "decode", "sample"):
+                raise self._bad(f"unknown mode {mode!r}: use reconstruct, encode, decode or sample")
+            if mode == "sample":
+                rng = np.random.default_rng(int(params["seed"]))
+                z = self.mean + rng.standard_normal((int(params["n"]), self.latent_dim)) @ self.chol.T
+                with torch.no_grad():
+                    return self.parts["decoder"](torch.from_numpy(z.astype(np.float32))).detach().numpy()
+            x = np.asarray(model_input)
+            if x.dtype.kind != "f":
+                raise self._bad(f"expected float32 input, got {x.dtype}")
+            if np.isnan(x).any() or np.isinf(x).any():
+                raise self._bad("input contains NaN or infinite values")
+            width = self.latent_dim if mode == "decode" else 784
+            if x.ndim == 3 and x.shape[1:] == (28, 28) and mode != "decode":
+                x = x.reshape(len(x), 784)
+            if x.ndim != 2 or x.shape[1] != width:
+                raise self._bad(f"mode {mode} expects N x {width} input, got shape {x.shape}")
+            if mode != "decode" and (x.min(initial=0) < 0 or x.max(initial=0) > 1):
+                raise self._bad("pixel values must lie in [0, 1]")
+            with torch.no_grad():
+                part = self.parts[{"encode": "encoder", "decode": "decoder"}.get(mode, mode)]
+            out = part(torch.from_numpy(x.astype(np.float32)))
+            out = torch.cat(out, dim=1) if isinstance(out, tuple) else out
+            return out.detach().numpy()
+
+
+def _signature(example: np.ndarray):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    any_width = TensorSpec(np.dtype(np.float32), (-1, -1))
+    return ModelSignature(
+        inputs=Schema([any_width]), outputs=Schema([any_width]),
+        params=ParamSchema([ParamSpec("mode", "string", "reconstruct"), ParamSpec("n", "long", 16),
+                            ParamSpec("seed", "long", 0)]))
+
+
+def client():
+    return _mlflow().MlflowClient()
+
+
+def champion_metric(name: str, metric: str) -> float | None:
+    """The `metric` tag of the current @champion of `name`, or None if there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client().get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+    value = version.tags.get(f"metric.{metric}")
+    return float(value) if value is not None else None
+
+
+def register_model(name: str, export_dir: Path, example: np.ndarray, experiment: str,
+                   tags: dict[str, str], version_tags: dict[str, str]) -> str:
+    """Log the pyfunc (with its exported parts) in a run of its own, register it as a new
+    version of `name`, tag it, set alias `candidate`. Returns the version."""
+    import torch
+
+    mlflow = _mlflow()
+    artifacts = {key: str(export_dir / filename) for key, filename in ARTIFACTS.items()}
+    requirements = [f"mlflow=={mlflow.__version__}", f"torch>={torch.__version__.split('+')[0]}",
+                    f"numpy>={np.__version__}", "pyyaml"]
+    with start_run(experiment, f"register-{name}", tags) as run:
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=AutoEncoderPyfunc(), artifacts=artifacts,
+            signature=_signature(example), input_example=example, registered_model_name=name,
+            pip_requirements=requirements, code_paths=[str(Path(__file__).parent)])
+        run.log_artifact(export_dir / "model_card.md")
+    version = str(info.registered_model_version)
+    c = client()
+    for key, value in version_tags.items():
+        c.set_model_version_tag(name, version, key, value)
+    c.set_registered_model_alias(name, "candidate", version)
+    return version
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(name, alias, version)
+
+
+def resolve_model(ref: str) -> tuple[str, str]:
+    """NAME@alias, NAME/version or NAME (= NAME@champion) -> (name, version); unknown names,
+    aliases or versions are a UserError listing what exists."""
+    from mlflow.exceptions import MlflowException
+
+    from vaectl import UserError
+
+    name, alias, version = ref, "champion", None
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+    elif "/" in ref:
+        name, version = ref.split("/", 1)
+    c = client()
+    known = sorted(m.name for m in c.search_registered_models())
+    if name not in known:
+        raise UserError(f"no registered model {name!r}; registered: {', '.join(known) or 'none'}")
+    model = c.get_registered_model(name)
+    versions = sorted((str(v.version) for v in c.search_model_versions(f"name='{name}'")), key=int)
+    if version is None:
+        aliases = dict(model.aliases)
+        if alias not in aliases:
+            raise UserError(f"{name} has no alias {alias!r}; aliases: "
+                            f"{', '.join(f'@{a} (v{v})' for a, v in sorted(aliases.items())) or 'none'}")
+        version = str(aliases[alias])
+    if version not in versions:
+        raise UserError(f"{name} has no version {version!r}; versions: {', '.join(versions)}")
+    try:
+        c.get_model_version(name, version)
+    except MlflowException as err:  # pragma: no cover - raced with a deletion
+        raise UserError(f"{name}/{version}: {err.message}") from None
+    return name, version
+
+
+def download_model(name: str, version: str, dest: Path) -> Path:
+    return Path(_mlflow().artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
+                                                        dst_path=str(dest)))
+
+
+def load_pyfunc(uri: str):
+    return _mlflow().pyfunc.load_model(uri)

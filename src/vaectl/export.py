@@ -1,0 +1,166 @@
+"""`vaectl export`: deployable artifacts of each trained model.
+
+Per model, in export/<kind>/: TorchScript and ONNX (dynamic batch) of the encoder, the
+decoder (latent -> pixel probabilities) and the full reconstruction; an ONNX Runtime vs
+torch parity check; the latent prior used by `sample` (N(0, I) for the VAE, a Gaussian fitted
+to the training latents for the AE); a model card (markdown + JSON); sha256 checksums.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vaectl import UserError
+from vaectl.data import load_split
+from vaectl.evaluate import load_trained
+from vaectl.files import atomic_path, sha256_file, write_json
+from vaectl.models import AutoEncoder
+from vaectl.train import to_unit
+
+PARITY_TOLERANCE = 1e-4
+
+
+class Encoder(nn.Module):
+    def __init__(self, model: AutoEncoder):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        mu, logvar = self.model.encode(x)
+        return (mu, logvar) if logvar is not None else (mu,)
+
+
+class Decoder(nn.Module):
+    def __init__(self, model: AutoEncoder):
+        super().__init__()
+        self.model = model
+
+    def forward(self, z):
+        return torch.sigmoid(self.model.decode(z))
+
+
+class Reconstruct(nn.Module):
+    def __init__(self, model: AutoEncoder):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return torch.sigmoid(self.model.decode(self.model.encode(x)[0]))
+
+
+def export_graphs(model: AutoEncoder, out: Path, probe: torch.Tensor) -> dict[str, float]:
+    """Write <part>.pt (TorchScript) and <part>.onnx for each part; return the max abs
+    difference between ONNX Runtime and torch on `probe` per part."""
+    import onnxruntime
+
+    z_probe = model.encode(probe)[0].detach()
+    encoder_outputs = ["mu", "logvar"] if model.variational else ["z"]
+    parts = {
+        "encoder": (Encoder(model), probe, ["x"], encoder_outputs),
+        "decoder": (Decoder(model), z_probe, ["z"], ["probs"]),
+        "reconstruct": (Reconstruct(model), probe, ["x"], ["probs"]),
+    }
+    parity = {}
+    for name, (module, example, inputs, outputs) in parts.items():
+        module.eval()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+            torch.jit.save(torch.jit.trace(module, example), str(out / f"{name}.pt"))
+            torch.onnx.export(module, (example,), str(out / f"{name}.onnx"), input_names=inputs,
+                              output_names=outputs, dynamo=False,
+                              dynamic_axes={n: {0: "batch"} for n in inputs + outputs})
+            expected = module(example)
+        session = onnxruntime.InferenceSession(str(out / f"{name}.onnx"),
+                                               providers=["CPUExecutionProvider"])
+        got = session.run(None, {inputs[0]: example.numpy()})
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        parity[name] = max(float(np.abs(g - e.numpy()).max())
+                           for g, e in zip(got, expected, strict=True))
+    return parity
+
+
+@torch.no_grad()
+def latent_prior(model: AutoEncoder, train_x: torch.Tensor) -> dict[str, np.ndarray]:
+    """mean and Cholesky factor of the distribution `sample` draws latents from."""
+    if model.variational:
+        return {"mean": np.zeros(model.latent_dim, np.float32),
+                "chol": np.eye(model.latent_dim, dtype=np.float32)}
+    latents = model.encode(train_x)[0]
+    cov = torch.cov(latents.T).reshape(model.latent_dim, model.latent_dim)
+    chol = torch.linalg.cholesky(cov + 1e-6 * torch.eye(model.latent_dim))
+    return {"mean": latents.mean(0).numpy(), "chol": chol.numpy()}
+
+
+def model_card(kind: str, summary: dict, metrics: dict, manifest_sha: str, commit: str,
+               parity: dict[str, float]) -> tuple[dict, str]:
+    from vaectl.evaluate import compare, flatten_model_metrics
+
+    rows = compare(flatten_model_metrics(metrics["vae"]), flatten_model_metrics(metrics["ae"]))
+    card = {
+        "model": kind, "architecture": summary["model_config"], "binarize": summary["binarize"],
+        "training_run_id": summary["run_id"], "best_val_loss": summary["best_val_loss"],
+        "data_manifest_sha256": manifest_sha, "git_commit": commit,
+        "test_metrics": flatten_model_metrics(metrics[kind]), "protocol": metrics["protocol"],
+        "onnx_parity_max_abs_diff": parity,
+        "inputs": "float32 N x 784 pixels in [0, 1] (decode: N x latent_dim latents)",
+        "modes": ["reconstruct", "encode", "decode", "sample"],
+    }
+    fmt = lambda v: "—" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    table = "\n".join(f"| {n} | {fmt(a)} | {fmt(b)} | {w.upper()} |" for n, a, b, w in rows)
+    arch = summary["model_config"]
+    text = f"""# {kind.upper()} model card
+
+- Architecture: MLP, hidden {arch['hidden']}, latent {arch['latent_dim']}
+- Training: MLflow run `{summary['run_id']}`, best validation loss {summary['best_val_loss']:.2f} nats/image,
+  binarisation `{summary['binarize']}`
+- Data manifest sha256: `{manifest_sha}`
+- Code: git `{commit}`
+- ONNX Runtime vs torch, max abs diff: {', '.join(f'{k} {v:.2e}' for k, v in parity.items())}
+
+## Test metrics, VAE vs AE ({metrics['protocol']})
+
+| metric | VAE | AE | better |
+| --- | --- | --- | --- |
+{table}
+
+## Use
+
+`mlflow.pyfunc.load_model(uri).predict(x, params={{"mode": "reconstruct"}})` with x a float32
+N x 784 array in [0, 1]; modes: reconstruct, encode (mean and log-variance for the VAE),
+decode (x = N x latent_dim latents), sample (params n, seed).
+"""
+    return card, text
+
+
+def run(kinds: tuple[str, ...], prepared: Path, models_root: Path, metrics_path: Path, out_root: Path,
+        commit: str) -> dict[str, dict]:
+    if not metrics_path.exists():
+        raise UserError(f"evaluation metrics not found: {metrics_path} (run `vaectl evaluate`)")
+    metrics = json.loads(metrics_path.read_text())
+    manifest_sha = sha256_file(prepared / "manifest.json") if (prepared / "manifest.json").exists() else ""
+    train_x = to_unit(load_split(prepared, "train")[0], torch.device("cpu"))
+    probe = to_unit(load_split(prepared, "test")[0][:64], torch.device("cpu"))
+    cards = {}
+    for kind in kinds:
+        model, summary = load_trained(models_root / kind, kind, manifest_sha)
+        with atomic_path(out_root / kind) as out:
+            out.mkdir()
+            parity = export_graphs(model, out, probe)
+            worst = max(parity.values())
+            if worst >= PARITY_TOLERANCE:
+                raise UserError(f"{kind}: ONNX Runtime differs from torch by {worst:.2e} "
+                                f"(>= {PARITY_TOLERANCE}); export aborted")
+            np.savez(out / "prior.npz", **latent_prior(model, train_x))
+            card, text = model_card(kind, summary, metrics, manifest_sha, commit, parity)
+            write_json(out / "model_card.json", card)
+            (out / "model_card.md").write_text(text)
+            checksums = {p.name: sha256_file(p) for p in sorted(out.iterdir())}
+            write_json(out / "checksums.json", checksums)
+        cards[kind] = card
+    return cards

@@ -1,0 +1,119 @@
+"""`vaectl register` and `vaectl pull`: the MLflow model registry, with aliases, not stages.
+
+register: each exported model becomes a new version (tags: test metrics, data sha, git commit,
+DVC experiment), alias `candidate`; `champion` moves only when the promotion rule holds.
+pull: NAME[@alias|/version] -> a deploy bundle whose files are checked against the sha256s
+recorded at export, then loaded once as a smoke test.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vaectl import UserError
+from vaectl.evaluate import flatten_model_metrics
+from vaectl.files import atomic_path, sha256_file, write_json
+from vaectl.params import RegistryParams
+
+PRIMARY_METRIC = {"vae": "iw_nll", "ae": "recon_bce"}  # lower is better for both
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reason: str
+
+
+def promotion_decision(kind: str, metrics: dict, champion_value: float | None,
+                       rule: RegistryParams) -> Decision:
+    """The promotion rule: beat the current champion's primary metric by more than
+    `rule.min_improvement` nats (any value beats no champion) and, for the VAE when
+    `rule.require_smoother_than_baseline`, interpolate more smoothly than the AE
+    (VAE/AE ratio of `rule.smoothness_metric` below 1)."""
+    metric = PRIMARY_METRIC[kind]
+    value = metrics[kind][metric]
+    if kind == "vae" and rule.require_smoother_than_baseline:
+        ratio = metrics["vae_over_ae"][rule.smoothness_metric]
+        if not ratio < 1:
+            return Decision(False, f"VAE/AE {rule.smoothness_metric} = {ratio:.3f} is not < 1")
+    if champion_value is None:
+        return Decision(True, f"no champion yet; {metric} {value:.3f}")
+    if value < champion_value - rule.min_improvement:
+        return Decision(True, f"{metric} {value:.3f} beats champion's {champion_value:.3f} "
+                              f"by more than {rule.min_improvement}")
+    return Decision(False, f"{metric} {value:.3f} does not beat champion's {champion_value:.3f} "
+                           f"by more than {rule.min_improvement}")
+
+
+def register(rule: RegistryParams, export_root: Path, metrics_path: Path, prepared: Path,
+             experiment: str, report_path: Path) -> dict:
+    from vaectl import tracking
+    from vaectl.data import load_split
+
+    if not metrics_path.exists():
+        raise UserError(f"evaluation metrics not found: {metrics_path} (run `vaectl evaluate`)")
+    metrics = json.loads(metrics_path.read_text())
+    example = load_split(prepared, "test")[0][:2].reshape(2, -1).astype(np.float32) / 255
+    report = {}
+    for kind, name in (("vae", rule.vae_name), ("ae", rule.ae_name)):
+        export_dir = export_root / kind
+        if not (export_dir / "checksums.json").exists():
+            raise UserError(f"no export in {export_dir} (run `vaectl export`)")
+        card = json.loads((export_dir / "model_card.json").read_text())
+        tags = tracking.standard_tags(f"register-{kind}", card["data_manifest_sha256"])
+        version_tags = {
+            **{f"metric.{k}": str(v) for k, v in flatten_model_metrics(metrics[kind]).items()},
+            "data_sha256": card["data_manifest_sha256"], "git_commit": card["git_commit"],
+            "training_run_id": card["training_run_id"],
+            "dvc_exp_name": tags.get("dvc.exp_name", ""), "protocol": metrics["protocol"],
+        }
+        champion_value = tracking.champion_metric(name, PRIMARY_METRIC[kind])
+        version = tracking.register_model(name, export_dir, example, experiment, tags, version_tags)
+        decision = promotion_decision(kind, metrics, champion_value, rule)
+        if decision.promote:
+            tracking.set_alias(name, "champion", version)
+        report[kind] = {"name": name, "version": version, "aliases": ["candidate"] +
+                        (["champion"] if decision.promote else []), "promoted": decision.promote,
+                        "reason": decision.reason}
+    write_json(report_path, report)
+    return report
+
+
+def verify_bundle(artifacts: Path) -> int:
+    """Check every exported file against checksums.json; returns how many were checked."""
+    listed = json.loads((artifacts / "checksums.json").read_text())
+    for filename, digest in listed.items():
+        path = artifacts / filename
+        if not path.exists():
+            raise UserError(f"pulled bundle is missing {filename}")
+        if sha256_file(path) != digest:
+            raise UserError(f"checksum mismatch for {filename} in the pulled bundle")
+    return len(listed)
+
+
+def pull(ref: str, dest: Path) -> dict:
+    """Download NAME[@alias|/version] into `dest` (atomically), verify, load once."""
+    from vaectl import tracking
+
+    name, version = tracking.resolve_model(ref)
+    with tempfile.TemporaryDirectory(prefix="vaectl-pull-") as tmp:
+        downloaded = tracking.download_model(name, version, Path(tmp))
+        checked = verify_bundle(downloaded / "artifacts")
+        model = tracking.load_pyfunc(str(downloaded))
+        card = json.loads((downloaded / "artifacts" / "model_card.json").read_text())
+        probe = np.full((1, 784), 0.5, dtype=np.float32)
+        output = model.predict(probe)
+        if output.shape != (1, 784) or not np.isfinite(output).all():
+            raise UserError(f"{name}/{version} loaded but its smoke prediction is malformed")
+        with atomic_path(dest) as staged:
+            shutil.copytree(downloaded, staged)
+    summary = {"name": name, "version": version, "dest": str(dest), "files_verified": checked,
+               "model": card["model"], "test_metrics": card["test_metrics"]}
+    write_json(dest / "pulled.json", summary)
+    return summary

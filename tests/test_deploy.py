@@ -1,0 +1,223 @@
+"""Export parity, registry (promotion both ways), pull in a fresh process, pyfunc input
+checks, and a serve smoke test on loopback."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from vaectl import UserError, registry
+from vaectl import classifier as classifier_stage
+from vaectl import evaluate as evaluate_stage
+from vaectl import export as export_stage
+from vaectl import train as train_stage
+from vaectl.params import RegistryParams, parse_params
+
+from .conftest import synthetic_digits, write_prepared
+from .test_evaluate import TINY_EVAL
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """Tiny models trained, evaluated, exported and registered once for the whole module."""
+    root = tmp_path_factory.mktemp("deploy")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.setenv("VAECTL_ROOT", str(root))
+        prepared = write_prepared(root / "prepared", {"train": synthetic_digits(30, 1),
+                                                      "val": synthetic_digits(5, 2),
+                                                      "test": synthetic_digits(5, 3)})
+        params = parse_params(TINY_EVAL)
+        for kind in ("vae", "ae"):
+            train_stage.run(kind, params, prepared, root / "models" / kind,
+                            root / "reports" / "curves" / f"{kind}.json")
+        classifier_stage.run(params.eval.classifier, prepared, root / "models" / "classifier")
+        evaluate_stage.run(params.eval, prepared, root / "models" / "vae", root / "models" / "ae",
+                           root / "models" / "classifier" / "classifier.pt", root / "reports",
+                           root / "reports" / "figures", "vaectl")
+        cards = export_stage.run(("vae", "ae"), prepared, root / "models",
+                                 root / "reports" / "metrics.json", root / "export", "abc123")
+        rule = RegistryParams(require_smoother_than_baseline=False)
+        first = registry.register(rule, root / "export", root / "reports" / "metrics.json",
+                                  prepared, "vaectl", root / "reports" / "registry.json")
+        yield {"root": root, "prepared": prepared, "cards": cards, "first": first, "rule": rule,
+               "env": {**os.environ}}
+
+
+def test_export_parity_files_and_dynamic_batch(deployed):
+    import onnxruntime
+
+    root = deployed["root"]
+    for kind in ("vae", "ae"):
+        assert max(deployed["cards"][kind]["onnx_parity_max_abs_diff"].values()) < 1e-4
+        files = json.loads((root / "export" / kind / "checksums.json").read_text())
+        assert {"encoder.onnx", "decoder.pt", "reconstruct.onnx", "model_card.md"} <= set(files)
+    session = onnxruntime.InferenceSession(str(root / "export" / "vae" / "reconstruct.onnx"))
+    x = np.random.default_rng(0).random((7, 784), dtype=np.float32)  # not the traced batch size
+    scripted = torch.jit.load(str(root / "export" / "vae" / "reconstruct.pt"))
+    with torch.no_grad():
+        expected = scripted(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], expected, atol=1e-5)
+
+
+def test_first_registration_promotes_and_the_same_model_again_does_not(deployed):
+    first = deployed["first"]
+    assert first["vae"]["promoted"] and first["vae"]["version"] == "1"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in deployed["env"].items():
+            mp.setenv(k, v)
+        root = deployed["root"]
+        again = registry.register(deployed["rule"], root / "export", root / "reports" / "metrics.json",
+                                  deployed["prepared"], "vaectl", root / "reports" / "registry2.json")
+        from vaectl import tracking
+
+        assert again["vae"]["version"] == "2" and not again["vae"]["promoted"]
+        assert tracking.resolve_model("vae-mnist@champion") == ("vae-mnist", "1")
+        assert tracking.resolve_model("vae-mnist@candidate") == ("vae-mnist", "2")
+
+
+@pytest.mark.parametrize("value, champion, smooth_ratio, require_smooth, promote", [
+    (100.0, None, 0.9, True, True),    # no champion yet
+    (99.0, 100.0, 0.9, True, True),    # better
+    (100.0, 100.0, 0.9, True, False),  # not strictly better
+    (101.0, 100.0, 0.9, True, False),  # worse
+    (90.0, 100.0, 1.1, True, False),   # better NLL but rougher interpolation than the AE
+    (90.0, 100.0, 1.1, False, True),   # ... which is allowed when the rule says so
+])
+def test_promotion_rule_both_ways(value, champion, smooth_ratio, require_smooth, promote):
+    metrics = {"vae": {"iw_nll": value}, "vae_over_ae": {"diff_class.ppl": smooth_ratio}}
+    rule = RegistryParams(require_smoother_than_baseline=require_smooth)
+    assert registry.promotion_decision("vae", metrics, champion, rule).promote is promote
+    improved = RegistryParams(min_improvement=2.0, require_smoother_than_baseline=False)
+    assert not registry.promotion_decision("vae", {**metrics, "vae": {"iw_nll": 99.0}}, 100.0,
+                                           improved).promote
+
+
+def test_pull_in_a_fresh_process_gives_the_trained_models_outputs(deployed):
+    root = deployed["root"]
+    dest = root / "bundle"
+    pulled = subprocess.run([sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion",
+                             "--dest", str(dest)], cwd=root, env=deployed["env"],
+                            capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "files verified" in pulled.stdout and (dest / "artifacts" / "decoder.onnx").exists()
+    x = np.random.default_rng(1).random((5, 784), dtype=np.float32)
+    np.save(root / "x.npy", x)
+    code = ("import mlflow, numpy as np, sys; m = mlflow.pyfunc.load_model(sys.argv[1]); "
+            "np.save(sys.argv[2], m.predict(np.load(sys.argv[3])))")
+    for uri, out in (("models:/vae-mnist@champion", "y_registry.npy"), (str(dest), "y_bundle.npy")):
+        subprocess.run([sys.executable, "-c", code, uri, str(root / out), str(root / "x.npy")],
+                       cwd=root, env=deployed["env"], check=True, capture_output=True)
+    state = torch.load(root / "models" / "vae" / "best.pt", weights_only=True)
+    from vaectl.models import from_config
+
+    model = from_config(state["model_config"])
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        expected = torch.sigmoid(model.decode(model.encode(torch.from_numpy(x))[0])).numpy()
+    for out in ("y_registry.npy", "y_bundle.npy"):
+        np.testing.assert_allclose(np.load(root / out), expected, atol=1e-6)
+
+
+def test_tampered_bundle_is_caught(deployed, tmp_path):
+    bundle = tmp_path / "artifacts"
+    bundle.mkdir()
+    export = deployed["root"] / "export" / "vae"
+    for name in [*json.loads((export / "checksums.json").read_text()), "checksums.json"]:
+        (bundle / name).write_bytes((export / name).read_bytes())
+    assert registry.verify_bundle(bundle) >= 9
+    (bundle / "decoder.onnx").write_bytes(b"not a model")
+    with pytest.raises(UserError, match="checksum mismatch for decoder.onnx"):
+        registry.verify_bundle(bundle)
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("gan-mnist@champion", "no registered model 'gan-mnist'; registered: ae-mnist, vae-mnist"),
+    ("vae-mnist@prod", "has no alias 'prod'; aliases: @candidate"),
+    ("vae-mnist/99", "has no version '99'; versions: 1"),
+])
+def test_unknown_names_list_what_exists(deployed, ref, message):
+    out = subprocess.run([sys.executable, "-m", "vaectl", "pull", ref, "--dest",
+                          str(deployed["root"] / "x")], cwd=deployed["root"], env=deployed["env"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_pyfunc_rejects_bad_inputs_with_a_message(deployed):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in deployed["env"].items():
+            mp.setenv(k, v)
+        from vaectl import tracking
+
+        model = tracking.load_pyfunc("models:/vae-mnist@champion")
+        good = np.full((2, 784), 0.5, np.float32)
+        assert model.predict(good).shape == (2, 784)
+        assert model.predict(good, params={"mode": "encode"}).shape == (2, 4)  # mean, log-variance
+        assert model.predict(np.zeros((3, 2), np.float32), params={"mode": "decode"}).shape == (3, 784)
+        assert model.predict(good, params={"mode": "sample", "n": 5}).shape == (5, 784)
+        nan = good.copy()
+        nan[0, 0] = np.nan
+        for bad, params, message in [
+            (np.full((2, 10), 0.5, np.float32), None, "expects N x 784"),
+            (nan, None, "NaN"),
+            (good * 3, None, r"\[0, 1\]"),
+            (good, {"mode": "explode"}, "unknown mode"),
+        ]:
+            with pytest.raises(MlflowException, match=message):
+                model.predict(bad, params=params)
+        with pytest.raises(MlflowException):
+            model.predict(good.astype(np.float64))  # the signature wants float32
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(port: int, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_serve_smoke_on_loopback(deployed):
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "vaectl", "serve", "vae-mnist@champion",
+                               "--port", str(port)], cwd=deployed["root"], env=deployed["env"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        status, body = _post(port, json.dumps({"inputs": [[0.5] * 784]}).encode())
+        assert status == 200 and np.array(body["predictions"]).shape == (1, 784)
+        for bad, message in [(b"{not json", "JSON"),
+                             (json.dumps({"inputs": [[0.5, 0.2]]}).encode(), "expects N x 784"),
+                             (b'{"inputs": [[NaN, 0.5]]}', "")]:
+            status, body = _post(port, bad)
+            assert 400 <= status < 500 and message in body["message"]
+        status, _ = _post(port, json.dumps({"inputs": [[0.1] * 784]}).encode())
+        assert status == 200  # still up after the bad requests
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
