@@ -43,10 +43,10 @@ class ModelParams:
 @dataclass(frozen=True)
 class TrainParams:
     latent_dim: int = 20
-    epochs: int = 30
+    epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-3
-    patience: int = 5  # early stopping on validation loss; 0 disables it
+    patience: int = 10  # early stopping on validation loss; 0 disables it
     binarize: Literal["none", "dynamic", "static"] = "dynamic"
     seed: int = 0
     sample_every: int = 5  # log sample/reconstruction grids every N epochs
