@@ -9,6 +9,7 @@ classifier. Writes reports/metrics.json (a DVC metric), reports/latents.json and
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -30,8 +31,6 @@ LOWER_IS_BETTER = ("neg_elbo", "iw_nll", "bits_per_dim", "recon_bce", "recon_mse
 
 
 def load_trained(model_dir: Path, expected_kind: str, data_sha: str) -> tuple[AutoEncoder, dict]:
-    import json
-
     best, summary_path = model_dir / "best.pt", model_dir / "summary.json"
     if not best.exists() or not summary_path.exists():
         raise UserError(f"no trained model in {model_dir} (run `vaectl train --model {expected_kind}`)")
@@ -127,17 +126,21 @@ def interpolation_metrics(model: AutoEncoder, x: torch.Tensor, pairs: np.ndarray
 
 
 @torch.no_grad()
-def generate(model: AutoEncoder, train_x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-    """VAE: z ~ the prior N(0, I). AE: z ~ a full-covariance Gaussian fitted to its training
-    latents (it has no prior of its own)."""
-    eps = torch.randn(n, model.latent_dim, generator=generator)
+def latent_prior(model: AutoEncoder, train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, Cholesky factor) of the latent distribution to sample from: the VAE's prior
+    N(0, I); for the AE, which has no prior, a full-covariance Gaussian fitted to its
+    training latents."""
     if model.variational:
-        z = eps
-    else:
-        latents = torch.cat([model.encode(train_x[s : s + 1000])[0] for s in range(0, len(train_x), 1000)])
-        mean, cov = latents.mean(0), torch.cov(latents.T).reshape(model.latent_dim, model.latent_dim)
-        chol = torch.linalg.cholesky(cov + 1e-6 * torch.eye(model.latent_dim))
-        z = mean + eps @ chol.T
+        return torch.zeros(model.latent_dim), torch.eye(model.latent_dim)
+    latents = torch.cat([model.encode(train_x[s : s + 1000])[0] for s in range(0, len(train_x), 1000)])
+    cov = torch.cov(latents.T).reshape(model.latent_dim, model.latent_dim)
+    return latents.mean(0), torch.linalg.cholesky(cov + 1e-6 * torch.eye(model.latent_dim))
+
+
+@torch.no_grad()
+def generate(model: AutoEncoder, train_x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    mean, chol = latent_prior(model, train_x)
+    z = mean + torch.randn(n, model.latent_dim, generator=generator) @ chol.T
     return images_of(model)(z)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from vaectl import UserError
 from vaectl.data import load_split
-from vaectl.evaluate import load_trained
+from vaectl.evaluate import latent_prior, load_trained
 from vaectl.files import atomic_path, sha256_file, write_json
 from vaectl.models import AutoEncoder
 from vaectl.train import to_unit
@@ -85,18 +85,6 @@ def export_graphs(model: AutoEncoder, out: Path, probe: torch.Tensor) -> dict[st
     return parity
 
 
-@torch.no_grad()
-def latent_prior(model: AutoEncoder, train_x: torch.Tensor) -> dict[str, np.ndarray]:
-    """mean and Cholesky factor of the distribution `sample` draws latents from."""
-    if model.variational:
-        return {"mean": np.zeros(model.latent_dim, np.float32),
-                "chol": np.eye(model.latent_dim, dtype=np.float32)}
-    latents = model.encode(train_x)[0]
-    cov = torch.cov(latents.T).reshape(model.latent_dim, model.latent_dim)
-    chol = torch.linalg.cholesky(cov + 1e-6 * torch.eye(model.latent_dim))
-    return {"mean": latents.mean(0).numpy(), "chol": chol.numpy()}
-
-
 def model_card(kind: str, summary: dict, metrics: dict, manifest_sha: str, commit: str,
                parity: dict[str, float]) -> tuple[dict, str]:
     from vaectl.evaluate import compare, flatten_model_metrics
@@ -156,7 +144,8 @@ def run(kinds: tuple[str, ...], prepared: Path, models_root: Path, metrics_path:
             if worst >= PARITY_TOLERANCE:
                 raise UserError(f"{kind}: ONNX Runtime differs from torch by {worst:.2e} "
                                 f"(>= {PARITY_TOLERANCE}); export aborted")
-            np.savez(out / "prior.npz", **latent_prior(model, train_x))
+            mean, chol = latent_prior(model, train_x)
+            np.savez(out / "prior.npz", mean=mean.numpy(), chol=chol.numpy())
             card, text = model_card(kind, summary, metrics, manifest_sha, commit, parity)
             write_json(out / "model_card.json", card)
             (out / "model_card.md").write_text(text)

@@ -24,7 +24,7 @@ from vaectl.figures import image_grid
 from vaectl.files import atomic_path, sha256_file, write_json
 from vaectl.models import AutoEncoder, build_model
 from vaectl.objectives import loss_terms
-from vaectl.params import Params, TrainParams
+from vaectl.params import Params, TrainParams, flatten
 
 VAL_BINARIZE_SEED = 1234  # validation images are binarised once, the same for every run
 
@@ -273,7 +273,5 @@ def run(kind: str, params: Params, prepared: Path, out_dir: Path, curves_path: P
 
 def _flat(params: Params, kind: str) -> dict:
     """The params that shape this run: data, model and this model's train group."""
-    from vaectl.params import flatten
-
     return {**flatten(params.data, "data"), **flatten(params.model, "model"),
             **flatten(getattr(params.train, kind), f"train.{kind}")}
