@@ -34,6 +34,7 @@ ui: setup ## MLflow UI on 127.0.0.1:5000 against mlruns/
 bench: setup ## Benchmarks: training throughput, IWAE cost (see benchmarks/)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/iwae_cost.py
+	$(BIN)/python benchmarks/serve_latency.py
 
 clean: ## Remove produced data, models, reports and MLflow runs (keeps .venv)
 	rm -rf data/prepared models reports mlruns/mlflow.db mlruns/artifacts .pytest_cache

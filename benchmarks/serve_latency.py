@@ -1,0 +1,111 @@
+"""Serving: requests/s and p50/p99 latency of `vaectl serve` on loopback at batch 1 and 64,
+and in-process reconstruction throughput of ONNX Runtime vs TorchScript vs eager torch.
+
+Needs a registered model (run `make repro` first). Sequential requests from one client, a
+bounded number of them, to 127.0.0.1 only.
+
+    python benchmarks/serve_latency.py --model vae-mnist@champion --requests 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"server did not answer {url} within {seconds} s")
+
+
+def http_latencies(port: int, batch: int, requests: int) -> np.ndarray:
+    body = json.dumps({"inputs": np.random.default_rng(0).random((batch, 784)).round(3).tolist()}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+    times = []
+    for _ in range(requests):
+        began = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+        times.append(time.perf_counter() - began)
+    return np.array(times)
+
+
+def in_process(export_dir: Path, batch: int, repeats: int) -> dict[str, float]:
+    import onnxruntime
+
+    from vaectl.evaluate import load_trained
+    from vaectl.export import Reconstruct
+    from vaectl.files import sha256_file
+
+    x = np.random.default_rng(0).random((batch, 784), dtype=np.float32)
+    session = onnxruntime.InferenceSession(str(export_dir / "reconstruct.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    scripted = torch.jit.load(str(export_dir / "reconstruct.pt"))
+    model, _ = load_trained(Path("models/vae"), "vae", sha256_file(Path("data/prepared/manifest.json")))
+    eager = Reconstruct(model).eval()
+    runners = {"onnxruntime": lambda: session.run(None, {"x": x}),
+               "torchscript": lambda: scripted(torch.from_numpy(x)),
+               "eager torch": lambda: eager(torch.from_numpy(x))}
+    rates = {}
+    with torch.no_grad():
+        for name, fn in runners.items():
+            fn()
+            began = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            rates[name] = repeats * batch / (time.perf_counter() - began)
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vae-mnist@champion")
+    parser.add_argument("--requests", type=int, default=200)
+    args = parser.parse_args()
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "vaectl", "serve", args.model, "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/ping", 120)
+        print(f"{args.model} served by MLflow on loopback, {args.requests} sequential requests each")
+        print(f"{'batch':>6}{'req/s':>9}{'images/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+        for batch in (1, 64):
+            http_latencies(port, batch, 5)  # warm-up
+            t = http_latencies(port, batch, args.requests)
+            print(f"{batch:>6}{len(t) / t.sum():>9.1f}{batch * len(t) / t.sum():>10.0f}"
+                  f"{np.percentile(t, 50) * 1e3:>9.1f}{np.percentile(t, 99) * 1e3:>9.1f}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    print(f"in-process reconstruction, batch 64, {torch.get_num_threads()} threads (images/s):")
+    for name, rate in in_process(Path("export/vae"), 64, 300).items():
+        print(f"  {name:<12}{rate:>10.0f}")
+
+
+if __name__ == "__main__":
+    main()
