@@ -231,7 +231,7 @@ def run(kind: str, params: Params, prepared: Path, out_dir: Path, curves_path: P
                 val = evaluate_loss(model, x_val, beta, 1024)
                 sizes = torch.full((steps_per_epoch,), float(batch), device=device)
                 sizes[-1] = n - batch * (steps_per_epoch - 1)
-                train = (sizes @ torch.stack([torch.stack(t) for t in batch_terms]) / n).tolist()
+                train = (sizes @ torch.stack([torch.stack(terms) for terms in batch_terms]) / n).tolist()
                 stats = EpochStats(epoch, *train, *val, beta, n / train_time,
                                    time.perf_counter() - began)
                 improved = stats.val_loss < best_val
