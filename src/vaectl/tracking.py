@@ -45,14 +45,16 @@ def _mlflow():
 
 
 def ensure_experiment(name: str) -> str:
-    """Experiment id; a new local experiment keeps its artifacts under mlruns/artifacts."""
+    """Experiment id; a new experiment in a local sqlite store keeps its artifacts in an
+    `artifacts` folder beside the database (mlruns/artifacts by default)."""
     mlflow = _mlflow()
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None  # a shared server decides its own artifact root
-    if tracking_uri() == default_tracking_uri():  # (mlflow itself exports MLFLOW_TRACKING_URI)
-        location = (repo_root() / "mlruns" / "artifacts").as_uri()
+    location = None  # a tracking server decides its own artifact root
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):  # a local database keeps its artifacts beside it
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
 
 
