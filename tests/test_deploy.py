@@ -177,6 +177,8 @@ def test_pyfunc_rejects_bad_inputs_with_a_message(deployed):
                 model.predict(bad, params=params)
         with pytest.raises(MlflowException):
             model.predict(good.astype(np.float64))  # the signature wants float32
+        with pytest.raises(MlflowException, match="does not match expected shape"):
+            model.predict(good.reshape(2, 28, 28))  # the signature is 2-D
 
 
 def _free_port() -> int:

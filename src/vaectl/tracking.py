@@ -165,8 +165,9 @@ with contextlib.redirect_stderr(io.StringIO()):
 
     class AutoEncoderPyfunc(mlflow.pyfunc.PythonModel):
         """MLflow pyfunc over the exported TorchScript parts. Input: float32 N x 784 pixels in
-        [0, 1] (or N x 28 x 28); `params={"mode": ...}` picks reconstruct (default), encode,
-        decode (input: N x latent_dim latents) or sample (`n`, `seed`)."""
+        [0, 1] (the signature is 2-D, so MLflow rejects N x 28 x 28 before predict runs; the
+        exported TorchScript parts take either, ONNX takes N x 784); `params={"mode": ...}` picks reconstruct
+        (default), encode, decode (N x latent_dim latents) or sample (`n`, `seed`)."""
 
         def load_context(self, context):
             import torch
@@ -203,8 +204,6 @@ with contextlib.redirect_stderr(io.StringIO()):
             if np.isnan(x).any() or np.isinf(x).any():
                 raise self._bad("input contains NaN or infinite values")
             width = self.latent_dim if mode == "decode" else 784
-            if x.ndim == 3 and x.shape[1:] == (28, 28) and mode != "decode":
-                x = x.reshape(len(x), 784)
             if x.ndim != 2 or x.shape[1] != width:
                 raise self._bad(f"mode {mode} expects N x {width} input, got shape {x.shape}")
             if mode != "decode" and (x.min(initial=0) < 0 or x.max(initial=0) > 1):
