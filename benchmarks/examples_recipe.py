@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from train_throughput import examples_loader  # a sibling script in benchmarks/
 from vaectl.data import load_split
 from vaectl.evaluate import expected_recon_nll
 from vaectl.models import from_config
@@ -55,20 +56,10 @@ class ExamplesVAE(nn.Module):
 
 
 def train_examples(images: np.ndarray, epochs: int, seed: int) -> tuple[nn.Module, float]:
-    from PIL import Image
-    from torchvision import transforms
-
-    class Digits(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(images)
-
-        def __getitem__(self, i):
-            return transforms.ToTensor()(Image.fromarray(images[i], mode="L"))
-
     torch.manual_seed(seed)
     model = ExamplesVAE()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(Digits(), batch_size=128, shuffle=True)
+    loader = examples_loader(images, batch_size=128)
     began = time.perf_counter()
     for _ in range(epochs):
         for x in loader:

@@ -47,8 +47,8 @@ def bare_loop(x: torch.Tensor, params, epochs: int) -> float:
     return epochs * len(x) / (time.perf_counter() - began)
 
 
-def dataloader_loop(images: np.ndarray, params, epochs: int) -> float:
-    """pytorch/examples style: a Dataset of PIL images, ToTensor per item, a DataLoader."""
+def examples_loader(images: np.ndarray, batch_size: int) -> torch.utils.data.DataLoader:
+    """pytorch/examples style input: a Dataset of PIL images, ToTensor per item, shuffled."""
     from PIL import Image
     from torchvision import transforms
 
@@ -59,11 +59,16 @@ def dataloader_loop(images: np.ndarray, params, epochs: int) -> float:
         def __getitem__(self, i):
             return transforms.ToTensor()(Image.fromarray(images[i], mode="L"))
 
+    return torch.utils.data.DataLoader(Digits(), batch_size=batch_size, shuffle=True)
+
+
+def dataloader_loop(images: np.ndarray, params, epochs: int) -> float:
+    """samples/s of the same model fed by `examples_loader`."""
     t = params.train.vae
     torch.manual_seed(0)
     model = build_model("vae", params.model.hidden, t.latent_dim)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
-    loader = torch.utils.data.DataLoader(Digits(), batch_size=t.batch_size, shuffle=True)
+    loader = examples_loader(images, t.batch_size)
     began = time.perf_counter()
     for _ in range(epochs):
         for xb in loader:
