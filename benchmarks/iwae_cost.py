@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-from vaectl.data import load_split
+from vaectl.data import load_split, manifest_sha256
 from vaectl.evaluate import load_trained
-from vaectl.files import sha256_file
 from vaectl.objectives import iwae_log_likelihood
 from vaectl.train import binarize, to_unit
 
@@ -32,7 +31,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=250)
     args = parser.parse_args()
 
-    model, _ = load_trained(args.model, "vae", sha256_file(args.prepared / "manifest.json"))
+    model, _ = load_trained(args.model, "vae", manifest_sha256(args.prepared))
     x = to_unit(load_split(args.prepared, "test")[0][: args.images], torch.device("cpu"))
     x = binarize(x, torch.Generator().manual_seed(0))
     began = time.perf_counter()

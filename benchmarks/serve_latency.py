@@ -57,15 +57,15 @@ def http_latencies(port: int, batch: int, requests: int) -> np.ndarray:
 def in_process(export_dir: Path, batch: int, repeats: int) -> dict[str, float]:
     import onnxruntime
 
+    from vaectl.data import manifest_sha256
     from vaectl.evaluate import load_trained
     from vaectl.export import Reconstruct
-    from vaectl.files import sha256_file
 
     x = np.random.default_rng(0).random((batch, 784), dtype=np.float32)
     session = onnxruntime.InferenceSession(str(export_dir / "reconstruct.onnx"),
                                            providers=["CPUExecutionProvider"])
     scripted = torch.jit.load(str(export_dir / "reconstruct.pt"))
-    model, _ = load_trained(Path("models/vae"), "vae", sha256_file(Path("data/prepared/manifest.json")))
+    model, _ = load_trained(Path("models/vae"), "vae", manifest_sha256(Path("data/prepared")))
     eager = Reconstruct(model).eval()
     runners = {"onnxruntime": lambda: session.run(None, {"x": x}),
                "torchscript": lambda: scripted(torch.from_numpy(x)),

@@ -18,8 +18,8 @@ import torch
 
 from vaectl import UserError
 from vaectl.classifier import confidence, load_classifier
-from vaectl.data import load_split
-from vaectl.files import sha256_file, write_json
+from vaectl.data import load_split, manifest_sha256
+from vaectl.files import write_json
 from vaectl.interpolation import decode_path, path_metrics, path_ppl
 from vaectl.models import AutoEncoder, from_config
 from vaectl.objectives import bernoulli_nll, gaussian_kl, iwae_log_likelihood
@@ -45,11 +45,6 @@ def load_trained(model_dir: Path, expected_kind: str, data_sha: str) -> tuple[Au
     model = from_config(state["model_config"])
     model.load_state_dict(state["model"])
     return model.eval(), summary
-
-
-def images_of(model: AutoEncoder):
-    """Latent -> mean image in [0, 1] (flattened)."""
-    return lambda z: torch.sigmoid(model.decode(z))
 
 
 @torch.no_grad()
@@ -114,7 +109,7 @@ def interpolation_metrics(model: AutoEncoder, x: torch.Tensor, pairs: np.ndarray
                           params: EvalParams, classifier, seed: int) -> tuple[dict, torch.Tensor]:
     mu = model.encode(x)[0]
     z0, z1 = mu[pairs[:, 0]], mu[pairs[:, 1]]
-    decode = images_of(model)
+    decode = model.mean_image
     paths = decode_path(decode, z0, z1, params.interp_steps, params.interp_mode)
     per_pair = path_metrics(paths)
     per_pair["ppl"] = path_ppl(decode, z0, z1, params.ppl_epsilon, params.ppl_samples,
@@ -141,7 +136,7 @@ def latent_prior(model: AutoEncoder, train_x: torch.Tensor) -> tuple[torch.Tenso
 def generate(model: AutoEncoder, train_x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
     mean, chol = latent_prior(model, train_x)
     z = mean + torch.randn(n, model.latent_dim, generator=generator) @ chol.T
-    return images_of(model)(z)
+    return model.mean_image(z)
 
 
 def compare(vae: dict, ae: dict) -> list[tuple[str, float | None, float | None, str]]:
@@ -169,7 +164,7 @@ def run(params: EvalParams, prepared: Path, model_dir: Path, baseline_dir: Path,
         classifier_path: Path, reports: Path, figures_dir: Path, tracking_experiment: str) -> dict:
     from vaectl import figures
 
-    data_sha = sha256_file(prepared / "manifest.json") if (prepared / "manifest.json").exists() else ""
+    data_sha = manifest_sha256(prepared)
     test_images, test_labels = load_split(prepared, "test")
     train_images, _ = load_split(prepared, "train")
     models = {"vae": load_trained(model_dir, "vae", data_sha),

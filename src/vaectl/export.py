@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from vaectl import UserError
-from vaectl.data import load_split
+from vaectl.data import load_split, manifest_sha256
 from vaectl.evaluate import latent_prior, load_trained
 from vaectl.files import atomic_path, sha256_file, write_json
 from vaectl.models import AutoEncoder
@@ -42,7 +42,7 @@ class Decoder(nn.Module):
         self.model = model
 
     def forward(self, z):
-        return torch.sigmoid(self.model.decode(z))
+        return self.model.mean_image(z)
 
 
 class Reconstruct(nn.Module):
@@ -51,7 +51,7 @@ class Reconstruct(nn.Module):
         self.model = model
 
     def forward(self, x):
-        return torch.sigmoid(self.model.decode(self.model.encode(x)[0]))
+        return self.model.reconstruct(x)
 
 
 def export_graphs(model: AutoEncoder, out: Path, probe: torch.Tensor) -> dict[str, float]:
@@ -131,7 +131,7 @@ def run(kinds: tuple[str, ...], prepared: Path, models_root: Path, metrics_path:
     if not metrics_path.exists():
         raise UserError(f"evaluation metrics not found: {metrics_path} (run `vaectl evaluate`)")
     metrics = json.loads(metrics_path.read_text())
-    manifest_sha = sha256_file(prepared / "manifest.json") if (prepared / "manifest.json").exists() else ""
+    manifest_sha = manifest_sha256(prepared)
     train_x = to_unit(load_split(prepared, "train")[0], torch.device("cpu"))
     probe = to_unit(load_split(prepared, "test")[0][:64], torch.device("cpu"))
     cards = {}

@@ -65,7 +65,7 @@ def evaluation_figures(out_dir: Path, models: dict, x_pixels, labels: np.ndarray
     written = []
     originals = x_pixels[:12]
     with torch.no_grad():
-        recon = {n: torch.sigmoid(m.decode(m.encode(originals)[0])).numpy() for n, (m, _) in models.items()}
+        recon = {n: m.reconstruct(originals).numpy() for n, (m, _) in models.items()}
     written.append(out_dir / "reconstructions.png")
     _rows_figure([("test", originals.numpy()), ("VAE", recon["vae"]), ("AE", recon["ae"])], 12,
                  "Reconstructions of test images (posterior mean / AE code)", written[-1])

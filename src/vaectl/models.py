@@ -50,7 +50,16 @@ class AutoEncoder(nn.Module):
         return h, None
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Bernoulli logits over the 784 pixels."""
         return self.decoder(z)
+
+    def mean_image(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoded image: pixel probabilities in [0, 1], flattened."""
+        return torch.sigmoid(self.decoder(z))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean image at the encoder mean (the AE's code): deterministic, no sampling."""
+        return self.mean_image(self.encode(x)[0])
 
     def forward(self, x: torch.Tensor):
         """(logits, mu, logvar, z): z is a reparameterised sample for the VAE."""

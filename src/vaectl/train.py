@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from vaectl import UserError
-from vaectl.data import load_manifest, load_split
+from vaectl.data import load_manifest, load_split, manifest_sha256
 from vaectl.figures import image_grid
-from vaectl.files import atomic_path, sha256_file, write_json
+from vaectl.files import atomic_path, write_json
 from vaectl.models import AutoEncoder, build_model
 from vaectl.objectives import loss_terms
 from vaectl.params import Params, TrainParams, flatten
@@ -141,12 +141,12 @@ def log_images(run, model: AutoEncoder, x_val: torch.Tensor, epoch: int, seed: i
     model.eval()
     gen = torch.Generator(device=x_val.device).manual_seed(seed)
     originals = x_val[:16]
-    recon = torch.sigmoid(model.decode(model.encode(originals)[0]))  # posterior mean: no RNG draw
+    recon = model.reconstruct(originals)  # at the posterior mean: no RNG draw
     pairs = torch.stack([originals, recon], 1).reshape(-1, 784).cpu().numpy()
     run.log_image(image_grid(pairs, ncol=8), f"reconstructions/epoch_{epoch + 1:03d}.png")
     if model.variational:
         z = torch.randn(64, model.latent_dim, generator=gen, device=x_val.device)
-        samples = torch.sigmoid(model.decode(z)).cpu().numpy()
+        samples = model.mean_image(z).cpu().numpy()
         run.log_image(image_grid(samples, ncol=8), f"samples/epoch_{epoch + 1:03d}.png")
     model.train()
 
@@ -164,7 +164,7 @@ def run(kind: str, params: Params, prepared: Path, out_dir: Path, curves_path: P
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     manifest = load_manifest(prepared)
-    data_sha = sha256_file(prepared / "manifest.json")
+    data_sha = manifest_sha256(prepared)
     train_images, train_labels = load_split(prepared, "train")
     val_images, _ = load_split(prepared, "val")
     x_train, x_val = to_unit(train_images, device), to_unit(val_images, device)

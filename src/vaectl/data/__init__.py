@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from vaectl import UserError
+from vaectl.files import sha256_file
 
 SPLITS = ("train", "val", "test")
 
@@ -21,8 +22,17 @@ def load_split(prepared: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         return npz["images"], npz["labels"]
 
 
-def load_manifest(prepared: Path) -> dict:
+def _manifest_path(prepared: Path) -> Path:
     path = Path(prepared) / "manifest.json"
     if not path.exists():
         raise UserError(f"data manifest not found: {path} (run `vaectl fetch` first)")
-    return json.loads(path.read_text())
+    return path
+
+
+def load_manifest(prepared: Path) -> dict:
+    return json.loads(_manifest_path(prepared).read_text())
+
+
+def manifest_sha256(prepared: Path) -> str:
+    """The data's identity: models record it, evaluation and export check it."""
+    return sha256_file(_manifest_path(prepared))
