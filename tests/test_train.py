@@ -81,12 +81,13 @@ def test_early_stopping(tmp_path, prepared):
     assert summary["stopped_early"] and summary["epochs_run"] < 50
 
 
-def test_sigterm_leaves_a_usable_checkpoint_and_a_killed_run(tmp_path, prepared):
+@pytest.mark.parametrize("nproc", ["1", "2"])
+def test_sigterm_leaves_a_usable_checkpoint_and_a_killed_run(tmp_path, prepared, nproc):
     (tmp_path / "params.yaml").write_text(json.dumps({**TINY, "train": {**TINY["train"], "vae": {
         **TINY["train"]["vae"], "epochs": 100000, "patience": 0}}}))
     proc = subprocess.Popen(
         [sys.executable, "-m", "vaectl", "train", "--model", "vae", "--prepared", str(prepared),
-         "--out", str(tmp_path / "m")],
+         "--out", str(tmp_path / "m"), "--nproc", nproc],
         cwd=tmp_path, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     last = tmp_path / "m" / "last.pt"
@@ -98,6 +99,7 @@ def test_sigterm_leaves_a_usable_checkpoint_and_a_killed_run(tmp_path, prepared)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err
+    assert err.count("interrupted:") == 1  # once, not once per process
     state = torch.load(last, weights_only=True)
     assert state["epoch"] >= 1
     assert tracking.run_status(state["run_id"]) == "KILLED"

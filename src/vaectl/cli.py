@@ -105,10 +105,15 @@ def train(
     prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
     out: Path = typer.Option(None, help="checkpoint directory [default: models/MODEL]"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
+    nproc: int = typer.Option(1, "--nproc", min=1,
+                              help="training processes (torch DDP via torchrun; gloo on CPU)"),
 ):
     """Train the VAE or the AE baseline; checkpoints each epoch, logs the run to MLflow.
 
     Example: vaectl train --model vae   (then `make ui` to watch curves and samples)
+
+    Example: vaectl train --model vae --nproc 2   (same as `torchrun --standalone
+    --nproc-per-node 2 -m vaectl train --model vae`; the global batch is split between them)
     """
     from vaectl import train as stage
     from vaectl.models import KINDS
@@ -116,16 +121,32 @@ def train(
     if model not in KINDS:
         raise UserError(f"--model must be one of {', '.join(KINDS)}, got {model!r}")
     out = out or Path("models") / model
+    params = _params(params_path)
+    if nproc > 1:
+        if "WORLD_SIZE" in os.environ:
+            raise UserError("--nproc launches torchrun; under torchrun the process count is its own")
+        stage.preflight(params, prepared, out, resume, nproc)
+        code = stage.launch(nproc, ["--model", model, "--params", str(params_path), "--prepared",
+                                    str(prepared), "--out", str(out), *(["--resume"] if resume else [])])
+        if code == 130:
+            typer.secho(f"interrupted: last checkpoint kept in {out}/last.pt; continue with "
+                        f"`vaectl train --model {model} --nproc {nproc} --resume`", fg="yellow", err=True)
+        elif code:
+            typer.secho(f"error: a training process failed (exit {code}); see its output above",
+                        fg="red", err=True)
+        raise typer.Exit(code)
     try:
-        summary = stage.run(model, _params(params_path), prepared, out,
-                            Path("reports/curves") / f"{model}.json", resume=resume)
+        summary = stage.run(model, params, prepared, out, Path("reports/curves") / f"{model}.json",
+                            resume=resume)
     except KeyboardInterrupt:
-        typer.secho(f"interrupted: last checkpoint kept in {out}/last.pt; continue with "
-                    f"`vaectl train --model {model} --resume`", fg="yellow", err=True)
+        if "WORLD_SIZE" not in os.environ:  # under a launcher, the launcher says it once
+            typer.secho(f"interrupted: last checkpoint kept in {out}/last.pt; continue with "
+                        f"`vaectl train --model {model} --resume`", fg="yellow", err=True)
         raise typer.Exit(130) from None
-    typer.echo(f"{model}: best val loss {summary['best_val_loss']:.2f} nats at epoch "
-               f"{summary['best_epoch']} of {summary['epochs_run']} -> {out} "
-               f"(MLflow run {summary['run_id']})")
+    if summary is not None:
+        typer.echo(f"{model}: best val loss {summary['best_val_loss']:.2f} nats at epoch "
+                   f"{summary['best_epoch']} of {summary['epochs_run']} -> {out} "
+                   f"(MLflow run {summary['run_id']})")
 
 
 @app.command()

@@ -8,7 +8,9 @@ metrics of an uninterrupted run, and two runs with the same params are identical
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import signal
 import sys
 import time
@@ -35,6 +37,80 @@ def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+@dataclass(frozen=True)
+class Workers:
+    """This process's place among the training processes; torchrun's env vars say it."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def join_workers(requested_device: str) -> tuple[Workers, torch.device]:
+    """Under torchrun (WORLD_SIZE > 1) join the process group: gloo on CPU, nccl on CUDA
+    with one GPU per process. Alone, just pick the device."""
+    device = pick_device(requested_device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Workers(), device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Workers(dist.get_rank(), world), device
+
+
+def launch(nproc: int, train_args: list[str]) -> int:
+    """`vaectl train --nproc N`: N processes of `vaectl train ARGS` under PyTorch's elastic
+    launcher (what torchrun runs): rendezvous, failure handling, signal forwarding. Threads
+    are split between processes unless OMP_NUM_THREADS says otherwise. Returns the exit
+    code: 0, 130 when interrupted, else 1 (the failed process has printed why)."""
+    import logging
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # we report failures
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
+    try:
+        elastic_launch(config, sys.executable)("-m", "vaectl", "train", *train_args)
+    except SignalException:
+        return 130
+    except ChildFailedError as err:
+        return 130 if any(f.exitcode == 130 for f in err.failures.values()) else 1
+    return 0
+
+
+def preflight(params: Params, prepared: Path, out_dir: Path, resume: bool, nproc: int) -> None:
+    """The user mistakes worth catching before N processes start: no data, nothing to resume,
+    fewer GPUs than processes (nccl wants one GPU per process)."""
+    load_manifest(prepared)
+    if pick_device(params.train.device).type == "cuda" and nproc > torch.cuda.device_count():
+        raise UserError(f"--nproc {nproc} on CUDA needs {nproc} GPUs, this machine has "
+                        f"{torch.cuda.device_count()}; set train.device: cpu to run "
+                        f"{nproc} processes on the CPU")
+    if resume:
+        resume_state(out_dir, nproc)
+
+
+def resume_state(out_dir: Path, world: int) -> dict:
+    """out_dir/last.pt, if `world` processes can continue it (each resumes its own RNGs)."""
+    state = load_checkpoint(out_dir / "last.pt")
+    if len(state["rng"]) != world:
+        raise UserError(f"{out_dir / 'last.pt'} was written by {len(state['rng'])} training "
+                        f"process(es); resume with --nproc {len(state['rng'])}")
+    return state
 
 
 def to_unit(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -118,11 +194,19 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
+def _rng_state(generator: torch.Generator, device: torch.device, workers: Workers) -> list[dict]:
+    """Every process's RNG states, indexed by rank (each draws its own reparameterisation
+    noise), gathered so that rank 0's checkpoint can resume them all."""
     state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+    if workers.world == 1:
+        return [state]
+    import torch.distributed as dist
+
+    states: list = [None] * workers.world
+    dist.all_gather_object(states, state)
+    return states
 
 
 def _restore_rng(state: dict, generator: torch.Generator, device: torch.device) -> None:
@@ -152,60 +236,83 @@ def log_images(run, model: AutoEncoder, x_val: torch.Tensor, epoch: int, seed: i
 
 
 def run(kind: str, params: Params, prepared: Path, out_dir: Path, curves_path: Path,
-        resume: bool = False) -> dict:
+        resume: bool = False) -> dict | None:
     """Train `kind` on the prepared train split with early stopping on val.
 
     Writes out_dir/{last,best}.pt and out_dir/summary.json, and the per-epoch curves (a DVC
-    plot) to `curves_path`; logs everything to one MLflow run. Returns the summary."""
-    from vaectl import tracking
+    plot) to `curves_path`; logs everything to one MLflow run. Returns the summary.
 
+    Under torchrun, every process trains a DistributedDataParallel replica on a disjoint
+    shard of each global batch (same global batch, permutation and binarisation as one
+    process); rank 0 alone validates, logs and writes files, and the others return None."""
     t: TrainParams = getattr(params.train, kind)
-    device = pick_device(params.train.device)
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
+    workers, device = join_workers(params.train.device)
+    try:
+        return _train(kind, t, params, prepared, out_dir, curves_path, resume, workers, device)
+    finally:
+        if workers.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: Path,
+           curves_path: Path, resume: bool, workers: Workers, device: torch.device) -> dict | None:
+    from vaectl import tracking
+
     manifest = load_manifest(prepared)
     data_sha = manifest_sha256(prepared)
     train_images, train_labels = load_split(prepared, "train")
     val_images, _ = load_split(prepared, "val")
     x_train, x_val = to_unit(train_images, device), to_unit(val_images, device)
 
-    torch.manual_seed(t.seed)
-    generator = torch.Generator(device=device).manual_seed(t.seed)
+    torch.manual_seed(t.seed + workers.rank)  # reparameterisation noise: one stream per process
+    generator = torch.Generator(device=device).manual_seed(t.seed)  # data order: shared by all
     if t.binarize != "none":
         x_val = binarize(x_val, torch.Generator(device=device).manual_seed(VAL_BINARIZE_SEED))
     if t.binarize == "static":
         x_train = binarize(x_train, generator)
     model = build_model(kind, params.model.hidden, t.latent_dim).to(device)
+    net = model
+    if workers.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
 
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     history: list[dict] = []
     start_epoch, best_val, bad_epochs, run_id = 0, math.inf, 0, None
     if resume:
-        state = load_checkpoint(last_path)
+        state = resume_state(out_dir, workers.world)
         if state["model_config"] != model.config():
             raise UserError(f"{last_path} holds a {state['model_config']} model; params ask for "
                             f"{model.config()}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        _restore_rng(state["rng"], generator, device)
+        _restore_rng(state["rng"][workers.rank], generator, device)
         start_epoch, best_val, bad_epochs = state["epoch"], state["best_val"], state["bad_epochs"]
         history, run_id = state["history"], state["run_id"]
-    else:
+    elif workers.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in (last_path, best_path):
             stale.unlink(missing_ok=True)
 
     n, batch = len(x_train), t.batch_size
-    steps_per_epoch = math.ceil(n / batch)
-    progress = Progress(kind, steps_per_epoch)
+    # A last global batch smaller than the process count cannot be shared out: it is dropped.
+    steps_per_epoch = n // batch + (n % batch >= workers.world)
+    n_used = min(n, steps_per_epoch * batch)
+    progress = Progress(kind, steps_per_epoch) if workers.main else None
     previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    tags = tracking.standard_tags(kind, data_sha)
+    tags = tracking.standard_tags(kind, data_sha) if workers.main else {}
     try:
-        with tracking.start_run(params.tracking.experiment, f"train-{kind}", tags, run_id) as mlrun:
-            if run_id is None:
+        with (tracking.start_run(params.tracking.experiment, f"train-{kind}", tags, run_id)
+              if workers.main else contextlib.nullcontext()) as mlrun:
+            if workers.main and run_id is None:
                 mlrun.log_params({**_flat(params, kind), "device": device.type,
-                                  "threads": torch.get_num_threads()})
+                                  "threads": torch.get_num_threads(), "processes": workers.world})
                 mlrun.log_dataset(train_images, train_labels, manifest["source"]["name"] + "-train",
                                   source=str(prepared / "train.npz"), context="training")
             stopped_early = bool(history) and history[-1].get("stopped_early", False)
@@ -216,42 +323,53 @@ def run(kind: str, params: Params, prepared: Path, out_dir: Path, curves_path: P
                 x_epoch = binarize(x_train, generator) if t.binarize == "dynamic" else x_train
                 order = torch.randperm(n, generator=generator, device=device)
                 batch_terms = []  # detached (loss, recon, kl) per step, reduced once per epoch
+                shard_sizes = []
                 began = time.perf_counter()
                 for step in range(steps_per_epoch):
-                    xb = x_epoch[order[step * batch : (step + 1) * batch]]
-                    loss, recon, kl = loss_terms(model, xb, beta)
+                    global_batch = order[step * batch : (step + 1) * batch]
+                    xb = x_epoch[global_batch[workers.rank :: workers.world]]
+                    loss, recon, kl = loss_terms(net, xb, beta)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    # DDP averages gradients over processes: weighting each shard's mean by
+                    # its share makes that the mean over the global batch, as in one process.
+                    (loss * (len(xb) * workers.world / len(global_batch))).backward()
                     optimizer.step()
                     batch_terms.append((loss.detach(), recon.detach(), kl.detach()))
-                    if progress.bar is not None and step % 10 == 0:
+                    shard_sizes.append(len(xb))
+                    if progress is not None and progress.bar is not None and step % 10 == 0:
                         elapsed = time.perf_counter() - began
                         progress.step(step + 1, float(loss), (step + 1) * batch / max(elapsed, 1e-9))
                 train_time = time.perf_counter() - began
-                val = evaluate_loss(model, x_val, beta, 1024)
-                sizes = torch.full((steps_per_epoch,), float(batch), device=device)
-                sizes[-1] = n - batch * (steps_per_epoch - 1)
-                train = (sizes @ torch.stack([torch.stack(terms) for terms in batch_terms]) / n).tolist()
-                stats = EpochStats(epoch, *train, *val, beta, n / train_time,
+                sizes = torch.tensor(shard_sizes, dtype=torch.float32, device=device)
+                train = _sum_over_workers(sizes @ torch.stack([torch.stack(terms) for terms in batch_terms]),
+                                          workers) / n_used
+                val = evaluate_loss(model, x_val, beta, 1024) if workers.main else (0.0,) * 3
+                val = _from_main(val, workers)
+                stats = EpochStats(epoch, *train.tolist(), *val, beta, n_used / train_time,
                                    time.perf_counter() - began)
                 improved = stats.val_loss < best_val
                 best_val = min(best_val, stats.val_loss)
                 bad_epochs = 0 if improved else bad_epochs + 1
                 stopped_early = bool(t.patience) and bad_epochs >= t.patience
                 history.append({**asdict(stats), "stopped_early": stopped_early})
+                rng = _rng_state(generator, device, workers)
+                if not workers.main:
+                    continue
                 mlrun.log_metrics({k: v for k, v in asdict(stats).items() if k != "epoch"}, step=epoch)
                 if improved:
                     save_checkpoint(best_path, {"model": model.state_dict(),
                                                 "model_config": model.config(), "epoch": epoch})
                 save_checkpoint(last_path, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "model_config": model.config(), "rng": _rng_state(generator, device),
+                    "model_config": model.config(), "rng": rng,
                     "epoch": epoch + 1, "best_val": best_val, "bad_epochs": bad_epochs,
                     "history": history, "run_id": mlrun.run_id,
                 })
                 if (epoch + 1) % t.sample_every == 0 or epoch + 1 == t.epochs or stopped_early:
                     log_images(mlrun, model, x_val, epoch, t.seed)
                 progress.epoch(stats, t.epochs)
+            if not workers.main:
+                return None
             summary = {
                 "model": kind, "run_id": mlrun.run_id, "epochs_run": len(history),
                 "best_val_loss": best_val,
@@ -267,8 +385,28 @@ def run(kind: str, params: Params, prepared: Path, out_dir: Path, curves_path: P
             write_json(curves_path, history)
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
-        progress.close()
+        if progress is not None:
+            progress.close()
     return summary
+
+
+def _sum_over_workers(values: torch.Tensor, workers: Workers) -> torch.Tensor:
+    if workers.world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(values)
+    return values
+
+
+def _from_main(values: tuple[float, ...], workers: Workers) -> tuple[float, ...]:
+    """Rank 0's values on every process, so that all take the same early-stopping decision."""
+    if workers.world == 1:
+        return values
+    import torch.distributed as dist
+
+    box = [values]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _flat(params: Params, kind: str) -> dict:
