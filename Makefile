@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DVC_REMOTE ?= $(abspath $(CURDIR)/../vaectl-dvc-remote)
+SERVER_DIR ?= $(CURDIR)/mlflow-server
+SERVER_PORT ?= 5001
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint repro ui bench clean
+.PHONY: help setup test lint repro ui server remote bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-8s\033[0m %s\n", $$1, $$2}'
@@ -31,7 +34,18 @@ ui: setup ## MLflow UI on 127.0.0.1:5000 against mlruns/
 		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts
 
-bench: setup ## Benchmarks: training throughput, IWAE cost (see benchmarks/)
+server: setup ## Shared MLflow tracking server on 127.0.0.1:5001 (sqlite + artifact root in SERVER_DIR)
+	mkdir -p $(SERVER_DIR)
+	$(BIN)/mlflow server --host 127.0.0.1 --port $(SERVER_PORT) \
+		--backend-store-uri sqlite:///$(SERVER_DIR)/mlflow.db \
+		--artifacts-destination $(SERVER_DIR)/artifacts
+
+remote: setup ## Make DVC_REMOTE (a local directory) this clone's default DVC remote
+	mkdir -p $(DVC_REMOTE)
+	$(BIN)/dvc remote add --local --default --force local $(DVC_REMOTE)
+	@echo "DVC remote 'local' -> $(DVC_REMOTE): now 'dvc push' / 'dvc pull'"
+
+bench: setup ## Benchmarks: training throughput, IWAE cost, serving (benchmarks/)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/iwae_cost.py
 	$(BIN)/python benchmarks/serve_latency.py

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +44,22 @@ def prepared(tmp_path: Path) -> Path:
         "val": synthetic_digits(5, seed=2),
         "test": synthetic_digits(5, seed=3),
     })
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, timeout_s: float = 90) -> None:
+    """Poll `url` until it answers 200 (servers take seconds to import and bind)."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)

@@ -3,10 +3,8 @@ checks, and a serve smoke test on loopback."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -21,35 +19,40 @@ from vaectl import export as export_stage
 from vaectl import train as train_stage
 from vaectl.params import RegistryParams, parse_params
 
-from .conftest import synthetic_digits, write_prepared
+from .conftest import free_port, synthetic_digits, wait_until_up, write_prepared
 from .test_evaluate import TINY_EVAL
+
+
+def train_to_registry(root):
+    """Tiny models trained, evaluated, exported and registered under `root`, tracked wherever
+    MLFLOW_TRACKING_URI points."""
+    prepared = write_prepared(root / "prepared", {"train": synthetic_digits(30, 1),
+                                                  "val": synthetic_digits(5, 2),
+                                                  "test": synthetic_digits(5, 3)})
+    params = parse_params(TINY_EVAL)
+    for kind in ("vae", "ae"):
+        train_stage.run(kind, params, prepared, root / "models" / kind,
+                        root / "reports" / "curves" / f"{kind}.json")
+    classifier_stage.run(params.eval.classifier, prepared, root / "models" / "classifier")
+    evaluate_stage.run(params.eval, prepared, root / "models" / "vae", root / "models" / "ae",
+                       root / "models" / "classifier" / "classifier.pt", root / "reports",
+                       root / "reports" / "figures", "vaectl")
+    cards = export_stage.run(("vae", "ae"), prepared, root / "models",
+                             root / "reports" / "metrics.json", root / "export", "abc123")
+    rule = RegistryParams(require_smoother_than_baseline=False)
+    first = registry.register(rule, root / "export", root / "reports" / "metrics.json",
+                              prepared, "vaectl", root / "reports" / "registry.json")
+    return {"root": root, "prepared": prepared, "cards": cards, "first": first, "rule": rule}
 
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    """Tiny models trained, evaluated, exported and registered once for the whole module."""
+    """`train_to_registry` once for the whole module, on a local sqlite store."""
     root = tmp_path_factory.mktemp("deploy")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
         mp.setenv("VAECTL_ROOT", str(root))
-        prepared = write_prepared(root / "prepared", {"train": synthetic_digits(30, 1),
-                                                      "val": synthetic_digits(5, 2),
-                                                      "test": synthetic_digits(5, 3)})
-        params = parse_params(TINY_EVAL)
-        for kind in ("vae", "ae"):
-            train_stage.run(kind, params, prepared, root / "models" / kind,
-                            root / "reports" / "curves" / f"{kind}.json")
-        classifier_stage.run(params.eval.classifier, prepared, root / "models" / "classifier")
-        evaluate_stage.run(params.eval, prepared, root / "models" / "vae", root / "models" / "ae",
-                           root / "models" / "classifier" / "classifier.pt", root / "reports",
-                           root / "reports" / "figures", "vaectl")
-        cards = export_stage.run(("vae", "ae"), prepared, root / "models",
-                                 root / "reports" / "metrics.json", root / "export", "abc123")
-        rule = RegistryParams(require_smoother_than_baseline=False)
-        first = registry.register(rule, root / "export", root / "reports" / "metrics.json",
-                                  prepared, "vaectl", root / "reports" / "registry.json")
-        yield {"root": root, "prepared": prepared, "cards": cards, "first": first, "rule": rule,
-               "env": {**os.environ}}
+        yield {**train_to_registry(root), "env": {**os.environ}}
 
 
 def test_export_parity_files_and_dynamic_batch(deployed):
@@ -181,12 +184,6 @@ def test_pyfunc_rejects_bad_inputs_with_a_message(deployed):
             model.predict(good.reshape(2, 28, 28))  # the signature is 2-D
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, body: bytes) -> tuple[int, dict]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                      headers={"Content-Type": "application/json"})
@@ -198,19 +195,13 @@ def _post(port: int, body: bytes) -> tuple[int, dict]:
 
 
 def test_serve_smoke_on_loopback(deployed):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "vaectl", "serve", "vae-mnist@champion",
                                "--port", str(port)], cwd=deployed["root"], env=deployed["env"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+        wait_until_up(f"http://127.0.0.1:{port}/ping")
         status, body = _post(port, json.dumps({"inputs": [[0.5] * 784]}).encode())
         assert status == 200 and np.array(body["predictions"]).shape == (1, 784)
         for bad, message in [(b"{not json", "JSON"),

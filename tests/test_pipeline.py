@@ -85,3 +85,33 @@ def test_second_repro_is_a_no_op_and_vae_change_skips_ae(pipeline_copy):
             "print(len(tracking.find_runs('vaectl', \"tags.`dvc.exp_name` = 'tiny-latent3'\")))")
     # the experiment's train-vae, evaluate and register runs carry its name; train-ae did not rerun
     assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "4"
+
+
+def test_dvc_remote_push_pull_round_trip(pipeline_copy, tmp_path):
+    root, env, _ = pipeline_copy
+    venv = Path(sys.executable).parent.parent
+    remote = tmp_path / "remote"
+    # the make target as users run it, pointed at this interpreter's venv (never reinstalled)
+    sh("make", "-o", str(venv / ".installed"), "remote", f"VENV={venv}", f"DVC_REMOTE={remote}",
+       cwd=root, env=env)
+    tracked = ["data/prepared/train.npz", "models/vae/best.pt", "export/vae/reconstruct.onnx",
+               "reports/figures"]
+    digests = {name: _digest(root / name) for name in tracked}
+    assert "pushed" in sh("dvc", "push", cwd=root, env=env)
+    assert any(remote.rglob("*"))
+    for name in ("data/prepared", "models", "export", "reports/figures", ".dvc/cache"):
+        shutil.rmtree(root / name)
+    sh("dvc", "pull", cwd=root, env=env)
+    assert {name: _digest(root / name) for name in tracked} == digests
+    assert "up to date" in sh("dvc", "status", cwd=root, env=env)
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
