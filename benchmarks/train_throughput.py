@@ -26,8 +26,8 @@ from vaectl.data import load_split
 from vaectl.models import build_model
 from vaectl.objectives import loss_terms
 from vaectl.params import load_params
+from vaectl.train import adam, to_unit
 from vaectl.train import run as vaectl_run
-from vaectl.train import to_unit
 
 
 def bare_loop(x: torch.Tensor, params, epochs: int) -> float:
@@ -35,7 +35,7 @@ def bare_loop(x: torch.Tensor, params, epochs: int) -> float:
     t = params.train.vae
     torch.manual_seed(0)
     model = build_model("vae", params.model.hidden, t.latent_dim)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+    optimizer = adam(model.parameters(), t.lr)
     began = time.perf_counter()
     for _ in range(epochs):
         order = torch.randperm(len(x))
@@ -67,7 +67,7 @@ def dataloader_loop(images: np.ndarray, params, epochs: int) -> float:
     t = params.train.vae
     torch.manual_seed(0)
     model = build_model("vae", params.model.hidden, t.latent_dim)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+    optimizer = adam(model.parameters(), t.lr)
     loader = examples_loader(images, t.batch_size)
     began = time.perf_counter()
     for _ in range(epochs):
