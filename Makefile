@@ -30,6 +30,7 @@ repro: setup ## Run the whole DVC pipeline on params.yaml (cached stages are ski
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 
 ui: setup ## MLflow UI on 127.0.0.1:5000 against mlruns/
+	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (MLflow 3's training view)"
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
 		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts
