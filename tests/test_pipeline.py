@@ -1,5 +1,6 @@
 """One tiny end-to-end `dvc repro` in a temporary copy of the repository."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -107,8 +108,6 @@ def test_dvc_remote_push_pull_round_trip(pipeline_copy, tmp_path):
 
 
 def _digest(path: Path) -> str:
-    import hashlib
-
     files = sorted(path.rglob("*")) if path.is_dir() else [path]
     h = hashlib.sha256()
     for f in files:
