@@ -160,12 +160,13 @@ def evaluate_loss(model: AutoEncoder, x: torch.Tensor, beta: float, batch: int) 
 
 
 class Progress:
-    """A live bar on a terminal; plain log lines (one per epoch) under CI and DVC."""
+    """A live bar on a terminal; plain log lines (one per epoch) under CI and DVC. Only one
+    training process (`live`) draws the bar."""
 
-    def __init__(self, label: str, total_batches: int):
+    def __init__(self, label: str, total_batches: int, live: bool = True):
         self.label, self.total = label, total_batches
         self.bar = None
-        if sys.stderr.isatty():
+        if live and sys.stderr.isatty():
             from rich.progress import Progress as RichProgress
 
             self.bar = RichProgress(transient=True)
@@ -310,7 +311,7 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
     # A last global batch smaller than the process count cannot be shared out: it is dropped.
     steps_per_epoch = n // batch + (n % batch >= workers.world)
     n_used = min(n, steps_per_epoch * batch)
-    progress = Progress(kind, steps_per_epoch) if workers.main else None
+    progress = Progress(kind, steps_per_epoch, live=workers.main)
     previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     tags = tracking.standard_tags(kind, data_sha) if workers.main else {}
     try:
@@ -342,7 +343,7 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                     optimizer.step()
                     batch_terms.append((loss.detach(), recon.detach(), kl.detach()))
                     shard_sizes.append(len(xb))
-                    if progress is not None and progress.bar is not None and step % 10 == 0:
+                    if progress.bar is not None and step % 10 == 0:
                         elapsed = time.perf_counter() - began
                         progress.step(step + 1, float(loss), (step + 1) * batch / max(elapsed, 1e-9))
                 train_time = time.perf_counter() - began
@@ -391,8 +392,7 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
             write_json(curves_path, history)
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
-        if progress is not None:
-            progress.close()
+        progress.close()
     return summary
 
 
