@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from vaectl import tracking
+
 
 def train(params: Path, prepared: Path, nproc: int, tmp: Path) -> dict:
     out = tmp / f"nproc{nproc}"
@@ -34,8 +36,11 @@ def train(params: Path, prepared: Path, nproc: int, tmp: Path) -> dict:
                    cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - began
     history = torch.load(out / "last.pt", weights_only=True)["history"]
-    return {"samples_per_s": statistics.median(h["samples_per_s"] for h in history[1:]),
-            "val_loss": history[-1]["val_loss"], "wall_s": wall}
+    os.environ.update(env)  # timings are in the run's MLflow metrics, not in the checkpoint
+    run_id = tracking.latest_run_id("vaectl", {"vaectl.out_dir": str(out.resolve())})
+    rates = tracking.metric_history(run_id, "samples_per_s")
+    return {"samples_per_s": statistics.median(rates[1:]), "val_loss": history[-1]["val_loss"],
+            "wall_s": wall}
 
 
 def main() -> None:

@@ -31,12 +31,13 @@ import torch
 from torch import nn
 
 from train_throughput import examples_loader  # a sibling script in benchmarks/
+from vaectl import tracking
 from vaectl.data import load_split
+from vaectl.data.tensors import binarize, to_unit
 from vaectl.evaluate import expected_recon_nll
 from vaectl.models import from_config
 from vaectl.objectives import gaussian_kl, iwae_log_likelihood
 from vaectl.params import load_params
-from vaectl.train import binarize, to_unit
 from vaectl.train import run as vaectl_train
 
 
@@ -111,14 +112,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench.db"
         summary = vaectl_train("vae", params, args.prepared, Path(tmp) / "vae", Path(tmp) / "c.json")
-        import json
-
-        history = json.loads((Path(tmp) / "c.json").read_text())
         state = torch.load(Path(tmp) / "vae" / "last.pt", weights_only=True)
+        ours_rate = statistics.median(tracking.metric_history(summary["run_id"], "samples_per_s"))
+        ours_whole_epoch = statistics.median(
+            len(train_images) / t for t in tracking.metric_history(summary["run_id"], "epoch_time_s"))
     ours = from_config(summary["model_config"])
     ours.load_state_dict(state["model"])
-    ours_rate = statistics.median(h["samples_per_s"] for h in history)
-    ours_whole_epoch = statistics.median(len(train_images) / h["epoch_time_s"] for h in history)
     theirs, theirs_rate = train_examples(train_images, args.epochs, seed=0)
     rows = {"vaectl default": (score(ours.eval(), x_binary, x_pixels, args.iw_samples), ours_rate),
             "pytorch/examples": (score(theirs, x_binary, x_pixels, args.iw_samples), theirs_rate)}

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
+from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
-from vaectl.evaluate import load_trained
+from vaectl.data.tensors import binarize, to_unit
 from vaectl.objectives import iwae_log_likelihood
-from vaectl.train import binarize, to_unit
 
 
 def main() -> None:

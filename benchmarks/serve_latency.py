@@ -57,8 +57,8 @@ def http_latencies(port: int, batch: int, requests: int) -> np.ndarray:
 def in_process(export_dir: Path, batch: int, repeats: int) -> dict[str, float]:
     import onnxruntime
 
+    from vaectl.checkpoints import load_trained
     from vaectl.data import manifest_sha256
-    from vaectl.evaluate import load_trained
     from vaectl.export import Reconstruct
 
     x = np.random.default_rng(0).random((batch, 784), dtype=np.float32)

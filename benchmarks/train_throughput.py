@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from vaectl.data import load_split
+from vaectl.data.tensors import to_unit
 from vaectl.models import build_model
 from vaectl.objectives import loss_terms
 from vaectl.params import load_params
-from vaectl.train import adam, to_unit
+from vaectl.train import adam
 from vaectl.train import run as vaectl_run
 
 
@@ -34,7 +35,7 @@ def bare_loop(x: torch.Tensor, params, epochs: int) -> float:
     """samples/s of forward/backward/Adam over pre-loaded tensors, nothing else."""
     t = params.train.vae
     torch.manual_seed(0)
-    model = build_model("vae", params.model.hidden, t.latent_dim)
+    model = build_model("vae", params.model.arch, params.model.hidden, t.latent_dim)
     optimizer = adam(model.parameters(), t.lr)
     began = time.perf_counter()
     for _ in range(epochs):
@@ -66,7 +67,7 @@ def dataloader_loop(images: np.ndarray, params, epochs: int) -> float:
     """samples/s of the same model fed by `examples_loader`."""
     t = params.train.vae
     torch.manual_seed(0)
-    model = build_model("vae", params.model.hidden, t.latent_dim)
+    model = build_model("vae", params.model.arch, params.model.hidden, t.latent_dim)
     optimizer = adam(model.parameters(), t.lr)
     loader = examples_loader(images, t.batch_size)
     began = time.perf_counter()

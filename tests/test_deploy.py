@@ -38,7 +38,7 @@ def train_to_registry(root):
                        root / "models" / "classifier" / "classifier.pt", root / "reports",
                        root / "reports" / "figures", "vaectl")
     cards = export_stage.run(("vae", "ae"), prepared, root / "models",
-                             root / "reports" / "metrics.json", root / "export", "abc123")
+                             root / "reports" / "metrics.json", root / "export")
     rule = RegistryParams(require_smoother_than_baseline=False)
     first = registry.register(rule, root / "export", root / "reports" / "metrics.json",
                               prepared, "vaectl", root / "reports" / "registry.json")
@@ -80,11 +80,11 @@ def test_first_registration_promotes_and_the_same_model_again_does_not(deployed)
         root = deployed["root"]
         again = registry.register(deployed["rule"], root / "export", root / "reports" / "metrics.json",
                                   deployed["prepared"], "vaectl", root / "reports" / "registry2.json")
-        from vaectl import tracking
+        from vaectl.tracking import registry_client
 
         assert again["vae"]["version"] == "2" and not again["vae"]["promoted"]
-        assert tracking.resolve_model("vae-mnist@champion") == ("vae-mnist", "1")
-        assert tracking.resolve_model("vae-mnist@candidate") == ("vae-mnist", "2")
+        assert registry_client.resolve_model("vae-mnist@champion") == ("vae-mnist", "1")
+        assert registry_client.resolve_model("vae-mnist@candidate") == ("vae-mnist", "2")
 
 
 @pytest.mark.parametrize("value, champion, smooth_ratio, require_smooth, promote", [
@@ -160,9 +160,9 @@ def test_pyfunc_rejects_bad_inputs_with_a_message(deployed):
     with pytest.MonkeyPatch.context() as mp:
         for k, v in deployed["env"].items():
             mp.setenv(k, v)
-        from vaectl import tracking
+        from vaectl.tracking import registry_client
 
-        model = tracking.load_pyfunc("models:/vae-mnist@champion")
+        model = registry_client.load_pyfunc("models:/vae-mnist@champion")
         good = np.full((2, 784), 0.5, np.float32)
         assert model.predict(good).shape == (2, 784)
         assert model.predict(good, params={"mode": "encode"}).shape == (2, 4)  # mean, log-variance

@@ -10,6 +10,7 @@ import torch
 
 from vaectl import UserError, tracking
 from vaectl import train as train_stage
+from vaectl.files import sha256_file
 from vaectl.params import parse_params
 
 from .test_train import TINY, assert_same_weights, weights
@@ -47,10 +48,9 @@ def test_two_processes_reach_the_loss_of_one(tmp_path, prepared):
     assert curves["two"][-1] < curves["two"][0] - 20  # it learns
     assert abs(curves["two"][-1] - curves["one"][-1]) / curves["one"][-1] < VAL_LOSS_TOLERANCE
     assert curves["two"] != curves["one"]  # really a different run, not a single process
-    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
-    runs = tracking.find_runs("vaectl", "params.processes = '2'")
-    assert [r.info.run_id for r in runs] == [summary["run_id"]]  # only rank 0 logged
-    assert tracking.run_status(summary["run_id"]) == "FINISHED"
+    (run,) = tracking.find_runs("vaectl", "params.processes = '2'")  # only rank 0 logged
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[tracking.CHECKPOINT_TAG] == sha256_file(tmp_path / "two" / "best.pt")
 
 
 def test_two_process_resume_equals_uninterrupted(tmp_path, prepared):

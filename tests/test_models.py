@@ -9,20 +9,20 @@ from vaectl.objectives import bernoulli_nll, gaussian_kl, iwae_log_likelihood, l
 
 @pytest.mark.parametrize("kind", ["vae", "ae"])
 def test_shapes(kind):
-    model = build_model(kind, [64, 32], 5)
+    model = build_model(kind, "mlp", [64, 32], 5)
     logits, mu, logvar, z = model(torch.rand(7, 28, 28))
     assert logits.shape == (7, 784) and mu.shape == (7, 5) and z.shape == (7, 5)
     assert (logvar is None) == (kind == "ae")
 
 
 def test_same_skeleton_same_capacity_except_the_head():
-    vae, ae = build_model("vae", [64, 32], 5), build_model("ae", [64, 32], 5)
+    vae, ae = build_model("vae", "mlp", [64, 32], 5), build_model("ae", "mlp", [64, 32], 5)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(vae) - count(ae) == 32 * 5 + 5  # the extra log-variance outputs
 
 
 def test_vae_head_can_be_negative():
-    model = build_model("vae", [16], 3)
+    model = build_model("vae", "mlp", [16], 3)
     torch.nn.init.constant_(model.head.bias, -2.0)
     mu, logvar = model.encode(torch.zeros(1, 784))
     assert (mu < 0).all() and (logvar < 0).all()
@@ -56,18 +56,18 @@ def test_closed_form_kl_matches_monte_carlo():
 
 def test_loss_terms_vae_is_recon_plus_beta_kl():
     torch.manual_seed(0)
-    model = build_model("vae", [16], 3)
+    model = build_model("vae", "mlp", [16], 3)
     x = torch.rand(5, 784).round()
     torch.manual_seed(1)
     loss, recon, kl = loss_terms(model, x, beta=2.0)
     torch.testing.assert_close(loss, recon + 2.0 * kl)
-    _, recon_ae, kl_ae = loss_terms(build_model("ae", [16], 3), x)
+    _, recon_ae, kl_ae = loss_terms(build_model("ae", "mlp", [16], 3), x)
     assert kl_ae.item() == 0.0 and recon_ae.item() > 0
 
 
 def test_iwae_bound_above_elbo_and_grows_with_k():
     torch.manual_seed(0)
-    model = build_model("vae", [32], 4)
+    model = build_model("vae", "mlp", [32], 4)
     x = torch.rand(20, 784).round()
     gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     bounds = [iwae_log_likelihood(model, x, k, chunk=7, generator=gen()).mean().item()
@@ -84,7 +84,7 @@ def test_iwae_bound_above_elbo_and_grows_with_k():
 def test_iwae_matches_numerical_integration_for_1d_latent():
     """log p(x) = log ∫ p(x|z) p(z) dz on a fine grid vs the IWAE estimate with large k."""
     torch.manual_seed(0)
-    model = build_model("vae", [8], 1).double()
+    model = build_model("vae", "mlp", [8], 1).double()
     x = torch.rand(3, 784, dtype=torch.float64).round()
     grid = torch.linspace(-12, 12, 24001, dtype=torch.float64)
     dz = (grid[1] - grid[0]).item()
@@ -95,3 +95,13 @@ def test_iwae_matches_numerical_integration_for_1d_latent():
         estimate = iwae_log_likelihood(model, x, k=20000, chunk=5000,
                                        generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(estimate, exact, atol=0.05, rtol=0)
+
+
+def test_arch_is_part_of_the_model_and_its_config():
+    from vaectl.models import from_config
+
+    model = build_model("vae", "mlp", [16], 3)
+    assert model.config() == {"kind": "vae", "arch": "mlp", "hidden": [16], "latent_dim": 3}
+    assert from_config(model.config()).config() == model.config()
+    with pytest.raises(ValueError, match="unknown model.arch 'conv'"):
+        build_model("vae", "conv", [16], 3)

@@ -38,3 +38,18 @@ def test_bad_yaml_file(tmp_path):
 def test_flatten():
     flat = flatten(parse_params({}))
     assert flat["train.vae.latent_dim"] == 20 and flat["data.name"] == "mnist-5k"
+
+
+def test_params_yaml_spells_out_every_key_with_the_code_defaults():
+    """Every default has one meaning: params.yaml (what DVC tracks and users edit) names every
+    key, with the value the dataclasses fall back to when a key is left out."""
+    import yaml
+
+    raw = yaml.safe_load(open("params.yaml"))
+    assert set(flatten(raw)) == set(flatten(Params()))
+    assert flatten(parse_params(raw)) == flatten(Params())
+
+
+def test_model_arch_is_read():
+    with pytest.raises(UserError, match="'model.arch' must be one of 'mlp'"):
+        parse_params({"model": {"arch": "resnet"}})

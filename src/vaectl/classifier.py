@@ -1,5 +1,5 @@
-"""`vaectl classifier`: a small seeded MLP digit classifier, the judge of how real decoded
-images look (its confidence on interpolation midpoints and samples vs on real images)."""
+"""`vaectl classifier`: train the realism judge (`judge.py`), a small seeded MLP digit
+classifier, on the train split."""
 
 from __future__ import annotations
 
@@ -9,35 +9,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from vaectl.checkpoints import save_checkpoint
 from vaectl.data import load_split
+from vaectl.data.tensors import to_unit
 from vaectl.files import write_json
-from vaectl.models import mlp
+from vaectl.judge import build_classifier
 from vaectl.params import ClassifierParams
-from vaectl.train import save_checkpoint, to_unit
-
-
-def build_classifier(hidden: list[int]) -> nn.Sequential:
-    return mlp([784, *hidden, 10])
-
-
-@torch.no_grad()
-def confidence(classifier: nn.Module, images: torch.Tensor) -> dict[str, float]:
-    """Mean max-probability and mean predictive entropy (nats) over flattened [0,1] images."""
-    classifier.eval()
-    log_p = torch.log_softmax(classifier(images.reshape(len(images), -1)), -1)
-    entropy = -(log_p.exp() * log_p).sum(-1)
-    return {"max_prob": float(log_p.exp().max(-1).values.mean()), "entropy": float(entropy.mean())}
-
-
-def load_classifier(path: Path) -> nn.Module:
-    from vaectl import UserError
-
-    if not path.exists():
-        raise UserError(f"classifier not found: {path} (run `vaectl classifier`)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_classifier(state["hidden"])
-    model.load_state_dict(state["model"])
-    return model.eval()
 
 
 def run(params: ClassifierParams, prepared: Path, out_dir: Path) -> dict:

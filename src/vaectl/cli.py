@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from vaectl import UserError
+from vaectl.params import load_params
 
 app = typer.Typer(
     help="Train and compare a VAE and an AE baseline on MNIST-family images, tracked in "
@@ -41,12 +42,6 @@ def user_errors(command):
     return wrapper
 
 
-def _params(path: Path):
-    from vaectl.params import load_params
-
-    return load_params(path)
-
-
 @app.command()
 @user_errors
 def fetch(
@@ -62,7 +57,7 @@ def fetch(
     """
     from vaectl.data import fetch as stage
 
-    params = _params(params_path)
+    params = load_params(params_path)
     env_mirrors = [m for m in os.environ.get("VAECTL_MIRROR", "").split(os.pathsep) if m]
     manifest = stage.run(params.data, out, env_mirrors)
     counts = ", ".join(f"{s} {d['count']}" for s, d in manifest["splits"].items())
@@ -83,7 +78,7 @@ def validate(
     """
     from vaectl import validate as stage
 
-    outcome = stage.run(_params(params_path).validate, prepared, report, docs)
+    outcome = stage.run(load_params(params_path).validate, prepared, report, docs)
     if not outcome.success:
         for line in outcome.failures:
             typer.secho(f"FAILED {line}", fg="red", err=True)
@@ -93,8 +88,6 @@ def validate(
         )
     typer.echo(f"validation passed: {outcome.report['expectations_evaluated']} expectations "
                f"-> {report}, {docs}/index.html")
-
-
 
 
 @app.command()
@@ -116,17 +109,18 @@ def train(
     --nproc-per-node 2 -m vaectl train --model vae`; the global batch is split between them)
     """
     from vaectl import train as stage
+    from vaectl.distributed import launch
     from vaectl.models import KINDS
 
     if model not in KINDS:
         raise UserError(f"--model must be one of {', '.join(KINDS)}, got {model!r}")
     out = out or Path("models") / model
-    params = _params(params_path)
+    params = load_params(params_path)
     if nproc > 1:
         if "WORLD_SIZE" in os.environ:
             raise UserError("--nproc launches torchrun; under torchrun the process count is its own")
         stage.preflight(params, prepared, out, resume, nproc)
-        code = stage.launch(nproc, ["--model", model, "--params", str(params_path), "--prepared",
+        code = launch(nproc, ["--model", model, "--params", str(params_path), "--prepared",
                                     str(prepared), "--out", str(out), *(["--resume"] if resume else [])])
         if code == 130:
             typer.secho(f"interrupted: last checkpoint kept in {out}/last.pt; continue with "
@@ -162,7 +156,7 @@ def classifier(
     """
     from vaectl import classifier as stage
 
-    summary = stage.run(_params(params_path).eval.classifier, prepared, out)
+    summary = stage.run(load_params(params_path).eval.classifier, prepared, out)
     typer.echo(f"classifier: val accuracy {summary['val_accuracy']:.3f} -> {out}")
 
 
@@ -182,7 +176,7 @@ def evaluate(
     """
     from vaectl import evaluate as stage
 
-    params = _params(params_path)
+    params = load_params(params_path)
     report = stage.run(params.eval, prepared, Path("models") / model, Path("models") / baseline,
                        Path("models/classifier/classifier.pt"), reports, reports / "figures",
                        params.tracking.experiment)
@@ -193,7 +187,7 @@ def print_comparison(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from vaectl.evaluate import compare, flatten_model_metrics
+    from vaectl.report import compare, flatten_model_metrics
 
     table = Table(title=f"VAE vs AE on {report['test_images']} test images", caption=report["protocol"])
     for column in ("metric", "VAE", "AE", "better"):
@@ -219,9 +213,8 @@ def export(
     Example: vaectl export && ls export/vae
     """
     from vaectl import export as stage
-    from vaectl.tracking import git_commit
 
-    cards = stage.run(("vae", "ae"), prepared, Path("models"), metrics, out, git_commit())
+    cards = stage.run(("vae", "ae"), prepared, Path("models"), metrics, out)
     for kind, card in cards.items():
         worst = max(card["onnx_parity_max_abs_diff"].values())
         typer.echo(f"{kind}: exported to {out / kind} (ONNX vs torch max abs diff {worst:.1e})")
@@ -243,7 +236,7 @@ def register(
     """
     from vaectl import registry
 
-    params = _params(params_path)
+    params = load_params(params_path)
     result = registry.register(params.registry, exported, metrics, prepared,
                                params.tracking.experiment, report)
     for r in result.values():
@@ -282,8 +275,9 @@ def serve(
              http://127.0.0.1:5001/invocations
     """
     from vaectl import tracking
+    from vaectl.tracking import registry_client
 
-    name, version = tracking.resolve_model(ref)
+    name, version = registry_client.resolve_model(ref)
     os.environ["MLFLOW_TRACKING_URI"] = tracking.tracking_uri()
     bindir = str(Path(sys.executable).parent)  # mlflow starts uvicorn by name, from this env
     os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")

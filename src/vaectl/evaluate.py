@@ -9,7 +9,6 @@ classifier. Writes reports/metrics.json (a DVC metric), reports/latents.json and
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,34 +16,17 @@ import numpy as np
 import torch
 
 from vaectl import UserError
-from vaectl.classifier import confidence, load_classifier
+from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
-from vaectl.files import write_json
+from vaectl.data.tensors import binarize, to_unit
+from vaectl.files import sha256_file, write_json
 from vaectl.interpolation import decode_path, path_metrics, path_ppl
-from vaectl.models import AutoEncoder, from_config
+from vaectl.judge import confidence, load_classifier
+from vaectl.models import AutoEncoder
 from vaectl.objectives import bernoulli_nll, gaussian_kl, iwae_log_likelihood
 from vaectl.params import EvalParams
-from vaectl.train import binarize, to_unit
-
-LOWER_IS_BETTER = ("neg_elbo", "iw_nll", "bits_per_dim", "recon_bce", "recon_mse",
-                   "path_length_ratio", "step_unevenness", "ppl", "entropy")
-
-
-def load_trained(model_dir: Path, expected_kind: str, data_sha: str) -> tuple[AutoEncoder, dict]:
-    best, summary_path = model_dir / "best.pt", model_dir / "summary.json"
-    if not best.exists() or not summary_path.exists():
-        raise UserError(f"no trained model in {model_dir} (run `vaectl train --model {expected_kind}`)")
-    summary = json.loads(summary_path.read_text())
-    if summary["model_config"]["kind"] != expected_kind:
-        raise UserError(f"{model_dir} holds a {summary['model_config']['kind']} model, "
-                        f"expected a {expected_kind}")
-    if summary["data_sha256"] != data_sha:
-        raise UserError(f"{model_dir} was trained on other data than {data_sha[:12]}… "
-                        "(retrain, or fetch the data it was trained on)")
-    state = torch.load(best, map_location="cpu", weights_only=True)
-    model = from_config(state["model_config"])
-    model.load_state_dict(state["model"])
-    return model.eval(), summary
+from vaectl.prior import generate
+from vaectl.report import flatten_model_metrics
 
 
 @torch.no_grad()
@@ -120,46 +102,6 @@ def interpolation_metrics(model: AutoEncoder, x: torch.Tensor, pairs: np.ndarray
     return metrics, paths
 
 
-@torch.no_grad()
-def latent_prior(model: AutoEncoder, train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, Cholesky factor) of the latent distribution to sample from: the VAE's prior
-    N(0, I); for the AE, which has no prior, a full-covariance Gaussian fitted to its
-    training latents."""
-    if model.variational:
-        return torch.zeros(model.latent_dim), torch.eye(model.latent_dim)
-    latents = torch.cat([model.encode(train_x[s : s + 1000])[0] for s in range(0, len(train_x), 1000)])
-    cov = torch.cov(latents.T).reshape(model.latent_dim, model.latent_dim)
-    return latents.mean(0), torch.linalg.cholesky(cov + 1e-6 * torch.eye(model.latent_dim))
-
-
-@torch.no_grad()
-def generate(model: AutoEncoder, train_x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-    mean, chol = latent_prior(model, train_x)
-    z = mean + torch.randn(n, model.latent_dim, generator=generator) @ chol.T
-    return model.mean_image(z)
-
-
-def compare(vae: dict, ae: dict) -> list[tuple[str, float | None, float | None, str]]:
-    """Rows (metric, vae, ae, better) for every metric either model has."""
-    rows = []
-    for name in list(dict.fromkeys([*vae, *ae])):
-        a, b = vae.get(name), ae.get(name)
-        better = ""
-        if a is not None and b is not None and a != b and name not in ("iw_k", "active_units"):
-            lower = any(name.endswith(k) for k in LOWER_IS_BETTER)
-            better = "vae" if (a < b) == lower else "ae"
-        rows.append((name, a, b, better))
-    return rows
-
-
-def flatten_model_metrics(m: dict) -> dict:
-    flat = {k: v for k, v in m.items() if not isinstance(v, dict)}
-    for group, values in m.items():
-        if isinstance(values, dict):
-            flat.update({f"{group}.{k}": v for k, v in values.items()})
-    return flat
-
-
 def run(params: EvalParams, prepared: Path, model_dir: Path, baseline_dir: Path,
         classifier_path: Path, reports: Path, figures_dir: Path, tracking_experiment: str) -> dict:
     from vaectl import figures
@@ -208,17 +150,23 @@ def run(params: EvalParams, prepared: Path, model_dir: Path, baseline_dir: Path,
     write_json(reports / "latents.json", latents)
     written = figures.evaluation_figures(figures_dir, models, x_pixels, test_labels, paths, samples,
                                          reports)
-    log_evaluation(report, models, written, tracking_experiment, data_sha)
+    log_evaluation(report, {name: model_dir / "best.pt" for name, model_dir in
+                            (("vae", model_dir), ("ae", baseline_dir))},
+                   written, tracking_experiment, data_sha)
     return report
 
 
-def log_evaluation(report: dict, models: dict, figure_paths: list[Path], experiment: str,
-                   data_sha: str) -> None:
-    """One MLflow run per evaluation, in the same pipeline group as the training runs."""
+def log_evaluation(report: dict, checkpoints: dict[str, Path], figure_paths: list[Path],
+                   experiment: str, data_sha: str) -> None:
+    """One MLflow run per evaluation, in the same pipeline group as the training runs and
+    tagged with their run ids where this tracking store has them."""
     from vaectl import tracking
 
-    tags = {**tracking.standard_tags("evaluate", data_sha),
-            **{f"vaectl.{name}_run_id": summary["run_id"] for name, (_, summary) in models.items()}}
+    tags = tracking.standard_tags("evaluate", data_sha)
+    for name, checkpoint in checkpoints.items():
+        run_id = tracking.latest_run_id(experiment, {tracking.CHECKPOINT_TAG: sha256_file(checkpoint)})
+        if run_id:
+            tags[f"vaectl.{name}_run_id"] = run_id
     with tracking.start_run(experiment, "evaluate", tags) as run:
         metrics = {f"{name}.{k}": v for name in ("vae", "ae")
                    for k, v in flatten_model_metrics(report[name]).items()}

@@ -17,11 +17,13 @@ import torch
 from torch import nn
 
 from vaectl import UserError
+from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
-from vaectl.evaluate import latent_prior, load_trained
+from vaectl.data.tensors import to_unit
 from vaectl.files import atomic_path, sha256_file, write_json
 from vaectl.models import AutoEncoder
-from vaectl.train import to_unit
+from vaectl.prior import latent_prior
+from vaectl.report import compare, flatten_model_metrics
 
 PARITY_TOLERANCE = 1e-4
 
@@ -85,15 +87,15 @@ def export_graphs(model: AutoEncoder, out: Path, probe: torch.Tensor) -> dict[st
     return parity
 
 
-def model_card(kind: str, summary: dict, metrics: dict, manifest_sha: str, commit: str,
+def model_card(kind: str, summary: dict, metrics: dict, manifest_sha: str, checkpoint_sha: str,
                parity: dict[str, float]) -> tuple[dict, str]:
-    from vaectl.evaluate import compare, flatten_model_metrics
-
+    """(card JSON, card markdown): only what the inputs determine (no run ids, commits or
+    dates, so the export is byte-identical wherever it is rebuilt); MLflow holds the rest."""
     rows = compare(flatten_model_metrics(metrics["vae"]), flatten_model_metrics(metrics["ae"]))
     card = {
         "model": kind, "architecture": summary["model_config"], "binarize": summary["binarize"],
-        "training_run_id": summary["run_id"], "best_val_loss": summary["best_val_loss"],
-        "data_manifest_sha256": manifest_sha, "git_commit": commit,
+        "checkpoint_sha256": checkpoint_sha, "best_val_loss": summary["best_val_loss"],
+        "data_manifest_sha256": manifest_sha,
         "test_metrics": flatten_model_metrics(metrics[kind]), "protocol": metrics["protocol"],
         "onnx_parity_max_abs_diff": parity,
         "inputs": "float32 N x 784 pixels in [0, 1] (decode: N x latent_dim latents)",
@@ -104,11 +106,11 @@ def model_card(kind: str, summary: dict, metrics: dict, manifest_sha: str, commi
     arch = summary["model_config"]
     text = f"""# {kind.upper()} model card
 
-- Architecture: MLP, hidden {arch['hidden']}, latent {arch['latent_dim']}
-- Training: MLflow run `{summary['run_id']}`, best validation loss {summary['best_val_loss']:.2f} nats/image,
-  binarisation `{summary['binarize']}`
+- Architecture: {arch['arch']}, hidden {arch['hidden']}, latent {arch['latent_dim']}
+- Training: best validation loss {summary['best_val_loss']:.2f} nats/image, binarisation
+  `{summary['binarize']}`; checkpoint sha256 `{checkpoint_sha}` (the MLflow training run carries
+  it as tag `vaectl.checkpoint_sha256`; the registered version, the run id and git commit)
 - Data manifest sha256: `{manifest_sha}`
-- Code: git `{commit}`
 - ONNX Runtime vs torch, max abs diff: {', '.join(f'{k} {v:.2e}' for k, v in parity.items())}
 
 ## Test metrics, VAE vs AE ({metrics['protocol']})
@@ -126,8 +128,8 @@ decode (x = N x latent_dim latents), sample (params n, seed).
     return card, text
 
 
-def run(kinds: tuple[str, ...], prepared: Path, models_root: Path, metrics_path: Path, out_root: Path,
-        commit: str) -> dict[str, dict]:
+def run(kinds: tuple[str, ...], prepared: Path, models_root: Path, metrics_path: Path,
+        out_root: Path) -> dict[str, dict]:
     if not metrics_path.exists():
         raise UserError(f"evaluation metrics not found: {metrics_path} (run `vaectl evaluate`)")
     metrics = json.loads(metrics_path.read_text())
@@ -146,7 +148,8 @@ def run(kinds: tuple[str, ...], prepared: Path, models_root: Path, metrics_path:
                                 f"(>= {PARITY_TOLERANCE}); export aborted")
             mean, chol = latent_prior(model, train_x)
             np.savez(out / "prior.npz", mean=mean.numpy(), chol=chol.numpy())
-            card, text = model_card(kind, summary, metrics, manifest_sha, commit, parity)
+            card, text = model_card(kind, summary, metrics, manifest_sha,
+                                    sha256_file(models_root / kind / "best.pt"), parity)
             write_json(out / "model_card.json", card)
             (out / "model_card.md").write_text(text)
             checksums = {p.name: sha256_file(p) for p in sorted(out.iterdir())}

@@ -21,13 +21,6 @@ def image_grid(images: np.ndarray, ncol: int, pad: int = 2) -> np.ndarray:
     return (np.clip(grid, 0, 1) * 255).round().astype(np.uint8)
 
 
-def save_png(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    with atomic_path(Path(path)) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
-
-
 def _rows_figure(rows: list[tuple[str, np.ndarray]], ncol: int, title: str, path: Path) -> None:
     """Labelled rows of image grids, one matplotlib figure, saved atomically."""
     import matplotlib

@@ -1,4 +1,4 @@
-"""One MLP encoder/decoder skeleton, two latent heads.
+"""One encoder/decoder skeleton (`model.arch`: an MLP), two latent heads.
 
 VAE head: a linear layer giving the mean and log-variance of q(z|x) (no activation: a ReLU
 there would forbid negative means and variances below 1). AE head: one linear layer giving z.
@@ -7,11 +7,14 @@ The decoder returns Bernoulli logits over the 784 pixels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 PIXELS = 28 * 28
 KINDS = ("vae", "ae")
+ARCHS = ("mlp",)  # params.model.arch
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -23,23 +26,34 @@ def mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class AutoEncoder(nn.Module):
-    """Encoder -> latent head -> decoder; `variational` picks the head."""
+def skeleton(arch: str, hidden: list[int], latent_dim: int) -> dict[str, Callable[[], nn.Module]]:
+    """The shared parts for `arch`: encoder body (pixels -> hidden[-1] features) and decoder
+    (latent -> logits), as zero-argument builders, so that the caller creates them in its own
+    order (the order parameters are initialised in, and so the seeded weights)."""
+    if arch == "mlp":
+        return {"encoder": lambda: nn.Sequential(mlp([PIXELS, *hidden]), nn.ReLU()),
+                "decoder": lambda: mlp([latent_dim, *reversed(hidden), PIXELS])}
+    raise ValueError(f"unknown model.arch {arch!r} (known: {', '.join(ARCHS)})")
 
-    def __init__(self, hidden: list[int], latent_dim: int, variational: bool):
+
+class AutoEncoder(nn.Module):
+    """Encoder -> latent head -> decoder; `variational` picks the head, `arch` the skeleton."""
+
+    def __init__(self, arch: str, hidden: list[int], latent_dim: int, variational: bool):
         super().__init__()
-        self.hidden, self.latent_dim, self.variational = list(hidden), latent_dim, variational
-        head_width = 2 * latent_dim if variational else latent_dim
-        self.encoder = nn.Sequential(mlp([PIXELS, *hidden]), nn.ReLU())
-        self.head = nn.Linear(hidden[-1], head_width)
-        self.decoder = mlp([latent_dim, *reversed(hidden), PIXELS])
+        self.arch, self.hidden, self.latent_dim = arch, list(hidden), latent_dim
+        self.variational = variational
+        parts = skeleton(arch, self.hidden, latent_dim)
+        self.encoder = parts["encoder"]()
+        self.head = nn.Linear(hidden[-1], 2 * latent_dim if variational else latent_dim)
+        self.decoder = parts["decoder"]()
 
     @property
     def kind(self) -> str:
         return "vae" if self.variational else "ae"
 
     def config(self) -> dict:
-        return {"kind": self.kind, "hidden": self.hidden, "latent_dim": self.latent_dim}
+        return {"kind": self.kind, "arch": self.arch, "hidden": self.hidden, "latent_dim": self.latent_dim}
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mean, log-variance) of q(z|x) for the VAE; (z, None) for the AE."""
@@ -68,11 +82,11 @@ class AutoEncoder(nn.Module):
         return self.decode(z), mu, logvar, z
 
 
-def build_model(kind: str, hidden: list[int], latent_dim: int) -> AutoEncoder:
+def build_model(kind: str, arch: str, hidden: list[int], latent_dim: int) -> AutoEncoder:
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}")
-    return AutoEncoder(hidden, latent_dim, variational=kind == "vae")
+    return AutoEncoder(arch, hidden, latent_dim, variational=kind == "vae")
 
 
 def from_config(config: dict) -> AutoEncoder:
-    return build_model(config["kind"], config["hidden"], config["latent_dim"])
+    return build_model(config["kind"], config["arch"], config["hidden"], config["latent_dim"])

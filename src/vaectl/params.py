@@ -15,8 +15,6 @@ import yaml
 
 from vaectl import UserError
 
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "kmnist")
-
 
 @dataclass(frozen=True)
 class DataParams:

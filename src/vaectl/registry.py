@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from vaectl import UserError
-from vaectl.evaluate import flatten_model_metrics
 from vaectl.files import atomic_path, sha256_file, write_json
 from vaectl.params import RegistryParams
+from vaectl.report import flatten_model_metrics
 
 PRIMARY_METRIC = {"vae": "iw_nll", "ae": "recon_bce"}  # lower is better for both
 
@@ -55,6 +55,7 @@ def register(rule: RegistryParams, export_root: Path, metrics_path: Path, prepar
              experiment: str, report_path: Path) -> dict:
     from vaectl import tracking
     from vaectl.data import load_split
+    from vaectl.tracking import registry_client
 
     if not metrics_path.exists():
         raise UserError(f"evaluation metrics not found: {metrics_path} (run `vaectl evaluate`)")
@@ -67,17 +68,20 @@ def register(rule: RegistryParams, export_root: Path, metrics_path: Path, prepar
             raise UserError(f"no export in {export_dir} (run `vaectl export`)")
         card = json.loads((export_dir / "model_card.json").read_text())
         tags = tracking.standard_tags(f"register-{kind}", card["data_manifest_sha256"])
+        training_run = tracking.latest_run_id(
+            experiment, {tracking.CHECKPOINT_TAG: card["checkpoint_sha256"]})
         version_tags = {
             **{f"metric.{k}": str(v) for k, v in flatten_model_metrics(metrics[kind]).items()},
-            "data_sha256": card["data_manifest_sha256"], "git_commit": card["git_commit"],
-            "training_run_id": card["training_run_id"],
+            "data_sha256": card["data_manifest_sha256"], "git_commit": tags["mlflow.source.git.commit"],
+            "checkpoint_sha256": card["checkpoint_sha256"], "training_run_id": training_run or "",
             "dvc_exp_name": tags.get("dvc.exp_name", ""), "protocol": metrics["protocol"],
         }
-        champion_value = tracking.champion_metric(name, PRIMARY_METRIC[kind])
-        version = tracking.register_model(name, export_dir, example, experiment, tags, version_tags)
+        champion_value = registry_client.champion_metric(name, PRIMARY_METRIC[kind])
+        version = registry_client.register_model(name, export_dir, example, experiment, tags,
+                                                 version_tags)
         decision = promotion_decision(kind, metrics, champion_value, rule)
         if decision.promote:
-            tracking.set_alias(name, "champion", version)
+            registry_client.set_alias(name, "champion", version)
         report[kind] = {"name": name, "version": version, "aliases": ["candidate"] +
                         (["champion"] if decision.promote else []), "promoted": decision.promote,
                         "reason": decision.reason}
@@ -99,13 +103,13 @@ def verify_bundle(artifacts: Path) -> int:
 
 def pull(ref: str, dest: Path) -> dict:
     """Download NAME[@alias|/version] into `dest` (atomically), verify, load once."""
-    from vaectl import tracking
+    from vaectl.tracking import registry_client
 
-    name, version = tracking.resolve_model(ref)
+    name, version = registry_client.resolve_model(ref)
     with tempfile.TemporaryDirectory(prefix="vaectl-pull-") as tmp:
-        downloaded = tracking.download_model(name, version, Path(tmp))
+        downloaded = registry_client.download_model(name, version, Path(tmp))
         checked = verify_bundle(downloaded / "artifacts")
-        model = tracking.load_pyfunc(str(downloaded))
+        model = registry_client.load_pyfunc(str(downloaded))
         card = json.loads((downloaded / "artifacts" / "model_card.json").read_text())
         probe = np.full((1, 784), 0.5, dtype=np.float32)
         output = model.predict(probe)

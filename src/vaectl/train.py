@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import sys
 import time
@@ -21,85 +20,22 @@ import numpy as np
 import torch
 
 from vaectl import UserError
+from vaectl.checkpoints import load_checkpoint, save_checkpoint
 from vaectl.data import load_manifest, load_split, manifest_sha256
+from vaectl.data.tensors import VAL_BINARIZE_SEED, binarize, to_unit
+from vaectl.distributed import Workers, check_gpus, from_main, gather, join_workers, leave, sum_over_workers
 from vaectl.figures import image_grid
-from vaectl.files import atomic_path, write_json
+from vaectl.files import sha256_file, write_json
 from vaectl.models import AutoEncoder, build_model
 from vaectl.objectives import loss_terms
 from vaectl.params import Params, TrainParams, flatten
-
-VAL_BINARIZE_SEED = 1234  # validation images are binarised once, the same for every run
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device is 'cuda' but no CUDA device is available")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-@dataclass(frozen=True)
-class Workers:
-    """This process's place among the training processes; torchrun's env vars say it."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def join_workers(requested_device: str) -> tuple[Workers, torch.device]:
-    """Under torchrun (WORLD_SIZE > 1) join the process group: gloo on CPU, nccl on CUDA
-    with one GPU per process. Alone, just pick the device."""
-    device = pick_device(requested_device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Workers(), device
-    import torch.distributed as dist
-
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Workers(dist.get_rank(), world), device
-
-
-def launch(nproc: int, train_args: list[str]) -> int:
-    """`vaectl train --nproc N`: N processes of `vaectl train ARGS` under PyTorch's elastic
-    launcher (what torchrun runs): rendezvous, failure handling, signal forwarding. Threads
-    are split between processes unless OMP_NUM_THREADS says otherwise. Returns the exit
-    code: 0, 130 when interrupted, else 1 (the failed process has printed why)."""
-    import logging
-    import uuid
-
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # we report failures
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
-    try:
-        elastic_launch(config, sys.executable)("-m", "vaectl", "train", *train_args)
-    except SignalException:
-        return 130
-    except ChildFailedError as err:
-        return 130 if any(f.exitcode == 130 for f in err.failures.values()) else 1
-    return 0
 
 
 def preflight(params: Params, prepared: Path, out_dir: Path, resume: bool, nproc: int) -> None:
     """The user mistakes worth catching before N processes start: no data, nothing to resume,
     fewer GPUs than processes (nccl wants one GPU per process)."""
     load_manifest(prepared)
-    if pick_device(params.train.device).type == "cuda" and nproc > torch.cuda.device_count():
-        raise UserError(f"--nproc {nproc} on CUDA needs {nproc} GPUs, this machine has "
-                        f"{torch.cuda.device_count()}; set train.device: cpu to run "
-                        f"{nproc} processes on the CPU")
+    check_gpus(params.train.device, nproc)
     if resume:
         resume_state(out_dir, nproc)
 
@@ -119,17 +55,11 @@ def adam(parameters, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(parameters, lr=lr, fused=True)
 
 
-def to_unit(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 N x 28 x 28 -> float N x 784 in [0, 1] on `device`."""
-    return torch.from_numpy(images.reshape(len(images), -1)).to(device).float().div_(255)
-
-
-def binarize(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return torch.bernoulli(x, generator=generator)
-
-
 @dataclass
 class EpochStats:
+    """What an epoch computed: determined by params and data alone, so it goes into the
+    DVC-tracked curves and checkpoint. Timings go to MLflow and the log only."""
+
     epoch: int
     train_loss: float
     train_recon: float
@@ -138,8 +68,6 @@ class EpochStats:
     val_recon: float
     val_kl: float
     beta: float
-    samples_per_s: float
-    epoch_time_s: float
 
 
 def kl_weight(t: TrainParams, epoch: int) -> float:
@@ -178,27 +106,16 @@ class Progress:
             self.bar.update(self.task, completed=done,
                             description=f"{self.label} loss {loss:8.2f} {rate:8.0f} samples/s")
 
-    def epoch(self, stats: EpochStats, epochs: int) -> None:
+    def epoch(self, stats: EpochStats, epochs: int, samples_per_s: float) -> None:
         if self.bar is not None:
             self.bar.reset(self.task)
         print(f"[{self.label}] epoch {stats.epoch + 1}/{epochs} train {stats.train_loss:.2f} "
               f"val {stats.val_loss:.2f} (recon {stats.val_recon:.2f} kl {stats.val_kl:.2f}) "
-              f"{stats.samples_per_s:.0f} samples/s", flush=True)
+              f"{samples_per_s:.0f} samples/s", flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path) -> dict:
-    if not path.exists():
-        raise UserError(f"no checkpoint to resume from: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _rng_state(generator: torch.Generator, device: torch.device, workers: Workers) -> list[dict]:
@@ -207,13 +124,7 @@ def _rng_state(generator: torch.Generator, device: torch.device, workers: Worker
     state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
-    if workers.world == 1:
-        return [state]
-    import torch.distributed as dist
-
-    states: list = [None] * workers.world
-    dist.all_gather_object(states, state)
-    return states
+    return gather(state, workers)
 
 
 def _restore_rng(state: dict, generator: torch.Generator, device: torch.device) -> None:
@@ -259,10 +170,7 @@ def run(kind: str, params: Params, prepared: Path, out_dir: Path, curves_path: P
     try:
         return _train(kind, t, params, prepared, out_dir, curves_path, resume, workers, device)
     finally:
-        if workers.world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        leave(workers)
 
 
 def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: Path,
@@ -281,7 +189,7 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
         x_val = binarize(x_val, torch.Generator(device=device).manual_seed(VAL_BINARIZE_SEED))
     if t.binarize == "static":
         x_train = binarize(x_train, generator)
-    model = build_model(kind, params.model.hidden, t.latent_dim).to(device)
+    model = build_model(kind, params.model.arch, params.model.hidden, t.latent_dim).to(device)
     net = model
     if workers.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -290,6 +198,7 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
     optimizer = adam(model.parameters(), t.lr)
 
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    run_tags = {"vaectl.kind": kind, "vaectl.out_dir": str(out_dir.resolve())}
     history: list[dict] = []
     start_epoch, best_val, bad_epochs, run_id = 0, math.inf, 0, None
     if resume:
@@ -301,7 +210,9 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
         optimizer.load_state_dict(state["optimizer"])
         _restore_rng(state["rng"][workers.rank], generator, device)
         start_epoch, best_val, bad_epochs = state["epoch"], state["best_val"], state["bad_epochs"]
-        history, run_id = state["history"], state["run_id"]
+        history = state["history"]
+        if workers.main:  # continue the MLflow run that wrote last.pt, if this store has it
+            run_id = tracking.latest_run_id(params.tracking.experiment, run_tags)
     elif workers.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in (last_path, best_path):
@@ -313,7 +224,7 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
     n_used = min(n, steps_per_epoch * batch)
     progress = Progress(kind, steps_per_epoch, live=workers.main)
     previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    tags = tracking.standard_tags(kind, data_sha) if workers.main else {}
+    tags = {**tracking.standard_tags(kind, data_sha), **run_tags} if workers.main else {}
     try:
         with (tracking.start_run(params.tracking.experiment, f"train-{kind}", tags, run_id)
               if workers.main else contextlib.nullcontext()) as mlrun:
@@ -346,14 +257,13 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                     if progress.bar is not None and step % 10 == 0:
                         elapsed = time.perf_counter() - began
                         progress.step(step + 1, float(loss), (step + 1) * batch / max(elapsed, 1e-9))
-                train_time = time.perf_counter() - began
+                samples_per_s = n_used / (time.perf_counter() - began)
                 sizes = torch.tensor(shard_sizes, dtype=torch.float32, device=device)
-                train = _sum_over_workers(sizes @ torch.stack([torch.stack(terms) for terms in batch_terms]),
-                                          workers) / n_used
+                train = sum_over_workers(sizes @ torch.stack([torch.stack(terms) for terms in batch_terms]),
+                                         workers) / n_used
                 val = evaluate_loss(model, x_val, beta, 1024) if workers.main else (0.0,) * 3
-                val = _from_main(val, workers)
-                stats = EpochStats(epoch, *train.tolist(), *val, beta, n_used / train_time,
-                                   time.perf_counter() - began)
+                val = from_main(val, workers)
+                stats = EpochStats(epoch, *train.tolist(), *val, beta)
                 improved = stats.val_loss < best_val
                 best_val = min(best_val, stats.val_loss)
                 bad_epochs = 0 if improved else bad_epochs + 1
@@ -362,7 +272,9 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                 rng = _rng_state(generator, device, workers)
                 if not workers.main:
                     continue
-                mlrun.log_metrics({k: v for k, v in asdict(stats).items() if k != "epoch"}, step=epoch)
+                mlrun.log_metrics({**{k: v for k, v in asdict(stats).items() if k != "epoch"},
+                                   "samples_per_s": samples_per_s,
+                                   "epoch_time_s": time.perf_counter() - began}, step=epoch)
                 if improved:
                     save_checkpoint(best_path, {"model": model.state_dict(),
                                                 "model_config": model.config(), "epoch": epoch})
@@ -370,15 +282,15 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "model_config": model.config(), "rng": rng,
                     "epoch": epoch + 1, "best_val": best_val, "bad_epochs": bad_epochs,
-                    "history": history, "run_id": mlrun.run_id,
+                    "history": history,
                 })
                 if (epoch + 1) % t.sample_every == 0 or epoch + 1 == t.epochs or stopped_early:
                     log_images(mlrun, model, x_val, epoch, t.seed)
-                progress.epoch(stats, t.epochs)
+                progress.epoch(stats, t.epochs, samples_per_s)
             if not workers.main:
                 return None
             summary = {
-                "model": kind, "run_id": mlrun.run_id, "epochs_run": len(history),
+                "model": kind, "epochs_run": len(history),
                 "best_val_loss": best_val,
                 "best_epoch": int(np.argmin([h["val_loss"] for h in history])) + 1,
                 "final_train_loss": history[-1]["train_loss"],
@@ -388,31 +300,15 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
             }
             mlrun.log_metrics({"best_val_loss": best_val})
             mlrun.log_artifact(best_path, "checkpoint")
+            # evaluate and register find this run by the checkpoint's content hash
+            mlrun.set_tags({tracking.CHECKPOINT_TAG: sha256_file(best_path)})
             write_json(out_dir / "summary.json", summary)
             write_json(curves_path, history)
+            summary = {**summary, "run_id": mlrun.run_id}
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
         progress.close()
     return summary
-
-
-def _sum_over_workers(values: torch.Tensor, workers: Workers) -> torch.Tensor:
-    if workers.world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(values)
-    return values
-
-
-def _from_main(values: tuple[float, ...], workers: Workers) -> tuple[float, ...]:
-    """Rank 0's values on every process, so that all take the same early-stopping decision."""
-    if workers.world == 1:
-        return values
-    import torch.distributed as dist
-
-    box = [values]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _flat(params: Params, kind: str) -> dict:

@@ -8,8 +8,10 @@ between splits). Results go to reports/validation.json (a DVC metric) and a Data
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +23,9 @@ from vaectl import UserError
 from vaectl.data import SPLITS, load_manifest, load_split
 from vaectl.files import atomic_path, write_json
 from vaectl.params import ValidateParams
+
+RUN_NAME = "vaectl-validate"
+PINNED_RUN_TIME = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
 
 
 @dataclass
@@ -127,8 +132,12 @@ def run_suites(suites: list[tuple], docs_dir: Path) -> dict:
     `docs_dir`. Returns {table: {"success": bool, "expectations": [...]}}."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    # The site's paths and pages carry the run's name and time: pinned, so that the same data
+    # give a byte-identical site (a DVC out). When a validation ran is for logs, not outputs.
+    run_id = RunIdentifier(run_name=RUN_NAME, run_time=PINNED_RUN_TIME)
     with tempfile.TemporaryDirectory(prefix="vaectl-gx-") as root:
         context = gx.get_context(mode="file", project_root_dir=root)
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -145,7 +154,7 @@ def run_suites(suites: list[tuple], docs_dir: Path) -> dict:
             checkpoint = context.checkpoints.add(gx.Checkpoint(
                 name=name, validation_definitions=[definition], result_format="SUMMARY",
             ))
-            outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+            outcome = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
             (validation,) = outcome.run_results.values()
             results[name] = {
                 "success": bool(validation.success),
@@ -155,7 +164,29 @@ def run_suites(suites: list[tuple], docs_dir: Path) -> dict:
         site = Path(root) / "gx" / "uncommitted" / "data_docs" / "local_site"
         with atomic_path(docs_dir) as tmp:
             shutil.copytree(site, tmp)
+            pin_site(tmp)
     return results
+
+
+REMOTE_LOGO = re.compile(r'https://great-expectations-web-assets\.[^"]*/logo-long\.png[^"]*')
+TIMESTAMP = re.compile(r"\b\d{8}T\d{6}\.\d{6}Z\b")  # GX's batch "ge_load_time"
+UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+
+
+def pin_site(site: Path) -> None:
+    """Make the Data Docs site a function of the data alone. GX writes three things that
+    change on every run: each page's logo points at a remote image whose URL carries the
+    render time and a random context id (point it at the copy in static/images, which also
+    keeps the site offline), the batch's load time (pinned to the run time), and random ids
+    of collapsible sections (numbered in order of appearance instead)."""
+    pinned = PINNED_RUN_TIME.strftime("%Y%m%dT%H%M%S.%fZ")
+    ids: dict[str, str] = {}
+    for page in sorted(site.rglob("*.html")):
+        up = "../" * (len(page.relative_to(site).parts) - 1)
+        text = REMOTE_LOGO.sub(f"{up}static/images/logo-long.png", page.read_text())
+        text = TIMESTAMP.sub(pinned, text)
+        text = UUID.sub(lambda m: ids.setdefault(m.group(), f"section-{len(ids):04d}"), text)
+        page.write_text(text)
 
 
 def run(params: ValidateParams, prepared: Path, report_path: Path, docs_dir: Path) -> ValidationOutcome:

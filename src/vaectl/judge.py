@@ -1,0 +1,36 @@
+"""The realism judge: a small MLP digit classifier (trained by `vaectl classifier`) whose
+confidence on decoded images, against its confidence on real ones, says how real they look."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vaectl import UserError
+from vaectl.models import PIXELS, mlp
+
+CLASSES = 10
+
+
+def build_classifier(hidden: list[int]) -> nn.Sequential:
+    return mlp([PIXELS, *hidden, CLASSES])
+
+
+@torch.no_grad()
+def confidence(classifier: nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """Mean max-probability and mean predictive entropy (nats) over flattened [0,1] images."""
+    classifier.eval()
+    log_p = torch.log_softmax(classifier(images.reshape(len(images), -1)), -1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    return {"max_prob": float(log_p.exp().max(-1).values.mean()), "entropy": float(entropy.mean())}
+
+
+def load_classifier(path: Path) -> nn.Module:
+    if not path.exists():
+        raise UserError(f"classifier not found: {path} (run `vaectl classifier`)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_classifier(state["hidden"])
+    model.load_state_dict(state["model"])
+    return model.eval()

@@ -1,0 +1,171 @@
+"""MLflow, in one place: this package is the only code that imports mlflow. Here: the
+tracking store and runs; `pyfunc` holds the deployable model class, `registry_client` the
+model registry.
+
+Default store: sqlite under <repo>/mlruns (the file store is deprecated and the registry needs
+a database), artifacts under <repo>/mlruns/artifacts. MLFLOW_TRACKING_URI points elsewhere
+(a shared `mlflow server`). The repo root is VAECTL_ROOT when set, else the working
+directory (DVC runs stages from the repo root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from vaectl.params import flatten
+
+CHECKPOINT_TAG = "vaectl.checkpoint_sha256"  # on a training run: sha256 of its best.pt
+
+
+def repo_root() -> Path:
+    return Path(os.environ.get("VAECTL_ROOT") or Path.cwd()).resolve()
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{repo_root() / 'mlruns' / 'mlflow.db'}"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def mlflow_module():
+    """mlflow, pointed at this project's tracking store."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return mlflow
+
+
+def ensure_experiment(name: str) -> str:
+    """Experiment id; a new experiment in a local sqlite store keeps its artifacts in an
+    `artifacts` folder beside the database (mlruns/artifacts by default)."""
+    mlflow = mlflow_module()
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None  # a tracking server decides its own artifact root
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):  # a local database keeps its artifacts beside it
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=repo_root(), timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def standard_tags(kind: str, data_sha: str) -> dict[str, str]:
+    """Tags every vaectl run carries; `vaectl.pipeline` groups the VAE and AE runs of one
+    pipeline run (the DVC experiment, or code commit + data) so the UI compares them."""
+    commit = git_commit()
+    exp_name = os.environ.get("DVC_EXP_NAME", "")
+    tags = {
+        "vaectl.kind": kind,
+        "mlflow.source.git.commit": commit,
+        "vaectl.data_sha256": data_sha,
+        "vaectl.pipeline": os.environ.get("VAECTL_PIPELINE")
+        or exp_name
+        or f"{commit[:12]}-{data_sha[:12]}",
+    }
+    if exp_name:
+        tags["dvc.exp_name"] = exp_name
+    return tags
+
+
+class Run:
+    """What the stages log, without touching mlflow themselves."""
+
+    def __init__(self, mlflow, run_id: str):
+        self._mlflow, self.run_id = mlflow, run_id
+
+    def log_params(self, params: object) -> None:
+        flat = flatten(params) if not isinstance(params, dict) else params
+        self._mlflow.log_params({k: str(v) for k, v in flat.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._mlflow.set_tags(tags)
+
+    def log_image(self, image: np.ndarray, name: str) -> None:
+        self._mlflow.log_image(image, artifact_file=name)
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self._mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def log_dataset(self, images: np.ndarray, labels: np.ndarray, name: str, source: str,
+                    context: str) -> None:
+        with warnings.catch_warnings():  # mlflow registers the local source class twice
+            warnings.filterwarnings("ignore", message="The specified dataset source")
+            dataset = self._mlflow.data.from_numpy(
+                images.reshape(len(images), -1), targets=labels, source=source, name=name)
+        self._mlflow.log_input(dataset, context=context)
+
+
+@contextlib.contextmanager
+def start_run(experiment: str, run_name: str, tags: dict[str, str],
+              run_id: str | None = None) -> Iterator[Run]:
+    """Start (or, given run_id, resume) a run; it ends FINISHED, FAILED on an error, or
+    KILLED on Ctrl-C / SIGTERM — never left RUNNING."""
+    mlflow = mlflow_module()
+    experiment_id = ensure_experiment(experiment)
+    active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                              run_name=None if run_id else run_name, tags=tags)
+    try:
+        yield Run(mlflow, active.info.run_id)
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+def run_status(run_id: str) -> str:
+    return mlflow_module().get_run(run_id).info.status
+
+
+def find_runs(experiment: str, filter_string: str = "") -> list:
+    mlflow = mlflow_module()
+    return mlflow.search_runs(experiment_names=[experiment], filter_string=filter_string,
+                              output_format="list", order_by=["attributes.start_time DESC"])
+
+
+def metric_history(run_id: str, key: str) -> list[float]:
+    """A run's per-epoch values of `key` (timings live here, not in DVC-tracked files)."""
+    history = client().get_metric_history(run_id, key)
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+def latest_run_id(experiment: str, tags: dict[str, str]) -> str | None:
+    """The newest run carrying all `tags`, or None. DVC-tracked files hold no run ids (they
+    differ on every machine); they hold content hashes, and this finds the run behind one."""
+    if mlflow_module().get_experiment_by_name(experiment) is None:
+        return None
+    quote = lambda v: "'" + v.replace("'", "\\'") + "'"  # noqa: E731
+    query = " and ".join(f"tags.`{k}` = {quote(v)}" for k, v in tags.items())
+    runs = find_runs(experiment, query)
+    return runs[0].info.run_id if runs else None
+
+
+def client():
+    return mlflow_module().MlflowClient()

@@ -1,0 +1,91 @@
+"""The deployable model: an MLflow pyfunc over the TorchScript parts that `vaectl export`
+writes, with an explicit signature. Loaded by `mlflow.pyfunc.load_model` in any process."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+
+import numpy as np
+
+# The vaectl files a registered version needs to load (this module and what it imports),
+# bundled with it as code: the deployment depends on nothing else of the package.
+BUNDLED_FILES = ("__init__.py", "params.py", "tracking/__init__.py", "tracking/pyfunc.py")
+PREDICT_DEFAULTS = {"mode": "reconstruct", "n": 16, "seed": 0}
+ARTIFACTS = {  # pyfunc artifact key -> file written by `vaectl export`
+    "encoder": "encoder.pt", "decoder": "decoder.pt", "reconstruct": "reconstruct.pt",
+    "encoder_onnx": "encoder.onnx", "decoder_onnx": "decoder.onnx",
+    "reconstruct_onnx": "reconstruct.onnx", "prior": "prior.npz", "model_card": "model_card.json",
+    "model_card_md": "model_card.md", "checksums": "checksums.json",
+}
+
+
+# This module is imported only inside commands, never by `vaectl --help`. mlflow warns about
+# missing predict type hints for its own loaders and for our class (whose signature is
+# explicit), past any warning filter set from outside; keep that notice off the terminal.
+with contextlib.redirect_stderr(io.StringIO()):
+    import mlflow.pyfunc
+
+    class AutoEncoderPyfunc(mlflow.pyfunc.PythonModel):
+        """MLflow pyfunc over the exported TorchScript parts. Input: float32 N x 784 pixels in
+        [0, 1] (the signature is 2-D, so MLflow rejects N x 28 x 28 before predict runs; the
+        exported TorchScript parts take either, ONNX takes N x 784); `params={"mode": ...}` picks reconstruct
+        (default), encode, decode (N x latent_dim latents) or sample (`n`, `seed`)."""
+
+        def load_context(self, context):
+            import torch
+
+            art = context.artifacts
+            with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated
+                warnings.simplefilter("ignore", FutureWarning)
+                self.parts = {p: torch.jit.load(art[p], map_location="cpu")
+                              for p in ("encoder", "decoder", "reconstruct")}
+            prior = np.load(art["prior"])
+            self.mean, self.chol = prior["mean"], prior["chol"]
+            self.latent_dim = len(self.mean)
+
+        def _bad(self, message: str):
+            from mlflow.exceptions import MlflowException
+
+            return MlflowException.invalid_parameter_value(message)
+
+        def predict(self, context, model_input, params=None):
+            import torch
+
+            params = {**PREDICT_DEFAULTS, **(params or {})}
+            mode = params["mode"]
+            if mode not in ("reconstruct", "encode", "decode", "sample"):
+                raise self._bad(f"unknown mode {mode!r}: use reconstruct, encode, decode or sample")
+            if mode == "sample":
+                rng = np.random.default_rng(int(params["seed"]))
+                z = self.mean + rng.standard_normal((int(params["n"]), self.latent_dim)) @ self.chol.T
+                with torch.no_grad():
+                    return self.parts["decoder"](torch.from_numpy(z.astype(np.float32))).detach().numpy()
+            x = np.asarray(model_input)
+            if x.dtype.kind != "f":
+                raise self._bad(f"expected float32 input, got {x.dtype}")
+            if np.isnan(x).any() or np.isinf(x).any():
+                raise self._bad("input contains NaN or infinite values")
+            width = self.latent_dim if mode == "decode" else 784
+            if x.ndim != 2 or x.shape[1] != width:
+                raise self._bad(f"mode {mode} expects N x {width} input, got shape {x.shape}")
+            if mode != "decode" and (x.min(initial=0) < 0 or x.max(initial=0) > 1):
+                raise self._bad("pixel values must lie in [0, 1]")
+            with torch.no_grad():
+                part = self.parts[{"encode": "encoder", "decode": "decoder"}.get(mode, mode)]
+            out = part(torch.from_numpy(x.astype(np.float32)))
+            out = torch.cat(out, dim=1) if isinstance(out, tuple) else out
+            return out.detach().numpy()
+
+
+def signature():
+    """2-D float32 in and out (any width: pixels or latents), and the predict params."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    any_width = TensorSpec(np.dtype(np.float32), (-1, -1))
+    return ModelSignature(
+        inputs=Schema([any_width]), outputs=Schema([any_width]),
+        params=ParamSchema([ParamSpec("mode", "string", "reconstruct"), ParamSpec("n", "long", 16),
+                            ParamSpec("seed", "long", 0)]))
