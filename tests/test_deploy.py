@@ -7,6 +7,8 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,8 @@ from vaectl.params import RegistryParams, parse_params
 
 from .conftest import free_port, synthetic_digits, wait_until_up, write_prepared
 from .test_evaluate import TINY_EVAL
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def train_to_registry(root):
@@ -63,6 +67,11 @@ def test_export_parity_files_and_dynamic_batch(deployed):
         assert max(deployed["cards"][kind]["onnx_parity_max_abs_diff"].values()) < 1e-4
         files = json.loads((root / "export" / kind / "checksums.json").read_text())
         assert {"encoder.onnx", "decoder.pt", "reconstruct.onnx", "model_card.md"} <= set(files)
+    for archive in (root / "export").glob("*/*.pt"):  # no trace of where it was built
+        with zipfile.ZipFile(archive) as z:
+            assert not [n for n in z.namelist() if n.endswith((".debug_pkl", "serialization_id"))]
+            assert not any(b"site-packages" in z.read(n) or str(REPO).encode() in z.read(n)
+                           for n in z.namelist())
     session = onnxruntime.InferenceSession(str(root / "export" / "vae" / "reconstruct.onnx"))
     x = np.random.default_rng(0).random((7, 784), dtype=np.float32)  # not the traced batch size
     scripted = torch.jit.load(str(root / "export" / "vae" / "reconstruct.pt"))

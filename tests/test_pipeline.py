@@ -48,6 +48,7 @@ def pipeline_copy(tmp_path_factory):
            "GIT_COMMITTER_EMAIL": "t@t"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("VAECTL_ROOT", None)
+    env["PYTHONPATH"] = str(root / "src")  # the copy's own code, not the editable install's
     sh("git", "init", "-q", cwd=root, env=env)
     sh("git", "add", "-A", cwd=root, env=env)
     sh("git", "commit", "-qm", "copy", cwd=root, env=env)
@@ -57,9 +58,11 @@ def pipeline_copy(tmp_path_factory):
     return root, env, first
 
 
-def fresh_clone(root: Path, dest: Path, env: dict) -> Path:
+def fresh_clone(root: Path, dest: Path, env: dict) -> tuple[Path, dict]:
+    """A clone in another directory, running its own code: whatever records where it ran
+    (paths in a TorchScript trace, say) shows up as a changed dvc.lock."""
     sh("git", "clone", "-q", str(root), str(dest), cwd=root, env=env)
-    return dest
+    return dest, {**env, "PYTHONPATH": str(dest / "src")}
 
 
 def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
@@ -85,7 +88,7 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
 
 def test_a_fresh_clone_reproduces_the_lock_byte_for_byte(pipeline_copy, tmp_path):
     root, env, _ = pipeline_copy
-    clone = fresh_clone(root, tmp_path / "clone", env)
+    clone, env = fresh_clone(root, tmp_path / "clone", env)
     assert not (clone / "data" / "prepared").exists() and not (clone / "mlruns" / "mlflow.db").exists()
     sh("dvc", "repro", cwd=clone, env=env)  # every stage runs: no cache, no data, no MLflow store
     assert sh("git", "status", "--porcelain", cwd=clone, env=env) == ""
@@ -100,7 +103,7 @@ def test_a_clone_that_pulls_from_the_remote_is_up_to_date(pipeline_copy, tmp_pat
     make_remote = ["make", "-o", str(venv / ".installed"), "remote", f"VENV={venv}", f"DVC_REMOTE={remote}"]
     sh(*make_remote, cwd=root, env=env)
     assert "pushed" in sh("dvc", "push", cwd=root, env=env)
-    clone = fresh_clone(root, tmp_path / "clone", env)
+    clone, env = fresh_clone(root, tmp_path / "clone", env)
     sh(*make_remote, cwd=clone, env=env)
     sh("dvc", "pull", cwd=clone, env=env)
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=clone, env=env)

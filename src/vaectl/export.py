@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,19 @@ class Reconstruct(nn.Module):
         return self.model.reconstruct(x)
 
 
+def strip_debug_info(archive: Path) -> None:
+    """Rewrite a TorchScript archive without its *.debug_pkl records (the trace's Python
+    call stack, with the absolute paths of this checkout and its venv) and without the
+    serialization id derived from them, so that the export is the same bytes wherever it
+    is built. torch.jit.load needs neither; records keep their order, dates are pinned."""
+    with zipfile.ZipFile(archive) as source:
+        records = [(info.filename, source.read(info)) for info in source.infolist()
+                   if not info.filename.endswith((".debug_pkl", ".data/serialization_id"))]
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as target:
+        for name, data in records:
+            target.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+
+
 def export_graphs(model: AutoEncoder, out: Path, probe: torch.Tensor) -> dict[str, float]:
     """Write <part>.pt (TorchScript) and <part>.onnx for each part; return the max abs
     difference between ONNX Runtime and torch on `probe` per part."""
@@ -74,6 +88,7 @@ def export_graphs(model: AutoEncoder, out: Path, probe: torch.Tensor) -> dict[st
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
             torch.jit.save(torch.jit.trace(module, example), str(out / f"{name}.pt"))
+            strip_debug_info(out / f"{name}.pt")
             torch.onnx.export(module, (example,), str(out / f"{name}.onnx"), input_names=inputs,
                               output_names=outputs, dynamo=False,
                               dynamic_axes={n: {0: "batch"} for n in inputs + outputs})
