@@ -96,16 +96,19 @@ def test_first_registration_promotes_and_the_same_model_again_does_not(deployed)
         assert registry_client.resolve_model("vae-mnist@candidate") == ("vae-mnist", "2")
 
 
-@pytest.mark.parametrize("value, champion, smooth_ratio, require_smooth, promote", [
-    (100.0, None, 0.9, True, True),    # no champion yet
-    (99.0, 100.0, 0.9, True, True),    # better
-    (100.0, 100.0, 0.9, True, False),  # not strictly better
-    (101.0, 100.0, 0.9, True, False),  # worse
-    (90.0, 100.0, 1.1, True, False),   # better NLL but rougher interpolation than the AE
-    (90.0, 100.0, 1.1, False, True),   # ... which is allowed when the rule says so
+@pytest.mark.parametrize("value, champion, smooth_ci, require_smooth, promote", [
+    (100.0, None, [0.8, 0.9], True, True),    # no champion yet
+    (99.0, 100.0, [0.8, 0.9], True, True),    # better
+    (100.0, 100.0, [0.8, 0.9], True, False),  # not strictly better
+    (101.0, 100.0, [0.8, 0.9], True, False),  # worse
+    (90.0, 100.0, [0.9, 1.02], True, False),  # better NLL, but not significantly smoother than the AE
+    (90.0, 100.0, [1.1, 1.2], True, False),   # better NLL but rougher interpolation than the AE
+    (90.0, 100.0, [1.1, 1.2], False, True),   # ... which is allowed when the rule says so
 ])
-def test_promotion_rule_both_ways(value, champion, smooth_ratio, require_smooth, promote):
-    metrics = {"vae": {"iw_nll": value}, "vae_over_ae": {"diff_class.ppl": smooth_ratio}}
+def test_promotion_rule_both_ways(value, champion, smooth_ci, require_smooth, promote):
+    better = "vae" if smooth_ci[1] < 1 else "ae" if smooth_ci[0] > 1 else "none"
+    metrics = {"vae": {"iw_nll": value}, "comparison": {"diff_class.ppl_normalized": {
+        "ratio": sum(smooth_ci) / 2, "ratio_ci": smooth_ci, "better": better}}}
     rule = RegistryParams(require_smoother_than_baseline=require_smooth)
     assert registry.promotion_decision("vae", metrics, champion, rule).promote is promote
     improved = RegistryParams(min_improvement=2.0, require_smoother_than_baseline=False)

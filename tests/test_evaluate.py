@@ -32,12 +32,40 @@ def test_linear_decoder_gives_straight_even_paths():
     torch.testing.assert_close(metrics["step_unevenness"], torch.ones(5))
 
 
-def test_ppl_of_linear_decoder_is_squared_chord():
-    decode, A = linear_decoder()
-    z0, z1 = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+def test_ppl_of_linear_decoder_is_squared_chord_and_normalises_to_one():
+    _, A = linear_decoder()
     A = A.double()
-    ppl = path_ppl(lambda z: z @ A.T, z0, z1, 1e-3, 5, torch.Generator().manual_seed(0))
-    torch.testing.assert_close(ppl, ((z1 - z0) @ A.T).pow(2).sum(-1))
+    z0, z1 = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    ppl = path_ppl(lambda z: z @ A.T, z0, z1, 1e-3, 5)
+    torch.testing.assert_close(ppl["ppl"], ((z1 - z0) @ A.T).pow(2).sum(-1))
+    torch.testing.assert_close(ppl["ppl_normalized"], torch.ones(4, dtype=torch.float64))
+
+
+def test_normalised_ppl_of_an_accelerating_path_is_four_thirds():
+    """x(u) = u^2 v on the path z(u) = u: |x'(u)|^2 = 4u^2 |v|^2, whose mean over [0, 1] is
+    4/3 |v|^2 while the squared end distance is |v|^2. Random u draws would miss this by
+    several percent at 64 points; the midpoint grid gets it to 1e-4."""
+    v = torch.randn(784, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ppl = path_ppl(lambda z: z[:, :1].pow(2) * v, torch.zeros(1, 1, dtype=torch.float64),
+                   torch.ones(1, 1, dtype=torch.float64), 1e-4, 64)
+    assert ppl["ppl_normalized"].item() == pytest.approx(4 / 3, rel=1e-3)
+    assert ppl["ppl"].item() == pytest.approx(4 / 3 * v.pow(2).sum().item(), rel=1e-3)
+
+
+def test_doubling_the_decoder_quadruples_raw_ppl_and_leaves_normalised_ppl_alone():
+    """The comparison on a known case: the same pairs through G and 2G."""
+    from vaectl.report import compare_units
+
+    decode, _ = linear_decoder()
+    bent = lambda z: torch.tanh(decode(z))  # noqa: E731 - a curved path, so values vary per pair
+    z0, z1 = torch.randn(200, 3), torch.randn(200, 3)
+    one, two = (path_ppl(g, z0, z1, 1e-3, 16) for g in (bent, lambda z: 2 * bent(z)))
+    rng = np.random.default_rng(0)
+    raw = compare_units("ppl", two["ppl"].numpy(), one["ppl"].numpy(), True, rng)
+    assert raw["ratio_ci"] == pytest.approx([4, 4], rel=1e-4) and raw["better"] == "ae"
+    normalised = compare_units("ppl_normalized", two["ppl_normalized"].numpy(),
+                               one["ppl_normalized"].numpy(), True, rng)
+    assert normalised["ratio_ci"] == pytest.approx([1, 1], rel=1e-4) and normalised["better"] == "none"
 
 
 def test_a_jump_makes_steps_uneven():
@@ -80,8 +108,19 @@ def test_evaluate_writes_metrics_and_is_deterministic(trained):
     assert vae["neg_elbo"] == pytest.approx(vae["elbo_recon"] + vae["elbo_kl"])
     assert vae["bits_per_dim"] == pytest.approx(vae["iw_nll"] / (784 * np.log(2)))
     assert "iw_nll" not in ae and ae["recon_bce"] > 0
-    assert report["vae_over_ae"]["same_class.ppl"] == pytest.approx(
-        vae["same_class"]["ppl"] / ae["same_class"]["ppl"])
+    same_ppl = report["comparison"]["same_class.ppl_normalized"]
+    assert same_ppl["ratio"] == pytest.approx(
+        vae["same_class"]["ppl_normalized"] / ae["same_class"]["ppl_normalized"])
+    assert same_ppl["units"] == [4, 4] and same_ppl["vae_ci"][0] <= same_ppl["vae"] <= same_ppl["vae_ci"][1]
+    compared = {"recon_bce", "recon_mse"} | {
+        f"{source}.{m}" for source in ("samples", "standard_normal")
+        for m in ("max_prob", "entropy", "unrecognised")} | {
+        f"{kind}.{m}" for kind in ("same_class", "diff_class")
+        for m in ("path_length_ratio", "step_unevenness", "ppl", "ppl_normalized", "midpoint_max_prob",
+                  "midpoint_entropy")}
+    assert set(report["comparison"]) == compared
+    assert all(c["better"] in ("vae", "ae", "none") for c in report["comparison"].values())
+    assert set(report["vae_intervals"]) >= {"iw_nll", "neg_elbo", "bits_per_dim"}
     first = (root / "reports" / "metrics.json").read_text()
     evaluate(params, prepared, root, reports="again")
     assert (root / "again" / "metrics.json").read_text() == first

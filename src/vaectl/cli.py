@@ -187,18 +187,20 @@ def print_comparison(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from vaectl.report import compare, flatten_model_metrics
+    from vaectl.report import comparison_rows
 
-    table = Table(title=f"VAE vs AE on {report['test_images']} test images", caption=report["protocol"])
-    for column in ("metric", "VAE", "AE", "better"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    fmt = lambda v: "—" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
-    rows = compare(flatten_model_metrics(report["vae"]), flatten_model_metrics(report["ae"]))
-    for name, vae, ae, better in rows:
-        table.add_row(name, fmt(vae), fmt(ae), {"vae": "◀ VAE", "ae": "AE ▶"}.get(better, ""))
-    Console(width=100).print(table)
-    typer.echo("real test images: classifier max-prob "
-               f"{report['real_images']['max_prob']:.3f}, entropy {report['real_images']['entropy']:.3f}")
+    table = Table(title=f"VAE vs AE on {report['test_images']} test images and "
+                        f"{report['interp_pairs']} pairs of each kind (95% bootstrap intervals)",
+                  caption=report["protocol"])
+    for column in ("metric", "VAE", "AE", "VAE/AE", "verdict"):
+        table.add_column(column, justify="left" if column in ("metric", "verdict") else "right",
+                         no_wrap=True)
+    for row in comparison_rows(report):
+        table.add_row(*row)
+    Console(width=160).print(table)
+    real = report["real_images"]
+    typer.echo(f"real test images: classifier max-prob {real['max_prob']:.3f}, entropy "
+               f"{real['entropy']:.3f}, unrecognised {real['unrecognised']:.3f}")
 
 
 @app.command()

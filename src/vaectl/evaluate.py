@@ -21,12 +21,17 @@ from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import binarize, to_unit
 from vaectl.files import sha256_file, write_json
 from vaectl.interpolation import decode_path, path_metrics, path_ppl
-from vaectl.judge import confidence, load_classifier
+from vaectl.judge import load_classifier, scores
 from vaectl.models import AutoEncoder
 from vaectl.objectives import bernoulli_nll, gaussian_kl, iwae_log_likelihood
 from vaectl.params import EvalParams
 from vaectl.prior import generate
-from vaectl.report import flatten_model_metrics
+from vaectl.report import LEVEL, RESAMPLES, bootstrap_mean, compare_units, flatten_model_metrics
+
+# Images each model generates for itself: independent draws, compared unpaired. `samples`:
+# from the model's own latent prior (VAE: N(0, I); AE: a Gaussian fitted to its codes);
+# `standard_normal`: z ~ N(0, I) for both, where an AE's latent space may have holes.
+GENERATED = ("samples", "standard_normal")
 
 
 @torch.no_grad()
@@ -40,13 +45,14 @@ def expected_recon_nll(model: AutoEncoder, x: torch.Tensor, samples: int,
 
 @torch.no_grad()
 def likelihood_metrics(model: AutoEncoder, x: torch.Tensor, x_pixels: torch.Tensor,
-                       params: EvalParams, generator: torch.Generator) -> tuple[dict, dict]:
-    """(metrics, latent statistics) over the test set, batched; no per-image Python loop."""
-    sums: dict[str, float] = {}
+                       params: EvalParams, generator: torch.Generator) -> tuple[dict, dict, dict]:
+    """(metrics, latent statistics, per-image values) over the test set, batched; no
+    per-image Python loop. The per-image values feed the bootstrap intervals."""
+    per_image: dict[str, list[torch.Tensor]] = {}
     mus, kl_dims = [], []
 
     def add(name: str, values: torch.Tensor) -> None:
-        sums[name] = sums.get(name, 0.0) + float(values.sum())
+        per_image.setdefault(name, []).append(values.double())
 
     for start in range(0, len(x), params.batch_size):
         xb, pb = x[start : start + params.batch_size], x_pixels[start : start + params.batch_size]
@@ -63,17 +69,19 @@ def likelihood_metrics(model: AutoEncoder, x: torch.Tensor, x_pixels: torch.Tens
             add("neg_elbo", recon + kl)
             add("iw_nll", -iwae_log_likelihood(model, xb, params.iw_samples, params.iw_chunk, generator))
             kl_dims.append(0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar))
-    metrics = {name: total / len(x) for name, total in sums.items()}
+    units = {name: torch.cat(values).numpy() for name, values in per_image.items()}
+    metrics = {name: float(values.mean()) for name, values in units.items()}
     mu_all = torch.cat(mus)
     variance = mu_all.var(0)
     latents = {"encoder_mean_variance": variance.tolist()}
     if kl_dims:
-        metrics["bits_per_dim"] = metrics["iw_nll"] / (784 * math.log(2))
+        units["bits_per_dim"] = units["iw_nll"] / (784 * math.log(2))
+        metrics["bits_per_dim"] = float(units["bits_per_dim"].mean())
         metrics["iw_k"] = params.iw_samples
         metrics["active_units"] = int((variance > 0.01).sum())
         latents["kl_per_dim"] = torch.cat(kl_dims).mean(0).tolist()
         latents["active_units"] = metrics["active_units"]
-    return metrics, latents
+    return metrics, latents, units
 
 
 def pick_pairs(labels: np.ndarray, n: int, same_class: bool, rng: np.random.Generator) -> np.ndarray:
@@ -88,18 +96,39 @@ def pick_pairs(labels: np.ndarray, n: int, same_class: bool, rng: np.random.Gene
 
 @torch.no_grad()
 def interpolation_metrics(model: AutoEncoder, x: torch.Tensor, pairs: np.ndarray,
-                          params: EvalParams, classifier, seed: int) -> tuple[dict, torch.Tensor]:
+                          params: EvalParams, classifier) -> tuple[dict, dict, torch.Tensor]:
+    """(means, per-pair values, decoded paths) of the smoothness metrics and the judge's
+    scores of the midpoints, on paths between the encoder means of the pairs' images."""
     mu = model.encode(x)[0]
     z0, z1 = mu[pairs[:, 0]], mu[pairs[:, 1]]
     decode = model.mean_image
     paths = decode_path(decode, z0, z1, params.interp_steps, params.interp_mode)
     per_pair = path_metrics(paths)
-    per_pair["ppl"] = path_ppl(decode, z0, z1, params.ppl_epsilon, params.ppl_samples,
-                               torch.Generator().manual_seed(seed), params.interp_mode)
-    metrics = {name: float(values.mean()) for name, values in per_pair.items()}
+    per_pair.update(path_ppl(decode, z0, z1, params.ppl_epsilon, params.ppl_samples, params.interp_mode))
     midpoints = decode_path(decode, z0, z1, 2, params.interp_mode)[:, 1]
-    metrics.update({f"midpoint_{k}": v for k, v in confidence(classifier, midpoints).items()})
-    return metrics, paths
+    per_pair.update({f"midpoint_{k}": v for k, v in scores(classifier, midpoints).items()})
+    units = {name: values.double().numpy() for name, values in per_pair.items()}
+    return {name: float(values.mean()) for name, values in units.items()}, units, paths
+
+
+def judge_images(classifier, images: torch.Tensor, hole_threshold: float) -> dict[str, np.ndarray]:
+    """Per image: the judge's max-probability and entropy, and 1 where the image is a hole
+    (max-probability below `hole_threshold`: no digit the classifier recognises)."""
+    judged = {k: v.double().numpy() for k, v in scores(classifier, images).items()}
+    judged["unrecognised"] = (judged["max_prob"] < hole_threshold).astype(np.float64)
+    return judged
+
+
+def compare_models(units: dict[str, dict[str, np.ndarray]], seed: int) -> tuple[dict, dict]:
+    """(comparison of every metric both models have, intervals of the VAE's own metrics):
+    paired bootstrap over the same test images and pairs; generated samples, drawn
+    independently per model, are resampled independently."""
+    rng = np.random.default_rng(seed)
+    vae, ae = units["vae"], units["ae"]
+    comparison = {name: compare_units(name, vae[name], ae[name], name.split(".")[0] not in GENERATED, rng)
+                  for name in vae if name in ae}
+    own = {name: bootstrap_mean(values, rng) for name, values in vae.items() if name not in ae}
+    return comparison, own
 
 
 def run(params: EvalParams, prepared: Path, model_dir: Path, baseline_dir: Path,
@@ -124,32 +153,41 @@ def run(params: EvalParams, prepared: Path, model_dir: Path, baseline_dir: Path,
     pairs = {"same_class": pick_pairs(test_labels, params.interp_pairs, True, rng),
              "diff_class": pick_pairs(test_labels, params.interp_pairs, False, rng)}
 
-    results, latents, paths, samples = {}, {}, {}, {}
+    results, latents, paths, samples, units = {}, {}, {}, {}, {}
     for name, (model, _) in models.items():
         generator = torch.Generator().manual_seed(params.seed)
-        metrics, latents[name] = likelihood_metrics(model, x, x_pixels, params, generator)
+        metrics, latents[name], units[name] = likelihood_metrics(model, x, x_pixels, params, generator)
         for kind, kind_pairs in pairs.items():
-            metrics[kind], paths[(name, kind)] = interpolation_metrics(
-                model, x, kind_pairs, params, classifier, params.seed)
+            metrics[kind], per_pair, paths[(name, kind)] = interpolation_metrics(
+                model, x, kind_pairs, params, classifier)
+            units[name].update({f"{kind}.{k}": v for k, v in per_pair.items()})
         samples[name] = generate(model, train_x, params.generated, generator)
-        metrics["samples"] = confidence(classifier, samples[name])
+        standard_normal = model.mean_image(torch.randn(params.generated, model.latent_dim,
+                                                       generator=generator))
+        for source, images in (("samples", samples[name]), ("standard_normal", standard_normal)):
+            judged = judge_images(classifier, images, params.hole_threshold)
+            metrics[source] = {k: float(v.mean()) for k, v in judged.items()}
+            units[name].update({f"{source}.{k}": v for k, v in judged.items()})
         results[name] = metrics
+    comparison, vae_intervals = compare_models(units, params.seed)
 
-    ratios = {f"{kind}.{m}": results["vae"][kind][m] / results["ae"][kind][m]
-              for kind in pairs for m in ("path_length_ratio", "step_unevenness", "ppl")}
     report = {
         "protocol": ("binarised test set (fixed seed), Bernoulli likelihood in nats/image"
                      if protocol != "none" else
                      "continuous [0,1] targets: BCE 'loss' in nats/image, not a likelihood"),
         "test_images": len(test_images),
         "vae": results["vae"], "ae": results["ae"],
-        "real_images": confidence(classifier, x_pixels),
-        "vae_over_ae": ratios,
+        "interp_pairs": params.interp_pairs,
+        "real_images": {k: float(v.mean()) for k, v in
+                        judge_images(classifier, x_pixels, params.hole_threshold).items()},
+        "comparison": comparison,
+        "vae_intervals": vae_intervals,
+        "bootstrap": {"resamples": RESAMPLES, "level": LEVEL, "seed": params.seed},
     }
     write_json(reports / "metrics.json", report)
     write_json(reports / "latents.json", latents)
-    written = figures.evaluation_figures(figures_dir, models, x_pixels, test_labels, paths, samples,
-                                         reports)
+    written = figures.evaluation_figures(figures_dir, models, x_pixels, test_labels, paths, pairs,
+                                         samples, reports)
     log_evaluation(report, {name: model_dir / "best.pt" for name, model_dir in
                             (("vae", model_dir), ("ae", baseline_dir))},
                    written, tracking_experiment, data_sha)
@@ -170,7 +208,11 @@ def log_evaluation(report: dict, checkpoints: dict[str, Path], figure_paths: lis
     with tracking.start_run(experiment, "evaluate", tags) as run:
         metrics = {f"{name}.{k}": v for name in ("vae", "ae")
                    for k, v in flatten_model_metrics(report[name]).items()}
-        metrics.update({f"vae_over_ae.{k}": v for k, v in report["vae_over_ae"].items()})
+        for name, c in report["comparison"].items():
+            if c["ratio"] is not None:
+                metrics.update({f"vae_over_ae.{name}": c["ratio"],
+                                f"vae_over_ae.{name}.ci_low": c["ratio_ci"][0],
+                                f"vae_over_ae.{name}.ci_high": c["ratio_ci"][1]})
         run.log_metrics(metrics)
         run.set_tags({"vaectl.protocol": report["protocol"]})
         for path in figure_paths:

@@ -24,7 +24,7 @@ from vaectl.data.tensors import to_unit
 from vaectl.files import atomic_path, sha256_file, write_json
 from vaectl.models import AutoEncoder
 from vaectl.prior import latent_prior
-from vaectl.report import compare, flatten_model_metrics
+from vaectl.report import comparison_rows, flatten_model_metrics
 
 PARITY_TOLERANCE = 1e-4
 
@@ -106,7 +106,7 @@ def model_card(kind: str, summary: dict, metrics: dict, manifest_sha: str, check
                parity: dict[str, float]) -> tuple[dict, str]:
     """(card JSON, card markdown): only what the inputs determine (no run ids, commits or
     dates, so the export is byte-identical wherever it is rebuilt); MLflow holds the rest."""
-    rows = compare(flatten_model_metrics(metrics["vae"]), flatten_model_metrics(metrics["ae"]))
+    rows = comparison_rows(metrics)
     card = {
         "model": kind, "architecture": summary["model_config"], "binarize": summary["binarize"],
         "checkpoint_sha256": checkpoint_sha, "best_val_loss": summary["best_val_loss"],
@@ -116,8 +116,7 @@ def model_card(kind: str, summary: dict, metrics: dict, manifest_sha: str, check
         "inputs": "float32 N x 784 pixels in [0, 1] (decode: N x latent_dim latents)",
         "modes": ["reconstruct", "encode", "decode", "sample"],
     }
-    fmt = lambda v: "—" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
-    table = "\n".join(f"| {n} | {fmt(a)} | {fmt(b)} | {w.upper()} |" for n, a, b, w in rows)
+    table = "\n".join(f"| {' | '.join(row)} |" for row in rows)
     arch = summary["model_config"]
     text = f"""# {kind.upper()} model card
 
@@ -128,10 +127,10 @@ def model_card(kind: str, summary: dict, metrics: dict, manifest_sha: str, check
 - Data manifest sha256: `{manifest_sha}`
 - ONNX Runtime vs torch, max abs diff: {', '.join(f'{k} {v:.2e}' for k, v in parity.items())}
 
-## Test metrics, VAE vs AE ({metrics['protocol']})
+## Test metrics, VAE vs AE ({metrics['protocol']}; 95% bootstrap intervals)
 
-| metric | VAE | AE | better |
-| --- | --- | --- | --- |
+| metric | VAE | AE | VAE/AE | verdict |
+| --- | --- | --- | --- | --- |
 {table}
 
 ## Use

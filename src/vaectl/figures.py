@@ -42,10 +42,17 @@ def _rows_figure(rows: list[tuple[str, np.ndarray]], ncol: int, title: str, path
     plt.close(fig)
 
 
+def one_per_class(labels: np.ndarray) -> np.ndarray:
+    """The first index of each class, in class order: the splits are sorted by class, so the
+    first N images would all be one digit."""
+    return np.array([np.flatnonzero(labels == c)[0] for c in np.unique(labels)])
+
+
 def evaluation_figures(out_dir: Path, models: dict, x_pixels, labels: np.ndarray, paths: dict,
-                       samples: dict, reports: Path) -> list[Path]:
-    """reconstructions, samples, interpolation grids (VAE row above AE row for the same pairs),
-    a 2-D map of test latents coloured by label, training curves."""
+                       pairs: dict, samples: dict, reports: Path) -> list[Path]:
+    """reconstructions (one test image per class), samples, interpolation grids (for the same
+    pairs, the real end images beside the VAE row and the AE row), a 2-D map of test latents
+    coloured by label, training curves."""
     import json
 
     import matplotlib
@@ -56,24 +63,27 @@ def evaluation_figures(out_dir: Path, models: dict, x_pixels, labels: np.ndarray
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    originals = x_pixels[:12]
+    originals = x_pixels[one_per_class(labels)]
     with torch.no_grad():
         recon = {n: m.reconstruct(originals).numpy() for n, (m, _) in models.items()}
     written.append(out_dir / "reconstructions.png")
-    _rows_figure([("test", originals.numpy()), ("VAE", recon["vae"]), ("AE", recon["ae"])], 12,
-                 "Reconstructions of test images (posterior mean / AE code)", written[-1])
+    _rows_figure([("input\n(test)", originals.numpy()), ("VAE", recon["vae"]), ("AE", recon["ae"])],
+                 len(originals), "Reconstructions of test images (posterior mean / AE code)", written[-1])
     written.append(out_dir / "samples.png")
     _rows_figure([("VAE prior", samples["vae"][:32].numpy()),
                   ("AE fitted\nGaussian", samples["ae"][:32].numpy())], 16,
                  "Generated samples", written[-1])
     for kind in ("same_class", "diff_class"):
         rows = []
-        for p in range(3):
-            rows += [(f"pair {p + 1} VAE", paths[("vae", kind)][p].numpy()),
-                     (f"pair {p + 1} AE", paths[("ae", kind)][p].numpy())]
+        for p in range(min(3, len(pairs[kind]))):
+            first, last = (x_pixels[i].numpy()[None] for i in pairs[kind][p])
+            for name in ("vae", "ae"):
+                rows.append((f"pair {p + 1} {name.upper()}",
+                             np.concatenate([first, paths[(name, kind)][p].numpy(), last])))
         written.append(out_dir / f"interpolation_{kind}.png")
-        _rows_figure(rows, paths[("vae", kind)].shape[1],
-                     f"Latent interpolation, {kind.replace('_', '-')} test pairs", written[-1])
+        _rows_figure(rows, paths[("vae", kind)].shape[1] + 2,
+                     f"Latent interpolation, {kind.replace('_', '-')} test pairs "
+                     "(outer columns: the real test images)", written[-1])
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     for ax, (name, (model, _)) in zip(axes, models.items(), strict=True):

@@ -19,12 +19,12 @@ def build_classifier(hidden: list[int]) -> nn.Sequential:
 
 
 @torch.no_grad()
-def confidence(classifier: nn.Module, images: torch.Tensor) -> dict[str, float]:
-    """Mean max-probability and mean predictive entropy (nats) over flattened [0,1] images."""
+def scores(classifier: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per image (flattened, [0, 1]): the classifier's max-probability and its predictive
+    entropy in nats. A recognisable digit gets a high max-probability, low entropy."""
     classifier.eval()
     log_p = torch.log_softmax(classifier(images.reshape(len(images), -1)), -1)
-    entropy = -(log_p.exp() * log_p).sum(-1)
-    return {"max_prob": float(log_p.exp().max(-1).values.mean()), "entropy": float(entropy.mean())}
+    return {"max_prob": log_p.exp().max(-1).values, "entropy": -(log_p.exp() * log_p).sum(-1)}
 
 
 def load_classifier(path: Path) -> nn.Module:

@@ -79,12 +79,13 @@ class EvalParams:
     iw_chunk: int = 250  # samples decoded at once per image batch (memory knob)
     batch_size: int = 100  # test images per batch
     seed: int = 0  # test binarisation, sampling noise, interpolation pairs
-    interp_pairs: int = 20  # per kind: same-class pairs and different-class pairs
+    interp_pairs: int = 500  # per kind: same-class pairs and different-class pairs
     interp_steps: int = 10
     interp_mode: Literal["lerp", "slerp"] = "lerp"
     ppl_epsilon: float = 1e-3
-    ppl_samples: int = 16  # u draws per pair
+    ppl_samples: int = 64  # u grid points per pair
     generated: int = 500  # samples drawn per model for the generation metrics
+    hole_threshold: float = 0.5  # a decoded image the judge gives a lower max-probability is a hole
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
 
 
@@ -93,11 +94,12 @@ class RegistryParams:
     vae_name: str = "vae-mnist"
     ae_name: str = "ae-mnist"
     min_improvement: float = 0.0  # nats a new champion must beat the current one by
-    require_smoother_than_baseline: bool = True  # VAE only: VAE/AE smoothness ratio < 1
+    require_smoother_than_baseline: bool = True  # VAE only: VAE/AE ratio's interval below 1
     smoothness_metric: Literal[
-        "diff_class.ppl", "diff_class.path_length_ratio", "diff_class.step_unevenness",
-        "same_class.ppl", "same_class.path_length_ratio", "same_class.step_unevenness",
-    ] = "diff_class.ppl"
+        "diff_class.ppl_normalized", "diff_class.ppl", "diff_class.path_length_ratio",
+        "diff_class.step_unevenness", "same_class.ppl_normalized", "same_class.ppl",
+        "same_class.path_length_ratio", "same_class.step_unevenness",
+    ] = "diff_class.ppl_normalized"
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ def _check_ranges(p: Params) -> None:
         (e.interp_pairs >= 1 and e.interp_steps >= 2, "eval needs interp_pairs >= 1, interp_steps >= 2"),
         (0 < e.ppl_epsilon < 1 and e.ppl_samples >= 1, "eval.ppl_epsilon must be in (0, 1)"),
         (e.generated >= 2, "eval.generated must be >= 2"),
+        (0 < e.hole_threshold < 1, "eval.hole_threshold must be in (0, 1)"),
         (e.classifier.epochs >= 1 and all(h > 0 for h in e.classifier.hidden),
          "eval.classifier needs epochs >= 1 and positive hidden sizes"),
     ]

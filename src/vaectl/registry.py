@@ -34,14 +34,16 @@ def promotion_decision(kind: str, metrics: dict, champion_value: float | None,
                        rule: RegistryParams) -> Decision:
     """The promotion rule: beat the current champion's primary metric by more than
     `rule.min_improvement` nats (any value beats no champion) and, for the VAE when
-    `rule.require_smoother_than_baseline`, interpolate more smoothly than the AE
-    (VAE/AE ratio of `rule.smoothness_metric` below 1)."""
+    `rule.require_smoother_than_baseline`, interpolate significantly more smoothly than the
+    AE (the 95% interval of the VAE/AE ratio of `rule.smoothness_metric` lies below 1)."""
     metric = PRIMARY_METRIC[kind]
     value = metrics[kind][metric]
     if kind == "vae" and rule.require_smoother_than_baseline:
-        ratio = metrics["vae_over_ae"][rule.smoothness_metric]
-        if not ratio < 1:
-            return Decision(False, f"VAE/AE {rule.smoothness_metric} = {ratio:.3f} is not < 1")
+        c = metrics["comparison"][rule.smoothness_metric]
+        if c["better"] != "vae":
+            return Decision(False, f"VAE/AE {rule.smoothness_metric} = {c['ratio']:.3f} (95% interval "
+                                   f"{c['ratio_ci'][0]:.3f}-{c['ratio_ci'][1]:.3f}): the VAE is not "
+                                   "significantly smoother")
     if champion_value is None:
         return Decision(True, f"no champion yet; {metric} {value:.3f}")
     if value < champion_value - rule.min_improvement:

@@ -1,10 +1,69 @@
-"""VAE-vs-AE comparison rows, shared by the evaluate table, the model card and the registry."""
+"""VAE-vs-AE comparisons with uncertainty, shared by the evaluate table, metrics.json, the
+model card and the registry's promotion rule.
+
+Every compared metric is a mean over units (test images, interpolation pairs, generated
+samples). Its 95% interval, and that of the VAE/AE ratio of the means, come from a seeded
+percentile bootstrap: paired (the same resampled units for both models) where both models
+were measured on the same units, independent where they were not (generated samples). The
+verdict says which model is better only when the interval of the difference excludes 0.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+
 LOWER_IS_BETTER = ("neg_elbo", "iw_nll", "bits_per_dim", "recon_bce", "recon_mse",
-                   "path_length_ratio", "step_unevenness", "ppl", "entropy")
+                   "path_length_ratio", "step_unevenness", "ppl", "ppl_normalized", "entropy",
+                   "unrecognised")
 NOT_COMPARED = ("iw_k", "active_units")  # settings and counts, not better or worse
+RESAMPLES = 2000
+LEVEL = 0.95
+VERDICTS = {"vae": "VAE better", "ae": "AE better", "none": "no significant difference"}
+
+
+def lower_is_better(name: str) -> bool:
+    """'diff_class.midpoint_entropy' -> True (an entropy), 'samples.max_prob' -> False."""
+    return name.endswith(LOWER_IS_BETTER)
+
+
+def interval(values: np.ndarray) -> list[float]:
+    """The central LEVEL percentile interval of bootstrap statistics."""
+    tail = (1 - LEVEL) / 2 * 100
+    return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
+
+
+def bootstrap_mean(values: np.ndarray, rng: np.random.Generator) -> list[float]:
+    """95% interval of the mean of `values` (units resampled with replacement)."""
+    values = np.asarray(values, dtype=np.float64)
+    return interval(values[rng.integers(0, len(values), (RESAMPLES, len(values)))].mean(1))
+
+
+def compare_units(name: str, vae: np.ndarray, ae: np.ndarray, paired: bool,
+                  rng: np.random.Generator) -> dict:
+    """Means and their intervals, the VAE - AE difference and the VAE/AE ratio of the means
+    with theirs, and the verdict: the difference's interval excluding 0 (for positive means,
+    the same as the ratio's excluding 1; it also holds when the AE's mean can be 0, as for
+    a share of unrecognisable images, where the ratio is left out)."""
+    vae, ae = np.asarray(vae, dtype=np.float64), np.asarray(ae, dtype=np.float64)
+    if paired and len(vae) != len(ae):
+        raise ValueError(f"{name}: paired comparison of {len(vae)} and {len(ae)} units")
+    picks_vae = rng.integers(0, len(vae), (RESAMPLES, len(vae)))
+    picks_ae = picks_vae if paired else rng.integers(0, len(ae), (RESAMPLES, len(ae)))
+    means_vae, means_ae = vae[picks_vae].mean(1), ae[picks_ae].mean(1)
+    difference_ci = interval(means_vae - means_ae)
+    if difference_ci[1] < 0:
+        better = "vae" if lower_is_better(name) else "ae"
+    elif difference_ci[0] > 0:
+        better = "ae" if lower_is_better(name) else "vae"
+    else:
+        better = "none"
+    has_ratio = bool((means_ae > 0).all())
+    return {"vae": float(vae.mean()), "vae_ci": interval(means_vae),
+            "ae": float(ae.mean()), "ae_ci": interval(means_ae),
+            "difference": float(vae.mean() - ae.mean()), "difference_ci": difference_ci,
+            "ratio": float(vae.mean() / ae.mean()) if has_ratio else None,
+            "ratio_ci": interval(means_vae / means_ae) if has_ratio else None,
+            "better": better, "paired": paired, "units": [len(vae), len(ae)]}
 
 
 def flatten_model_metrics(m: dict) -> dict:
@@ -16,14 +75,18 @@ def flatten_model_metrics(m: dict) -> dict:
     return flat
 
 
-def compare(vae: dict, ae: dict) -> list[tuple[str, float | None, float | None, str]]:
-    """Rows (metric, vae, ae, better) for every metric either model has."""
-    rows = []
-    for name in list(dict.fromkeys([*vae, *ae])):
-        a, b = vae.get(name), ae.get(name)
-        better = ""
-        if a is not None and b is not None and a != b and name not in NOT_COMPARED:
-            lower = any(name.endswith(k) for k in LOWER_IS_BETTER)
-            better = "vae" if (a < b) == lower else "ae"
-        rows.append((name, a, b, better))
+def comparison_rows(report: dict) -> list[tuple[str, str, str, str, str]]:
+    """Text rows (metric, VAE [interval], AE [interval], VAE/AE [interval], verdict): the
+    compared metrics first, then the VAE's own (likelihood) with their intervals."""
+    def fmt(value: float, ci: list[float] | None = None) -> str:
+        return f"{value:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")
+
+    rows = [(name, fmt(c["vae"], c["vae_ci"]), fmt(c["ae"], c["ae_ci"]),
+             fmt(c["ratio"], c["ratio_ci"]) if c["ratio"] is not None else "—", VERDICTS[c["better"]])
+            for name, c in report["comparison"].items()]
+    vae = flatten_model_metrics(report["vae"])
+    for name, value in vae.items():
+        if name not in report["comparison"]:
+            ci = report["vae_intervals"].get(name)
+            rows.append((name, fmt(value, ci) if isinstance(value, float) else str(value), "—", "—", ""))
     return rows

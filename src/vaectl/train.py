@@ -140,12 +140,15 @@ def _sigterm_as_interrupt(*_):
 
 @torch.no_grad()
 def log_images(run, model: AutoEncoder, x_val: torch.Tensor, epoch: int, seed: int) -> None:
+    """Reconstructions (top row: validation inputs spread over the split, which is sorted by
+    class, so every digit shows; bottom row: their reconstructions) and prior samples."""
     model.eval()
     gen = torch.Generator(device=x_val.device).manual_seed(seed)
-    originals = x_val[:16]
+    originals = x_val[torch.linspace(0, len(x_val) - 1, 16).long()]
     recon = model.reconstruct(originals)  # at the posterior mean: no RNG draw
-    pairs = torch.stack([originals, recon], 1).reshape(-1, 784).cpu().numpy()
-    run.log_image(image_grid(pairs, ncol=8), f"reconstructions/epoch_{epoch + 1:03d}.png")
+    grid = torch.cat([originals, recon]).cpu().numpy()
+    run.log_image(image_grid(grid, ncol=16),
+                  f"reconstructions/epoch_{epoch + 1:03d}_top-input_bottom-output.png")
     if model.variational:
         z = torch.randn(64, model.latent_dim, generator=gen, device=x_val.device)
         samples = model.mean_image(z).cpu().numpy()

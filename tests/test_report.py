@@ -1,0 +1,67 @@
+"""The bootstrap behind every VAE-vs-AE verdict, on cases whose answer is known."""
+
+import numpy as np
+import pytest
+
+from vaectl.report import bootstrap_mean, compare_units, lower_is_better
+
+
+def test_identical_models_show_no_difference():
+    values = np.random.default_rng(0).gamma(2.0, size=300)
+    result = compare_units("ppl", values, values.copy(), True, np.random.default_rng(1))
+    assert result["ratio"] == 1 and result["ratio_ci"] == pytest.approx([1, 1])
+    assert result["better"] == "none"
+
+
+def test_half_the_value_is_better_for_a_cost_and_worse_for_a_confidence():
+    rng = np.random.default_rng(0)
+    ae = rng.gamma(2.0, size=300)
+    vae = 0.5 * ae * rng.uniform(0.9, 1.1, size=300)  # paired: per unit about half the AE's
+    cost = compare_units("diff_class.ppl", vae, ae, True, np.random.default_rng(1))
+    assert cost["ratio_ci"][0] < 0.5 < cost["ratio_ci"][1] and cost["ratio_ci"][1] < 0.52
+    assert cost["better"] == "vae"
+    assert compare_units("samples.max_prob", vae, ae, True, np.random.default_rng(1))["better"] == "ae"
+
+
+def test_pairing_removes_the_shared_spread():
+    """Per-pair values that vary a lot between pairs but by 2% between models: paired, the
+    2% is significant; resampled independently, the spread between pairs swamps it."""
+    rng = np.random.default_rng(0)
+    ae = rng.lognormal(0, 1, size=400)
+    vae = 0.98 * ae
+    assert compare_units("ppl", vae, ae, True, np.random.default_rng(1))["better"] == "vae"
+    assert compare_units("ppl", vae, ae, False, np.random.default_rng(1))["better"] == "none"
+
+
+def test_same_distribution_intervals_cover_one_about_95_percent_of_the_time():
+    """Independent samples of one distribution: the ratio's interval should contain 1 in about
+    95% of datasets (a percentile bootstrap at n = 100 runs a little under)."""
+    rng = np.random.default_rng(0)
+    covered = [compare_units("samples.entropy", rng.gamma(2.0, size=100), rng.gamma(2.0, size=100),
+                             False, rng)["better"] == "none" for _ in range(200)]
+    assert 0.88 <= np.mean(covered) <= 0.99
+
+
+def test_interval_of_a_mean_has_the_normal_width():
+    """n draws of N(0, sigma^2): the 95% interval of the mean is about +-1.96 sigma / sqrt(n)."""
+    sigma, n = 3.0, 400
+    values = np.random.default_rng(0).normal(10.0, sigma, size=n)
+    low, high = bootstrap_mean(values, np.random.default_rng(1))
+    assert high - low == pytest.approx(2 * 1.96 * sigma / np.sqrt(n), rel=0.15)
+    assert low < values.mean() < high
+
+
+@pytest.mark.parametrize("name, lower", [
+    ("recon_bce", True), ("diff_class.ppl_normalized", True), ("same_class.midpoint_entropy", True),
+    ("samples.entropy", True), ("same_class.midpoint_max_prob", False), ("samples.max_prob", False),
+])
+def test_which_way_is_better(name, lower):
+    assert lower_is_better(name) is lower
+
+
+def test_a_share_that_is_zero_for_the_ae_still_gets_a_verdict():
+    """Shares of unrecognisable images can be 0: no ratio then, but the difference decides."""
+    vae = np.r_[np.ones(40), np.zeros(460)]  # 8% unrecognisable
+    result = compare_units("samples.unrecognised", vae, np.zeros(500), False, np.random.default_rng(0))
+    assert result["ratio"] is None and result["ratio_ci"] is None
+    assert result["difference_ci"][0] > 0 and result["better"] == "ae"
