@@ -226,3 +226,13 @@ def test_serve_smoke_on_loopback(deployed):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def test_pull_into_a_file_is_one_clear_line(deployed):
+    target = deployed["root"] / "a-file"
+    target.write_text("keep me")
+    out = subprocess.run([sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest",
+                          str(target)], cwd=deployed["root"], env=deployed["env"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "is a file; give a directory" in out.stderr
+    assert "Traceback" not in out.stderr and target.read_text() == "keep me"

@@ -143,3 +143,53 @@ def test_missing_or_mismatched_model_is_a_clear_error(trained):
     manifest.write_text(manifest.read_text().replace('"synthetic"', '"other"'))
     with pytest.raises(UserError, match="trained on other data"):
         evaluate(params, prepared, root)
+
+
+def test_quantile_grid_is_the_gaussians_quantiles_from_the_top_left():
+    from vaectl.holes import quantile_grid
+
+    q = 0.6744897501960817  # the standard normal's 75% quantile
+    torch.testing.assert_close(quantile_grid(2), torch.tensor([[-q, q], [q, q], [-q, -q], [q, -q]]))
+    assert quantile_grid(20).mean(0).abs().max() < 1e-6 and quantile_grid(20).shape == (400, 2)
+
+
+def test_a_hole_is_an_image_the_judge_cannot_place():
+    from vaectl.holes import holes
+
+    judge = torch.nn.Linear(784, 10)
+    torch.nn.init.zeros_(judge.weight)
+    torch.nn.init.zeros_(judge.bias)  # uniform over 10 classes: max-probability 0.1
+    images = torch.rand(7, 784)
+    assert holes(judge, images, 0.5).tolist() == [1.0] * 7
+    with torch.no_grad():
+        judge.bias[3] = 10.0  # certain it is a 3
+    assert holes(judge, images, 0.5).tolist() == [0.0] * 7
+
+
+def test_holes_stage_on_2d_models(trained):
+    from vaectl import holes as holes_stage
+
+    params, prepared, root = trained  # TINY trains latent_dim 2
+    report = holes_stage.run(params.eval, prepared, root / "models" / "vae", root / "models" / "ae",
+                             root / "models" / "classifier" / "classifier.pt", root / "holes.json",
+                             root / "holes", params.tracking.experiment)
+    assert set(report["comparison"]) == {"grid.unrecognised", "samples.unrecognised",
+                                         "standard_normal.unrecognised"}
+    for c in report["comparison"].values():
+        assert 0 <= c["vae_ci"][0] <= c["vae"] <= c["vae_ci"][1] <= 1
+        assert c["units"][0] == (params.eval.hole_grid ** 2 if c is report["comparison"]["grid.unrecognised"]
+                                 else params.eval.generated)
+    assert sorted(p.name for p in (root / "holes").iterdir()) == ["latents_2d.png", "manifold_2d.png"]
+    assert json.loads((root / "holes.json").read_text()) == report
+
+
+def test_holes_refuses_models_that_are_not_2d(trained, tmp_path):
+    from vaectl import holes as holes_stage
+
+    params, prepared, root = trained
+    wide = train_stage.with_latent_dim(params, "vae", 3)
+    train_stage.run("vae", wide, prepared, tmp_path / "vae3", tmp_path / "c.json")
+    with pytest.raises(UserError, match="needs latent_dim 2; the vae in .* has 3"):
+        holes_stage.run(params.eval, prepared, tmp_path / "vae3", root / "models" / "ae",
+                        root / "models" / "classifier" / "classifier.pt", tmp_path / "h.json",
+                        tmp_path / "h", params.tracking.experiment)

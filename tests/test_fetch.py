@@ -127,3 +127,9 @@ def test_stratified_split_partitions_indices():
     assert np.array_equal(np.sort(np.concatenate([rest, val, test])), np.arange(60))
     assert np.bincount(labels[val]).tolist() == [1, 2, 3]
     assert np.bincount(labels[test]).tolist() == [2, 4, 6]
+
+
+def test_a_split_left_empty_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(UserError, match="the val split would hold no images"):
+        fetch_stage.run(DataParams(val_fraction=0.0001), tmp_path / "prepared", [])
+    assert not (tmp_path / "prepared").exists()

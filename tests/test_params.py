@@ -53,3 +53,27 @@ def test_params_yaml_spells_out_every_key_with_the_code_defaults():
 def test_model_arch_is_read():
     with pytest.raises(UserError, match="'model.arch' must be one of 'mlp'"):
         parse_params({"model": {"arch": "resnet"}})
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"data": {"seed": -1}}, "data.seed must be >= 0"),
+    ({"eval": {"seed": -1}}, "eval.seed must be >= 0"),
+    ({"train": {"threads": -2}}, "train.threads must be >= 0"),
+    ({"model": {"hidden": []}}, "model.hidden needs at least one layer size"),
+    ({"eval": {"classifier": {"batch_size": 0}}}, "eval.classifier.batch_size must be >= 1"),
+    ({"eval": {"classifier": {"lr": -1}}}, "eval.classifier.lr must be > 0"),
+    ({"train": {"vae": {"lr": float("inf")}}}, "'train.vae.lr' must be a finite number"),
+    ({"train": {"vae": {"beta": float("nan")}}}, "'train.vae.beta' must be a finite number"),
+])
+def test_out_of_range_params_are_one_clear_error(raw, message):
+    with pytest.raises(UserError, match=message):
+        parse_params(raw)
+
+
+def test_yaml_error_names_the_line_and_a_directory_is_not_a_params_file(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("data:\n  name: mnist\n  seed: [1\n")
+    with pytest.raises(UserError, match="invalid YAML at line 4, column 1"):
+        load_params(path)
+    with pytest.raises(UserError, match=r"params file not found: .* \(a directory\)"):
+        load_params(tmp_path)

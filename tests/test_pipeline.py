@@ -75,9 +75,15 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
     code = ("from vaectl import tracking; runs = tracking.find_runs('vaectl'); "
             "print(sorted((r.info.run_name, r.info.status) for r in runs))")
     runs = sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1]
-    assert runs == ("[('evaluate', 'FINISHED'), ('register-ae-mnist', 'FINISHED'), "
-                    "('register-vae-mnist', 'FINISHED'), ('train-ae', 'FINISHED'), "
-                    "('train-vae', 'FINISHED')]")
+    assert runs == ("[('evaluate', 'FINISHED'), ('holes-2d', 'FINISHED'), "
+                    "('register-ae-mnist', 'FINISHED'), ('register-vae-mnist', 'FINISHED'), "
+                    "('train-ae', 'FINISHED'), ('train-ae-2d', 'FINISHED'), "
+                    "('train-vae', 'FINISHED'), ('train-vae-2d', 'FINISHED')]")
+    holes = json.loads((root / "reports" / "holes.json").read_text())
+    assert holes["latent_dim"] == 2 and set(holes["comparison"]) == {
+        "grid.unrecognised", "samples.unrecognised", "standard_normal.unrecognised"}
+    assert sorted(p.name for p in (root / "reports" / "holes").iterdir()) == ["latents_2d.png",
+                                                                           "manifold_2d.png"]
     assert (root / "mlruns" / "mlflow.db").exists() and (root / "mlruns" / "artifacts").is_dir()
     registered = json.loads((root / "reports" / "registry.json").read_text())
     assert registered["vae"]["name"] == "vae-mnist" and registered["vae"]["version"] == "1"
@@ -119,13 +125,14 @@ def test_second_repro_is_a_no_op_and_vae_change_skips_ae(pipeline_copy):
     log = sh("dvc", "exp", "run", "-S", "train.vae.latent_dim=3", "-n", "tiny-latent3",
              cwd=root, env=env)
     assert "Running stage 'train@vae'" in log and "Running stage 'evaluate'" in log
-    for untouched in ("fetch", "validate", "train@ae", "classifier"):
+    for untouched in ("fetch", "validate", "train@ae", "train2d@ae", "classifier"):
         assert f"Running stage '{untouched}'" not in log
     assert "tiny-latent3" in sh("dvc", "exp", "show", "--json", cwd=root, env=env)
     code = ("from vaectl import tracking; "
             "print(len(tracking.find_runs('vaectl', \"tags.`dvc.exp_name` = 'tiny-latent3'\")))")
-    # the experiment's train-vae, evaluate and register runs carry its name; train-ae did not rerun
-    assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "4"
+    # its train-vae, train-vae-2d (train.vae changed), evaluate and both register runs carry its
+    # name; train-ae did not rerun, nor holes (the 2-D VAE came out the same bytes)
+    assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "5"
 
 
 def _digest(path: Path) -> str:

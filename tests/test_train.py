@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from vaectl import tracking
+from vaectl import UserError, tracking
 from vaectl import train as train_stage
 from vaectl.params import parse_params
 
@@ -115,3 +115,24 @@ def test_bad_model_and_missing_checkpoint(tmp_path, prepared):
         out = subprocess.run([sys.executable, "-m", "vaectl", "train", *args], cwd=tmp_path,
                              capture_output=True, text=True)
         assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_divergence_stops_with_a_clear_error(tmp_path, prepared):
+    params = parse_params({**TINY, "train": {**TINY["train"], "vae": {**TINY["train"]["vae"], "lr": 1e12}}})
+    with pytest.raises(UserError, match=r"training diverged in epoch 1: loss nan .* lower train.vae.lr"):
+        train_stage.run("vae", params, prepared, tmp_path / "m", tmp_path / "c.json")
+    (run,) = tracking.find_runs("vaectl")
+    assert run.info.status == "FAILED"
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage" * 100, "truncate"])
+def test_a_damaged_checkpoint_is_one_clear_line(tmp_path, prepared, content):
+    train_stage.run("vae", parse_params(TINY), prepared, tmp_path / "m", tmp_path / "c.json")
+    last = tmp_path / "m" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000] if content == "truncate" else content)
+    (tmp_path / "params.yaml").write_text(json.dumps(TINY))
+    out = subprocess.run([sys.executable, "-m", "vaectl", "train", "--model", "vae", "--resume",
+                          "--prepared", str(prepared), "--out", str(tmp_path / "m")],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith(f"error: {last} is not a readable vaectl checkpoint")

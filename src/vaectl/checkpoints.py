@@ -4,6 +4,8 @@ summary that says what they were trained on."""
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -18,10 +20,23 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+def read_checkpoint(path: Path) -> dict:
+    """torch.load (weights only); a truncated, empty or foreign file is a UserError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        reason = str(err).splitlines()[0][:120] if str(err) else err.__class__.__name__
+        raise UserError(f"{path} is not a readable vaectl checkpoint ({reason}); "
+                        "delete it and train again") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{path} is not a vaectl checkpoint (no model weights in it)")
+    return state
+
+
 def load_checkpoint(path: Path) -> dict:
     if not path.exists():
         raise UserError(f"no checkpoint to resume from: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return read_checkpoint(path)
 
 
 def load_trained(model_dir: Path, expected_kind: str, data_sha: str) -> tuple[AutoEncoder, dict]:
@@ -37,7 +52,7 @@ def load_trained(model_dir: Path, expected_kind: str, data_sha: str) -> tuple[Au
     if summary["data_sha256"] != data_sha:
         raise UserError(f"{model_dir} was trained on other data than {data_sha[:12]}… "
                         "(retrain, or fetch the data it was trained on)")
-    state = torch.load(best, map_location="cpu", weights_only=True)
+    state = read_checkpoint(best)
     model = from_config(state["model_config"])
     model.load_state_dict(state["model"])
     return model.eval(), summary

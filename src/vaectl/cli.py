@@ -100,8 +100,11 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
     nproc: int = typer.Option(1, "--nproc", min=1,
                               help="training processes (torch DDP via torchrun; gloo on CPU)"),
+    latent_dim: int = typer.Option(None, "--latent-dim", min=1,
+                                   help="instead of train.MODEL.latent_dim (the 2-D experiment: 2)"),
 ):
     """Train the VAE or the AE baseline; checkpoints each epoch, logs the run to MLflow.
+    The training curves go to reports/curves/<name of OUT>.json.
 
     Example: vaectl train --model vae   (then `make ui` to watch curves and samples)
 
@@ -116,12 +119,15 @@ def train(
         raise UserError(f"--model must be one of {', '.join(KINDS)}, got {model!r}")
     out = out or Path("models") / model
     params = load_params(params_path)
+    if latent_dim is not None:
+        params = stage.with_latent_dim(params, model, latent_dim)
     if nproc > 1:
         if "WORLD_SIZE" in os.environ:
             raise UserError("--nproc launches torchrun; under torchrun the process count is its own")
         stage.preflight(params, prepared, out, resume, nproc)
         code = launch(nproc, ["--model", model, "--params", str(params_path), "--prepared",
-                                    str(prepared), "--out", str(out), *(["--resume"] if resume else [])])
+                              str(prepared), "--out", str(out), *(["--resume"] if resume else []),
+                              *(["--latent-dim", str(latent_dim)] if latent_dim else [])])
         if code == 130:
             typer.secho(f"interrupted: last checkpoint kept in {out}/last.pt; continue with "
                         f"`vaectl train --model {model} --nproc {nproc} --resume`", fg="yellow", err=True)
@@ -130,7 +136,7 @@ def train(
                         fg="red", err=True)
         raise typer.Exit(code)
     try:
-        summary = stage.run(model, params, prepared, out, Path("reports/curves") / f"{model}.json",
+        summary = stage.run(model, params, prepared, out, Path("reports/curves") / f"{out.name}.json",
                             resume=resume)
     except KeyboardInterrupt:
         if "WORLD_SIZE" not in os.environ:  # under a launcher, the launcher says it once
@@ -201,6 +207,33 @@ def print_comparison(report: dict) -> None:
     real = report["real_images"]
     typer.echo(f"real test images: classifier max-prob {real['max_prob']:.3f}, entropy "
                f"{real['entropy']:.3f}, unrecognised {real['unrecognised']:.3f}")
+
+
+@app.command()
+@user_errors
+def holes(
+    model: Path = typer.Option(Path("models/vae-2d"), help="a VAE with latent_dim 2"),
+    baseline: Path = typer.Option(Path("models/ae-2d"), help="an AE with latent_dim 2"),
+    params_path: Path = PARAMS,
+    prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
+    report: Path = typer.Option(Path("reports/holes.json"), help="hole metrics (DVC metric)"),
+    figures_dir: Path = typer.Option(Path("reports/holes"), "--figures", help="the two figures"),
+):
+    """The 2-D latent experiment: where test images land, what each latent region decodes to,
+    and the share of latents whose decoded image is no recognisable digit, VAE vs AE.
+
+    Example: vaectl train --model vae --latent-dim 2 --out models/vae-2d (and the AE), then
+    vaectl holes && open reports/holes/manifold_2d.png
+    """
+    from vaectl import holes as stage
+    from vaectl.report import VERDICTS
+
+    params = load_params(params_path)
+    result = stage.run(params.eval, prepared, model, baseline, Path("models/classifier/classifier.pt"),
+                       report, figures_dir, params.tracking.experiment)
+    for name, c in result["comparison"].items():
+        typer.echo(f"{name}: VAE {c['vae']:.3f} [{c['vae_ci'][0]:.3f}, {c['vae_ci'][1]:.3f}], "
+                   f"AE {c['ae']:.3f} [{c['ae_ci'][0]:.3f}, {c['ae_ci'][1]:.3f}]: {VERDICTS[c['better']]}")
 
 
 @app.command()

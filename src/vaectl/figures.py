@@ -116,3 +116,46 @@ def evaluation_figures(out_dir: Path, models: dict, x_pixels, labels: np.ndarray
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return written
+
+
+def latent_2d_figures(out_dir: Path, pictures: dict, labels: np.ndarray, grid: int) -> list[Path]:
+    """For 2-D latent models, side by side: the test set's latents coloured by class with the
+    contours (1, 2, 3 sigma) of the distribution each model samples from (and, for the AE,
+    of N(0, I), dashed), and the decoded grid over that distribution (the manifold picture)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    titles = {"vae": "VAE: prior N(0, I)", "ae": "AE: Gaussian fitted to its codes (N(0, I) dashed)"}
+    angle = np.linspace(0, 2 * np.pi, 200)
+    circle = np.stack([np.cos(angle), np.sin(angle)], 1)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    for ax, (name, p) in zip(axes, pictures.items(), strict=True):
+        scatter = ax.scatter(p["latents"][:, 0], p["latents"][:, 1], c=labels, cmap="tab10", s=5)
+        for radius in (1, 2, 3):
+            ellipse = p["mean"] + radius * circle @ p["chol"].T
+            ax.plot(ellipse[:, 0], ellipse[:, 1], color="black", linewidth=0.8)
+            if name == "ae":
+                ax.plot(radius * circle[:, 0], radius * circle[:, 1], "--", color="grey", linewidth=0.8)
+        ax.set_title(titles[name], fontsize=9)
+        ax.set_xlabel("z1")
+        ax.set_ylabel("z2")
+    fig.colorbar(scatter, ax=axes, ticks=range(10), label="label")
+    written = [out_dir / "latents_2d.png"]
+    with atomic_path(written[0]) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.4))
+    for ax, (name, p) in zip(axes, pictures.items(), strict=True):
+        ax.imshow(image_grid(p["grid"], grid), cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{titles[name]}\ndecoded at its quantile grid (z1 right, z2 up)", fontsize=9)
+    written.append(out_dir / "manifold_2d.png")
+    with atomic_path(written[1]) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return written

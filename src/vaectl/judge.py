@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vaectl import UserError
+from vaectl.checkpoints import read_checkpoint
 from vaectl.models import PIXELS, mlp
 
 CLASSES = 10
@@ -30,7 +31,7 @@ def scores(classifier: nn.Module, images: torch.Tensor) -> dict[str, torch.Tenso
 def load_classifier(path: Path) -> nn.Module:
     if not path.exists():
         raise UserError(f"classifier not found: {path} (run `vaectl classifier`)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     model = build_classifier(state["hidden"])
     model.load_state_dict(state["model"])
     return model.eval()

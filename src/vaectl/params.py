@@ -6,6 +6,7 @@ Every key is declared here; an unknown, missing or mistyped key is a one-line er
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,7 @@ class EvalParams:
     ppl_samples: int = 64  # u grid points per pair
     generated: int = 500  # samples drawn per model for the generation metrics
     hole_threshold: float = 0.5  # a decoded image the judge gives a lower max-probability is a hole
+    hole_grid: int = 20  # the 2-D experiment decodes a hole_grid x hole_grid grid of latents
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
 
 
@@ -162,7 +164,14 @@ def _build(cls: type, raw: dict, prefix: str) -> object:
 
 
 def _check_ranges(p: Params) -> None:
+    for key, value in flatten(p).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"params: '{key}' must be a finite number, got {value!r}")
     checks = [
+        (p.data.seed >= 0, "data.seed must be >= 0"),
+        (p.eval.seed >= 0, "eval.seed must be >= 0"),
+        (p.train.threads >= 0, "train.threads must be >= 0 (0 keeps torch's default)"),
+        (len(p.model.hidden) >= 1, "model.hidden needs at least one layer size"),
         (0 < p.data.val_fraction < 1, "data.val_fraction must be in (0, 1)"),
         (0 < p.data.test_fraction < 1, "data.test_fraction must be in (0, 1)"),
         (p.data.val_fraction + p.data.test_fraction < 1, "data val + test fractions must be < 1"),
@@ -177,6 +186,7 @@ def _check_ranges(p: Params) -> None:
             (t.lr > 0, f"train.{name}.lr must be > 0"),
             (t.patience >= 0, f"train.{name}.patience must be >= 0"),
             (t.sample_every >= 1, f"train.{name}.sample_every must be >= 1"),
+            (t.seed >= 0, f"train.{name}.seed must be >= 0"),
         ]
     checks.append((p.train.vae.beta >= 0, "train.vae.beta must be >= 0"))
     e = p.eval
@@ -187,8 +197,12 @@ def _check_ranges(p: Params) -> None:
         (0 < e.ppl_epsilon < 1 and e.ppl_samples >= 1, "eval.ppl_epsilon must be in (0, 1)"),
         (e.generated >= 2, "eval.generated must be >= 2"),
         (0 < e.hole_threshold < 1, "eval.hole_threshold must be in (0, 1)"),
+        (e.hole_grid >= 2, "eval.hole_grid must be >= 2"),
         (e.classifier.epochs >= 1 and all(h > 0 for h in e.classifier.hidden),
          "eval.classifier needs epochs >= 1 and positive hidden sizes"),
+        (e.classifier.batch_size >= 1, "eval.classifier.batch_size must be >= 1"),
+        (e.classifier.lr > 0, "eval.classifier.lr must be > 0"),
+        (e.classifier.seed >= 0, "eval.classifier.seed must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -203,12 +217,17 @@ def parse_params(raw: dict | None) -> Params:
 
 def load_params(path: Path) -> Params:
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"params file not found: {path}")
+    if not path.is_file():
+        raise UserError(f"params file not found: {path}" + (" (a directory)" if path.is_dir() else ""))
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{path}: invalid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file") from None
     if raw is not None and not isinstance(raw, dict):
         raise UserError(f"{path}: top level must be a mapping")
     return parse_params(raw)

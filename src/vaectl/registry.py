@@ -107,6 +107,8 @@ def pull(ref: str, dest: Path) -> dict:
     """Download NAME[@alias|/version] into `dest` (atomically), verify, load once."""
     from vaectl.tracking import registry_client
 
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"--dest {dest} is a file; give a directory (it is replaced atomically)")
     name, version = registry_client.resolve_model(ref)
     with tempfile.TemporaryDirectory(prefix="vaectl-pull-") as tmp:
         downloaded = registry_client.download_model(name, version, Path(tmp))

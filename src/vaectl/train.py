@@ -9,6 +9,7 @@ metrics of an uninterrupted run, and two runs with the same params are identical
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import sys
@@ -47,6 +48,12 @@ def resume_state(out_dir: Path, world: int) -> dict:
         raise UserError(f"{out_dir / 'last.pt'} was written by {len(state['rng'])} training "
                         f"process(es); resume with --nproc {len(state['rng'])}")
     return state
+
+
+def with_latent_dim(params: Params, kind: str, latent_dim: int) -> Params:
+    """`params` with train.<kind>.latent_dim replaced (`vaectl train --latent-dim`)."""
+    group = dataclasses.replace(getattr(params.train, kind), latent_dim=latent_dim)
+    return dataclasses.replace(params, train=dataclasses.replace(params.train, **{kind: group}))
 
 
 def adam(parameters, lr: float) -> torch.optim.Adam:
@@ -229,7 +236,7 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
     previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     tags = {**tracking.standard_tags(kind, data_sha), **run_tags} if workers.main else {}
     try:
-        with (tracking.start_run(params.tracking.experiment, f"train-{kind}", tags, run_id)
+        with (tracking.start_run(params.tracking.experiment, f"train-{out_dir.name}", tags, run_id)
               if workers.main else contextlib.nullcontext()) as mlrun:
             if workers.main and run_id is None:
                 mlrun.log_params({**_flat(params, kind), "device": device.type,
@@ -267,6 +274,10 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                 val = evaluate_loss(model, x_val, beta, 1024) if workers.main else (0.0,) * 3
                 val = from_main(val, workers)
                 stats = EpochStats(epoch, *train.tolist(), *val, beta)
+                if not (math.isfinite(stats.train_loss) and math.isfinite(stats.val_loss)):
+                    raise UserError(f"training diverged in epoch {epoch + 1}: loss {stats.train_loss} "
+                                    f"(validation {stats.val_loss}); lower train.{kind}.lr ({t.lr}) "
+                                    "(the checkpoints hold the last finite epoch, if any)")
                 improved = stats.val_loss < best_val
                 best_val = min(best_val, stats.val_loss)
                 bad_epochs = 0 if improved else bad_epochs + 1

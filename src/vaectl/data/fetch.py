@@ -183,6 +183,11 @@ def run(params: DataParams, out_dir: Path, env_mirrors: list[str]) -> dict:
                 "test": parts["test"],
             }
 
+    for name, (images, _) in splits.items():
+        if len(images) == 0:
+            raise UserError(f"the {name} split would hold no images (data.val_fraction "
+                            f"{params.val_fraction}, data.test_fraction {params.test_fraction} of "
+                            f"{sum(len(i) for i, _ in splits.values())} images): use a larger fraction")
     params_used = asdict(params)
     params_used.pop("mirrors")  # where the bytes came from does not change what they are
     manifest = {
