@@ -4,8 +4,11 @@ processes of `vaectl train`, and the few collectives the training loop needs. On
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -87,6 +90,23 @@ def launch(nproc: int, train_args: list[str]) -> int:
     except ChildFailedError as err:
         return 130 if any(f.exitcode == 130 for f in err.failures.values()) else 1
     return 0
+
+
+PEER_STOP_GRACE_S = 3.0
+
+
+@contextlib.contextmanager
+def peers_stopping_as_interrupt(workers: Workers) -> Iterator[None]:
+    """On Ctrl-C or SIGTERM the launcher signals every process at once; one waiting in a
+    collective can see its stopped peer's closed connection before its own signal is
+    handled. A failed collective waits a moment for that signal, so the stop ends as an
+    interrupt (run KILLED, exit 130, no traceback); a real failure is re-raised after it."""
+    try:
+        yield
+    except RuntimeError:
+        if workers.world > 1:
+            time.sleep(PEER_STOP_GRACE_S)  # a pending SIGTERM raises KeyboardInterrupt here
+        raise
 
 
 def sum_over_workers(values: torch.Tensor, workers: Workers) -> torch.Tensor:

@@ -24,7 +24,16 @@ from vaectl import UserError
 from vaectl.checkpoints import load_checkpoint, save_checkpoint
 from vaectl.data import load_manifest, load_split, manifest_sha256
 from vaectl.data.tensors import VAL_BINARIZE_SEED, binarize, to_unit
-from vaectl.distributed import Workers, check_gpus, from_main, gather, join_workers, leave, sum_over_workers
+from vaectl.distributed import (
+    Workers,
+    check_gpus,
+    from_main,
+    gather,
+    join_workers,
+    leave,
+    peers_stopping_as_interrupt,
+    sum_over_workers,
+)
 from vaectl.figures import image_grid
 from vaectl.files import sha256_file, write_json
 from vaectl.models import AutoEncoder, build_model
@@ -244,63 +253,64 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                 mlrun.log_dataset(train_images, train_labels, manifest["source"]["name"] + "-train",
                                   source=str(prepared / "train.npz"), context="training")
             stopped_early = bool(history) and history[-1].get("stopped_early", False)
-            for epoch in range(start_epoch, t.epochs):
-                if stopped_early:
-                    break
-                beta = kl_weight(t, epoch)
-                x_epoch = binarize(x_train, generator) if t.binarize == "dynamic" else x_train
-                order = torch.randperm(n, generator=generator, device=device)
-                batch_terms = []  # detached (loss, recon, kl) per step, reduced once per epoch
-                shard_sizes = []
-                began = time.perf_counter()
-                for step in range(steps_per_epoch):
-                    global_batch = order[step * batch : (step + 1) * batch]
-                    xb = x_epoch[global_batch[workers.rank :: workers.world]]
-                    loss, recon, kl = loss_terms(net, xb, beta)
-                    optimizer.zero_grad(set_to_none=True)
-                    # DDP averages gradients over processes: weighting each shard's mean by
-                    # its share makes that the mean over the global batch, as in one process.
-                    (loss * (len(xb) * workers.world / len(global_batch))).backward()
-                    optimizer.step()
-                    batch_terms.append((loss.detach(), recon.detach(), kl.detach()))
-                    shard_sizes.append(len(xb))
-                    if progress.bar is not None and step % 10 == 0:
-                        elapsed = time.perf_counter() - began
-                        progress.step(step + 1, float(loss), (step + 1) * batch / max(elapsed, 1e-9))
-                samples_per_s = n_used / (time.perf_counter() - began)
-                sizes = torch.tensor(shard_sizes, dtype=torch.float32, device=device)
-                train = sum_over_workers(sizes @ torch.stack([torch.stack(terms) for terms in batch_terms]),
-                                         workers) / n_used
-                val = evaluate_loss(model, x_val, beta, 1024) if workers.main else (0.0,) * 3
-                val = from_main(val, workers)
-                stats = EpochStats(epoch, *train.tolist(), *val, beta)
-                if not (math.isfinite(stats.train_loss) and math.isfinite(stats.val_loss)):
-                    raise UserError(f"training diverged in epoch {epoch + 1}: loss {stats.train_loss} "
-                                    f"(validation {stats.val_loss}); lower train.{kind}.lr ({t.lr}) "
-                                    "(the checkpoints hold the last finite epoch, if any)")
-                improved = stats.val_loss < best_val
-                best_val = min(best_val, stats.val_loss)
-                bad_epochs = 0 if improved else bad_epochs + 1
-                stopped_early = bool(t.patience) and bad_epochs >= t.patience
-                history.append({**asdict(stats), "stopped_early": stopped_early})
-                rng = _rng_state(generator, device, workers)
-                if not workers.main:
-                    continue
-                mlrun.log_metrics({**{k: v for k, v in asdict(stats).items() if k != "epoch"},
-                                   "samples_per_s": samples_per_s,
-                                   "epoch_time_s": time.perf_counter() - began}, step=epoch)
-                if improved:
-                    save_checkpoint(best_path, {"model": model.state_dict(),
-                                                "model_config": model.config(), "epoch": epoch})
-                save_checkpoint(last_path, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "model_config": model.config(), "rng": rng,
-                    "epoch": epoch + 1, "best_val": best_val, "bad_epochs": bad_epochs,
-                    "history": history,
-                })
-                if (epoch + 1) % t.sample_every == 0 or epoch + 1 == t.epochs or stopped_early:
-                    log_images(mlrun, model, x_val, epoch, t.seed)
-                progress.epoch(stats, t.epochs, samples_per_s)
+            with peers_stopping_as_interrupt(workers):
+                for epoch in range(start_epoch, t.epochs):
+                    if stopped_early:
+                        break
+                    beta = kl_weight(t, epoch)
+                    x_epoch = binarize(x_train, generator) if t.binarize == "dynamic" else x_train
+                    order = torch.randperm(n, generator=generator, device=device)
+                    batch_terms = []  # detached (loss, recon, kl) per step, reduced once per epoch
+                    shard_sizes = []
+                    began = time.perf_counter()
+                    for step in range(steps_per_epoch):
+                        global_batch = order[step * batch : (step + 1) * batch]
+                        xb = x_epoch[global_batch[workers.rank :: workers.world]]
+                        loss, recon, kl = loss_terms(net, xb, beta)
+                        optimizer.zero_grad(set_to_none=True)
+                        # DDP averages gradients over processes: weighting each shard's mean by
+                        # its share makes that the mean over the global batch, as in one process.
+                        (loss * (len(xb) * workers.world / len(global_batch))).backward()
+                        optimizer.step()
+                        batch_terms.append((loss.detach(), recon.detach(), kl.detach()))
+                        shard_sizes.append(len(xb))
+                        if progress.bar is not None and step % 10 == 0:
+                            elapsed = time.perf_counter() - began
+                            progress.step(step + 1, float(loss), (step + 1) * batch / max(elapsed, 1e-9))
+                    samples_per_s = n_used / (time.perf_counter() - began)
+                    sizes = torch.tensor(shard_sizes, dtype=torch.float32, device=device)
+                    terms = torch.stack([torch.stack(step_terms) for step_terms in batch_terms])
+                    train = sum_over_workers(sizes @ terms, workers) / n_used
+                    val = evaluate_loss(model, x_val, beta, 1024) if workers.main else (0.0,) * 3
+                    val = from_main(val, workers)
+                    stats = EpochStats(epoch, *train.tolist(), *val, beta)
+                    if not (math.isfinite(stats.train_loss) and math.isfinite(stats.val_loss)):
+                        raise UserError(f"training diverged in epoch {epoch + 1}: loss {stats.train_loss} "
+                                        f"(validation {stats.val_loss}); lower train.{kind}.lr ({t.lr}) "
+                                        "(the checkpoints hold the last finite epoch, if any)")
+                    improved = stats.val_loss < best_val
+                    best_val = min(best_val, stats.val_loss)
+                    bad_epochs = 0 if improved else bad_epochs + 1
+                    stopped_early = bool(t.patience) and bad_epochs >= t.patience
+                    history.append({**asdict(stats), "stopped_early": stopped_early})
+                    rng = _rng_state(generator, device, workers)
+                    if not workers.main:
+                        continue
+                    mlrun.log_metrics({**{k: v for k, v in asdict(stats).items() if k != "epoch"},
+                                       "samples_per_s": samples_per_s,
+                                       "epoch_time_s": time.perf_counter() - began}, step=epoch)
+                    if improved:
+                        save_checkpoint(best_path, {"model": model.state_dict(),
+                                                    "model_config": model.config(), "epoch": epoch})
+                    save_checkpoint(last_path, {
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "model_config": model.config(), "rng": rng,
+                        "epoch": epoch + 1, "best_val": best_val, "bad_epochs": bad_epochs,
+                        "history": history,
+                    })
+                    if (epoch + 1) % t.sample_every == 0 or epoch + 1 == t.epochs or stopped_early:
+                        log_images(mlrun, model, x_val, epoch, t.seed)
+                    progress.epoch(stats, t.epochs, samples_per_s)
             if not workers.main:
                 return None
             summary = {
