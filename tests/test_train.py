@@ -136,3 +136,24 @@ def test_a_damaged_checkpoint_is_one_clear_line(tmp_path, prepared, content):
                          cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.startswith(f"error: {last} is not a readable vaectl checkpoint")
+
+
+def test_a_signal_during_mlflow_logging_finishes_the_epoch_then_stops(tmp_path, prepared, monkeypatch):
+    """SIGTERM landing inside an MLflow write once left SQLite locked and the run unmarkable:
+    the stop now waits for the next step, so the epoch's writes complete and the run is KILLED."""
+    original = tracking.Run.log_metrics
+
+    def log_then_signal(self, metrics, step=None):
+        original(self, metrics, step)
+        if step == 1:  # the second epoch's metrics
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(tracking.Run, "log_metrics", log_then_signal)
+    params = parse_params({**TINY, "train": {**TINY["train"], "vae": {**TINY["train"]["vae"], "epochs": 50,
+                                                                      "patience": 0}}})
+    with pytest.raises(KeyboardInterrupt):
+        train_stage.run("vae", params, prepared, tmp_path / "m", tmp_path / "c.json")
+    assert torch.load(tmp_path / "m" / "last.pt", weights_only=True)["epoch"] == 2
+    (run,) = tracking.find_runs("vaectl")
+    assert run.info.status == "KILLED"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -96,16 +96,16 @@ PEER_STOP_GRACE_S = 3.0
 
 
 @contextlib.contextmanager
-def peers_stopping_as_interrupt(workers: Workers) -> Iterator[None]:
+def peers_stopping_as_interrupt(workers: Workers, stop_requested: threading.Event) -> Iterator[None]:
     """On Ctrl-C or SIGTERM the launcher signals every process at once; one waiting in a
-    collective can see its stopped peer's closed connection before its own signal is
-    handled. A failed collective waits a moment for that signal, so the stop ends as an
-    interrupt (run KILLED, exit 130, no traceback); a real failure is re-raised after it."""
+    collective can see its stopped peer's closed connection before its own stop request.
+    A failed collective waits a moment for that request, so the stop ends as an interrupt
+    (run KILLED, exit 130, no traceback); a real failure is re-raised after it."""
     try:
         yield
     except RuntimeError:
-        if workers.world > 1:
-            time.sleep(PEER_STOP_GRACE_S)  # a pending SIGTERM raises KeyboardInterrupt here
+        if workers.world > 1 and stop_requested.wait(PEER_STOP_GRACE_S):
+            raise KeyboardInterrupt from None
         raise
 
 

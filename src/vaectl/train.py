@@ -13,6 +13,7 @@ import dataclasses
 import math
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -150,8 +151,23 @@ def _restore_rng(state: dict, generator: torch.Generator, device: torch.device) 
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _sigterm_as_interrupt(*_):
-    raise KeyboardInterrupt
+class StopRequest:
+    """Ctrl-C and SIGTERM ask training to stop at the next step boundary instead of raising
+    wherever the signal lands: a KeyboardInterrupt inside an MLflow write left its SQLite
+    transaction holding the database lock, so the run could not be marked KILLED. A second
+    signal stops at once."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def __call__(self, *_):
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+
+    def check(self) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
 
 
 @torch.no_grad()
@@ -242,7 +258,8 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
     steps_per_epoch = n // batch + (n % batch >= workers.world)
     n_used = min(n, steps_per_epoch * batch)
     progress = Progress(kind, steps_per_epoch, live=workers.main)
-    previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    stop = StopRequest()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     tags = {**tracking.standard_tags(kind, data_sha), **run_tags} if workers.main else {}
     try:
         with (tracking.start_run(params.tracking.experiment, f"train-{out_dir.name}", tags, run_id)
@@ -253,7 +270,7 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                 mlrun.log_dataset(train_images, train_labels, manifest["source"]["name"] + "-train",
                                   source=str(prepared / "train.npz"), context="training")
             stopped_early = bool(history) and history[-1].get("stopped_early", False)
-            with peers_stopping_as_interrupt(workers):
+            with peers_stopping_as_interrupt(workers, stop.event):
                 for epoch in range(start_epoch, t.epochs):
                     if stopped_early:
                         break
@@ -272,6 +289,7 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                         # its share makes that the mean over the global batch, as in one process.
                         (loss * (len(xb) * workers.world / len(global_batch))).backward()
                         optimizer.step()
+                        stop.check()
                         batch_terms.append((loss.detach(), recon.detach(), kl.detach()))
                         shard_sizes.append(len(xb))
                         if progress.bar is not None and step % 10 == 0:
@@ -330,7 +348,8 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
             write_json(curves_path, history)
             summary = {**summary, "run_id": mlrun.run_id}
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         progress.close()
     return summary
 
