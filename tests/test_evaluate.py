@@ -154,7 +154,10 @@ def test_quantile_grid_is_the_gaussians_quantiles_from_the_top_left():
 
 
 def test_a_hole_is_an_image_the_judge_cannot_place():
-    from vaectl.holes import holes
+    from vaectl.judge import judge_images
+
+    def holes(classifier, images, threshold):
+        return judge_images(classifier, images, threshold)["unrecognised"]
 
     judge = torch.nn.Linear(784, 10)
     torch.nn.init.zeros_(judge.weight)

@@ -21,7 +21,7 @@ from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import binarize, to_unit
 from vaectl.files import sha256_file, write_json
 from vaectl.interpolation import decode_path, path_metrics, path_ppl
-from vaectl.judge import load_classifier, scores
+from vaectl.judge import judge_images, load_classifier, scores
 from vaectl.models import AutoEncoder
 from vaectl.objectives import bernoulli_nll, gaussian_kl, iwae_log_likelihood
 from vaectl.params import EvalParams
@@ -109,14 +109,6 @@ def interpolation_metrics(model: AutoEncoder, x: torch.Tensor, pairs: np.ndarray
     per_pair.update({f"midpoint_{k}": v for k, v in scores(classifier, midpoints).items()})
     units = {name: values.double().numpy() for name, values in per_pair.items()}
     return {name: float(values.mean()) for name, values in units.items()}, units, paths
-
-
-def judge_images(classifier, images: torch.Tensor, hole_threshold: float) -> dict[str, np.ndarray]:
-    """Per image: the judge's max-probability and entropy, and 1 where the image is a hole
-    (max-probability below `hole_threshold`: no digit the classifier recognises)."""
-    judged = {k: v.double().numpy() for k, v in scores(classifier, images).items()}
-    judged["unrecognised"] = (judged["max_prob"] < hole_threshold).astype(np.float64)
-    return judged
 
 
 def compare_models(units: dict[str, dict[str, np.ndarray]], seed: int) -> tuple[dict, dict]:

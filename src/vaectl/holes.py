@@ -27,7 +27,7 @@ from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import to_unit
 from vaectl.files import write_json
-from vaectl.judge import load_classifier, scores
+from vaectl.judge import judge_images, load_classifier
 from vaectl.params import EvalParams
 from vaectl.prior import latent_prior
 from vaectl.report import LEVEL, RESAMPLES, compare_units
@@ -41,11 +41,6 @@ def quantile_grid(size: int) -> torch.Tensor:
     q = torch.special.ndtri((torch.arange(size, dtype=torch.float64) + 0.5) / size).float()
     second, first = torch.meshgrid(q.flip(0), q, indexing="ij")
     return torch.stack([first.reshape(-1), second.reshape(-1)], 1)
-
-
-def holes(classifier, images: torch.Tensor, threshold: float) -> np.ndarray:
-    """1 per image the judge cannot recognise, else 0."""
-    return (scores(classifier, images)["max_prob"] < threshold).double().numpy()
 
 
 @torch.no_grad()
@@ -71,7 +66,8 @@ def run(params: EvalParams, prepared: Path, vae_dir: Path, ae_dir: Path, classif
         grid_images = model.mean_image(mean + quantile_grid(params.hole_grid) @ chol.T)
         own = model.mean_image(mean + torch.randn(params.generated, 2, generator=generator) @ chol.T)
         standard = model.mean_image(torch.randn(params.generated, 2, generator=generator))
-        units[name] = {f"{source}.unrecognised": holes(classifier, images, params.hole_threshold)
+        units[name] = {f"{source}.unrecognised":
+                       judge_images(classifier, images, params.hole_threshold)["unrecognised"]
                        for source, images in zip(SOURCES, (grid_images, own, standard), strict=True)}
         pictures[name] = {"latents": model.encode(x)[0].numpy(), "mean": mean.numpy(),
                           "chol": chol.numpy(), "grid": grid_images.numpy()}
@@ -81,7 +77,8 @@ def run(params: EvalParams, prepared: Path, vae_dir: Path, ae_dir: Path, classif
         "latent_dim": 2, "grid": params.hole_grid, "hole_threshold": params.hole_threshold,
         "vae": {m: float(v.mean()) for m, v in units["vae"].items()},
         "ae": {m: float(v.mean()) for m, v in units["ae"].items()},
-        "real_images": {"unrecognised": float(holes(classifier, x, params.hole_threshold).mean())},
+        "real_images": {"unrecognised": float(
+            judge_images(classifier, x, params.hole_threshold)["unrecognised"].mean())},
         "comparison": comparison,
         "bootstrap": {"resamples": RESAMPLES, "level": LEVEL, "seed": params.seed},
     }

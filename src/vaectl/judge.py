@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,6 +27,14 @@ def scores(classifier: nn.Module, images: torch.Tensor) -> dict[str, torch.Tenso
     classifier.eval()
     log_p = torch.log_softmax(classifier(images.reshape(len(images), -1)), -1)
     return {"max_prob": log_p.exp().max(-1).values, "entropy": -(log_p.exp() * log_p).sum(-1)}
+
+
+def judge_images(classifier: nn.Module, images: torch.Tensor, hole_threshold: float) -> dict[str, np.ndarray]:
+    """`scores` per image as float64 arrays, plus `unrecognised`: 1 where the image is a hole
+    (max-probability below `hole_threshold`: no digit the classifier recognises), else 0."""
+    judged = {k: v.double().numpy() for k, v in scores(classifier, images).items()}
+    judged["unrecognised"] = (judged["max_prob"] < hole_threshold).astype(np.float64)
+    return judged
 
 
 def load_classifier(path: Path) -> nn.Module:

@@ -15,7 +15,6 @@ import numpy as np
 LOWER_IS_BETTER = ("neg_elbo", "iw_nll", "bits_per_dim", "recon_bce", "recon_mse",
                    "path_length_ratio", "step_unevenness", "ppl", "ppl_normalized", "entropy",
                    "unrecognised")
-NOT_COMPARED = ("iw_k", "active_units")  # settings and counts, not better or worse
 RESAMPLES = 2000
 LEVEL = 0.95
 VERDICTS = {"vae": "VAE better", "ae": "AE better", "none": "no significant difference"}
