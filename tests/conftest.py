@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaectl.data.fetch import describe
+from vaectl.data import describe, self_sha256
 from vaectl.files import write_json
 
 
@@ -28,11 +28,9 @@ def write_prepared(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]])
     root.mkdir(parents=True, exist_ok=True)
     for name, (images, labels) in splits.items():
         np.savez(root / f"{name}.npz", images=images, labels=labels)
-    write_json(root / "manifest.json", {
-        "source": {"name": "synthetic"},
-        "params": {},
-        "splits": {name: describe(*arrays) for name, arrays in splits.items()},
-    })
+    manifest = {"source": {"name": "synthetic"}, "params": {},
+                "splits": {name: describe(*arrays) for name, arrays in splits.items()}}
+    write_json(root / "manifest.json", {**manifest, "self_sha256": self_sha256(manifest)})
     return root
 
 

@@ -1,6 +1,7 @@
 """Export parity, registry (promotion both ways), pull in a fresh process, pyfunc input
 checks, and a serve smoke test on loopback."""
 
+import http.client
 import json
 import os
 import subprocess
@@ -14,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from vaectl import UserError, registry
 from vaectl import classifier as classifier_stage
 from vaectl import evaluate as evaluate_stage
 from vaectl import export as export_stage
+from vaectl import registry
 from vaectl import train as train_stage
 from vaectl.params import RegistryParams, parse_params
 
@@ -142,16 +143,36 @@ def test_pull_in_a_fresh_process_gives_the_trained_models_outputs(deployed):
         np.testing.assert_allclose(np.load(root / out), expected, atol=1e-6)
 
 
-def test_tampered_bundle_is_caught(deployed, tmp_path):
-    bundle = tmp_path / "artifacts"
-    bundle.mkdir()
-    export = deployed["root"] / "export" / "vae"
-    for name in [*json.loads((export / "checksums.json").read_text()), "checksums.json"]:
-        (bundle / name).write_bytes((export / name).read_bytes())
-    assert registry.verify_bundle(bundle) >= 9
-    (bundle / "decoder.onnx").write_bytes(b"not a model")
-    with pytest.raises(UserError, match="checksum mismatch for decoder.onnx"):
-        registry.verify_bundle(bundle)
+def test_a_bundle_changed_in_the_artifact_store_is_refused_before_it_runs(deployed):
+    """A line added to the bundled code in the artifact store, or a file slipped in: pull
+    compares every file with the listing the registry recorded, before loading anything."""
+    root = deployed["root"]
+    stored = sorted((root / "artifacts").rglob("code/vaectl/tracking/pyfunc.py"))
+    assert stored  # the pyfunc's own code travels in the bundle
+    original = {p: p.read_bytes() for p in stored}
+
+    def pull():
+        return subprocess.run([sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest",
+                               str(root / "tampered")], cwd=root, env=deployed["env"],
+                              capture_output=True, text=True)
+
+    try:
+        for p in stored:
+            p.write_bytes(original[p] + b"\nopen('/tmp/pwned', 'w')\n")
+        out = pull()
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert "the stored bundle differs from what was registered (changed code/vaectl/tracking/pyfunc.py)" \
+            in out.stderr
+        for p in stored:
+            p.write_bytes(original[p])
+            (p.parent / "extra.py").write_text("x = 1\n")
+        assert "(unexpected code/vaectl/tracking/extra.py)" in pull().stderr
+    finally:
+        for p in stored:
+            p.write_bytes(original[p])
+            (p.parent / "extra.py").unlink(missing_ok=True)
+    assert not (root / "tampered").exists()
+    assert pull().returncode == 0
 
 
 @pytest.mark.parametrize("ref, message", [
@@ -209,7 +230,8 @@ def _post(port: int, body: bytes) -> tuple[int, dict]:
 def test_serve_smoke_on_loopback(deployed):
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "vaectl", "serve", "vae-mnist@champion",
-                               "--port", str(port)], cwd=deployed["root"], env=deployed["env"],
+                               "--port", str(port), "--max-body", "100000", "--max-samples", "50"],
+                              cwd=deployed["root"], env=deployed["env"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:
@@ -221,6 +243,24 @@ def test_serve_smoke_on_loopback(deployed):
                              (b'{"inputs": [[NaN, 0.5]]}', "")]:
             status, body = _post(port, bad)
             assert 400 <= status < 500 and message in body["message"]
+        sample = lambda **p: _post(port, json.dumps(  # noqa: E731
+            {"inputs": [[0.5] * 784], "params": {"mode": "sample", **p}}).encode())
+        assert sample(n=50)[0] == 200 and len(sample(n=50)[1]["predictions"]) == 50
+        bound = "n must be between 1 and 50 (VAECTL_SERVE_MAX_SAMPLES), got"
+        for params, message in [({"n": 20000}, f"{bound} 20000"), ({"n": -5}, f"{bound} -5"),
+                                ({"seed": -1}, "seed must be >= 0, got -1")]:
+            assert sample(**params) == (400, {"error_code": "BAD_REQUEST", "message": message})
+        status, body = _post(port, json.dumps({"inputs": [[0.123456] * 700]}).encode())
+        assert status == 400 and "expects N x 784" in body["message"]
+        assert "0.123456" not in body["message"] and len(body["message"]) <= 501  # no echo of the input
+        big = json.dumps({"inputs": [[0.5] * 784] * 40}).encode()  # ~160 KB
+        assert _post(port, big)[0] == 413
+        chunked = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # no Content-Length
+        chunked.request("POST", "/invocations", body=iter([big[:60000], big[60000:]]),
+                        headers={"Content-Type": "application/json"}, encode_chunked=True)
+        reply = chunked.getresponse()
+        assert reply.status == 413 and "larger than 100000 bytes" in json.loads(reply.read())["message"]
+        chunked.close()
         status, _ = _post(port, json.dumps({"inputs": [[0.1] * 784]}).encode())
         assert status == 200  # still up after the bad requests
     finally:

@@ -69,5 +69,5 @@ def test_more_processes_than_gpus_is_caught_before_launch(tmp_path, prepared, mo
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     params = parse_params({**TINY, "train": {**TINY["train"], "device": "cuda"}})
     with pytest.raises(UserError, match="--nproc 2 on CUDA needs 2 GPUs, this machine has 1"):
-        train_stage.preflight(params, prepared, tmp_path / "m", False, 2)
-    train_stage.preflight(params, prepared, tmp_path / "m", False, 1)  # one per GPU is fine
+        train_stage.preflight("vae", params, prepared, tmp_path / "m", False, 2)
+    train_stage.preflight("vae", params, prepared, tmp_path / "m", False, 1)  # one per GPU is fine

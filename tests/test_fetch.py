@@ -133,3 +133,106 @@ def test_a_split_left_empty_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(UserError, match="the val split would hold no images"):
         fetch_stage.run(DataParams(val_fraction=0.0001), tmp_path / "prepared", [])
     assert not (tmp_path / "prepared").exists()
+
+
+class MirrorServer:
+    """A local HTTP mirror in a thread, counting the requests it answers."""
+
+    def __init__(self, root):
+        import functools
+        import http.server
+        import threading
+
+        outer = self
+        self.requests = 0
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests += 1
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_corrupt_mirror_falls_back_to_a_good_http_mirror(tmp_path):
+    good, garbage = tmp_path / "good", tmp_path / "garbage"
+    resources = make_mirror(good)
+    garbage.mkdir()
+    for name in FILES:
+        (garbage / name).write_bytes(b"not a gzip at all")
+    server = MirrorServer(good)
+    try:
+        dest = tmp_path / "dl"
+        dest.mkdir()
+        fetched = fetch_stage.download_resources("mnist", resources, [str(garbage), server.url], dest)
+    finally:
+        server.close()
+    assert set(fetched) == set(FILES) and server.requests == len(FILES)
+    assert all((dest / n).read_bytes() == (good / n).read_bytes() for n in FILES)
+
+
+def test_a_mirror_that_never_answers_times_out_and_the_next_one_serves(tmp_path, monkeypatch):
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # accepts connections (the kernel's backlog), never answers
+    good = tmp_path / "good"
+    resources = make_mirror(good)[:1]
+    monkeypatch.setenv("VAECTL_FETCH_TIMEOUT", "0.3")
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    try:
+        with pytest.raises(UserError, match=r"no answer within 0.3 s"):
+            fetch_stage.download_resources("mnist", resources,
+                                           [f"http://127.0.0.1:{silent.getsockname()[1]}/"], dest)
+        fetched = fetch_stage.download_resources(
+            "mnist", resources, [f"http://127.0.0.1:{silent.getsockname()[1]}/", str(good)], dest)
+    finally:
+        silent.close()
+    assert list(fetched) == [resources[0][0]]
+    monkeypatch.setenv("VAECTL_FETCH_TIMEOUT", "soon")
+    with pytest.raises(UserError, match="VAECTL_FETCH_TIMEOUT must be a positive number"):
+        fetch_stage.download_resources("mnist", resources, [str(good)], dest)
+
+
+def test_vaectl_mirror_holds_urls_separated_by_whitespace(tmp_path, local_mnist, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vaectl.cli import app
+
+    server = MirrorServer(local_mnist)
+    params = tmp_path / "params.yaml"
+    params.write_text("data: {name: mnist}\n")
+    monkeypatch.setenv("VAECTL_MIRROR", f"{tmp_path / 'nowhere'}  {server.url}\n")
+    try:
+        result = CliRunner().invoke(app, ["fetch", "-p", str(params), "--out", str(tmp_path / "out")])
+    finally:
+        server.close()
+    assert result.exit_code == 0, result.output
+    assert server.requests == len(FILES)
+
+
+def test_an_archive_that_inflates_past_its_content_is_not_read_into_memory(tmp_path, monkeypatch):
+    import gzip
+
+    from vaectl.data.idx import encode_idx, read_idx
+
+    bomb = tmp_path / "bomb.gz"  # header: one image; then 64 MB of zeros (65 KB compressed)
+    bomb.write_bytes(gzip.compress(encode_idx(np.zeros((1, 28, 28), np.uint8)) + bytes(64 << 20)))
+    with pytest.raises(UserError, match=r"payload has 785 bytes"):  # read stopped at 784 + 1
+        read_idx(bomb)
+    with pytest.raises(UserError, match=r"declares shape \(1, 28, 28\) \(784 bytes\), more than the 100"):
+        read_idx(bomb, max_bytes=100)
+    monkeypatch.setattr(fetch_stage, "MAX_IDX_BYTES", 1000)  # the content-hash path is bounded too
+    assert fetch_stage._content_sha256(bomb) is None

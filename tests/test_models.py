@@ -54,15 +54,38 @@ def test_closed_form_kl_matches_monte_carlo():
     assert abs(mc.item() - gaussian_kl(mu, logvar).item()) < 0.03
 
 
-def test_loss_terms_vae_is_recon_plus_beta_kl():
-    torch.manual_seed(0)
-    model = build_model("vae", "mlp", [16], 3)
-    x = torch.rand(5, 784).round()
-    torch.manual_seed(1)
-    loss, recon, kl = loss_terms(model, x, beta=2.0)
-    torch.testing.assert_close(loss, recon + 2.0 * kl)
+def vae_with_fixed_posterior(mu: list[float], logvar: list[float]):
+    """A VAE whose q(z|x) is N(mu, exp(logvar)) for every x and whose decoder says p = 0.5
+    for every pixel: every loss term has a closed form."""
+    model = build_model("vae", "mlp", [4], len(mu))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.head.bias.copy_(torch.tensor(mu + logvar))
+    return model
+
+
+def test_training_loss_is_784_ln2_plus_beta_times_the_exact_kl():
+    # KL(N(1, 1) || N(0, 1)) = 0.5 per dim; KL(N(0, 4) || N(0, 1)) = 0.5 (4 - 1 - ln 4)
+    model = vae_with_fixed_posterior([1.0, 0.0], [0.0, math.log(4.0)])
+    kl = 0.5 + 0.5 * (3 - math.log(4.0))
+    x = torch.rand(6, 784).round()
+    loss, recon, kl_term = loss_terms(model, x, beta=2.0)
+    assert recon.item() == pytest.approx(784 * math.log(2), rel=1e-6)
+    assert kl_term.item() == pytest.approx(kl, rel=1e-6)
+    assert loss.item() == pytest.approx(784 * math.log(2) + 2.0 * kl, rel=1e-6)
     _, recon_ae, kl_ae = loss_terms(build_model("ae", "mlp", [16], 3), x)
     assert kl_ae.item() == 0.0 and recon_ae.item() > 0
+
+
+def test_training_reparameterisation_draws_from_the_posterior():
+    """z = mu + eps * sigma with sigma = exp(logvar / 2): variances 4 and 0.25 here (a
+    missing 0.5 would give 16 and 0.0625)."""
+    torch.manual_seed(0)
+    model = vae_with_fixed_posterior([1.0, -2.0], [math.log(4.0), math.log(0.25)])
+    _, _, _, z = model(torch.zeros(40000, 784))
+    torch.testing.assert_close(z.mean(0), torch.tensor([1.0, -2.0]), atol=0.03, rtol=0)
+    torch.testing.assert_close(z.var(0), torch.tensor([4.0, 0.25]), atol=0.0, rtol=0.03)
 
 
 def test_iwae_bound_above_elbo_and_grows_with_k():

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+import yaml
 
 from vaectl import UserError, tracking
 from vaectl import train as train_stage
@@ -157,3 +158,39 @@ def test_a_signal_during_mlflow_logging_finishes_the_epoch_then_stops(tmp_path, 
     (run,) = tracking.find_runs("vaectl")
     assert run.info.status == "KILLED"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_resume_refuses_changed_params_and_records_the_allowed_ones(tmp_path, prepared):
+    def params(**vae):
+        return parse_params({**TINY, "train": {**TINY["train"], "vae": {**TINY["train"]["vae"], **vae}}})
+
+    out = tmp_path / "m"
+    first = train_stage.run("vae", params(epochs=2), prepared, out, tmp_path / "c.json")
+    for changed, named in [({"lr": 0.01}, "train.vae.lr 0.001 -> 0.01"),
+                           ({"batch_size": 32, "beta": 2.0},
+                            "train.vae.batch_size 64 -> 32, train.vae.beta 1.0 -> 2.0")]:
+        with pytest.raises(UserError, match=f"cannot resume .* with other params \\({named}\\)"):
+            train_stage.run("vae", params(epochs=3, **changed), prepared, out, tmp_path / "c.json",
+                            resume=True)
+    resumed = train_stage.run("vae", params(epochs=3, patience=5), prepared, out, tmp_path / "c.json",
+                              resume=True)
+    assert resumed["run_id"] == first["run_id"] and resumed["epochs_run"] == 3
+    tags = tracking.client().get_run(first["run_id"]).data.tags
+    assert tags["vaectl.resumed_with"] == "train.vae.epochs: 2 -> 3; train.vae.patience: 10 -> 5"
+
+
+def test_a_second_training_into_the_same_folder_is_refused(tmp_path, prepared):
+    from vaectl.files import exclusive_dir
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
+    with exclusive_dir(tmp_path / "models" / "vae", "test"):  # as a first `vaectl train` would
+        out = subprocess.run([sys.executable, "-m", "vaectl", "train", "--model", "vae",
+                              "--prepared", str(prepared)], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == ("error: models/vae is in use by another `vaectl train`; wait for it "
+                                  "to finish, or write somewhere else with --out")
+    assert not (tmp_path / "models" / "vae" / "last.pt").exists()
+    # no folder is left behind by a start that failed
+    out = subprocess.run([sys.executable, "-m", "vaectl", "train", "--model", "ae", "--resume",
+                          "--prepared", str(prepared)], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 1 and not (tmp_path / "models" / "ae").exists()

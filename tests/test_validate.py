@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from vaectl import validate
+from vaectl import UserError, validate
 from vaectl.params import ValidateParams
 
 from .conftest import synthetic_digits, write_prepared
@@ -86,13 +86,31 @@ def test_each_expectation_catches_a_broken_dataset(tmp_path, breaker, table, exp
     assert any(line.startswith(f"{table}: {expectation}") for line in outcome.failures)
 
 
-def test_row_counts_are_checked_against_the_manifest(tmp_path, prepared):
-    images, labels = np.load(prepared / "val.npz").values()
-    np.savez(prepared / "val.npz", images=images[:-1], labels=labels[:-1])
-    outcome = validate.run(ValidateParams(), prepared, tmp_path / "v.json", tmp_path / "docs")
-    failed = [e for e in outcome.report["tables"]["val_images"]["expectations"] if not e["success"]]
-    assert [e["expectation"] for e in failed] == ["expect_table_row_count_to_equal"]
-    assert failed[0]["result"]["observed_value"] == 49
+def test_prepared_data_changed_after_fetch_is_refused(tmp_path, prepared):
+    """An 8x8 patch flipped in one train image and one label changed: every stage reads
+    through load_split, which checks the arrays against the manifest."""
+    from vaectl.data import load_split
+
+    images, labels = load_split(prepared, "train")
+    images, labels = images.copy(), labels.copy()
+    images[3, 10:18, 10:18] = 255 - images[3, 10:18, 10:18]
+    labels[7] = (labels[7] + 1) % 10
+    np.savez(prepared / "train.npz", images=images, labels=labels)
+    with pytest.raises(UserError, match=r"train.npz does not match manifest.json \(class_counts, "
+                                        r"images_sha256, labels_sha256 differ\)"):
+        validate.run(ValidateParams(), prepared, tmp_path / "v.json", tmp_path / "docs")
+    assert not (tmp_path / "v.json").exists()
+
+
+def test_a_manifest_edited_by_hand_is_refused(tmp_path, prepared):
+    """Changing a recorded hash so that it matches tampered data does not pass either."""
+    manifest = prepared / "manifest.json"
+    text = manifest.read_text()
+    doc = json.loads(text)
+    digest = doc["splits"]["val"]["images_sha256"]
+    manifest.write_text(text.replace(digest, "0" * 64))
+    with pytest.raises(UserError, match="manifest.json was edited after `vaectl fetch`"):
+        validate.run(ValidateParams(), prepared, tmp_path / "v.json", tmp_path / "docs")
 
 
 def test_min_rows(tmp_path, prepared):

@@ -6,14 +6,16 @@ Heavy libraries (torch, mlflow, great_expectations) are imported inside commands
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-import sys
+import signal
 from pathlib import Path
 
 import typer
 
 from vaectl import UserError
+from vaectl.files import exclusive_dir
 from vaectl.params import load_params
 
 app = typer.Typer(
@@ -42,6 +44,19 @@ def user_errors(command):
     return wrapper
 
 
+@contextlib.contextmanager
+def interrupt_on_sigterm():
+    """SIGTERM raises KeyboardInterrupt inside the block, so `finally`/`with` clean-ups run."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @app.command()
 @user_errors
 def fetch(
@@ -50,16 +65,18 @@ def fetch(
 ):
     """Fetch the dataset named by data.name, split it, write arrays + manifest.
 
-    Mirrors: VAECTL_MIRROR (os.pathsep-separated directories or URLs) is tried first, then
-    data.mirrors, then torchvision's own mirrors.
+    Mirrors: VAECTL_MIRROR (directories or URLs separated by whitespace, as in pip's
+    PIP_EXTRA_INDEX_URL) is tried first, then data.mirrors, then torchvision's own mirrors.
+    VAECTL_FETCH_TIMEOUT (seconds, default 60) bounds every wait for a mirror.
 
     Example: VAECTL_MIRROR=/usr/share/datasets/fashion-mnist vaectl fetch
     """
     from vaectl.data import fetch as stage
 
     params = load_params(params_path)
-    env_mirrors = [m for m in os.environ.get("VAECTL_MIRROR", "").split(os.pathsep) if m]
-    manifest = stage.run(params.data, out, env_mirrors)
+    env_mirrors = os.environ.get("VAECTL_MIRROR", "").split()
+    with interrupt_on_sigterm():  # so the temporary download folder is removed on a kill too
+        manifest = stage.run(params.data, out, env_mirrors)
     counts = ", ".join(f"{s} {d['count']}" for s, d in manifest["splits"].items())
     typer.echo(f"fetched {manifest['source']['name']}: {counts} -> {out}")
 
@@ -124,10 +141,11 @@ def train(
     if nproc > 1:
         if "WORLD_SIZE" in os.environ:
             raise UserError("--nproc launches torchrun; under torchrun the process count is its own")
-        stage.preflight(params, prepared, out, resume, nproc)
-        code = launch(nproc, ["--model", model, "--params", str(params_path), "--prepared",
-                              str(prepared), "--out", str(out), *(["--resume"] if resume else []),
-                              *(["--latent-dim", str(latent_dim)] if latent_dim else [])])
+        stage.preflight(model, params, prepared, out, resume, nproc)
+        with exclusive_dir(out, "`vaectl train`"):
+            code = launch(nproc, ["--model", model, "--params", str(params_path), "--prepared",
+                                  str(prepared), "--out", str(out), *(["--resume"] if resume else []),
+                                  *(["--latent-dim", str(latent_dim)] if latent_dim else [])])
         if code == 130:
             typer.secho(f"interrupted: last checkpoint kept in {out}/last.pt; continue with "
                         f"`vaectl train --model {model} --nproc {nproc} --resume`", fg="yellow", err=True)
@@ -135,9 +153,13 @@ def train(
             typer.secho(f"error: a training process failed (exit {code}); see its output above",
                         fg="red", err=True)
         raise typer.Exit(code)
+    # under our own launcher (WORLD_SIZE set) the launching process holds the lock
+    launched = "WORLD_SIZE" in os.environ
+    holding = contextlib.nullcontext() if launched else exclusive_dir(out, "`vaectl train`")
     try:
-        summary = stage.run(model, params, prepared, out, Path("reports/curves") / f"{out.name}.json",
-                            resume=resume)
+        with holding:
+            summary = stage.run(model, params, prepared, out, Path("reports/curves") / f"{out.name}.json",
+                                resume=resume)
     except KeyboardInterrupt:
         if "WORLD_SIZE" not in os.environ:  # under a launcher, the launcher says it once
             typer.secho(f"interrupted: last checkpoint kept in {out}/last.pt; continue with "
@@ -302,22 +324,25 @@ def serve(
     ref: str = typer.Argument("vae-mnist@champion", help="NAME@alias or NAME/version"),
     host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
     port: int = typer.Option(5001, help="port"),
+    max_body: int = typer.Option(8 << 20, "--max-body", min=1,
+                                 help="largest request body in bytes; larger ones get 413"),
+    max_samples: int = typer.Option(1000, "--max-samples", min=1,
+                                    help="largest `n` of sample mode; larger ones get 400"),
 ):
-    """Serve a registered model over HTTP with MLflow's model server (local environment).
+    """Serve a registered model over HTTP: MLflow's scoring server on a copy of the bundle
+    verified file by file, with bounded requests and short error replies.
 
     Example: vaectl serve vae-mnist@champion --port 5001 &
              curl -d '{"inputs": [[0.5, ...784 values]]}' -H 'Content-Type: application/json'
              http://127.0.0.1:5001/invocations
     """
-    from vaectl import tracking
-    from vaectl.tracking import registry_client
+    import tempfile
 
-    name, version = registry_client.resolve_model(ref)
-    os.environ["MLFLOW_TRACKING_URI"] = tracking.tracking_uri()
-    bindir = str(Path(sys.executable).parent)  # mlflow starts uvicorn by name, from this env
-    os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-    command = [str(Path(bindir) / "mlflow"), "models", "serve", "-m",
-               f"models:/{name}/{version}", "--env-manager", "local", "--host", host,
-               "--port", str(port)]
-    typer.echo(f"serving {name} v{version} on http://{host}:{port}/invocations", err=True)
-    os.execv(command[0], command)
+    from vaectl import registry
+    from vaectl.tracking import serving
+
+    with tempfile.TemporaryDirectory(prefix="vaectl-serve-") as tmp:
+        name, version, bundle, checked = registry.download_verified(ref, Path(tmp))
+        typer.echo(f"serving {name} v{version} ({checked} files verified) on http://{host}:{port}"
+                   f"/invocations (bodies up to {max_body} bytes, sample n up to {max_samples})", err=True)
+        serving.serve(bundle, host, port, max_body, max_samples)

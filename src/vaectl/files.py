@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from vaectl import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
@@ -32,6 +34,33 @@ def atomic_path(dest: Path) -> Iterator[Path]:
             os.replace(staged, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def exclusive_dir(path: Path, holder: str) -> Iterator[None]:
+    """Hold an advisory lock on directory `path` (created if missing) for the block, so that
+    a second writer is refused at once instead of overwriting the first one's files. The lock
+    is on the directory itself: no lock file is left among the outputs, and the kernel
+    releases it when the holder dies."""
+    import fcntl
+
+    path = Path(path)
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{path} is in use by another {holder}; wait for it to finish, "
+                            f"or write somewhere else with --out") from None
+        yield
+    except BaseException:
+        if created and not any(path.iterdir()):  # a failed start leaves no empty folder
+            path.rmdir()
+        raise
+    finally:
+        os.close(fd)
 
 
 def write_json(dest: Path, obj: object) -> None:

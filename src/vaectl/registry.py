@@ -2,8 +2,9 @@
 
 register: each exported model becomes a new version (tags: test metrics, data sha, git commit,
 DVC experiment), alias `candidate`; `champion` moves only when the promotion rule holds.
-pull: NAME[@alias|/version] -> a deploy bundle whose files are checked against the sha256s
-recorded at export, then loaded once as a smoke test.
+pull: NAME[@alias|/version] -> a deploy bundle whose every file (MLmodel, bundled code,
+requirements, artifacts) is checked against the sha256s recorded in the registry when the
+version was registered, before anything in it runs; then loaded once as a smoke test.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vaectl.params import RegistryParams
 from vaectl.report import flatten_model_metrics
 
 PRIMARY_METRIC = {"vae": "iw_nll", "ae": "recon_bce"}  # lower is better for both
+BUNDLE_TAG = "bundle_sha256"  # model version tag: JSON {relative path: sha256} of every file
 
 
 @dataclass
@@ -78,9 +80,13 @@ def register(rule: RegistryParams, export_root: Path, metrics_path: Path, prepar
             "checkpoint_sha256": card["checkpoint_sha256"], "training_run_id": training_run or "",
             "dvc_exp_name": tags.get("dvc.exp_name", ""), "protocol": metrics["protocol"],
         }
+        verify_export(export_dir)
         champion_value = registry_client.champion_metric(name, PRIMARY_METRIC[kind])
         version = registry_client.register_model(name, export_dir, example, experiment, tags,
                                                  version_tags)
+        with tempfile.TemporaryDirectory(prefix="vaectl-bundle-") as tmp:  # what was stored
+            listing = bundle_listing(registry_client.download_model(name, version, Path(tmp)))
+        registry_client.set_version_tag(name, version, BUNDLE_TAG, json.dumps(listing, sort_keys=True))
         decision = promotion_decision(kind, metrics, champion_value, rule)
         if decision.promote:
             registry_client.set_alias(name, "champion", version)
@@ -91,16 +97,47 @@ def register(rule: RegistryParams, export_root: Path, metrics_path: Path, prepar
     return report
 
 
-def verify_bundle(artifacts: Path) -> int:
-    """Check every exported file against checksums.json; returns how many were checked."""
-    listed = json.loads((artifacts / "checksums.json").read_text())
+def verify_export(export_dir: Path) -> None:
+    """Check every exported file against the export's checksums.json before registering it."""
+    listed = json.loads((export_dir / "checksums.json").read_text())
     for filename, digest in listed.items():
-        path = artifacts / filename
-        if not path.exists():
-            raise UserError(f"pulled bundle is missing {filename}")
-        if sha256_file(path) != digest:
-            raise UserError(f"checksum mismatch for {filename} in the pulled bundle")
-    return len(listed)
+        path = export_dir / filename
+        if not path.exists() or sha256_file(path) != digest:
+            raise UserError(f"{path} is missing or changed since `vaectl export`; export again")
+
+
+def bundle_listing(root: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under `root`."""
+    return {p.relative_to(root).as_posix(): sha256_file(p)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def verify_bundle(root: Path, recorded: str | None, ref: str) -> int:
+    """Check the downloaded bundle against the listing recorded at registration: no file
+    missing, added or changed. Returns how many files were checked."""
+    if not recorded:
+        raise UserError(f"{ref} was registered without bundle checksums; register it again")
+    expected, found = json.loads(recorded), bundle_listing(root)
+    problems = ([f"missing {p}" for p in sorted(set(expected) - set(found))]
+                + [f"unexpected {p}" for p in sorted(set(found) - set(expected))]
+                + [f"changed {p}" for p in sorted(set(found) & set(expected)) if found[p] != expected[p]])
+    if problems:
+        shown = ", ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise UserError(f"{ref}: the stored bundle differs from what was registered ({shown}); "
+                        f"refusing to load it")
+    return len(found)
+
+
+def download_verified(ref: str, into: Path) -> tuple[str, str, Path, int]:
+    """NAME[@alias|/version] downloaded under `into` and checked file by file:
+    (name, version, bundle directory, files checked)."""
+    from vaectl.tracking import registry_client
+
+    name, version = registry_client.resolve_model(ref)
+    downloaded = registry_client.download_model(name, version, into)
+    checked = verify_bundle(downloaded, registry_client.version_tag(name, version, BUNDLE_TAG),
+                            f"{name}/{version}")
+    return name, version, downloaded, checked
 
 
 def pull(ref: str, dest: Path) -> dict:
@@ -109,10 +146,8 @@ def pull(ref: str, dest: Path) -> dict:
 
     if dest.exists() and not dest.is_dir():
         raise UserError(f"--dest {dest} is a file; give a directory (it is replaced atomically)")
-    name, version = registry_client.resolve_model(ref)
     with tempfile.TemporaryDirectory(prefix="vaectl-pull-") as tmp:
-        downloaded = registry_client.download_model(name, version, Path(tmp))
-        checked = verify_bundle(downloaded / "artifacts")
+        name, version, downloaded, checked = download_verified(ref, Path(tmp))
         model = registry_client.load_pyfunc(str(downloaded))
         card = json.loads((downloaded / "artifacts" / "model_card.json").read_text())
         probe = np.full((1, 784), 0.5, dtype=np.float32)

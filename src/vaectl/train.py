@@ -41,23 +41,43 @@ from vaectl.models import AutoEncoder, build_model
 from vaectl.objectives import loss_terms
 from vaectl.params import Params, TrainParams, flatten
 
+RESUMABLE_CHANGES = ("epochs", "patience", "sample_every")  # train.<kind>.* a resume may change
 
-def preflight(params: Params, prepared: Path, out_dir: Path, resume: bool, nproc: int) -> None:
-    """The user mistakes worth catching before N processes start: no data, nothing to resume,
-    fewer GPUs than processes (nccl wants one GPU per process)."""
+
+def preflight(kind: str, params: Params, prepared: Path, out_dir: Path, resume: bool,
+              nproc: int) -> None:
+    """The user mistakes worth catching before N processes start: no data, nothing to resume
+    (or a resume with other params), fewer GPUs than processes (nccl wants one per process)."""
     load_manifest(prepared)
     check_gpus(params.train.device, nproc)
     if resume:
-        resume_state(out_dir, nproc)
+        resume_state(out_dir, nproc, kind, params, manifest_sha256(prepared))
 
 
-def resume_state(out_dir: Path, world: int) -> dict:
-    """out_dir/last.pt, if `world` processes can continue it (each resumes its own RNGs)."""
-    state = load_checkpoint(out_dir / "last.pt")
+def resume_state(out_dir: Path, world: int, kind: str, params: Params, data_sha: str) -> tuple[dict, dict]:
+    """out_dir/last.pt and the params changed since it was written, if `world` processes can
+    continue it (each resumes its own RNGs) on the same data with the same params, apart
+    from RESUMABLE_CHANGES: anything else would silently mix two configurations."""
+    path = out_dir / "last.pt"
+    state = load_checkpoint(path)
     if len(state["rng"]) != world:
-        raise UserError(f"{out_dir / 'last.pt'} was written by {len(state['rng'])} training "
+        raise UserError(f"{path} was written by {len(state['rng'])} training "
                         f"process(es); resume with --nproc {len(state['rng'])}")
-    return state
+    if state.get("data_sha256") != data_sha:
+        raise UserError(f"{path} was trained on other data (data manifest sha256 differs); "
+                        f"train again without --resume")
+    # data.* is covered by the data's own hash above (and data.mirrors changes nothing)
+    saved, now = ({k: v for k, v in flat.items() if not k.startswith("data.")}
+                  for flat in (state.get("params", {}), _flat(params, kind)))
+    changed = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
+               if saved.get(k) != now.get(k)}
+    refused = [k for k in changed if k not in {f"train.{kind}.{name}" for name in RESUMABLE_CHANGES}]
+    if refused:
+        listed = ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
+        raise UserError(f"cannot resume {path} with other params ({listed}); only "
+                        f"{', '.join(f'train.{kind}.{n}' for n in RESUMABLE_CHANGES)} may change. "
+                        f"Restore them, or train again without --resume")
+    return state, changed
 
 
 def with_latent_dim(params: Params, kind: str, latent_dim: int) -> Params:
@@ -236,8 +256,9 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
     run_tags = {"vaectl.kind": kind, "vaectl.out_dir": str(out_dir.resolve())}
     history: list[dict] = []
     start_epoch, best_val, bad_epochs, run_id = 0, math.inf, 0, None
+    resumed_with: dict = {}
     if resume:
-        state = resume_state(out_dir, workers.world)
+        state, resumed_with = resume_state(out_dir, workers.world, kind, params, data_sha)
         if state["model_config"] != model.config():
             raise UserError(f"{last_path} holds a {state['model_config']} model; params ask for "
                             f"{model.config()}")
@@ -264,6 +285,9 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
     try:
         with (tracking.start_run(params.tracking.experiment, f"train-{out_dir.name}", tags, run_id)
               if workers.main else contextlib.nullcontext()) as mlrun:
+            if workers.main and resumed_with:  # MLflow params are immutable: say what changed
+                mlrun.set_tags({"vaectl.resumed_with": "; ".join(
+                    f"{k}: {old} -> {new}" for k, (old, new) in resumed_with.items())})
             if workers.main and run_id is None:
                 mlrun.log_params({**_flat(params, kind), "device": device.type,
                                   "threads": torch.get_num_threads(), "processes": workers.world})
@@ -324,7 +348,7 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "model_config": model.config(), "rng": rng,
                         "epoch": epoch + 1, "best_val": best_val, "bad_epochs": bad_epochs,
-                        "history": history,
+                        "history": history, "params": _flat(params, kind), "data_sha256": data_sha,
                     })
                     if (epoch + 1) % t.sample_every == 0 or epoch + 1 == t.epochs or stopped_early:
                         log_images(mlrun, model, x_val, epoch, t.seed)

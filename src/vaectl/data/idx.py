@@ -26,16 +26,33 @@ TYPE_CODES = {
 CODE_OF = {dtype.newbyteorder("="): code for code, dtype in TYPE_CODES.items()}
 
 
+# the largest IDX payload any supported dataset has: 60,000 images of 28 x 28 bytes
+MAX_IDX_BYTES = 60_000 * 28 * 28
+
+
 class IdxError(UserError):
     pass
 
 
-def _read_bytes(path: Path) -> bytes:
-    raw = Path(path).read_bytes()
-    if raw[:2] != b"\x1f\x8b":
-        return raw
+def _read_bytes(path: Path, max_bytes: int) -> bytes:
+    """The (decompressed) IDX bytes, read no further than the header says plus one byte: a
+    gzip that inflates beyond its header, or a header beyond `max_bytes`, is refused before
+    it is read, so a small archive cannot fill memory."""
+    with open(path, "rb") as probe:
+        compressed = probe.read(2) == b"\x1f\x8b"
     try:
-        return gzip.decompress(raw)
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+            head = f.read(4)
+            ndim = head[3] if len(head) == 4 else 0
+            head += f.read(4 * ndim)
+            if len(head) == 4 + 4 * ndim and ndim and head[2] in TYPE_CODES:
+                shape = struct.unpack(f">{ndim}I", head[4:])
+                size = int(np.prod(shape, dtype=np.int64)) * TYPE_CODES[head[2]].itemsize
+                if size > max_bytes:
+                    raise IdxError(f"{path}: IDX header declares shape {tuple(shape)} ({size} bytes), "
+                                   f"more than the {max_bytes} bytes allowed")
+                return head + f.read(size + 1)  # one byte more shows trailing garbage
+            return head
     except (EOFError, OSError, zlib.error) as err:
         raise IdxError(f"{path}: truncated or corrupt gzip ({err})") from None
 
@@ -58,8 +75,8 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
     return np.frombuffer(payload, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def read_idx(path: Path) -> np.ndarray:
-    return parse_idx(_read_bytes(path), str(path))
+def read_idx(path: Path, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    return parse_idx(_read_bytes(path, max_bytes), str(path))
 
 
 def encode_idx(array: np.ndarray) -> bytes:
@@ -78,9 +95,11 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
 
 
-def read_images_labels(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read an image/label IDX pair and check they describe the same N 28x28 uint8 images."""
-    images, labels = read_idx(images_path), read_idx(labels_path)
+def read_images_labels(images_path: Path, labels_path: Path,
+                       max_count: int = MAX_IDX_BYTES // 784) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image/label IDX pair and check they describe the same N 28x28 uint8 images,
+    N at most `max_count` (the dataset's known size bounds what is decompressed)."""
+    images, labels = read_idx(images_path, max_count * 784), read_idx(labels_path, max_count)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
         raise IdxError(
             f"{images_path}: expected uint8 images of shape N x 28 x 28, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import warnings
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 # bundled with it as code: the deployment depends on nothing else of the package.
 BUNDLED_FILES = ("__init__.py", "params.py", "tracking/__init__.py", "tracking/pyfunc.py")
 PREDICT_DEFAULTS = {"mode": "reconstruct", "n": 16, "seed": 0}
+MAX_SAMPLES_ENV, MAX_SAMPLES_DEFAULT = "VAECTL_SERVE_MAX_SAMPLES", 1000  # bound on `n` (sample mode)
 ARTIFACTS = {  # pyfunc artifact key -> file written by `vaectl export`
     "encoder": "encoder.pt", "decoder": "decoder.pt", "reconstruct": "reconstruct.pt",
     "encoder_onnx": "encoder.onnx", "decoder_onnx": "decoder.onnx",
@@ -58,8 +60,14 @@ with contextlib.redirect_stderr(io.StringIO()):
             if mode not in ("reconstruct", "encode", "decode", "sample"):
                 raise self._bad(f"unknown mode {mode!r}: use reconstruct, encode, decode or sample")
             if mode == "sample":
-                rng = np.random.default_rng(int(params["seed"]))
-                z = self.mean + rng.standard_normal((int(params["n"]), self.latent_dim)) @ self.chol.T
+                n, seed = int(params["n"]), int(params["seed"])
+                most = int(os.environ.get(MAX_SAMPLES_ENV, MAX_SAMPLES_DEFAULT))
+                if not 1 <= n <= most:
+                    raise self._bad(f"n must be between 1 and {most} ({MAX_SAMPLES_ENV}), got {n}")
+                if seed < 0:
+                    raise self._bad(f"seed must be >= 0, got {seed}")
+                rng = np.random.default_rng(seed)
+                z = self.mean + rng.standard_normal((n, self.latent_dim)) @ self.chol.T
                 with torch.no_grad():
                     return self.parts["decoder"](torch.from_numpy(z.astype(np.float32))).detach().numpy()
             x = np.asarray(model_input)

@@ -54,6 +54,14 @@ def register_model(name: str, export_dir: Path, example: np.ndarray, experiment:
     return version
 
 
+def set_version_tag(name: str, version: str, key: str, value: str) -> None:
+    client().set_model_version_tag(name, version, key, value)
+
+
+def version_tag(name: str, version: str, key: str) -> str | None:
+    return client().get_model_version(name, version).tags.get(key)
+
+
 def set_alias(name: str, alias: str, version: str) -> None:
     client().set_registered_model_alias(name, alias, version)
 
