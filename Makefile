@@ -8,7 +8,7 @@ SERVER_DIR ?= $(CURDIR)/mlflow-server
 SERVER_PORT ?= 5001
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint repro ui server remote bench clean
+.PHONY: help setup test lint repro study ui server remote bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-8s\033[0m %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ lint: setup ## Ruff lint
 
 repro: setup ## Run the whole DVC pipeline on params.yaml (cached stages are skipped)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+study: setup ## The VAE-vs-AE study over beta and latent size, 3 seeds each (DVC experiments; ~40 min)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/vaectl study
 
 ui: setup ## MLflow UI on 127.0.0.1:5000 against mlruns/
 	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (MLflow 3's training view)"

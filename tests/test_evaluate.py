@@ -18,7 +18,8 @@ from .test_train import TINY
 
 TINY_EVAL = {**TINY, "eval": {"iw_samples": 50, "iw_chunk": 16, "interp_pairs": 4,
                               "interp_steps": 5, "ppl_samples": 4, "generated": 20,
-                              "classifier": {"hidden": [16], "epochs": 2}}}
+                              "classifier": {"hidden": [16], "epochs": 2}},
+             "study": {"betas": [1.0, 2.0], "latent_dims": [2, 3], "seeds": [0, 1], "iw_samples": 20}}
 
 
 def linear_decoder(dim=3, seed=0):

@@ -142,3 +142,34 @@ def _digest(path: Path) -> str:
         if f.is_file():
             h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()
+
+
+def test_study_runs_the_grid_as_dvc_experiments_and_summarises_across_seeds(pipeline_copy):
+    root, env, _ = pipeline_copy
+    sh("git", "checkout", "--", ".", cwd=root, env=env)  # undo what an earlier `dvc exp run` applied
+    out = sh("vaectl", "study", cwd=root, env=env)
+    assert "[6/6]" in out
+    names = set(sh("dvc", "exp", "list", "--name-only", cwd=root, env=env).split())
+    assert {f"study-b{b}-z{z}-s{s}" for b, z in [(1, 2), (2, 2), (1, 3)] for s in (0, 1)} <= names
+    doc = json.loads((root / "reports" / "study" / "study.json").read_text())
+    rows = {(r["beta"], r["latent_dim"]): r for r in doc["settings"]}
+    assert list(rows) == [(1.0, 2), (2.0, 2), (1.0, 3)] and all(r["seeds"] == [0, 1] for r in rows.values())
+    assert rows[(1.0, 3)]["metrics"]["vae.active_units"]["mean"] <= 3
+    nll = rows[(1.0, 2)]["metrics"]["vae.iw_nll"]
+    assert nll["seeds"][0] != nll["seeds"][1] and nll["ci"][0] < nll["mean"] < nll["ci"][1]
+    # beta is the VAE's alone: both beta settings of a seed share one AE (DVC's run cache)
+    assert (rows[(1.0, 2)]["metrics"]["recon_bce.ae"]["seeds"]
+            == rows[(2.0, 2)]["metrics"]["recon_bce.ae"]["seeds"])
+    elbo = {s: rows[s]["metrics"]["vae.neg_elbo"]["seeds"] for s in [(1.0, 2), (2.0, 2)]}
+    assert elbo[(1.0, 2)] != elbo[(2.0, 2)]
+    assert sorted(p.name for p in (root / "reports" / "study").iterdir()) == [
+        "beta.png", "latent_dim.png", "study.json", "study.md"]
+    code = ("from vaectl import tracking; "
+            "p = tracking.find_runs('vaectl', \"tags.`vaectl.kind` = 'study'\")[0]; "
+            "kids = tracking.find_runs('vaectl', f\"tags.`mlflow.parentRunId` = '{p.info.run_id}'\"); "
+            "print(len(kids), sorted({r.data.params['study.beta'] for r in kids}))")
+    assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "6 ['1.0', '2.0']"
+    # a rerun restores every trial from DVC's run cache and writes the same bytes
+    before = (root / "reports" / "study" / "study.json").read_bytes()
+    sh("vaectl", "study", cwd=root, env=env)
+    assert (root / "reports" / "study" / "study.json").read_bytes() == before

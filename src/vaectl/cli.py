@@ -303,6 +303,25 @@ def register(
 
 @app.command()
 @user_errors
+def study(
+    params_path: Path = PARAMS,
+    out: Path = typer.Option(Path("reports/study"), help="tables and figures (replaced together)"),
+):
+    """Run the study grid in params.yaml (study.*) as queued DVC experiments, one seed per
+    experiment, and summarise each setting across seeds with 95% intervals, logged to MLflow
+    as one parent run. Rerunning is cheap: DVC's run cache restores trained models.
+
+    Example: vaectl study && cat reports/study/study.md && dvc exp show
+    """
+    from vaectl import study as grid
+
+    result = grid.run(load_params(params_path), out, echo=typer.echo)
+    typer.echo(f"study: {len(result['rows'])} settings in {result['wall_s'] / 60:.1f} min -> {out} "
+               f"(MLflow run {result['run_id']})")
+
+
+@app.command()
+@user_errors
 def pull(
     ref: str = typer.Argument(..., help="NAME@alias, NAME/version, or NAME (= NAME@champion)"),
     dest: Path = typer.Option(Path("deploy"), help="bundle directory (replaced atomically)"),

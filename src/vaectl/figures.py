@@ -159,3 +159,53 @@ def latent_2d_figures(out_dir: Path, pictures: dict, labels: np.ndarray, grid: i
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return written
+
+
+STUDY_PANELS = (  # (title, [(metric key, label)], reference line)
+    ("likelihood (nats, lower is better)",
+     [("vae.iw_nll", "VAE IW-NLL"), ("vae.neg_elbo", "VAE −ELBO")], None),
+    ("reconstruction BCE (nats)", [("recon_bce.vae", "VAE"), ("recon_bce.ae", "AE")], None),
+    ("smoothness VAE/AE (< 1: VAE smoother)",
+     [("diff_class.ppl_normalized.ratio", "PPL/d², different class"),
+      ("same_class.ppl_normalized.ratio", "PPL/d², same class"),
+      ("diff_class.path_length_ratio.ratio", "path-length ratio, different class")], 1.0),
+    ("holes: share of samples unrecognised",
+     [("samples.unrecognised.vae", "VAE, prior samples"),
+      ("samples.unrecognised.ae", "AE, Gaussian fitted to codes"),
+      ("standard_normal.unrecognised.ae", "AE, N(0, I)")], None),
+)
+
+
+def study_figure(rows: list[dict], sweep: str, path: Path) -> None:
+    """The study's four panels against one sweep axis ('beta' or 'latent_dim'): per-setting
+    means with their intervals across training seeds as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.array([r[sweep] for r in rows], dtype=float)
+    fig, axes = plt.subplots(1, len(STUDY_PANELS), figsize=(4.2 * len(STUDY_PANELS), 3.6))
+    for ax, (title, series, reference) in zip(axes, STUDY_PANELS, strict=True):
+        present = [(k, label) for k, label in series if all(k in r["metrics"] for r in rows)]
+        for key, label in present:
+            m = [r["metrics"][key] for r in rows]
+            mean = np.array([v["mean"] for v in m])
+            err = np.array([[v["mean"] - v["ci"][0] for v in m], [v["ci"][1] - v["mean"] for v in m]])
+            ax.errorbar(x, mean, yerr=err, marker="o", capsize=3, label=label)
+        if reference is not None:
+            ax.axhline(reference, color="grey", lw=0.8, ls="--")
+        if sweep == "beta":
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(x, [f"{v:g}" for v in x])
+        ax.set_xlabel("beta" if sweep == "beta" else "latent size")
+        ax.set_title(title, fontsize=9)
+        if present:
+            ax.legend(fontsize=7)
+    seeds = len(rows[0]["seeds"])
+    fig.suptitle(f"VAE vs AE against {'beta' if sweep == 'beta' else 'latent size'}: "
+                 f"mean of {seeds} training seeds, bars = 95% t-interval over seeds", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -110,6 +110,16 @@ class TrackingParams:
 
 
 @dataclass(frozen=True)
+class StudyParams:
+    """`vaectl study` (DVC experiments, not a pipeline stage)."""
+
+    betas: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])  # VAE only
+    latent_dims: list[int] = field(default_factory=lambda: [2, 8, 20, 40])  # both models
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # training seeds
+    iw_samples: int = 1000  # eval.iw_samples in the trials
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     validate: ValidateParams = field(default_factory=ValidateParams)
@@ -118,6 +128,7 @@ class Params:
     eval: EvalParams = field(default_factory=EvalParams)
     registry: RegistryParams = field(default_factory=RegistryParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
+    study: StudyParams = field(default_factory=StudyParams)
 
 
 def _type_name(tp: object) -> str:
@@ -203,6 +214,15 @@ def _check_ranges(p: Params) -> None:
         (e.classifier.batch_size >= 1, "eval.classifier.batch_size must be >= 1"),
         (e.classifier.lr > 0, "eval.classifier.lr must be > 0"),
         (e.classifier.seed >= 0, "eval.classifier.seed must be >= 0"),
+    ]
+    s = p.study
+    checks += [
+        (len(s.betas) >= 1 and all(b >= 0 for b in s.betas), "study.betas needs values >= 0"),
+        (len(s.latent_dims) >= 1 and all(d >= 1 for d in s.latent_dims),
+         "study.latent_dims needs values >= 1"),
+        (len(set(s.seeds)) == len(s.seeds) >= 2 and all(x >= 0 for x in s.seeds),
+         "study.seeds needs at least 2 distinct seeds >= 0 (intervals come from the spread)"),
+        (s.iw_samples >= 1, "study.iw_samples must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:

@@ -169,3 +169,15 @@ def latest_run_id(experiment: str, tags: dict[str, str]) -> str | None:
 
 def client():
     return mlflow_module().MlflowClient()
+
+
+def nest_runs(parent_run_id: str, children: dict[str, dict[str, object]]) -> None:
+    """Show finished runs under a parent in the UI (MLflow's parent tag) and give each the
+    params that tell them apart there, e.g. a study's evaluate runs and their grid point."""
+    from mlflow.entities import Param, RunTag
+
+    mlflow_client = client()
+    for run_id, params in children.items():
+        mlflow_client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                                tags=[RunTag("mlflow.parentRunId", parent_run_id),
+                                      RunTag("vaectl.study", parent_run_id)])

@@ -1,0 +1,291 @@
+"""`vaectl study`: the VAE-vs-AE comparison across beta and latent size, each setting trained
+with several seeds, so that a claim about the latent space rests on more than one model.
+
+Not a pipeline stage: it drives DVC experiments. Each trial is `dvc exp run --queue` of the
+pipeline up to `evaluate` with its params (`-S`), run one at a time by `dvc queue start`
+(both cores to one trial); DVC's run cache restores whatever an earlier trial or `dvc repro`
+already trained. It then reads every trial's metrics.json back and summarises each setting
+across its seeds: mean and a 95% Student-t interval over the seeds (training-seed variance,
+which the per-run bootstrap over test images cannot see), and how many seeds' own verdicts
+went each way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vaectl import UserError
+from vaectl.files import atomic_path, write_json
+from vaectl.params import Params
+from vaectl.report import LEVEL, flatten_model_metrics
+
+# (column, what it is) for the table: comparisons are VAE/AE ratios or both models' values
+TABLE = (
+    ("vae.iw_nll", "VAE IW-NLL (nats)"),
+    ("vae.neg_elbo", "VAE −ELBO"),
+    ("vae.active_units", "VAE active units"),
+    ("recon_bce.vae", "VAE recon BCE"),
+    ("recon_bce.ae", "AE recon BCE"),
+    ("diff_class.ppl_normalized.ratio", "PPL/d² VAE/AE (diff. class)"),
+    ("same_class.ppl_normalized.ratio", "PPL/d² VAE/AE (same class)"),
+    ("diff_class.path_length_ratio.ratio", "path-length VAE/AE (diff. class)"),
+    ("samples.unrecognised.vae", "VAE samples unrecognised"),
+    ("samples.unrecognised.ae", "AE samples (fitted Gaussian) unrecognised"),
+    ("standard_normal.unrecognised.ae", "AE N(0, I) samples unrecognised"),
+)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One training seed of one grid setting: a DVC experiment."""
+
+    beta: float
+    latent_dim: int
+    seed: int
+
+    @property
+    def setting(self) -> tuple[float, int]:
+        return (self.beta, self.latent_dim)
+
+    @property
+    def name(self) -> str:
+        return f"study-b{self.beta:g}-z{self.latent_dim}-s{self.seed}"
+
+    def overrides(self, iw_samples: int) -> list[str]:
+        """`-S` values: the VAE and its AE baseline share latent size and seed."""
+        return [f"train.vae.beta={self.beta!r}", f"train.vae.latent_dim={self.latent_dim}",
+                f"train.ae.latent_dim={self.latent_dim}", f"train.vae.seed={self.seed}",
+                f"train.ae.seed={self.seed}", f"eval.iw_samples={iw_samples}"]
+
+
+def trials(params: Params) -> list[Trial]:
+    """The beta sweep at params.yaml's latent size, then the latent sweep at its beta (the
+    shared point once), each with every seed."""
+    base_beta, base_dim = params.train.vae.beta, params.train.vae.latent_dim
+    settings = [(b, base_dim) for b in params.study.betas]
+    settings += [(base_beta, d) for d in params.study.latent_dims if (base_beta, d) not in settings]
+    return [Trial(b, d, s) for b, d in settings for s in params.study.seeds]
+
+
+def trial_values(metrics: dict) -> dict[str, float]:
+    """One trial's metrics.json -> flat numbers: the VAE's own ('vae.iw_nll') and each
+    comparison's 'NAME.vae', 'NAME.ae', 'NAME.ratio', 'NAME.difference'."""
+    values = {f"vae.{k}": float(v) for k, v in flatten_model_metrics(metrics["vae"]).items()
+              if isinstance(v, int | float)}
+    for name, c in metrics["comparison"].items():
+        values.update({f"{name}.{part}": float(c[part]) for part in ("vae", "ae", "difference")
+                       if c[part] is not None})
+        if c["ratio"] is not None:
+            values[f"{name}.ratio"] = float(c["ratio"])
+    return values
+
+
+def seed_interval(values: list[float]) -> list[float]:
+    """The Student-t LEVEL interval of the mean of per-seed values (n >= 2)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64)
+    half = stats.t.ppf(0.5 + LEVEL / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return [float(x.mean() - half), float(x.mean() + half)]
+
+
+def summarise(results: dict[Trial, dict]) -> list[dict]:
+    """Per setting: every metric's per-seed values, mean and interval across seeds, and per
+    comparison the count of seeds whose own (bootstrap) verdict was VAE / AE / neither."""
+    by_setting: dict[tuple[float, int], list[Trial]] = {}
+    for trial in results:
+        by_setting.setdefault(trial.setting, []).append(trial)
+    rows = []
+    for (beta, dim), group in by_setting.items():
+        group = sorted(group, key=lambda t: t.seed)
+        values = [trial_values(results[t]) for t in group]
+        common = sorted(set.intersection(*(set(v) for v in values)))
+        metrics = {}
+        for key in common:
+            per_seed = [v[key] for v in values]
+            metrics[key] = {"mean": float(np.mean(per_seed)), "ci": seed_interval(per_seed),
+                            "seeds": per_seed}
+        verdicts = {}
+        for name in results[group[0]]["comparison"]:
+            counts = {"vae": 0, "ae": 0, "none": 0}
+            for t in group:
+                counts[results[t]["comparison"][name]["better"]] += 1
+            verdicts[name] = counts
+        rows.append({"beta": beta, "latent_dim": dim, "seeds": [t.seed for t in group],
+                     "metrics": metrics, "seed_verdicts": verdicts})
+    return rows
+
+
+def markdown_table(rows: list[dict], sweep: str) -> str:
+    """One row per setting of a sweep ('beta' or 'latent_dim'), 'mean [interval]' cells."""
+    head = [sweep] + [label for _, label in TABLE]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [f"{row[sweep]:g}"]
+        for key, _ in TABLE:
+            m = row["metrics"].get(key)
+            cells.append(f"{m['mean']:.4g} [{m['ci'][0]:.4g}, {m['ci'][1]:.4g}]" if m else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sweeps(rows: list[dict], params: Params) -> dict[str, list[dict]]:
+    """The rows of the beta sweep (at the base latent size) and of the latent sweep (at the
+    base beta), each sorted along its axis."""
+    beta, dim = params.train.vae.beta, params.train.vae.latent_dim
+    return {"beta": sorted((r for r in rows if r["latent_dim"] == dim and r["beta"] in params.study.betas),
+                           key=lambda r: r["beta"]),
+            "latent_dim": sorted((r for r in rows if r["beta"] == beta
+                                  and r["latent_dim"] in params.study.latent_dims),
+                                 key=lambda r: r["latent_dim"])}
+
+
+def write_reports(rows: list[dict], params: Params, out_dir: Path) -> list[Path]:
+    """study.json (every number), study.md (the two tables) and one figure per sweep, all
+    replaced together."""
+    from vaectl.figures import study_figure
+
+    by_sweep = sweeps(rows, params)
+    doc = {"level": LEVEL, "interval": "Student-t over training seeds",
+           "iw_samples": params.study.iw_samples, "seeds": params.study.seeds,
+           "base": {"beta": params.train.vae.beta, "latent_dim": params.train.vae.latent_dim},
+           "settings": rows}
+    text = [f"# VAE vs AE across beta and latent size ({len(params.study.seeds)} training seeds "
+            f"each; mean [{LEVEL:.0%} t-interval over seeds]; IW-NLL k={params.study.iw_samples})"]
+    for sweep, label in (("beta", f"beta (latent_dim {params.train.vae.latent_dim})"),
+                         ("latent_dim", f"latent size (beta {params.train.vae.beta:g})")):
+        text += ["", f"## {label}", "", markdown_table(by_sweep[sweep], sweep)]
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        write_json(tmp / "study.json", doc)
+        (tmp / "study.md").write_text("\n".join(text) + "\n")
+        for sweep, sweep_rows in by_sweep.items():
+            if len(sweep_rows) >= 2:
+                study_figure(sweep_rows, sweep, tmp / f"{sweep}.png")
+    return sorted(out_dir.iterdir())
+
+
+def dvc(*args: str, env: dict) -> str:
+    result = subprocess.run(["dvc", *args], capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        raise UserError(f"`dvc {' '.join(args[:3])}` failed: {lines[-1] if lines else result.returncode}")
+    return result.stdout
+
+
+def queue_status(env: dict) -> tuple[dict[str, str], bool]:
+    """Experiment name -> Queued | Running | Success | Failed, and whether any queue worker
+    is alive, from `dvc queue status`."""
+    status, workers = {}, True
+    for line in dvc("queue", "status", env=env).splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 4 and parts[-1] in ("Queued", "Running", "Success", "Failed"):
+            status[parts[1]] = parts[-1]
+        elif line.startswith("Worker status:"):
+            workers = line.replace(",", " ").split()[2:5:2] != ["0", "0"]
+    return status, workers
+
+
+def start_worker(env: dict) -> None:
+    """One queue worker (both cores to one trial). Its output goes nowhere: the worker
+    outlives `dvc queue start`, and would hold a pipe open until the queue is empty."""
+    started = subprocess.run(["dvc", "queue", "start", "--jobs", "1"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if started.returncode != 0:
+        raise UserError("`dvc queue start` failed; see `dvc queue status`")
+
+
+def run_trials(todo: list[Trial], iw_samples: int, env: dict, echo) -> None:
+    """Queue every trial (replacing an earlier experiment of the same name), start one
+    worker and wait for all of them; a failed trial is an error naming it."""
+    existing = set(dvc("exp", "list", "--name-only", env=env).split())
+    stale = [t.name for t in todo if t.name in existing]
+    if stale:
+        dvc("exp", "remove", *stale, env=env)
+    for trial in todo:
+        dvc("exp", "run", "--queue", "--quiet", "--name", trial.name,
+            *(a for o in trial.overrides(iw_samples) for a in ("-S", o)), "evaluate", env=env)
+    start_worker(env)
+    names, done, start = [t.name for t in todo], set(), time.monotonic()
+    while True:
+        status, workers = queue_status(env)
+        if not workers and any(status.get(n) == "Queued" for n in names):
+            start_worker(env)  # an idle worker from an earlier run may have exited meanwhile
+        for name in names:
+            if name not in done and status.get(name) in ("Success", "Failed"):
+                done.add(name)
+                echo(f"[{len(done)}/{len(names)}] {name}: {status[name].lower()} "
+                     f"({time.monotonic() - start:.0f} s)")
+        if len(done) == len(names):
+            break
+        time.sleep(2)
+    failed = [n for n in names if status.get(n) == "Failed"]
+    if failed:
+        raise UserError(f"study: {len(failed)} of {len(names)} experiments failed "
+                        f"({', '.join(failed)}); see `dvc queue logs {failed[0]}`")
+
+
+def experiment_metrics(names: list[str], baseline_rev: str, env: dict) -> dict[str, dict]:
+    """Each named experiment's reports/metrics.json, from `dvc exp show --json` of the
+    commit the trials were queued on (HEAD may have moved since)."""
+    found = {}
+    for baseline in json.loads(dvc("exp", "show", "--json", "--rev", baseline_rev, env=env)):
+        for exp in baseline.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                data = (rev.get("data") or {}).get("metrics", {}).get("reports/metrics.json", {})
+                if rev.get("name") in names and "data" in data:
+                    found[rev["name"]] = data["data"]
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise UserError(f"study: no metrics for {', '.join(missing)} in `dvc exp show`")
+    return found
+
+
+def run(params: Params, out_dir: Path, echo=print) -> dict:
+    """Run the grid, write reports/study/, log a parent MLflow run that the trials' evaluate
+    runs are nested under. Returns {'rows', 'files', 'wall_s', 'run_id'}."""
+    from vaectl import tracking
+
+    todo = trials(params)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           # the queue runs each trial in a temporary copy of the repo: log to this one's store
+           "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
+    echo(f"study: {len(todo)} experiments ({len({t.setting for t in todo})} settings x "
+         f"{len(params.study.seeds)} seeds), IW-NLL k={params.study.iw_samples}")
+    baseline_rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                  env=env).stdout.strip()
+    if not baseline_rev:
+        raise UserError("study: DVC experiments need a git repository with a commit")
+    start = time.monotonic()
+    run_trials(todo, params.study.iw_samples, env, echo)
+    wall_s = time.monotonic() - start
+    metrics = experiment_metrics([t.name for t in todo], baseline_rev, env)
+    rows = summarise({t: metrics[t.name] for t in todo})
+    files = write_reports(rows, params, out_dir)
+    experiment = params.tracking.experiment
+    with tracking.start_run(experiment, "study", {"vaectl.kind": "study"}) as parent:
+        parent.log_params({"betas": params.study.betas, "latent_dims": params.study.latent_dims,
+                           "seeds": params.study.seeds, "iw_samples": params.study.iw_samples,
+                           "experiments": len(todo)})
+        parent.log_metrics({"wall_s": wall_s})
+        for path in files:
+            parent.log_artifact(path, "study")
+        children = {}
+        for t in todo:
+            run_id = tracking.latest_run_id(experiment, {"vaectl.kind": "evaluate", "dvc.exp_name": t.name})
+            if run_id:
+                children[run_id] = {"study.beta": t.beta, "study.latent_dim": t.latent_dim,
+                                    "study.seed": t.seed}
+        tracking.nest_runs(parent.run_id, children)
+    if len(children) < len(todo):
+        echo(f"note: {len(todo) - len(children)} trials' evaluate runs were not found in MLflow "
+             f"(run by an older queue worker with another tracking store?)")
+    return {"rows": rows, "files": files, "wall_s": wall_s, "run_id": parent.run_id}

@@ -1,0 +1,82 @@
+"""The study's grid and its summary across training seeds (the DVC-experiment run itself is
+in test_pipeline.py)."""
+
+import json
+
+import pytest
+
+from vaectl import UserError
+from vaectl.params import parse_params
+from vaectl.study import Trial, markdown_table, seed_interval, summarise, trials, write_reports
+
+
+def test_seed_interval_is_the_student_t_interval_of_the_mean():
+    # mean 2, sd 1, n 3: t(0.975, 2) = 4.302653 -> half width 4.302653 / sqrt(3) = 2.484138
+    low, high = seed_interval([1.0, 2.0, 3.0])
+    assert low == pytest.approx(-0.484138, abs=1e-6) and high == pytest.approx(4.484138, abs=1e-6)
+    # two seeds: t(0.975, 1) = 12.706205, sd 1/sqrt(2) -> half width 12.706205 / 2
+    assert seed_interval([0.0, 1.0]) == pytest.approx([0.5 - 6.353102, 0.5 + 6.353102], abs=1e-6)
+
+
+def test_default_grid_is_beta_sweep_then_latent_sweep_sharing_the_base_point():
+    grid = trials(parse_params({}))
+    settings = list(dict.fromkeys(t.setting for t in grid))
+    assert settings == [(0.25, 20), (0.5, 20), (1.0, 20), (2.0, 20), (4.0, 20),
+                        (1.0, 2), (1.0, 8), (1.0, 40)]
+    assert len(grid) == 24 and len({t.name for t in grid}) == 24
+    assert Trial(0.25, 20, 1).name == "study-b0.25-z20-s1"
+    assert Trial(0.5, 8, 2).overrides(1000) == [
+        "train.vae.beta=0.5", "train.vae.latent_dim=8", "train.ae.latent_dim=8",
+        "train.vae.seed=2", "train.ae.seed=2", "eval.iw_samples=1000"]
+
+
+@pytest.mark.parametrize("study, message", [
+    ({"seeds": [0]}, "at least 2 distinct seeds"),
+    ({"seeds": [1, 1]}, "at least 2 distinct seeds"),
+    ({"betas": []}, "study.betas"),
+    ({"latent_dims": [0]}, "study.latent_dims"),
+    ({"iw_samples": 0}, "study.iw_samples"),
+])
+def test_bad_study_params_are_one_line_errors(study, message):
+    with pytest.raises(UserError, match=message):
+        parse_params({"study": study})
+
+
+def fake_metrics(iw_nll: float, ratio: float, better: str) -> dict:
+    compared = {"vae": ratio, "ae": 1.0, "difference": ratio - 1.0, "ratio": ratio, "better": better}
+    holes = {"vae": 0.1, "ae": 0.0, "difference": 0.1, "ratio": None, "better": "ae"}
+    return {"vae": {"iw_nll": iw_nll, "iw_k": 1000, "diff_class": {"ppl": 2.0}},
+            "comparison": {"diff_class.ppl_normalized": compared, "samples.unrecognised": holes}}
+
+
+def test_summary_gives_each_setting_its_seed_spread_and_verdict_counts():
+    results = {Trial(1.0, 20, 0): fake_metrics(100.0, 0.9, "vae"),
+               Trial(1.0, 20, 1): fake_metrics(102.0, 1.1, "ae"),
+               Trial(1.0, 20, 2): fake_metrics(104.0, 0.95, "vae"),
+               Trial(2.0, 20, 0): fake_metrics(110.0, 1.0, "none"),
+               Trial(2.0, 20, 1): fake_metrics(111.0, 1.0, "none")}
+    rows = summarise(results)
+    assert [(r["beta"], r["latent_dim"], r["seeds"]) for r in rows] == [(1.0, 20, [0, 1, 2]),
+                                                                       (2.0, 20, [0, 1])]
+    first = rows[0]["metrics"]
+    assert first["vae.iw_nll"]["seeds"] == [100.0, 102.0, 104.0] and first["vae.iw_nll"]["mean"] == 102.0
+    assert first["vae.iw_nll"]["ci"] == pytest.approx([102 - 2 * 2.484138, 102 + 2 * 2.484138], abs=1e-5)
+    assert first["diff_class.ppl_normalized.ratio"]["mean"] == pytest.approx(0.983333, abs=1e-6)
+    assert "samples.unrecognised.ratio" not in first  # the AE's share can be 0: no ratio
+    assert first["samples.unrecognised.ae"]["ci"] == [0.0, 0.0]
+    assert rows[0]["seed_verdicts"]["diff_class.ppl_normalized"] == {"vae": 2, "ae": 1, "none": 0}
+    assert rows[1]["seed_verdicts"]["diff_class.ppl_normalized"] == {"vae": 0, "ae": 0, "none": 2}
+    table = markdown_table(rows, "beta").splitlines()
+    assert table[2].startswith("| 1 | 102 [97.03, 107] |") and len(table) == 4
+
+
+def test_reports_are_written_together(tmp_path):
+    params = parse_params({"study": {"betas": [1.0, 2.0], "latent_dims": [20], "seeds": [0, 1]}})
+    results = {Trial(b, 20, s): fake_metrics(100.0 + b + s, 1.0 - 0.01 * s, "none")
+               for b in (1.0, 2.0) for s in (0, 1)}
+    out = tmp_path / "study"
+    files = write_reports(summarise(results), params, out)
+    assert [p.name for p in files] == ["beta.png", "study.json", "study.md"]  # one latent point: no plot
+    doc = json.loads((out / "study.json").read_text())
+    assert doc["base"] == {"beta": 1.0, "latent_dim": 20} and len(doc["settings"]) == 2
+    assert "## latent size (beta 1)" in (out / "study.md").read_text()
