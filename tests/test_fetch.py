@@ -236,3 +236,34 @@ def test_an_archive_that_inflates_past_its_content_is_not_read_into_memory(tmp_p
         read_idx(bomb, max_bytes=100)
     monkeypatch.setattr(fetch_stage, "MAX_IDX_BYTES", 1000)  # the content-hash path is bounded too
     assert fetch_stage._content_sha256(bomb) is None
+
+
+def test_sigterm_during_a_hanging_download_leaves_no_temporary_folder(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    (tmp_path / "params.yaml").write_text(
+        f"data: {{name: mnist, mirrors: ['http://127.0.0.1:{silent.getsockname()[1]}/']}}\n")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "VAECTL_FETCH_TIMEOUT": "60"}
+    try:
+        fetch = subprocess.Popen([sys.executable, "-m", "vaectl", "fetch"], cwd=tmp_path, env=env,
+                                 stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while not any(scratch.iterdir()) and time.time() < deadline:  # the download has begun
+            time.sleep(0.1)
+        time.sleep(0.5)
+        fetch.send_signal(signal.SIGTERM)
+        _, err = fetch.communicate(timeout=30)
+    finally:
+        silent.close()
+    assert fetch.returncode != 0 and "Traceback" not in err
+    assert list(scratch.iterdir()) == [] and not (tmp_path / "data").exists()
