@@ -264,6 +264,10 @@ def run(params: Params, out_dir: Path, echo=print) -> dict:
                                   env=env).stdout.strip()
     if not baseline_rev:
         raise UserError("study: DVC experiments need a git repository with a commit")
+    # A trial reproduces only up to `evaluate`, but DVC then collects every output dvc.lock
+    # names (the 2-D models, holes, export): they must be in the cache, so the baseline first.
+    echo("study: bringing the baseline pipeline up to date first (dvc repro)")
+    dvc("repro", env=env)
     start = time.monotonic()
     run_trials(todo, params.study.iw_samples, env, echo)
     wall_s = time.monotonic() - start
