@@ -206,6 +206,10 @@ def start_worker(env: dict) -> None:
 def run_trials(todo: list[Trial], iw_samples: int, env: dict, echo) -> None:
     """Queue every trial (replacing an earlier experiment of the same name), start one
     worker and wait for all of them; a failed trial is an error naming it."""
+    status, _ = queue_status(env)  # tasks of an interrupted study under the same names
+    leftover = [t.name for t in todo if status.get(t.name) in ("Queued", "Failed")]
+    if leftover:
+        dvc("queue", "remove", *leftover, env=env)
     existing = set(dvc("exp", "list", "--name-only", env=env).split())
     stale = [t.name for t in todo if t.name in existing]
     if stale:
