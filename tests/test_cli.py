@@ -52,3 +52,10 @@ def test_unreachable_mirror_lists_what_was_tried(tmp_path):
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: could not fetch train-images-idx3-ubyte.gz for kmnist; tried: ")
     assert line.index("/m0/") < line.index("/m1/") < line.index("/m2/") < line.index("codh.rois")
+
+
+def test_the_cli_model_choices_are_the_model_kinds():
+    from vaectl.cli import MODELS
+    from vaectl.models import KINDS
+
+    assert MODELS == KINDS

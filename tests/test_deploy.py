@@ -41,7 +41,7 @@ def train_to_registry(root):
     classifier_stage.run(params.eval.classifier, prepared, root / "models" / "classifier")
     evaluate_stage.run(params.eval, prepared, root / "models" / "vae", root / "models" / "ae",
                        root / "models" / "classifier" / "classifier.pt", root / "reports",
-                       root / "reports" / "figures", "vaectl")
+                       root / "reports" / "figures", "vaectl", echo=lambda message: None)
     cards = export_stage.run(("vae", "ae"), prepared, root / "models",
                              root / "reports" / "metrics.json", root / "export")
     rule = RegistryParams(require_smoother_than_baseline=False)

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,10 +181,35 @@ def trained(tmp_path, prepared, monkeypatch):
     return params, prepared, tmp_path
 
 
-def evaluate(params, prepared, root, reports="reports", vae="vae"):
-    return evaluate_stage.run(params.eval, prepared, root / "models" / vae, root / "models" / "ae",
-                              root / "models" / "classifier" / "classifier.pt", root / reports,
-                              root / reports / "figures", params.tracking.experiment)
+def evaluate(params, prepared, root, reports="reports", vae="vae", with_run=False):
+    report, run_id = evaluate_stage.run(
+        params.eval, prepared, root / "models" / vae, root / "models" / "ae",
+        root / "models" / "classifier" / "classifier.pt", root / reports, root / reports / "figures",
+        params.tracking.experiment, echo=lambda message: None)
+    return (report, run_id) if with_run else report
+
+
+def test_the_evaluate_run_spans_the_work_and_holds_params_table_and_reports(trained):
+    import time
+
+    from vaectl import tracking
+
+    params, prepared, root = trained
+    began = time.time()
+    report, run_id = evaluate(params, prepared, root, reports="mlflow-check", with_run=True)
+    wall_ms = (time.time() - began) * 1000
+    run = tracking.client().get_run(run_id)
+    assert run.info.end_time - run.info.start_time > 0.5 * wall_ms  # not 43 ms for 40 s of work
+    assert run.data.params["eval.iw_samples"] == "50" and run.data.params["vae.latent_dim"] == "2"
+    assert "vae.iw_k" not in run.data.metrics and "vae.iw_nll" in run.data.metrics
+    recon = report["comparison"]["recon_bce"]
+    assert run.data.metrics["vae_over_ae.recon_bce"] == pytest.approx(recon["ratio"])
+    artifacts = {a.path for a in tracking.client().list_artifacts(run_id)}
+    assert artifacts == {"comparison.md", "metrics.json", "latents.json", "figures"}
+    table = tracking.client().download_artifacts(run_id, "comparison.md", str(root / "dl"))
+    rows = Path(table).read_text().splitlines()
+    assert rows[2] == "| metric | VAE | AE | VAE/AE | verdict |"
+    assert any(r.startswith("| iw_nll (k=50) |") for r in rows)
 
 
 def test_evaluate_writes_metrics_and_is_deterministic(trained):

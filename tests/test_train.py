@@ -146,7 +146,7 @@ def test_a_signal_during_mlflow_logging_finishes_the_epoch_then_stops(tmp_path, 
 
     def log_then_signal(self, metrics, step=None):
         original(self, metrics, step)
-        if step == 1:  # the second epoch's metrics
+        if step == 2:  # the second epoch's metrics (steps count epochs from 1)
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(tracking.Run, "log_metrics", log_then_signal)
@@ -194,3 +194,11 @@ def test_a_second_training_into_the_same_folder_is_refused(tmp_path, prepared):
     out = subprocess.run([sys.executable, "-m", "vaectl", "train", "--model", "ae", "--resume",
                           "--prepared", str(prepared)], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 1 and not (tmp_path / "models" / "ae").exists()
+
+
+def test_epoch_lines_are_one_based_and_the_ae_shows_no_kl(tmp_path, prepared, capsys):
+    params = parse_params({**TINY, "train": {**TINY["train"], "ae": {**TINY["train"]["ae"], "epochs": 2}}})
+    train_stage.run("ae", params, prepared, tmp_path / "m", tmp_path / "c.json")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[ae]")]
+    assert [line.split(" train ")[0] for line in lines] == ["[ae] epoch 1/2", "[ae] epoch 2/2"]
+    assert not any("kl" in line for line in lines)

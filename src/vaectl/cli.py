@@ -26,6 +26,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
+MODELS = ("vae", "ae")  # vaectl.models.KINDS, without importing torch for --help
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (YAML)")
 PREPARED = Path("data/prepared")
 
@@ -110,10 +111,10 @@ def validate(
 @app.command()
 @user_errors
 def train(
-    model: str = typer.Option(..., "--model", "-m", help="vae or ae"),
+    model: str = typer.Option(..., "--model", "-m", metavar="vae|ae", help="which model"),
     params_path: Path = PARAMS,
     prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
-    out: Path = typer.Option(None, help="checkpoint directory [default: models/MODEL]"),
+    out: Path = typer.Option(None, help="checkpoint directory", show_default="models/MODEL"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
     nproc: int = typer.Option(1, "--nproc", min=1,
                               help="training processes (torch DDP via torchrun; gloo on CPU)"),
@@ -130,11 +131,11 @@ def train(
     """
     from vaectl import train as stage
     from vaectl.distributed import launch
-    from vaectl.models import KINDS
 
-    if model not in KINDS:
-        raise UserError(f"--model must be one of {', '.join(KINDS)}, got {model!r}")
+    if model not in MODELS:  # a choice, checked here to keep the error on one line
+        raise UserError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
     out = out or Path("models") / model
+    resume_hint = f"vaectl train --model {model} --out {out}"
     params = load_params(params_path)
     if latent_dim is not None:
         params = stage.with_latent_dim(params, model, latent_dim)
@@ -148,7 +149,7 @@ def train(
                                   *(["--latent-dim", str(latent_dim)] if latent_dim else [])])
         if code == 130:
             typer.secho(f"interrupted: last checkpoint kept in {out}/last.pt; continue with "
-                        f"`vaectl train --model {model} --nproc {nproc} --resume`", fg="yellow", err=True)
+                        f"`{resume_hint} --nproc {nproc} --resume`", fg="yellow", err=True)
         elif code:
             typer.secho(f"error: a training process failed (exit {code}); see its output above",
                         fg="red", err=True)
@@ -163,7 +164,7 @@ def train(
     except KeyboardInterrupt:
         if "WORLD_SIZE" not in os.environ:  # under a launcher, the launcher says it once
             typer.secho(f"interrupted: last checkpoint kept in {out}/last.pt; continue with "
-                        f"`vaectl train --model {model} --resume`", fg="yellow", err=True)
+                        f"`{resume_hint} --resume`", fg="yellow", err=True)
         raise typer.Exit(130) from None
     if summary is not None:
         typer.echo(f"{model}: best val loss {summary['best_val_loss']:.2f} nats at epoch "
@@ -205,10 +206,13 @@ def evaluate(
     from vaectl import evaluate as stage
 
     params = load_params(params_path)
-    report = stage.run(params.eval, prepared, Path("models") / model, Path("models") / baseline,
-                       Path("models/classifier/classifier.pt"), reports, reports / "figures",
-                       params.tracking.experiment)
+    report, run_id = stage.run(params.eval, prepared, Path("models") / model, Path("models") / baseline,
+                               Path("models/classifier/classifier.pt"), reports, reports / "figures",
+                               params.tracking.experiment, echo=lambda m: typer.echo(m, err=True))
     print_comparison(report)
+    figures = sorted((reports / "figures").glob("*.png"))
+    typer.echo(f"wrote {reports / 'metrics.json'}, {reports / 'latents.json'} and {len(figures)} figures "
+               f"in {reports / 'figures'}; MLflow run {run_id} (experiment {params.tracking.experiment})")
 
 
 def print_comparison(report: dict) -> None:

@@ -24,9 +24,16 @@ from vaectl.interpolation import decode_path, path_metrics, path_ppl
 from vaectl.judge import judge_images, load_classifier, scores
 from vaectl.models import AutoEncoder
 from vaectl.objectives import bernoulli_nll, gaussian_kl, iwae_log_likelihood
-from vaectl.params import EvalParams
+from vaectl.params import EvalParams, flatten
 from vaectl.prior import generate
-from vaectl.report import LEVEL, RESAMPLES, bootstrap_mean, compare_units, flatten_model_metrics
+from vaectl.report import (
+    LEVEL,
+    RESAMPLES,
+    bootstrap_mean,
+    compare_units,
+    comparison_rows,
+    flatten_model_metrics,
+)
 
 # Images each model generates for itself: independent draws, compared unpaired. `samples`:
 # from the model's own latent prior (VAE: N(0, I); AE: a Gaussian fitted to its codes);
@@ -124,8 +131,11 @@ def compare_models(units: dict[str, dict[str, np.ndarray]], seed: int) -> tuple[
 
 
 def run(params: EvalParams, prepared: Path, model_dir: Path, baseline_dir: Path,
-        classifier_path: Path, reports: Path, figures_dir: Path, tracking_experiment: str) -> dict:
-    from vaectl import figures
+        classifier_path: Path, reports: Path, figures_dir: Path, tracking_experiment: str,
+        echo=print) -> tuple[dict, str]:
+    """Evaluate, write the reports, and log it all in one MLflow run that spans the work.
+    Returns (the report written to metrics.json, the MLflow run id)."""
+    from vaectl import tracking
 
     data_sha = manifest_sha256(prepared)
     test_images, test_labels = load_split(prepared, "test")
@@ -138,6 +148,27 @@ def run(params: EvalParams, prepared: Path, model_dir: Path, baseline_dir: Path,
                         "their test numbers would not be comparable")
     protocol = protocols.pop()
     classifier = load_classifier(classifier_path)
+    tags = tracking.standard_tags("evaluate", data_sha)
+    for name, checkpoint in (("vae", model_dir / "best.pt"), ("ae", baseline_dir / "best.pt")):
+        run_id = tracking.latest_run_id(tracking_experiment,  # the training runs, where this store has them
+                                        {tracking.CHECKPOINT_TAG: sha256_file(checkpoint)})
+        if run_id:
+            tags[f"vaectl.{name}_run_id"] = run_id
+    with tracking.start_run(tracking_experiment, "evaluate", tags) as mlrun:
+        mlrun.log_params({**flatten(params, "eval"), "test_images": len(test_images),
+                          **{f"{name}.{k}": v for name, (_, summary) in models.items()
+                             for k, v in summary["model_config"].items()}})
+        report, written = _evaluate(params, models, protocol, classifier, test_images,
+                                             test_labels, train_images, reports, figures_dir, echo)
+        log_evaluation(mlrun, report, [reports / "metrics.json", reports / "latents.json"], written)
+    return report, mlrun.run_id
+
+
+def _evaluate(params: EvalParams, models: dict, protocol: str, classifier, test_images: np.ndarray,
+              test_labels: np.ndarray, train_images: np.ndarray, reports: Path, figures_dir: Path,
+              echo) -> tuple[dict, list[Path]]:
+    from vaectl import figures
+
     cpu = torch.device("cpu")
     x_pixels, train_x = to_unit(test_images, cpu), to_unit(train_images, cpu)
     x = x_pixels if protocol == "none" else binarize(x_pixels, torch.Generator().manual_seed(params.seed))
@@ -148,7 +179,11 @@ def run(params: EvalParams, prepared: Path, model_dir: Path, baseline_dir: Path,
     results, latents, paths, samples, units = {}, {}, {}, {}, {}
     for name, (model, _) in models.items():
         generator = torch.Generator().manual_seed(params.seed)
+        echo(f"evaluate: {name}: likelihoods of {len(x)} test images"
+             + (f" (IW-NLL, k={params.iw_samples})" if model.variational else ""))
         metrics, latents[name], units[name] = likelihood_metrics(model, x, x_pixels, params, generator)
+        echo(f"evaluate: {name}: {params.interp_pairs} same-class and {params.interp_pairs} "
+             f"different-class interpolations; {params.generated} samples judged")
         for kind, kind_pairs in pairs.items():
             metrics[kind], per_pair, paths[(name, kind)] = interpolation_metrics(
                 model, x, kind_pairs, params, classifier)
@@ -161,6 +196,7 @@ def run(params: EvalParams, prepared: Path, model_dir: Path, baseline_dir: Path,
             metrics[source] = {k: float(v.mean()) for k, v in judged.items()}
             units[name].update({f"{source}.{k}": v for k, v in judged.items()})
         results[name] = metrics
+    echo(f"evaluate: {RESAMPLES}-resample bootstrap intervals; figures")
     comparison, vae_intervals = compare_models(units, params.seed)
 
     report = {
@@ -180,32 +216,32 @@ def run(params: EvalParams, prepared: Path, model_dir: Path, baseline_dir: Path,
     write_json(reports / "latents.json", latents)
     written = figures.evaluation_figures(figures_dir, models, x_pixels, test_labels, paths, pairs,
                                          samples, reports)
-    log_evaluation(report, {name: model_dir / "best.pt" for name, model_dir in
-                            (("vae", model_dir), ("ae", baseline_dir))},
-                   written, tracking_experiment, data_sha)
-    return report
+    return report, written
 
 
-def log_evaluation(report: dict, checkpoints: dict[str, Path], figure_paths: list[Path],
-                   experiment: str, data_sha: str) -> None:
-    """One MLflow run per evaluation, in the same pipeline group as the training runs and
-    tagged with their run ids where this tracking store has them."""
-    from vaectl import tracking
+def comparison_markdown(report: dict) -> str:
+    """The evaluate table as markdown (an MLflow artifact beside metrics.json)."""
+    lines = [f"VAE vs AE on {report['test_images']} test images and {report['interp_pairs']} pairs "
+             f"of each kind; 95% bootstrap intervals. {report['protocol']}.", "",
+             "| metric | VAE | AE | VAE/AE | verdict |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in comparison_rows(report)]
+    return "\n".join(lines) + "\n"
 
-    tags = tracking.standard_tags("evaluate", data_sha)
-    for name, checkpoint in checkpoints.items():
-        run_id = tracking.latest_run_id(experiment, {tracking.CHECKPOINT_TAG: sha256_file(checkpoint)})
-        if run_id:
-            tags[f"vaectl.{name}_run_id"] = run_id
-    with tracking.start_run(experiment, "evaluate", tags) as run:
-        metrics = {f"{name}.{k}": v for name in ("vae", "ae")
-                   for k, v in flatten_model_metrics(report[name]).items()}
-        for name, c in report["comparison"].items():
-            if c["ratio"] is not None:
-                metrics.update({f"vae_over_ae.{name}": c["ratio"],
-                                f"vae_over_ae.{name}.ci_low": c["ratio_ci"][0],
-                                f"vae_over_ae.{name}.ci_high": c["ratio_ci"][1]})
-        run.log_metrics(metrics)
-        run.set_tags({"vaectl.protocol": report["protocol"]})
-        for path in figure_paths:
-            run.log_artifact(path, "figures")
+
+def log_evaluation(mlrun, report: dict, reports: list[Path], figure_paths: list[Path]) -> None:
+    """Metrics with readable nested names (vae.diff_class.ppl, vae_over_ae.recon_bce and its
+    interval), the reports and the table as artifacts, the figures."""
+    metrics = {f"{name}.{k}": v for name in ("vae", "ae")
+               for k, v in flatten_model_metrics(report[name]).items() if k != "iw_k"}
+    for name, c in report["comparison"].items():
+        if c["ratio"] is not None:
+            metrics.update({f"vae_over_ae.{name}": c["ratio"],
+                            f"vae_over_ae.{name}.ci_low": c["ratio_ci"][0],
+                            f"vae_over_ae.{name}.ci_high": c["ratio_ci"][1]})
+    mlrun.log_metrics(metrics)
+    mlrun.set_tags({"vaectl.protocol": report["protocol"]})
+    mlrun.log_text(comparison_markdown(report), "comparison.md")
+    for path in reports:
+        mlrun.log_artifact(path)
+    for path in figure_paths:
+        mlrun.log_artifact(path, "figures")

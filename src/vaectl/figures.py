@@ -101,16 +101,20 @@ def evaluation_figures(out_dir: Path, models: dict, x_pixels, labels: np.ndarray
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    losses = {"vae": "−ELBO (recon + KL)", "ae": "reconstruction NLL"}  # not the same quantity
     for name in models:
         curve = reports / "curves" / f"{name}.json"
         if curve.exists():
             history = json.loads(curve.read_text())
-            epochs = [h["epoch"] + 1 for h in history]
-            ax.plot(epochs, [h["val_loss"] for h in history], label=f"{name.upper()} val")
-            ax.plot(epochs, [h["train_loss"] for h in history], "--", label=f"{name.upper()} train")
+            epochs = [h["epoch"] for h in history]
+            ax.plot(epochs, [h["val_loss"] for h in history], label=f"{name.upper()} val {losses[name]}")
+            ax.plot(epochs, [h["train_loss"] for h in history], "--",
+                    label=f"{name.upper()} train {losses[name]}")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (nats/image)")
-    ax.legend()
+    ax.set_ylabel("nats/image")
+    ax.set_title("training curves: the VAE's loss includes the KL term, the AE's does not", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     written.append(out_dir / "curves.png")
     with atomic_path(written[-1]) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -77,8 +77,9 @@ def register(rule: RegistryParams, export_root: Path, metrics_path: Path, prepar
         version_tags = {
             **{f"metric.{k}": str(v) for k, v in flatten_model_metrics(metrics[kind]).items()},
             "data_sha256": card["data_manifest_sha256"], "git_commit": tags["mlflow.source.git.commit"],
-            "checkpoint_sha256": card["checkpoint_sha256"], "training_run_id": training_run or "",
-            "dvc_exp_name": tags.get("dvc.exp_name", ""), "protocol": metrics["protocol"],
+            "checkpoint_sha256": card["checkpoint_sha256"], "protocol": metrics["protocol"],
+            **({"training_run_id": training_run} if training_run else {}),
+            **({"dvc_exp_name": tags["dvc.exp_name"]} if "dvc.exp_name" in tags else {}),
         }
         verify_export(export_dir)
         champion_value = registry_client.champion_metric(name, PRIMARY_METRIC[kind])

@@ -85,7 +85,8 @@ def comparison_rows(report: dict) -> list[tuple[str, str, str, str, str]]:
             for name, c in report["comparison"].items()]
     vae = flatten_model_metrics(report["vae"])
     for name, value in vae.items():
-        if name not in report["comparison"]:
+        if name not in report["comparison"] and name != "iw_k":  # k goes into the IW-NLL row's name
+            label = f"iw_nll (k={vae['iw_k']})" if name == "iw_nll" else name
             ci = report["vae_intervals"].get(name)
-            rows.append((name, fmt(value, ci) if isinstance(value, float) else str(value), "—", "—", ""))
+            rows.append((label, fmt(value, ci) if isinstance(value, float) else str(value), "—", "—", ""))
     return rows

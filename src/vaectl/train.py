@@ -97,7 +97,7 @@ class EpochStats:
     """What an epoch computed: determined by params and data alone, so it goes into the
     DVC-tracked curves and checkpoint. Timings go to MLflow and the log only."""
 
-    epoch: int
+    epoch: int  # 1-based, as in the terminal, MLflow steps and the figures
     train_loss: float
     train_recon: float
     train_kl: float
@@ -128,8 +128,8 @@ class Progress:
     """A live bar on a terminal; plain log lines (one per epoch) under CI and DVC. Only one
     training process (`live`) draws the bar."""
 
-    def __init__(self, label: str, total_batches: int, live: bool = True):
-        self.label, self.total = label, total_batches
+    def __init__(self, label: str, total_batches: int, epochs: int, shows_kl: bool, live: bool = True):
+        self.label, self.total, self.epochs, self.shows_kl = label, total_batches, epochs, shows_kl
         self.bar = None
         if live and sys.stderr.isatty():
             from rich.progress import Progress as RichProgress
@@ -138,17 +138,18 @@ class Progress:
             self.bar.start()
             self.task = self.bar.add_task(label, total=total_batches)
 
-    def step(self, done: int, loss: float, rate: float) -> None:
+    def step(self, epoch: int, done: int, loss: float, rate: float) -> None:
         if self.bar is not None:
             self.bar.update(self.task, completed=done,
-                            description=f"{self.label} loss {loss:8.2f} {rate:8.0f} samples/s")
+                            description=f"{self.label} epoch {epoch + 1}/{self.epochs} loss {loss:8.2f} "
+                                        f"{rate:8.0f} samples/s")
 
-    def epoch(self, stats: EpochStats, epochs: int, samples_per_s: float) -> None:
+    def epoch(self, stats: EpochStats, samples_per_s: float) -> None:
         if self.bar is not None:
             self.bar.reset(self.task)
-        print(f"[{self.label}] epoch {stats.epoch + 1}/{epochs} train {stats.train_loss:.2f} "
-              f"val {stats.val_loss:.2f} (recon {stats.val_recon:.2f} kl {stats.val_kl:.2f}) "
-              f"{samples_per_s:.0f} samples/s", flush=True)
+        terms = f" (recon {stats.val_recon:.2f} kl {stats.val_kl:.2f})" if self.shows_kl else ""
+        print(f"[{self.label}] epoch {stats.epoch}/{self.epochs} train {stats.train_loss:.2f} "
+              f"val {stats.val_loss:.2f}{terms} {samples_per_s:.0f} samples/s", flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -278,7 +279,7 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
     # A last global batch smaller than the process count cannot be shared out: it is dropped.
     steps_per_epoch = n // batch + (n % batch >= workers.world)
     n_used = min(n, steps_per_epoch * batch)
-    progress = Progress(kind, steps_per_epoch, live=workers.main)
+    progress = Progress(kind, steps_per_epoch, t.epochs, shows_kl=kind == "vae", live=workers.main)
     stop = StopRequest()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     tags = {**tracking.standard_tags(kind, data_sha), **run_tags} if workers.main else {}
@@ -318,14 +319,15 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                         shard_sizes.append(len(xb))
                         if progress.bar is not None and step % 10 == 0:
                             elapsed = time.perf_counter() - began
-                            progress.step(step + 1, float(loss), (step + 1) * batch / max(elapsed, 1e-9))
+                            progress.step(epoch, step + 1, loss.detach().item(),
+                                          (step + 1) * batch / max(elapsed, 1e-9))
                     samples_per_s = n_used / (time.perf_counter() - began)
                     sizes = torch.tensor(shard_sizes, dtype=torch.float32, device=device)
                     terms = torch.stack([torch.stack(step_terms) for step_terms in batch_terms])
                     train = sum_over_workers(sizes @ terms, workers) / n_used
                     val = evaluate_loss(model, x_val, beta, 1024) if workers.main else (0.0,) * 3
                     val = from_main(val, workers)
-                    stats = EpochStats(epoch, *train.tolist(), *val, beta)
+                    stats = EpochStats(epoch + 1, *train.tolist(), *val, beta)  # 1-based everywhere
                     if not (math.isfinite(stats.train_loss) and math.isfinite(stats.val_loss)):
                         raise UserError(f"training diverged in epoch {epoch + 1}: loss {stats.train_loss} "
                                         f"(validation {stats.val_loss}); lower train.{kind}.lr ({t.lr}) "
@@ -340,10 +342,10 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                         continue
                     mlrun.log_metrics({**{k: v for k, v in asdict(stats).items() if k != "epoch"},
                                        "samples_per_s": samples_per_s,
-                                       "epoch_time_s": time.perf_counter() - began}, step=epoch)
+                                       "epoch_time_s": time.perf_counter() - began}, step=stats.epoch)
                     if improved:
                         save_checkpoint(best_path, {"model": model.state_dict(),
-                                                    "model_config": model.config(), "epoch": epoch})
+                                                    "model_config": model.config(), "epoch": epoch + 1})
                     save_checkpoint(last_path, {
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "model_config": model.config(), "rng": rng,
@@ -352,7 +354,7 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                     })
                     if (epoch + 1) % t.sample_every == 0 or epoch + 1 == t.epochs or stopped_early:
                         log_images(mlrun, model, x_val, epoch, t.seed)
-                    progress.epoch(stats, t.epochs, samples_per_s)
+                    progress.epoch(stats, samples_per_s)
             if not workers.main:
                 return None
             summary = {

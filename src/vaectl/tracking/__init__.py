@@ -108,6 +108,9 @@ class Run:
     def log_image(self, image: np.ndarray, name: str) -> None:
         self._mlflow.log_image(image, artifact_file=name)
 
+    def log_text(self, text: str, name: str) -> None:
+        self._mlflow.log_text(text, name)
+
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self._mlflow.log_artifact(str(path), artifact_path=folder)
 
