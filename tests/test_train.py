@@ -202,3 +202,18 @@ def test_epoch_lines_are_one_based_and_the_ae_shows_no_kl(tmp_path, prepared, ca
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[ae]")]
     assert [line.split(" train ")[0] for line in lines] == ["[ae] epoch 1/2", "[ae] epoch 2/2"]
     assert not any("kl" in line for line in lines)
+
+
+def test_runs_share_setting_keys_and_log_readable_image_series(tmp_path, prepared):
+    summary = train_stage.run("vae", parse_params(TINY), prepared, tmp_path / "m", tmp_path / "c.json")
+    run = tracking.client().get_run(summary["run_id"])
+    assert run.data.params["kind"] == "vae" and run.data.params["latent_dim"] == "2"
+    assert run.data.params["train.vae.latent_dim"] == "2"
+    images = [a.path for a in tracking.client().list_artifacts(summary["run_id"], "images")]
+    steps = sorted({int(p.split("+step+")[1].split("+")[0]) for p in images if "samples" in p})
+    assert steps == [2, 4]  # sample_every 2, epochs counted from 1
+    png = next(p for p in images if "samples" in p and p.endswith(".png"))
+    local = tracking.client().download_artifacts(summary["run_id"], png, str(tmp_path / "dl"))
+    from PIL import Image
+
+    assert min(Image.open(local).size) >= 3 * 28  # enlarged to be readable

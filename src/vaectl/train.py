@@ -191,6 +191,12 @@ class StopRequest:
             raise KeyboardInterrupt
 
 
+def readable(grid: np.ndarray, scale: int = 3) -> np.ndarray:
+    """A grid enlarged `scale` times by repeating pixels: 28-pixel digits are too small to
+    read in the MLflow UI (242 x 122 px before)."""
+    return grid.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
 @torch.no_grad()
 def log_images(run, model: AutoEncoder, x_val: torch.Tensor, epoch: int, seed: int) -> None:
     """Reconstructions (top row: validation inputs spread over the split, which is sorted by
@@ -200,12 +206,12 @@ def log_images(run, model: AutoEncoder, x_val: torch.Tensor, epoch: int, seed: i
     originals = x_val[torch.linspace(0, len(x_val) - 1, 16).long()]
     recon = model.reconstruct(originals)  # at the posterior mean: no RNG draw
     grid = torch.cat([originals, recon]).cpu().numpy()
-    run.log_image(image_grid(grid, ncol=16),
-                  f"reconstructions/epoch_{epoch + 1:03d}_top-input_bottom-output.png")
+    run.log_image(readable(image_grid(grid, ncol=16)), "reconstructions_top-input_bottom-output",
+                  epoch + 1)
     if model.variational:
         z = torch.randn(64, model.latent_dim, generator=gen, device=x_val.device)
         samples = model.mean_image(z).cpu().numpy()
-        run.log_image(image_grid(samples, ncol=8), f"samples/epoch_{epoch + 1:03d}.png")
+        run.log_image(readable(image_grid(samples, ncol=8)), "samples", epoch + 1)
     model.train()
 
 
@@ -290,7 +296,10 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                 mlrun.set_tags({"vaectl.resumed_with": "; ".join(
                     f"{k}: {old} -> {new}" for k, (old, new) in resumed_with.items())})
             if workers.main and run_id is None:
-                mlrun.log_params({**_flat(params, kind), "device": device.type,
+                # this model's settings under shared keys too (latent_dim, lr, ...), so that the
+                # UI's compare view lines the VAE and AE runs up
+                mlrun.log_params({**_flat(params, kind), **flatten(getattr(params.train, kind)),
+                                  "kind": kind, "device": device.type,
                                   "threads": torch.get_num_threads(), "processes": workers.world})
                 mlrun.log_dataset(train_images, train_labels, manifest["source"]["name"] + "-train",
                                   source=str(prepared / "train.npz"), context="training")

@@ -105,8 +105,9 @@ class Run:
     def set_tags(self, tags: dict[str, str]) -> None:
         self._mlflow.set_tags(tags)
 
-    def log_image(self, image: np.ndarray, name: str) -> None:
-        self._mlflow.log_image(image, artifact_file=name)
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        """One image of a series: the UI shows a step slider per key."""
+        self._mlflow.log_image(image, key=key, step=step)
 
     def log_text(self, text: str, name: str) -> None:
         self._mlflow.log_text(text, name)
