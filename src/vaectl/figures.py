@@ -85,16 +85,26 @@ def evaluation_figures(out_dir: Path, models: dict, x_pixels, labels: np.ndarray
                      f"Latent interpolation, {kind.replace('_', '-')} test pairs "
                      "(outer columns: the real test images)", written[-1])
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+    colours = plt.get_cmap("tab10")
     for ax, (name, (model, _)) in zip(axes, models.items(), strict=True):
         with torch.no_grad():
             mu = model.encode(x_pixels)[0].numpy()
         centred = mu - mu.mean(0)
-        coords = centred[:, :2] if mu.shape[1] <= 2 else centred @ np.linalg.svd(
-            centred, full_matrices=False)[2][:2].T
-        scatter = ax.scatter(coords[:, 0], coords[:, -1], c=labels, cmap="tab10", s=4)
-        ax.set_title(f"{name.upper()} test latents ({'PCA' if mu.shape[1] > 2 else 'raw'})", fontsize=9)
-    fig.colorbar(scatter, ax=axes, ticks=range(10), label="label")
+        if mu.shape[1] <= 2:
+            coords, axis_names = centred, ["z1", "z2"][: mu.shape[1]]
+        else:  # the two principal directions, with the share of variance each explains
+            _, singular, directions = np.linalg.svd(centred, full_matrices=False)
+            share = singular**2 / (singular**2).sum()
+            coords = centred @ directions[:2].T
+            axis_names = [f"PC{i + 1} ({share[i]:.0%} of variance)" for i in range(2)]
+        for c in np.unique(labels):  # a categorical legend, not a colour bar
+            ax.scatter(coords[labels == c, 0], coords[labels == c, -1], color=colours(int(c) % 10),
+                       s=4, label=str(c))
+        ax.set_xlabel(axis_names[0], fontsize=8)
+        ax.set_ylabel(axis_names[-1], fontsize=8)
+        ax.set_title(f"{name.upper()} encoder means of the test images", fontsize=9)
+    axes[-1].legend(title="label", fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5))
     written.append(out_dir / "latent_map.png")
     with atomic_path(written[-1]) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
