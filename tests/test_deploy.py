@@ -95,6 +95,11 @@ def test_first_registration_promotes_and_the_same_model_again_does_not(deployed)
         assert again["vae"]["version"] == "2" and not again["vae"]["promoted"]
         assert registry_client.resolve_model("vae-mnist@champion") == ("vae-mnist", "1")
         assert registry_client.resolve_model("vae-mnist@candidate") == ("vae-mnist", "2")
+        described = {v: registry_client.client().get_model_version("vae-mnist", v) for v in ("1", "2")}
+        assert "@champion: promoted: no champion yet" in described["1"].description
+        assert "@champion: not promoted: iw_nll" in described["2"].description
+        assert "- iw_nll: " in described["2"].description and "Training run: " in described["2"].description
+        assert "dvc_exp_name" not in described["2"].tags  # no empty tags outside a DVC experiment
 
 
 @pytest.mark.parametrize("value, champion, smooth_ci, require_smooth, promote", [

@@ -55,6 +55,18 @@ def promotion_decision(kind: str, metrics: dict, champion_value: float | None,
                            f"by more than {rule.min_improvement}")
 
 
+def version_description(kind: str, metrics: dict, decision: Decision, training_run: str | None) -> str:
+    """What the registry UI shows for a version: its test numbers, the promotion decision and
+    where the evidence is (the training run; the evaluate run shares its vaectl.pipeline tag)."""
+    own = flatten_model_metrics(metrics[kind])
+    lines = [f"{kind.upper()} on {metrics['test_images']} test images ({metrics['protocol']}).", ""]
+    lines += [f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in sorted(own.items())]
+    lines += ["", f"@champion: {'promoted' if decision.promote else 'not promoted'}: {decision.reason}."]
+    if training_run:
+        lines.append(f"Training run: {training_run}.")
+    return "\n".join(lines)
+
+
 def register(rule: RegistryParams, export_root: Path, metrics_path: Path, prepared: Path,
              experiment: str, report_path: Path) -> dict:
     from vaectl import tracking
@@ -91,6 +103,8 @@ def register(rule: RegistryParams, export_root: Path, metrics_path: Path, prepar
         decision = promotion_decision(kind, metrics, champion_value, rule)
         if decision.promote:
             registry_client.set_alias(name, "champion", version)
+        registry_client.describe_version(name, version, version_description(
+            kind, metrics, decision, training_run))
         report[kind] = {"name": name, "version": version, "aliases": ["candidate"] +
                         (["champion"] if decision.promote else []), "promoted": decision.promote,
                         "reason": decision.reason}

@@ -54,6 +54,10 @@ def register_model(name: str, export_dir: Path, example: np.ndarray, experiment:
     return version
 
 
+def describe_version(name: str, version: str, text: str) -> None:
+    client().update_model_version(name, version, description=text)
+
+
 def set_version_tag(name: str, version: str, key: str, value: str) -> None:
     client().set_model_version_tag(name, version, key, value)
 
