@@ -29,7 +29,7 @@ lint: setup ## Ruff lint
 repro: setup ## Run the whole DVC pipeline on params.yaml (cached stages are skipped)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 
-study: setup ## The VAE-vs-AE study over beta and latent size, 3 seeds each (DVC experiments; ~40 min)
+study: setup ## The VAE-vs-AE study over beta and latent size, 3 seeds each (24 DVC experiments; 38 min)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/vaectl study
 
 ui: setup ## MLflow UI on 127.0.0.1:5000 against mlruns/
