@@ -271,7 +271,8 @@ def run(params: Params, out_dir: Path, echo=print) -> dict:
     # A trial reproduces only up to `evaluate`, but DVC then collects every output dvc.lock
     # names (the 2-D models, holes, export): they must be in the cache, so the baseline first.
     echo("study: bringing the baseline pipeline up to date first (dvc repro)")
-    dvc("repro", env=env)
+    if subprocess.run(["dvc", "repro"], env=env, stdout=sys.stderr).returncode != 0:  # shown as it runs
+        raise UserError("study: `dvc repro` of the baseline failed (its output is above)")
     start = time.monotonic()
     run_trials(todo, params.study.iw_samples, env, echo)
     wall_s = time.monotonic() - start
