@@ -82,6 +82,7 @@ def register(rule: RegistryParams, export_root: Path, metrics_path: Path, prepar
         export_dir = export_root / kind
         if not (export_dir / "checksums.json").exists():
             raise UserError(f"no export in {export_dir} (run `vaectl export`)")
+        verify_export(export_dir)  # before anything of it is read, the card included
         card = json.loads((export_dir / "model_card.json").read_text())
         tags = tracking.standard_tags(f"register-{kind}", card["data_manifest_sha256"])
         training_run = tracking.latest_run_id(
@@ -93,7 +94,6 @@ def register(rule: RegistryParams, export_root: Path, metrics_path: Path, prepar
             **({"training_run_id": training_run} if training_run else {}),
             **({"dvc_exp_name": tags["dvc.exp_name"]} if "dvc.exp_name" in tags else {}),
         }
-        verify_export(export_dir)
         champion_value = registry_client.champion_metric(name, PRIMARY_METRIC[kind])
         version = registry_client.register_model(name, export_dir, example, experiment, tags,
                                                  version_tags)
