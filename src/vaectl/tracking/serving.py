@@ -46,7 +46,7 @@ class Guard:
         too_large = f"request body larger than {self.max_body} bytes (vaectl serve --max-body)"
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             return await _reply(send, 413, too_large)
-        body, more = b"", True  # MLflow reads the whole body anyway: read it here, bounded
+        body, more = bytearray(), True  # MLflow reads the whole body anyway: read it here, bounded
         while more:
             message = await receive()
             if message["type"] != "http.request":
@@ -62,7 +62,7 @@ class Guard:
             if replayed:
                 return await receive()
             replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         start: dict = {}
         chunks: list[bytes] = []
