@@ -162,7 +162,7 @@ def train(
             summary = stage.run(model, params, prepared, out, Path("reports/curves") / f"{out.name}.json",
                                 resume=resume)
     except KeyboardInterrupt:
-        if "WORLD_SIZE" not in os.environ:  # under a launcher, the launcher says it once
+        if not launched:  # under a launcher, the launcher says it once
             typer.secho(f"interrupted: last checkpoint kept in {out}/last.pt; continue with "
                         f"`{resume_hint} --resume`", fg="yellow", err=True)
         raise typer.Exit(130) from None

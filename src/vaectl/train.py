@@ -141,7 +141,7 @@ class Progress:
     def step(self, epoch: int, done: int, loss: float, rate: float) -> None:
         if self.bar is not None:
             self.bar.update(self.task, completed=done,
-                            description=f"{self.label} epoch {epoch + 1}/{self.epochs} loss {loss:8.2f} "
+                            description=f"{self.label} epoch {epoch}/{self.epochs} loss {loss:8.2f} "
                                         f"{rate:8.0f} samples/s")
 
     def epoch(self, stats: EpochStats, samples_per_s: float) -> None:
@@ -328,7 +328,7 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                         shard_sizes.append(len(xb))
                         if progress.bar is not None and step % 10 == 0:
                             elapsed = time.perf_counter() - began
-                            progress.step(epoch, step + 1, loss.detach().item(),
+                            progress.step(epoch + 1, step + 1, loss.detach().item(),
                                           (step + 1) * batch / max(elapsed, 1e-9))
                     samples_per_s = n_used / (time.perf_counter() - began)
                     sizes = torch.tensor(shard_sizes, dtype=torch.float32, device=device)
