@@ -217,3 +217,10 @@ def test_runs_share_setting_keys_and_log_readable_image_series(tmp_path, prepare
     from PIL import Image
 
     assert min(Image.open(local).size) >= 3 * 28  # enlarged to be readable
+
+
+def test_a_new_experiment_opens_on_mlflow_3s_training_view():
+    experiment_id = tracking.ensure_experiment("kinds")
+    assert tracking.ensure_experiment("kinds") == experiment_id
+    tags = tracking.client().get_experiment(experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"

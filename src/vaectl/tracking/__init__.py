@@ -59,7 +59,10 @@ def ensure_experiment(name: str) -> str:
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):  # a local database keeps its artifacts beside it
         location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    # the experiment kind MLflow 3's UI reads to open an experiment on its training-run tabs
+    # (runs, models, compare) instead of its GenAI ones
+    return mlflow.create_experiment(name, artifact_location=location,
+                                    tags={"mlflow.experimentKind": "custom_model_development"})
 
 
 def git_commit() -> str:
