@@ -281,3 +281,21 @@ def test_pull_into_a_file_is_one_clear_line(deployed):
                          capture_output=True, text=True)
     assert out.returncode == 1 and "is a file; give a directory" in out.stderr
     assert "Traceback" not in out.stderr and target.read_text() == "keep me"
+
+
+def test_the_gated_skeleton_exports_with_parity(tmp_path):
+    """The literature preset's skeleton (gated layers, clipped log-variance) through
+    TorchScript and ONNX: ONNX Runtime agrees with torch, a clipped output included."""
+    from vaectl.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("vae", "gated-mlp", [32, 16], 4, [-6.0, 2.0]).eval()
+    with torch.no_grad():
+        model.head.bias[4:] += 50.0  # every log-variance far above the clip
+    probe = torch.rand(8, 784)
+    parity = export_stage.export_graphs(model, tmp_path, probe)
+    assert max(parity.values()) < export_stage.PARITY_TOLERANCE
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    assert np.all(session.run(None, {"x": probe.numpy()})[1] == 2.0)

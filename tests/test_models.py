@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vaectl.models import build_model
-from vaectl.objectives import bernoulli_nll, gaussian_kl, iwae_log_likelihood, log_normal, loss_terms
+from vaectl.objectives import bernoulli_nll, gaussian_kl, iwae_log_likelihood, loss_terms
 
 
 @pytest.mark.parametrize("kind", ["vae", "ae"])
@@ -48,8 +48,8 @@ def test_closed_form_kl_matches_monte_carlo():
     torch.manual_seed(0)
     mu, logvar = torch.randn(1, 6), torch.randn(1, 6) * 0.5
     z = mu + torch.randn(200_000, 6) * torch.exp(0.5 * logvar)
-    log_q = log_normal(z, mu, logvar)
-    log_p = log_normal(z, torch.zeros(6), torch.zeros(6))
+    log_q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)
+    log_p = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
     mc = (log_q - log_p).mean()
     assert abs(mc.item() - gaussian_kl(mu, logvar).item()) < 0.03
 
@@ -124,7 +124,37 @@ def test_arch_is_part_of_the_model_and_its_config():
     from vaectl.models import from_config
 
     model = build_model("vae", "mlp", [16], 3)
-    assert model.config() == {"kind": "vae", "arch": "mlp", "hidden": [16], "latent_dim": 3}
+    assert model.config() == {"kind": "vae", "arch": "mlp", "hidden": [16], "latent_dim": 3,
+                              "logvar_clip": []}
     assert from_config(model.config()).config() == model.config()
+    gated = build_model("vae", "gated-mlp", [16, 8], 3, [-6.0, 2.0])
+    assert from_config(gated.config()).config() == gated.config()
     with pytest.raises(ValueError, match="unknown model.arch 'conv'"):
         build_model("vae", "conv", [16], 3)
+
+
+def test_a_gated_layer_multiplies_by_the_sigmoid_of_its_gate():
+    """h = x and g = 0 give x * sigmoid(0) = x / 2; g = +-inf open and shut the gate."""
+    from vaectl.models import GatedDense
+
+    layer = GatedDense(2, 2)
+    with torch.no_grad():
+        layer.linear.weight.copy_(torch.cat([torch.eye(2), torch.zeros(2, 2)]))
+        layer.linear.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0]))
+        torch.testing.assert_close(layer(torch.tensor([[3.0, -4.0]])), torch.tensor([[1.5, -2.0]]))
+        layer.linear.bias.copy_(torch.tensor([0.0, 0.0, 100.0, -100.0]))
+        torch.testing.assert_close(layer(torch.tensor([[3.0, -4.0]])), torch.tensor([[3.0, 0.0]]))
+
+
+def test_gated_mlp_is_he_initialised_and_clips_the_log_variance():
+    torch.manual_seed(0)
+    model = build_model("vae", "gated-mlp", [300, 300], 40, [-6.0, 2.0])
+    first = model.encoder[0].linear.weight  # 600 x 784, std sqrt(2 / 784) = 0.0505
+    assert first.std().item() == pytest.approx((2 / 784) ** 0.5, rel=0.01)
+    assert model.decoder[-1].weight.std().item() == pytest.approx((2 / 300) ** 0.5, rel=0.01)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.cat([torch.zeros(40), torch.full((20,), -10.0), torch.full((20,), 5.0)]))
+    _, logvar = model.encode(torch.rand(3, 784))
+    assert logvar[:, :20].eq(-6.0).all() and logvar[:, 20:].eq(2.0).all()
+    assert build_model("ae", "gated-mlp", [16], 3, [-6.0, 2.0]).config()["logvar_clip"] == []

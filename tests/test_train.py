@@ -219,6 +219,39 @@ def test_runs_share_setting_keys_and_log_readable_image_series(tmp_path, prepare
     assert min(Image.open(local).size) >= 3 * 28  # enlarged to be readable
 
 
+def test_gradients_are_normalised_per_tensor_and_the_cosine_schedule_ends_at_zero():
+    layer = torch.nn.Linear(3, 2)
+    layer.weight.grad, layer.bias.grad = torch.full((2, 3), 5.0), torch.tensor([3.0, -4.0])
+    train_stage.normalise_gradients(list(layer.parameters()))
+    torch.testing.assert_close(layer.bias.grad, torch.tensor([0.6, -0.8]))
+    assert layer.weight.grad.norm().item() == pytest.approx(1.0, rel=1e-6)
+    cosine = parse_params({"train": {"vae": {"lr": 0.002, "lr_schedule": "cosine"}}}).train.vae
+    assert [train_stage.learning_rate(cosine, p) for p in (0, 0.5, 1)] == pytest.approx([0.002, 0.001, 0])
+    assert train_stage.learning_rate(parse_params({}).train.vae, 0.9) == 0.001
+
+
+def test_warm_up_validates_at_the_full_kl_weight(tmp_path, prepared):
+    """While the KL weight rises, the validation loss (checkpoint choice, early stopping) is
+    still the full -ELBO: with the warm-up's weight an early epoch would look best."""
+    params = parse_params({**TINY, "train": {**TINY["train"], "vae": {
+        **TINY["train"]["vae"], "epochs": 3, "kl_warmup_epochs": 4, "patience": 1}}})
+    train_stage.run("vae", params, prepared, tmp_path / "m", tmp_path / "c.json")
+    curve = json.loads((tmp_path / "c.json").read_text())
+    assert [e["beta"] for e in curve] == [0.25, 0.5, 0.75] and len(curve) == 3  # no stop in warm-up
+    for e in curve:
+        assert e["val_loss"] == pytest.approx(e["val_recon"] + e["val_kl"], rel=1e-6)
+
+
+def test_a_cosine_schedule_cannot_resume_with_other_epochs(tmp_path, prepared):
+    def params(epochs):
+        return parse_params({**TINY, "train": {**TINY["train"], "vae": {
+            **TINY["train"]["vae"], "epochs": epochs, "lr_schedule": "cosine", "grad_norm": True}}})
+
+    train_stage.run("vae", params(2), prepared, tmp_path / "m", tmp_path / "c.json")
+    with pytest.raises(UserError, match="train.vae.epochs 2 -> 3.*only train.vae.patience"):
+        train_stage.run("vae", params(3), prepared, tmp_path / "m", tmp_path / "c.json", resume=True)
+
+
 def test_a_new_experiment_opens_on_mlflow_3s_training_view():
     experiment_id = tracking.ensure_experiment("kinds")
     assert tracking.ensure_experiment("kinds") == experiment_id

@@ -35,8 +35,9 @@ class ValidateParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    arch: Literal["mlp"] = "mlp"
+    arch: Literal["mlp", "gated-mlp"] = "mlp"
     hidden: list[int] = field(default_factory=lambda: [512, 256])
+    logvar_clip: list[float] = field(default_factory=list)  # [low, high] of the VAE's log-variance; [] = none
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class TrainParams:
     binarize: Literal["none", "dynamic", "static"] = "dynamic"
     seed: int = 0
     sample_every: int = 5  # log sample/reconstruction grids every N epochs
+    grad_norm: bool = False  # scale each parameter's gradient to unit L2 norm before Adam
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr -> 0 over `epochs`, per step
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,9 @@ def _check_ranges(p: Params) -> None:
         (0 < p.data.test_fraction < 1, "data.test_fraction must be in (0, 1)"),
         (p.data.val_fraction + p.data.test_fraction < 1, "data val + test fractions must be < 1"),
         (all(h > 0 for h in p.model.hidden), "model.hidden sizes must be positive"),
+        (not p.model.logvar_clip or (len(p.model.logvar_clip) == 2
+                                     and p.model.logvar_clip[0] < p.model.logvar_clip[1]),
+         "model.logvar_clip must be [] or [low, high] with low < high"),
         (p.validate.min_rows >= 1, "validate.min_rows must be >= 1"),
     ]
     for name, t in (("vae", p.train.vae), ("ae", p.train.ae)):

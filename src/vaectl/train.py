@@ -71,11 +71,14 @@ def resume_state(out_dir: Path, world: int, kind: str, params: Params, data_sha:
                   for flat in (state.get("params", {}), _flat(params, kind)))
     changed = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
                if saved.get(k) != now.get(k)}
-    refused = [k for k in changed if k not in {f"train.{kind}.{name}" for name in RESUMABLE_CHANGES}]
+    # a cosine schedule is laid over `epochs`: changing them would bend the lr curve mid-run
+    resumable = [n for n in RESUMABLE_CHANGES
+                 if not (n == "epochs" and getattr(params.train, kind).lr_schedule != "constant")]
+    refused = [k for k in changed if k not in {f"train.{kind}.{name}" for name in resumable}]
     if refused:
         listed = ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
         raise UserError(f"cannot resume {path} with other params ({listed}); only "
-                        f"{', '.join(f'train.{kind}.{n}' for n in RESUMABLE_CHANGES)} may change. "
+                        f"{', '.join(f'train.{kind}.{n}' for n in resumable)} may change. "
                         f"Restore them, or train again without --resume")
     return state, changed
 
@@ -90,6 +93,22 @@ def adam(parameters, lr: float) -> torch.optim.Adam:
     """Adam's fused kernel (CPU since torch 2.4, CUDA): the same update in one pass over the
     weights instead of several; a quarter more training steps per second on a 2-core CPU."""
     return torch.optim.Adam(parameters, lr=lr, fused=True)
+
+
+def normalise_gradients(parameters: list[torch.nn.Parameter]) -> None:
+    """Each parameter tensor's gradient scaled to unit L2 norm (the published VAE recipe's
+    "AdamNormGrad"): every layer then moves at Adam's pace whatever its gradient scale."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norms = torch._foreach_norm(grads)
+    torch._foreach_add_(norms, 1e-7)
+    torch._foreach_div_(grads, norms)
+
+
+def learning_rate(t: TrainParams, progress: float) -> float:
+    """The lr after `progress` (0..1) of the planned steps: constant, or cosine decay to 0."""
+    if t.lr_schedule == "cosine":
+        return t.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return t.lr
 
 
 @dataclass
@@ -251,13 +270,15 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
         x_val = binarize(x_val, torch.Generator(device=device).manual_seed(VAL_BINARIZE_SEED))
     if t.binarize == "static":
         x_train = binarize(x_train, generator)
-    model = build_model(kind, params.model.arch, params.model.hidden, t.latent_dim).to(device)
+    model = build_model(kind, params.model.arch, params.model.hidden, t.latent_dim,
+                        params.model.logvar_clip).to(device)
     net = model
     if workers.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = adam(model.parameters(), t.lr)
+    parameters = list(model.parameters())
 
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     run_tags = {"vaectl.kind": kind, "vaectl.out_dir": str(out_dir.resolve())}
@@ -322,6 +343,12 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                         # DDP averages gradients over processes: weighting each shard's mean by
                         # its share makes that the mean over the global batch, as in one process.
                         (loss * (len(xb) * workers.world / len(global_batch))).backward()
+                        if t.grad_norm:
+                            normalise_gradients(parameters)
+                        if t.lr_schedule != "constant":
+                            planned = (epoch * steps_per_epoch + step) / (t.epochs * steps_per_epoch)
+                            for group in optimizer.param_groups:
+                                group["lr"] = learning_rate(t, planned)
                         optimizer.step()
                         stop.check()
                         batch_terms.append((loss.detach(), recon.detach(), kl.detach()))
@@ -334,7 +361,10 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                     sizes = torch.tensor(shard_sizes, dtype=torch.float32, device=device)
                     terms = torch.stack([torch.stack(step_terms) for step_terms in batch_terms])
                     train = sum_over_workers(sizes @ terms, workers) / n_used
-                    val = evaluate_loss(model, x_val, beta, 1024) if workers.main else (0.0,) * 3
+                    # validation always at the final KL weight: a loss measured with the
+                    # warm-up's smaller weight would look best early and pick that checkpoint
+                    val = (evaluate_loss(model, x_val, getattr(t, "beta", 0.0), 1024)
+                           if workers.main else (0.0,) * 3)
                     val = from_main(val, workers)
                     stats = EpochStats(epoch + 1, *train.tolist(), *val, beta)  # 1-based everywhere
                     if not (math.isfinite(stats.train_loss) and math.isfinite(stats.val_loss)):
@@ -343,13 +373,16 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                                         "(the checkpoints hold the last finite epoch, if any)")
                     improved = stats.val_loss < best_val
                     best_val = min(best_val, stats.val_loss)
-                    bad_epochs = 0 if improved else bad_epochs + 1
+                    # no early stopping while the KL weight still rises (as in the published code)
+                    warming_up = epoch + 1 < getattr(t, "kl_warmup_epochs", 0)
+                    bad_epochs = 0 if improved or warming_up else bad_epochs + 1
                     stopped_early = bool(t.patience) and bad_epochs >= t.patience
                     history.append({**asdict(stats), "stopped_early": stopped_early})
                     rng = _rng_state(generator, device, workers)
                     if not workers.main:
                         continue
                     mlrun.log_metrics({**{k: v for k, v in asdict(stats).items() if k != "epoch"},
+                                       "lr": optimizer.param_groups[0]["lr"],
                                        "samples_per_s": samples_per_s,
                                        "epoch_time_s": time.perf_counter() - began}, step=stats.epoch)
                     if improved:
