@@ -52,7 +52,8 @@ class QuadraticModel:
 
 
 def exact_metrics(model, n=200):  # 100 draws per image: the recon term's standard error ~0.04
-    params = parse_params({"eval": {"iw_samples": 2000, "iw_chunk": 1000, "batch_size": 50}}).eval
+    params = parse_params({"eval": {"iw_samples": 2000, "iw_chunk": 1000, "batch_size": 50,
+                                     "iw_precision": "float32"}}).eval
     x = torch.zeros(n, 784, dtype=torch.float64)
     return evaluate_stage.likelihood_metrics(model, x, x, params, torch.Generator().manual_seed(0))[0]
 
@@ -83,7 +84,8 @@ def test_active_units_count_latent_dims_whose_mean_moves_across_images():
     """Dim 0's encoder mean varies with the image (variance ~1), dim 1's barely (~0.0025 <
     0.01), dims 2-4 not at all: one active unit. Across the wrong axis it would count images."""
     model = QuadraticModel([0.0] * 5, [0.0] * 5, varying_dims=[(0, 2.0), (1, 0.1)])
-    params = parse_params({"eval": {"iw_samples": 2, "iw_chunk": 2, "batch_size": 50}}).eval
+    params = parse_params({"eval": {"iw_samples": 2, "iw_chunk": 2, "batch_size": 50,
+                                     "iw_precision": "float32"}}).eval
     x = torch.zeros(200, 784, dtype=torch.float64)
     x[::2, 0] = 1.0
     metrics, latents, _ = evaluate_stage.likelihood_metrics(model, x, x, params,
@@ -305,3 +307,16 @@ def test_holes_refuses_models_that_are_not_2d(trained, tmp_path):
         holes_stage.run(params.eval, prepared, tmp_path / "vae3", root / "models" / "ae",
                         root / "models" / "classifier" / "classifier.pt", tmp_path / "h.json",
                         tmp_path / "h", params.tracking.experiment)
+
+
+def test_iw_progress_reports_every_tenth_once_the_pass_takes_a_while(monkeypatch):
+    """Quiet for a quick pass; past 5 s, a line per tenth of the images with the time left."""
+    clock = iter([0.0, 1.0, 2.0] + [10.0 * i for i in range(3, 12)])
+    monkeypatch.setattr(evaluate_stage.time, "perf_counter", lambda: next(clock))
+    lines = []
+    progress = evaluate_stage.ImageProgress("evaluate: vae:", 1000, lines.append)
+    for done in range(100, 1001, 100):
+        progress(done)
+    assert lines[0] == "evaluate: vae: 300/1000 images, 30 s, about 70 s left"
+    assert lines[-1] == "evaluate: vae: 900/1000 images, 90 s, about 10 s left"
+    assert len(lines) == 7  # 300..900: not the first two (under 5 s), not the end

@@ -80,7 +80,8 @@ class ClassifierParams:
 @dataclass(frozen=True)
 class EvalParams:
     iw_samples: int = 5000  # k of the importance-weighted NLL (5000 in the literature)
-    iw_chunk: int = 250  # samples decoded at once per image batch (memory knob)
+    iw_chunk: int = 25  # samples decoded at once per image batch (speed/memory knob only)
+    iw_precision: Literal["bfloat16", "float32"] = "bfloat16"  # the decoder's matmuls in the IW-NLL
     batch_size: int = 100  # test images per batch
     seed: int = 0  # test binarisation, sampling noise, interpolation pairs
     interp_pairs: int = 500  # per kind: same-class pairs and different-class pairs
