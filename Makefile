@@ -8,10 +8,10 @@ SERVER_DIR ?= $(CURDIR)/mlflow-server
 SERVER_PORT ?= 5001
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint repro study ui server remote bench clean
+.PHONY: help setup test lint repro study literature ui server remote bench clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-8s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ repro: setup ## Run the whole DVC pipeline on params.yaml (cached stages are ski
 
 study: setup ## The VAE-vs-AE study over beta and latent size, 3 seeds each (24 DVC experiments; 38 min)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/vaectl study
+
+literature: setup ## The published VAE protocol on full Fashion-MNIST as DVC experiment fashion-literature (hours)
+	flags="$$($(BIN)/vaectl overlay --dvc-flags params/fashion-literature.yaml)" && \
+		PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc exp run -n fashion-literature $$flags
 
 ui: setup ## MLflow UI on 127.0.0.1:5000 against mlruns/
 	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (MLflow 3's training view)"

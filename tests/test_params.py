@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from vaectl import UserError
@@ -70,3 +72,36 @@ def test_yaml_error_names_the_line_and_a_directory_is_not_a_params_file(tmp_path
         load_params(path)
     with pytest.raises(UserError, match=r"params file not found: .* \(a directory\)"):
         load_params(tmp_path)
+
+
+def test_the_literature_preset_overlays_params_yaml_and_dvc_applies_it_the_same(tmp_path):
+    """`vaectl overlay` (for `--params`) and its `-S` flags (for `dvc exp run`, applied here
+    with DVC's own override code) give the same checked params."""
+    from dvc.utils.hydra import apply_overrides
+
+    from vaectl.params import apply_overlay
+
+    root = Path(__file__).parent.parent
+    merged, overrides = apply_overlay(root / "params.yaml", root / "params" / "fashion-literature.yaml")
+    params = parse_params(merged)
+    assert (params.data.name, params.model.arch, params.model.logvar_clip) == (
+        "fashion-mnist", "gated-mlp", [-6.0, 2.0])
+    assert params.train.vae.latent_dim == 40 and params.train.vae.grad_norm
+    assert params.eval == parse_params({}).eval  # untouched groups keep params.yaml's values
+    copy = tmp_path / "params.yaml"
+    copy.write_text((root / "params.yaml").read_text())
+    apply_overrides(str(copy), overrides)
+    assert load_params(copy) == params
+
+
+def test_a_bad_overlay_is_one_line(tmp_path):
+    from vaectl.params import apply_overlay
+
+    base = tmp_path / "params.yaml"
+    base.write_text("model: {hidden: [8]}\n")
+    for text, message in [("", "needs at least one key"),
+                          ("model: {hiden: [4]}", "unknown key 'model.hiden'"),
+                          ("data: {mirrors: ['a b']}", "cannot be written as a `dvc exp run -S`")]:
+        (tmp_path / "o.yaml").write_text(text)
+        with pytest.raises(UserError, match=message):
+            apply_overlay(base, tmp_path / "o.yaml")

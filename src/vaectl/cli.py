@@ -326,6 +326,31 @@ def study(
 
 @app.command()
 @user_errors
+def overlay(
+    overlay_file: Path = typer.Argument(..., help="YAML naming only the keys that differ, e.g. "
+                                        "params/fashion-literature.yaml"),
+    params_path: Path = PARAMS,
+    dvc_flags: bool = typer.Option(False, "--dvc-flags",
+                                   help="print `-S key=value` for `dvc exp run` instead"),
+):
+    """Print params.yaml with a preset's keys put in (checked), for `vaectl <stage> --params`.
+
+    Example: vaectl overlay params/fashion-literature.yaml > literature.yaml;
+    dvc exp run -n fashion-literature $(vaectl overlay --dvc-flags params/fashion-literature.yaml)
+    """
+    import yaml
+
+    from vaectl.params import apply_overlay
+
+    merged, overrides = apply_overlay(params_path, overlay_file)
+    if dvc_flags:
+        typer.echo(" ".join(f"-S {o}" for o in overrides))
+    else:
+        typer.echo(yaml.safe_dump(merged, sort_keys=False), nl=False)
+
+
+@app.command()
+@user_errors
 def pull(
     ref: str = typer.Argument(..., help="NAME@alias, NAME/version, or NAME (= NAME@champion)"),
     dest: Path = typer.Option(Path("deploy"), help="bundle directory (replaced atomically)"),

@@ -243,6 +243,11 @@ def parse_params(raw: dict | None) -> Params:
 
 
 def load_params(path: Path) -> Params:
+    return parse_params(read_mapping(path))
+
+
+def read_mapping(path: Path) -> dict | None:
+    """A YAML file's top-level mapping (None when empty), or a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"params file not found: {path}" + (" (a directory)" if path.is_dir() else ""))
@@ -257,7 +262,42 @@ def load_params(path: Path) -> Params:
         raise UserError(f"{path}: not a text file") from None
     if raw is not None and not isinstance(raw, dict):
         raise UserError(f"{path}: top level must be a mapping")
-    return parse_params(raw)
+    return raw
+
+
+def merge(base: dict, overlay: dict) -> dict:
+    """`base` with every leaf of `overlay` put in (mappings merge, anything else replaces)."""
+    out = dict(base)
+    for key, value in overlay.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = merge(base[key], value) if nested else value
+    return out
+
+
+def apply_overlay(base_path: Path, overlay_path: Path) -> tuple[dict, list[str]]:
+    """(params.yaml with an overlay's keys put in, checked like any params file; the overlay as
+    `dvc exp run -S key=value` overrides). A preset names only the keys it changes."""
+    overlay = read_mapping(overlay_path)
+    if not overlay:
+        raise UserError(f"{overlay_path}: an overlay needs at least one key")
+    merged = merge(read_mapping(base_path) or {}, overlay)
+    try:
+        parse_params(merged)
+    except UserError as err:
+        raise UserError(f"{overlay_path} on {base_path}: {err}") from None
+    return merged, [f"{key}={_override_value(value)}" for key, value in flatten(overlay).items()]
+
+
+def _override_value(value: object) -> str:
+    """A value in DVC's (Hydra's) override syntax, with no spaces, so flags split on them."""
+    if isinstance(value, list):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = str(value)
+    if not text or any(c.isspace() or c in "'\"=,[]{}()" for c in text):
+        raise UserError(f"overlay value {text!r} cannot be written as a `dvc exp run -S` override")
+    return text
 
 
 def flatten(obj: object, prefix: str = "") -> dict[str, object]:

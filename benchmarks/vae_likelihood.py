@@ -1,0 +1,89 @@
+"""A trained VAE's test-set likelihood as the literature reports it, timed.
+
+IW-NLL (eval.iw_samples, on every test image), -ELBO with its reconstruction and KL parts,
+and active units: the numbers `vaectl evaluate` computes for the VAE (the same function),
+without the AE baseline, classifier and interpolations it compares them with. For the
+literature preset (README, "A VAE at the published level"):
+
+    vaectl overlay params/fashion-literature.yaml > literature.yaml
+    vaectl fetch -p literature.yaml --out literature/prepared
+    vaectl train --model vae -p literature.yaml --prepared literature/prepared --out literature/vae
+    python benchmarks/vae_likelihood.py -p literature.yaml --prepared literature/prepared \
+        --model literature/vae
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vaectl.checkpoints import load_trained
+from vaectl.data import load_split, manifest_sha256
+from vaectl.data.tensors import binarize, to_unit
+from vaectl.evaluate import ImageProgress, likelihood_metrics
+from vaectl.params import load_params
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Training and validation -ELBO per epoch (validation at the full KL weight; training at
+    the warm-up's), and the KL weight."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (loss, weight) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, height_ratios=[3, 1])
+    loss.plot(epochs, [h["train_loss"] for h in history], label="train (at the KL weight below)")
+    loss.plot(epochs, [h["val_loss"] for h in history], label="validation -ELBO")
+    best = min(history, key=lambda h: h["val_loss"])
+    loss.axhline(best["val_loss"], color="grey", lw=0.5)
+    loss.set_ylim(best["val_loss"] - 15, best["val_loss"] + 35)
+    loss.set_ylabel("nats per image")
+    loss.legend(title=f"best validation {best['val_loss']:.2f} at epoch {best['epoch']}")
+    weight.plot(epochs, [h["beta"] for h in history], color="black")
+    weight.set_ylabel("KL weight")
+    weight.set_xlabel("epoch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-p", "--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    parser.add_argument("--model", type=Path, default=Path("models/vae"))
+    parser.add_argument("--out", type=Path, help="also write the numbers here (JSON)")
+    parser.add_argument("--curves", type=Path, help="the training's reports/curves/<name>.json, to plot")
+    parser.add_argument("--figure", type=Path, default=Path("literature_curve.png"))
+    args = parser.parse_args()
+    if args.curves:
+        plot_curves(json.loads(args.curves.read_text()), args.figure)
+
+    params = load_params(args.params).eval
+    model, summary = load_trained(args.model, "vae", manifest_sha256(args.prepared))
+    pixels = to_unit(load_split(args.prepared, "test")[0], torch.device("cpu"))
+    seeded = torch.Generator().manual_seed(params.seed)
+    x = pixels if summary["binarize"] == "none" else binarize(pixels, seeded)
+    print(f"{model.config()}, {len(x)} test images, k={params.iw_samples}, {params.iw_precision} decoder, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    began = time.perf_counter()
+    metrics, _, _ = likelihood_metrics(model, x, pixels, params, torch.Generator().manual_seed(params.seed),
+                                       ImageProgress("IW-NLL", len(x), lambda m: print(m, file=sys.stderr)))
+    seconds = time.perf_counter() - began
+    result = {key: metrics[key] for key in ("iw_nll", "neg_elbo", "elbo_recon", "elbo_kl", "active_units")}
+    result.update(iw_samples=params.iw_samples, test_images=len(x), epochs_run=summary["epochs_run"],
+                  best_epoch=summary["best_epoch"], best_val_loss=summary["best_val_loss"])
+    print(json.dumps(result, indent=1))
+    print(f"{seconds:.0f} s ({seconds / 60:.1f} min) for the likelihoods of {len(x)} images")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
