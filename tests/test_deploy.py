@@ -283,6 +283,52 @@ def test_pull_into_a_file_is_one_clear_line(deployed):
     assert "Traceback" not in out.stderr and target.read_text() == "keep me"
 
 
+def test_predict_scores_npz_and_png_folders_through_the_verified_pyfunc(deployed):
+    """`vaectl predict` in a fresh process: N x 28 x 28 uint8 in an .npz and a folder of PNGs
+    give the pyfunc's reconstructions of the same images; bad input is one line, nothing written."""
+    from PIL import Image
+
+    root = deployed["root"]
+    images = (np.random.default_rng(2).random((3, 28, 28)) * 255).astype(np.uint8)
+    np.savez(root / "digits.npz", images=images)
+    (root / "pngs").mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(root / "pngs" / f"d{i}.png")
+
+    def vaectl(*args):
+        return subprocess.run([sys.executable, "-m", "vaectl", "predict", "vae-mnist@champion", *args],
+                              cwd=root, env=deployed["env"], capture_output=True, text=True)
+
+    for source, out in (("digits.npz", "a.npz"), ("pngs", "b.npz")):
+        done = vaectl("--input", source, "--output", out)
+        assert done.returncode == 0, done.stderr
+        assert f"reconstruct of 3 rows -> {out} (output 3 x 784)" in done.stdout
+    a, b = np.load(root / "a.npz"), np.load(root / "b.npz")
+    assert str(a["mode"]) == "reconstruct" and str(a["model"]).startswith("vae-mnist/")
+    assert list(b["names"]) == ["d0.png", "d1.png", "d2.png"] and "names" not in a
+    np.testing.assert_allclose(a["output"], b["output"], atol=1e-6)
+    from vaectl.tracking import registry_client
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in deployed["env"].items():
+            mp.setenv(k, v)
+        direct = registry_client.load_pyfunc("models:/vae-mnist@champion").predict(
+            images.reshape(3, 784).astype(np.float32) / 255)
+    np.testing.assert_allclose(a["output"], direct, atol=1e-6)
+    sampled = vaectl("--mode", "sample", "--n", "4", "--output", "s.npz")
+    assert sampled.returncode == 0 and np.load(root / "s.npz")["output"].shape == (4, 784)
+
+    np.save(root / "wide.npy", np.full((2, 10), 0.5, np.float32))
+    for args, message in [(("--input", "wide.npy"), "mode reconstruct expects N x 784 input"),
+                          (("--input", "missing.npz"), "input not found: missing.npz"),
+                          (("--input", "pngs", "--mode", "explode"), "unknown mode 'explode'"),
+                          (("--mode", "encode"), "mode encode needs --input")]:
+        failed = vaectl(*args, "--output", "bad.npz")
+        assert failed.returncode == 1 and message in failed.stderr, failed.stderr
+        assert "Traceback" not in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
+        assert not (root / "bad.npz").exists()
+
+
 def test_the_gated_skeleton_exports_with_parity(tmp_path):
     """The literature preset's skeleton (gated layers, clipped log-variance) through
     TorchScript and ONNX: ONNX Runtime agrees with torch, a clipped output included."""

@@ -368,6 +368,32 @@ def pull(
 
 @app.command()
 @user_errors
+def predict(
+    ref: str = typer.Argument(..., help="NAME@alias, NAME/version, or NAME (= NAME@champion)"),
+    input_path: Path = typer.Option(None, "--input", help="an .npz (its one array, or x) or .npy of "
+                                    "N x 784 or N x 28 x 28 images (float in [0, 1], or uint8), "
+                                    "latents for decode, or a folder of 28 x 28 PNGs"),
+    output: Path = typer.Option(Path("predictions.npz"), "--output", help=".npz to write (atomically)"),
+    mode: str = typer.Option("reconstruct", metavar="reconstruct|encode|decode|sample"),
+    n: int = typer.Option(16, help="sample mode: how many images"),
+    seed: int = typer.Option(0, help="sample mode: the seed"),
+):
+    """Batch scoring through a registered model's verified pyfunc, as `serve` does.
+
+    Example: vaectl predict vae-mnist@champion --input digits/ --output recon.npz
+
+    The .npz holds `output` (encode: mean and log-variance side by side for the VAE), `mode`,
+    `model` (NAME/version) and, for PNGs, their file `names` in row order.
+    """
+    from vaectl import registry
+
+    summary = registry.predict(ref, input_path, output, mode, n, seed)
+    typer.echo(f"{summary['name']} v{summary['version']}: {mode} of {summary['rows']} rows "
+               f"-> {output} (output {' x '.join(map(str, summary['shape']))})")
+
+
+@app.command()
+@user_errors
 def serve(
     ref: str = typer.Argument("vae-mnist@champion", help="NAME@alias or NAME/version"),
     host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),

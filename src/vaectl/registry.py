@@ -1,5 +1,6 @@
-"""`vaectl register` and `vaectl pull`: the MLflow model registry, with aliases, not stages.
+"""`vaectl register`, `pull` and `predict`: the MLflow model registry, with aliases, not stages.
 
+predict: batch scoring of an .npz/.npy or a folder of PNGs through a verified bundle's pyfunc.
 register: each exported model becomes a new version (tags: test metrics, data sha, git commit,
 DVC experiment), alias `candidate`; `champion` moves only when the promotion rule holds.
 pull: NAME[@alias|/version] -> a deploy bundle whose every file (MLmodel, bundled code,
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,3 +177,73 @@ def pull(ref: str, dest: Path) -> dict:
                "model": card["model"], "test_metrics": card["test_metrics"]}
     write_json(dest / "pulled.json", summary)
     return summary
+
+
+PREDICT_MODES = ("reconstruct", "encode", "decode", "sample")
+
+
+def read_inputs(path: Path) -> tuple[np.ndarray, list[str] | None]:
+    """(rows for the pyfunc, PNG file names or None) from an .npz (its one array, or `x`), an
+    .npy, or a folder of 28 x 28 PNGs. Images may be N x 28 x 28; uint8 pixels (and PNGs)
+    are divided by 255; anything else goes to the pyfunc's own checks as it is."""
+    if path.is_dir():
+        from PIL import Image
+
+        files = sorted(path.glob("*.png"))
+        if not files:
+            raise UserError(f"{path} holds no .png files")
+        rows = []
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+            except (OSError, ValueError) as err:
+                raise UserError(f"{file}: not a readable image ({err})") from None
+            if pixels.shape != (28, 28):
+                raise UserError(f"{file}: {pixels.shape[1]} x {pixels.shape[0]} pixels; "
+                                "the model takes 28 x 28")
+            rows.append(pixels.reshape(784))
+        return np.stack(rows), [f.name for f in files]
+    if not path.is_file():
+        raise UserError(f"input not found: {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path}: not an .npz or .npy file ({str(err).splitlines()[0]})") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            keys = list(loaded.keys())
+            if len(keys) != 1 and "x" not in keys:
+                raise UserError(f"{path} holds arrays {', '.join(keys) or 'none'}; name the input x")
+            x = loaded[keys[0] if len(keys) == 1 else "x"]
+    else:
+        x = loaded
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    if x.ndim == 3:
+        x = x.reshape(len(x), -1)
+    return x, None
+
+
+def predict(ref: str, input_path: Path | None, output: Path, mode: str, n: int, seed: int) -> dict:
+    """Score `input_path` (or draw `n` samples) with NAME[@alias|/version] through the same
+    verified bundle and pyfunc as `pull` and `serve`; write `output` (.npz) atomically."""
+    from vaectl.tracking import registry_client
+
+    if mode not in PREDICT_MODES:
+        raise UserError(f"unknown mode {mode!r}: use {', '.join(PREDICT_MODES)}")
+    if mode != "sample" and input_path is None:
+        raise UserError(f"mode {mode} needs --input (an .npz/.npy or a folder of PNGs)")
+    if output.is_dir():
+        raise UserError(f"--output {output} is a directory; give a file name such as predictions.npz")
+    x, names = read_inputs(input_path) if mode != "sample" else (np.zeros((1, 1), np.float32), None)
+    with tempfile.TemporaryDirectory(prefix="vaectl-predict-") as tmp:
+        name, version, bundle, _ = download_verified(ref, Path(tmp))
+        model = registry_client.load_pyfunc(str(bundle))
+        y = registry_client.predict(model, x, {"mode": mode, "n": n, "seed": seed})
+    arrays = {"output": y, "mode": np.array(mode), "model": np.array(f"{name}/{version}")}
+    if names is not None:
+        arrays["names"] = np.array(names)
+    with atomic_path(output) as staged, open(staged, "wb") as handle:
+        np.savez(handle, **arrays)
+    return {"name": name, "version": version, "rows": len(y), "shape": list(y.shape), "output": str(output)}

@@ -80,11 +80,10 @@ with contextlib.redirect_stderr(io.StringIO()):
                 raise self._bad(f"mode {mode} expects N x {width} input, got shape {x.shape}")
             if mode != "decode" and (x.min(initial=0) < 0 or x.max(initial=0) > 1):
                 raise self._bad("pixel values must lie in [0, 1]")
-            with torch.no_grad():
-                part = self.parts[{"encode": "encoder", "decode": "decoder"}.get(mode, mode)]
-            out = part(torch.from_numpy(x.astype(np.float32)))
-            out = torch.cat(out, dim=1) if isinstance(out, tuple) else out
-            return out.detach().numpy()
+            part = self.parts[{"encode": "encoder", "decode": "decoder"}.get(mode, mode)]
+            with torch.no_grad():  # the model call itself: no autograd graph is built
+                out = part(torch.from_numpy(x.astype(np.float32)))
+            return (torch.cat(out, dim=1) if isinstance(out, tuple) else out).numpy()
 
 
 def signature():

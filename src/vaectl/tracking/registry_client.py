@@ -108,3 +108,13 @@ def download_model(name: str, version: str, dest: Path) -> Path:
 
 def load_pyfunc(uri: str):
     return mlflow_module().pyfunc.load_model(uri)
+
+
+def predict(model, x: np.ndarray, params: dict) -> np.ndarray:
+    """The pyfunc's prediction; its input checks' refusals become one-line UserErrors."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return np.asarray(model.predict(x, params=params))
+    except MlflowException as err:
+        raise UserError(err.message.strip().splitlines()[0][:300]) from None
