@@ -7,9 +7,9 @@ literature preset (README, "A VAE at the published level"):
 
     vaectl overlay params/fashion-literature.yaml > literature.yaml
     vaectl fetch -p literature.yaml --out literature/prepared
-    vaectl train --model vae -p literature.yaml --prepared literature/prepared --out literature/vae
+    vaectl train --model vae -p literature.yaml --prepared literature/prepared --out literature/vae-literature
     python benchmarks/vae_likelihood.py -p literature.yaml --prepared literature/prepared \
-        --model literature/vae
+        --model literature/vae-literature --curves reports/curves/vae-literature.json
 """
 
 from __future__ import annotations
