@@ -23,7 +23,7 @@ import torch
 
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
-from vaectl.data.tensors import binarize, to_unit
+from vaectl.evaluate import test_inputs
 from vaectl.objectives import bernoulli_nll, iwae_log_likelihood
 
 LOG_2PI = math.log(2 * math.pi)
@@ -68,9 +68,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     args = parser.parse_args()
 
-    model, _ = load_trained(args.model, "vae", manifest_sha256(args.prepared))
-    x = to_unit(load_split(args.prepared, "test")[0][: args.images], torch.device("cpu"))
-    x = binarize(x, torch.Generator().manual_seed(0))
+    model, summary = load_trained(args.model, "vae", manifest_sha256(args.prepared))
+    x, _ = test_inputs(load_split(args.prepared, "test")[0][: args.images], summary["binarize"], seed=0)
     print(f"{model.config()}, k={args.k}, {len(x)} test images, batches of {args.batch}, "
           f"{torch.get_num_threads()} threads")
     old, old_s = timed("previous (chunk 250, float32)",

@@ -24,8 +24,7 @@ import torch
 
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
-from vaectl.data.tensors import binarize, to_unit
-from vaectl.evaluate import ImageProgress, likelihood_metrics
+from vaectl.evaluate import ImageProgress, likelihood_metrics, test_inputs
 from vaectl.params import load_params
 
 
@@ -67,9 +66,7 @@ def main() -> None:
 
     params = load_params(args.params).eval
     model, summary = load_trained(args.model, "vae", manifest_sha256(args.prepared))
-    pixels = to_unit(load_split(args.prepared, "test")[0], torch.device("cpu"))
-    seeded = torch.Generator().manual_seed(params.seed)
-    x = pixels if summary["binarize"] == "none" else binarize(pixels, seeded)
+    x, pixels = test_inputs(load_split(args.prepared, "test")[0], summary["binarize"], params.seed)
     print(f"{model.config()}, {len(x)} test images, k={params.iw_samples}, {params.iw_precision} decoder, "
           f"{torch.get_num_threads()} threads", flush=True)
     began = time.perf_counter()

@@ -35,6 +35,8 @@ class QuadraticModel:
     certain zeros). For x = 0: log p(x) = -1 - (D/2) ln 3 (a Gaussian integral), the exact
     posterior is N(0, I/3), and E_q[-log p(x|z)] = |mu|^2 + sum(exp(logvar)) + 1."""
 
+    variational = True
+
     def __init__(self, mu, logvar, varying_dims=()):
         self.mu = torch.tensor(mu, dtype=torch.float64)
         self.logvar = torch.tensor(logvar, dtype=torch.float64)
@@ -207,7 +209,7 @@ def test_the_evaluate_run_spans_the_work_and_holds_params_table_and_reports(trai
     recon = report["comparison"]["recon_bce"]
     assert run.data.metrics["vae_over_ae.recon_bce"] == pytest.approx(recon["ratio"])
     artifacts = {a.path for a in tracking.client().list_artifacts(run_id)}
-    assert artifacts == {"comparison.md", "metrics.json", "latents.json", "figures"}
+    assert artifacts == {"comparison.md", "summary.json", "metrics.json", "latents.json", "figures"}
     table = tracking.client().download_artifacts(run_id, "comparison.md", str(root / "dl"))
     rows = Path(table).read_text().splitlines()
     assert rows[2] == "| metric | VAE | AE | VAE/AE | verdict |"

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 PACKAGE = SRC / "vaectl"
 STAGE_MODULES = ("vaectl.data.fetch", "vaectl.validate", "vaectl.train", "vaectl.classifier",
-                 "vaectl.evaluate", "vaectl.holes", "vaectl.export", "vaectl.registry")
+                 "vaectl.evaluate", "vaectl.holes", "vaectl.html_report", "vaectl.export", "vaectl.registry")
 
 
 def module_file(name: str) -> Path | None:

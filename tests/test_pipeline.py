@@ -85,6 +85,17 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
     assert sorted(p.name for p in (root / "reports" / "holes").iterdir()) == ["latents_2d.png",
                                                                            "manifold_2d.png"]
     assert (root / "mlruns" / "mlflow.db").exists() and (root / "mlruns" / "artifacts").is_dir()
+    # the headline is the one DVC metric; the page went to the evaluate run as well
+    shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=root, env=env))
+    assert list(shown[""]["data"]) == ["reports/summary.json"]
+    headline = shown[""]["data"]["reports/summary.json"]["data"]
+    assert headline["vae"]["iw_nll"] == metrics["vae"]["iw_nll"]
+    assert 'src="data:image/png;base64,' in (root / "reports" / "index.html").read_text()
+    code = ("from vaectl import tracking; "
+            "r = tracking.find_runs('vaectl', \"tags.`vaectl.kind` = 'evaluate'\")[0]; "
+            "print(sorted(f.path for f in tracking.client().list_artifacts(r.info.run_id)))")
+    artifacts = sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1]
+    assert "'index.html'" in artifacts and "'summary.json'" in artifacts
     registered = json.loads((root / "reports" / "registry.json").read_text())
     assert registered["vae"]["name"] == "vae-mnist" and registered["vae"]["version"] == "1"
     code = ("from vaectl.tracking import registry_client; "

@@ -196,7 +196,7 @@ def evaluate(
     baseline: str = typer.Option("ae", help="the AE baseline (a directory under models/)"),
     params_path: Path = PARAMS,
     prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
-    reports: Path = typer.Option(Path("reports"), help="where metrics.json and figures/ go"),
+    reports: Path = typer.Option(Path("reports"), help="where summary.json, metrics.json and figures/ go"),
 ):
     """Compare the VAE with the AE baseline on the test split: likelihood, reconstruction,
     interpolation smoothness, realism of midpoints and samples.
@@ -211,7 +211,8 @@ def evaluate(
                                params.tracking.experiment, echo=lambda m: typer.echo(m, err=True))
     print_comparison(report)
     figures = sorted((reports / "figures").glob("*.png"))
-    typer.echo(f"wrote {reports / 'metrics.json'}, {reports / 'latents.json'} and {len(figures)} figures "
+    typer.echo(f"wrote {reports / 'summary.json'}, {reports / 'metrics.json'}, {reports / 'latents.json'} "
+               f"and {len(figures)} figures "
                f"in {reports / 'figures'}; MLflow run {run_id} (experiment {params.tracking.experiment})")
 
 
@@ -264,12 +265,32 @@ def holes(
 
 @app.command()
 @user_errors
+def report(
+    params_path: Path = PARAMS,
+    reports: Path = typer.Option(Path("reports"), help="the stages' reports; index.html goes here"),
+):
+    """One self-contained page (tables with intervals, data checks, figures) that renders
+    with no network: reports/index.html.
+
+    Example: vaectl report && xdg-open reports/index.html
+    """
+    from vaectl import html_report as stage
+
+    experiment = load_params(params_path).tracking.experiment
+    run_id = stage.run(reports, [reports / "figures", reports / "holes"], experiment)
+    attached = (f"; attached to the evaluate MLflow run {run_id}" if run_id
+                else "; this MLflow store has no evaluate run of this metrics.json to attach it to")
+    typer.echo(f"wrote {reports / 'index.html'}{attached}")
+
+
+@app.command()
+@user_errors
 def export(
     prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
     out: Path = typer.Option(Path("export"), help="one directory per model goes here"),
     metrics: Path = typer.Option(Path("reports/metrics.json"), help="from `vaectl evaluate`"),
 ):
-    """Export both models: TorchScript + ONNX (parity-checked), latent prior, model card.
+    """Export both models: torch.export (.pt2) + ONNX (parity-checked), latent prior, model card.
 
     Example: vaectl export && ls export/vae
     """

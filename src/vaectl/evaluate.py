@@ -4,7 +4,8 @@ On the test split, for the model (a VAE) and its baseline (an AE) trained on the
 likelihood (negative ELBO and its parts, importance-weighted NLL, bits/dim: VAE only),
 reconstruction error, latent usage, interpolation smoothness on the same seeded test pairs,
 and the realism of interpolation midpoints and of generated samples as judged by a small
-classifier. Writes reports/metrics.json (a DVC metric), reports/latents.json and figures.
+classifier. Writes reports/summary.json (the headline: the DVC metric), reports/metrics.json
+(every number with its interval), reports/latents.json and figures.
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ def expected_recon_nll(model: AutoEncoder, x: torch.Tensor, samples: int,
     return bernoulli_nll(model.decode(mu + eps * torch.exp(0.5 * logvar)), x).mean(0)
 
 
+def test_inputs(test_images: np.ndarray, protocol: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x the likelihoods are of, pixels in [0, 1]): the test images binarised once with the
+    eval seed, so every model and every rerun sees the same x, unless the protocol is 'none'."""
+    pixels = to_unit(test_images, torch.device("cpu"))
+    x = pixels if protocol == "none" else binarize(pixels, torch.Generator().manual_seed(seed))
+    return x, pixels
+
+
 def accelerated(model: AutoEncoder, generator: torch.Generator, seed: int):
     """(model, generator, device) for the IW-NLL, by far the largest computation: on the GPU
     when there is one (with its own seeded generator), else the CPU ones as given."""
@@ -88,7 +97,8 @@ def likelihood_metrics(model: AutoEncoder, x: torch.Tensor, x_pixels: torch.Tens
     `progress(images done)` is called after every batch."""
     per_image: dict[str, list[torch.Tensor]] = {}
     mus, kl_dims = [], []
-    iw_model, iw_generator, iw_device = accelerated(model, generator, params.seed)
+    if model.variational:
+        iw_model, iw_generator, iw_device = accelerated(model, generator, params.seed)
     iw_dtype = {"bfloat16": torch.bfloat16, "float32": None}[params.iw_precision]
 
     def add(name: str, values: torch.Tensor) -> None:
@@ -101,7 +111,7 @@ def likelihood_metrics(model: AutoEncoder, x: torch.Tensor, x_pixels: torch.Tens
         add("recon_bce", bernoulli_nll(logits, xb))
         add("recon_mse", (torch.sigmoid(logits) - pb).pow(2).mean(-1))
         mus.append(mu)
-        if logvar is not None:
+        if model.variational:
             kl = gaussian_kl(mu, logvar)
             recon = expected_recon_nll(model, xb, 100, generator)
             add("elbo_recon", recon)
@@ -195,7 +205,10 @@ def run(params: EvalParams, prepared: Path, model_dir: Path, baseline_dir: Path,
                              for k, v in summary["model_config"].items()}})
         report, written = _evaluate(params, models, protocol, classifier, test_images,
                                              test_labels, train_images, reports, figures_dir, echo)
-        log_evaluation(mlrun, report, [reports / "metrics.json", reports / "latents.json"], written)
+        files = [reports / name for name in ("summary.json", "metrics.json", "latents.json")]
+        log_evaluation(mlrun, report, files, written)
+        # how `vaectl report` finds this run to attach its page to
+        mlrun.set_tags({tracking.METRICS_TAG: sha256_file(reports / "metrics.json")})
     return report, mlrun.run_id
 
 
@@ -204,9 +217,8 @@ def _evaluate(params: EvalParams, models: dict, protocol: str, classifier, test_
               echo) -> tuple[dict, list[Path]]:
     from vaectl import figures
 
-    cpu = torch.device("cpu")
-    x_pixels, train_x = to_unit(test_images, cpu), to_unit(train_images, cpu)
-    x = x_pixels if protocol == "none" else binarize(x_pixels, torch.Generator().manual_seed(params.seed))
+    x, x_pixels = test_inputs(test_images, protocol, params.seed)
+    train_x = to_unit(train_images, torch.device("cpu"))
     rng = np.random.default_rng(params.seed)
     pairs = {"same_class": pick_pairs(test_labels, params.interp_pairs, True, rng),
              "diff_class": pick_pairs(test_labels, params.interp_pairs, False, rng)}
@@ -249,10 +261,25 @@ def _evaluate(params: EvalParams, models: dict, protocol: str, classifier, test_
         "bootstrap": {"resamples": RESAMPLES, "level": LEVEL, "seed": params.seed},
     }
     write_json(reports / "metrics.json", report)
+    write_json(reports / "summary.json", headline(report))
     write_json(reports / "latents.json", latents)
     written = figures.evaluation_figures(figures_dir, models, x_pixels, test_labels, paths, pairs,
                                          samples, reports)
     return report, written
+
+
+def headline(report: dict) -> dict:
+    """summary.json, the DVC metric: the numbers `dvc metrics show` and `dvc exp show` lead
+    with (the VAE's likelihood, both models' reconstruction, how many compared metrics each
+    model wins at 95%). Every number with its interval is in metrics.json."""
+    wins = {"vae": 0, "ae": 0, "none": 0}
+    for c in report["comparison"].values():
+        wins[c["better"]] += 1
+    vae_keys = ("iw_nll", "neg_elbo", "recon_bce", "active_units")
+    return {"vae": {key: report["vae"][key] for key in vae_keys},
+            "ae": {"recon_bce": report["ae"]["recon_bce"]},
+            "comparisons": {"vae_better": wins["vae"], "ae_better": wins["ae"],
+                            "no_difference": wins["none"]}}
 
 
 def comparison_markdown(report: dict) -> str:

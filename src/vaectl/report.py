@@ -1,5 +1,5 @@
 """VAE-vs-AE comparisons with uncertainty, shared by the evaluate table, metrics.json, the
-model card and the registry's promotion rule.
+model card, the registry's promotion rule and the summary page.
 
 Every compared metric is a mean over units (test images, interpolation pairs, generated
 samples). Its 95% interval, and that of the VAE/AE ratio of the means, come from a seeded
@@ -74,19 +74,26 @@ def flatten_model_metrics(m: dict) -> dict:
     return flat
 
 
-def comparison_rows(report: dict) -> list[tuple[str, str, str, str, str]]:
-    """Text rows (metric, VAE [interval], AE [interval], VAE/AE [interval], verdict): the
-    compared metrics first, then the VAE's own (likelihood) with their intervals."""
-    def fmt(value: float, ci: list[float] | None = None) -> str:
-        return f"{value:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")
+def _fmt(value: float, ci: list[float] | None = None) -> str:
+    return f"{value:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")
 
-    rows = [(name, fmt(c["vae"], c["vae_ci"]), fmt(c["ae"], c["ae_ci"]),
-             fmt(c["ratio"], c["ratio_ci"]) if c["ratio"] is not None else "—", VERDICTS[c["better"]])
-            for name, c in report["comparison"].items()]
+
+def compared_rows(comparison: dict) -> list[tuple[str, str, str, str, str]]:
+    """Text rows (metric, VAE [interval], AE [interval], VAE/AE [interval], verdict) of a
+    report's `comparison` (evaluate's or the 2-D experiment's)."""
+    return [(name, _fmt(c["vae"], c["vae_ci"]), _fmt(c["ae"], c["ae_ci"]),
+             _fmt(c["ratio"], c["ratio_ci"]) if c["ratio"] is not None else "—", VERDICTS[c["better"]])
+            for name, c in comparison.items()]
+
+
+def comparison_rows(report: dict) -> list[tuple[str, str, str, str, str]]:
+    """evaluate's rows: the compared metrics first, then the VAE's own (likelihood) with
+    their intervals."""
+    rows = compared_rows(report["comparison"])
     vae = flatten_model_metrics(report["vae"])
     for name, value in vae.items():
         if name not in report["comparison"] and name != "iw_k":  # k goes into the IW-NLL row's name
             label = f"iw_nll (k={vae['iw_k']})" if name == "iw_nll" else name
             ci = report["vae_intervals"].get(name)
-            rows.append((label, fmt(value, ci) if isinstance(value, float) else str(value), "—", "—", ""))
+            rows.append((label, _fmt(value, ci) if isinstance(value, float) else str(value), "—", "—", ""))
     return rows

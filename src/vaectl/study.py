@@ -4,10 +4,10 @@ with several seeds, so that a claim about the latent space rests on more than on
 Not a pipeline stage: it drives DVC experiments. Each trial is `dvc exp run --queue` of the
 pipeline up to `evaluate` with its params (`-S`), run one at a time by `dvc queue start`
 (both cores to one trial); DVC's run cache restores whatever an earlier trial or `dvc repro`
-already trained. It then reads every trial's metrics.json back and summarises each setting
-across its seeds: mean and a 95% Student-t interval over the seeds (training-seed variance,
-which the per-run bootstrap over test images cannot see), and how many seeds' own verdicts
-went each way.
+already trained. It then reads every trial's metrics.json back from its experiment commit
+and summarises each setting across its seeds: mean and a 95% Student-t interval over the
+seeds (training-seed variance, which the per-run bootstrap over test images cannot see),
+and how many seeds' own verdicts went each way.
 """
 
 from __future__ import annotations
@@ -238,18 +238,24 @@ def run_trials(todo: list[Trial], iw_samples: int, env: dict, echo) -> None:
 
 
 def experiment_metrics(names: list[str], baseline_rev: str, env: dict) -> dict[str, dict]:
-    """Each named experiment's reports/metrics.json, from `dvc exp show --json` of the
-    commit the trials were queued on (HEAD may have moved since)."""
-    found = {}
+    """Each named experiment's reports/metrics.json: its commit from `dvc exp show --json` of
+    the commit the trials were queued on (HEAD may have moved since), the file from git (it
+    is a git-tracked output, not a DVC metric: summary.json is)."""
+    commits = {}
     for baseline in json.loads(dvc("exp", "show", "--json", "--rev", baseline_rev, env=env)):
         for exp in baseline.get("experiments") or []:
             for rev in exp.get("revs") or []:
-                data = (rev.get("data") or {}).get("metrics", {}).get("reports/metrics.json", {})
-                if rev.get("name") in names and "data" in data:
-                    found[rev["name"]] = data["data"]
+                if rev.get("name") in names and rev.get("rev"):
+                    commits[rev["name"]] = rev["rev"]
+    found = {}
+    for name, commit in commits.items():
+        shown = subprocess.run(["git", "show", f"{commit}:reports/metrics.json"], capture_output=True,
+                               text=True, env=env)
+        if shown.returncode == 0:
+            found[name] = json.loads(shown.stdout)
     missing = [n for n in names if n not in found]
     if missing:
-        raise UserError(f"study: no metrics for {', '.join(missing)} in `dvc exp show`")
+        raise UserError(f"study: no reports/metrics.json in the experiment commits of {', '.join(missing)}")
     return found
 
 

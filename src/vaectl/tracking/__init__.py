@@ -22,6 +22,7 @@ import numpy as np
 from vaectl.params import flatten
 
 CHECKPOINT_TAG = "vaectl.checkpoint_sha256"  # on a training run: sha256 of its best.pt
+METRICS_TAG = "vaectl.metrics_sha256"  # on an evaluate run: sha256 of the metrics.json it wrote
 
 
 def repo_root() -> Path:
@@ -172,6 +173,13 @@ def latest_run_id(experiment: str, tags: dict[str, str]) -> str | None:
     query = " and ".join(f"tags.`{k}` = {quote(v)}" for k, v in tags.items())
     runs = find_runs(experiment, query)
     return runs[0].info.run_id if runs else None
+
+
+def attach_artifacts(run_id: str, paths: list[Path]) -> None:
+    """Add files to a finished run without reopening it (its status and duration stay)."""
+    mlflow_client = client()
+    for path in paths:
+        mlflow_client.log_artifact(run_id, str(path))
 
 
 def client():

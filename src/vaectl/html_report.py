@@ -1,0 +1,137 @@
+"""`vaectl report`: reports/index.html, one self-contained page of the pipeline's answer.
+
+Figures embedded, inline style, no script and no network fetch, so it renders offline and on
+air-gapped machines (the great-expectations Data Docs and `dvc plots show` load theirs from a
+CDN): the VAE-vs-AE table with intervals, the 2-D experiment, every data check with its
+observed value, the figures, and links to the JSON reports. It holds only what the reports
+determine (no dates, paths or run ids), so a rebuild is byte-identical. The page is also
+attached to the evaluate MLflow run whose metrics.json it shows.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from vaectl import UserError
+from vaectl.files import atomic_path, sha256_file
+from vaectl.report import LEVEL, compared_rows, comparison_rows
+
+CAPTIONS = {  # figure file name -> what it shows
+    "reconstructions.png": "Test images (top) and their reconstructions by the VAE and the AE",
+    "samples.png": "Samples: each model decodes draws from its own latent prior",
+    "interpolation_same_class.png": "Latent interpolations between two test images of one class",
+    "interpolation_diff_class.png": "Latent interpolations between test images of different classes",
+    "latent_map.png": "Test latents projected on their first two principal components",
+    "curves.png": "Validation loss per epoch: the VAE's −ELBO and the AE's reconstruction BCE",
+    "latents_2d.png": "2-D latents of the test images (VAE and AE trained with latent_dim 2)",
+    "manifold_2d.png": "Images decoded from a grid over each 2-D latent space (holes: unrecognisable ones)",
+}
+LINKS = ("summary.json", "metrics.json", "latents.json", "holes.json", "validation.json",
+         "data_docs/index.html")
+
+
+def read_report(path: Path, stage: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: run `vaectl {stage}` first (or `dvc repro`)") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err}); rerun `vaectl {stage}`") from None
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], css_class: str = "numbers") -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
+                   for row in rows)
+    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _observed(result: dict) -> str:
+    """A data check's observed value: the measured value, or how many rows broke the rule."""
+    if "observed_value" in result:
+        return str(result["observed_value"])
+    if "unexpected_count" in result:
+        return f"{result['unexpected_count']} of {result.get('element_count', '?')} rows break it"
+    return json.dumps(result, sort_keys=True)
+
+
+def validation_rows(validation: dict) -> list[tuple[str, str, str, str, str]]:
+    rows = []
+    for table, checks in sorted(validation["tables"].items()):
+        for check in checks["expectations"]:
+            rule = ", ".join(f"{k}={v}" for k, v in sorted(check["kwargs"].items()))
+            rows.append((table, check["expectation"].removeprefix("expect_"), rule,
+                         _observed(check["result"]), "pass" if check["success"] else "FAIL"))
+    return rows
+
+
+def figure_html(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    caption = html.escape(CAPTIONS.get(path.name, path.stem.replace("_", " ")))
+    return (f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{caption} (<code>{html.escape(path.name)}</code>)</figcaption></figure>")
+
+
+STYLE = """body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f2f2f2}
+.numbers td{text-align:right}.numbers td:first-child,.numbers td:last-child{text-align:left}
+figure{margin:1em 0}img{max-width:100%;border:1px solid #ddd}figcaption{color:#555;font-size:13px}
+.ok{color:#176b1b}.bad{color:#b00020;font-weight:bold}code{background:#f4f4f4;padding:0 3px}"""
+
+
+def page(metrics: dict, summary: dict, holes: dict, validation: dict, figures: list[Path]) -> str:
+    """The self-contained HTML page."""
+    level = f"{LEVEL:.0%}"
+    top = summary["comparisons"]
+    data_ok = validation["success"]
+    compare_header = ("metric", "VAE", "AE", "VAE/AE", "verdict")
+    sections = [
+        f"<h1>vaectl: VAE vs AE</h1><p>{html.escape(metrics['protocol'])}; "
+        f"{metrics['test_images']} test images, {metrics['interp_pairs']} interpolation pairs of each kind. "
+        f"Values are means with {level} bootstrap intervals "
+        f"({metrics['bootstrap']['resamples']} resamples); a verdict names a model only when the "
+        f"interval of the difference excludes 0. Of {sum(top.values())} compared metrics, "
+        f"the VAE is better on {top['vae_better']}, the AE on {top['ae_better']}, and "
+        f"{top['no_difference']} show no significant difference.</p>",
+        "<h2>Test metrics</h2>" + _table(compare_header, comparison_rows(metrics)),
+        f"<h2>2-D latent experiment: holes</h2><p>Share of decoded images the classifier does "
+        f"not recognise (max probability under {holes['hole_threshold']}), for a "
+        f"{holes['grid']}×{holes['grid']} grid and for samples.</p>"
+        + _table(compare_header, compared_rows(holes["comparison"])),
+        f"<h2>Data checks</h2><p class=\"{'ok' if data_ok else 'bad'}\">"
+        f"{validation['expectations_evaluated'] - validation['expectations_failed']} of "
+        f"{validation['expectations_evaluated']} passed.</p>"
+        + _table(("table", "check", "rule", "observed", "result"), validation_rows(validation), "checks"),
+        "<h2>Figures</h2>" + "".join(figure_html(path) for path in figures),
+        "<h2>Files</h2><ul>" + "".join(f'<li><a href="{name}">{name}</a></li>' for name in LINKS)
+        + "</ul><p>The great-expectations Data Docs load their scripts and styles from a CDN; "
+        "this page and the JSON reports need no network.</p>",
+    ]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>vaectl report</title><style>{STYLE}</style></head><body>\n"
+            + "\n".join(sections) + "\n</body></html>\n")
+
+
+def run(reports: Path, figure_dirs: list[Path], experiment: str) -> str | None:
+    """Write `reports`/index.html; attach it to the evaluate run. Returns that run's id, or
+    None when this MLflow store has none for this metrics.json."""
+    from vaectl import tracking
+
+    metrics_path = reports / "metrics.json"
+    metrics = read_report(metrics_path, "evaluate")
+    summary = read_report(reports / "summary.json", "evaluate")
+    holes = read_report(reports / "holes.json", "holes")
+    validation = read_report(reports / "validation.json", "validate")
+    figures = [path for folder in figure_dirs for path in sorted(folder.glob("*.png"))]
+    if not figures:
+        raise UserError(f"no figures in {', '.join(map(str, figure_dirs))}: run `vaectl evaluate` first")
+    with atomic_path(reports / "index.html") as staged:
+        staged.write_text(page(metrics, summary, holes, validation, figures), encoding="utf-8")
+    run_id = tracking.latest_run_id(experiment, {tracking.METRICS_TAG: sha256_file(metrics_path)})
+    if run_id:
+        tracking.attach_artifacts(run_id, [reports / "index.html"])
+    return run_id

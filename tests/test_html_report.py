@@ -1,0 +1,112 @@
+"""The headline DVC metric (evaluate's summary.json) and `vaectl report`'s offline page, from
+reports with known contents."""
+
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+
+from vaectl import UserError
+from vaectl.evaluate import headline
+from vaectl.files import sha256_file, write_json
+from vaectl.html_report import run
+from vaectl.report import compare_units
+
+# A 1 x 1 PNG: the page must carry these exact bytes.
+PIXEL = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+k"
+                         "cQAAAABJRU5ErkJggg==")
+
+
+def reports_with_known_answers(root):
+    """Four comparisons whose verdicts are known (two VAE wins, one AE win, one tie), a
+    validation report with one failed check, and one figure in each figure folder."""
+    rng, units = np.random.default_rng(0), np.random.default_rng(1).gamma(2.0, size=300)
+    compared = {
+        "recon_bce": compare_units("recon_bce", units, 0.5 * units, True, rng),  # AE half the cost
+        "diff_class.ppl": compare_units("diff_class.ppl", 0.5 * units, units, True, rng),
+        "same_class.ppl": compare_units("same_class.ppl", 0.5 * units, units, True, rng),
+        "samples.entropy": compare_units("samples.entropy", units, units.copy(), True, rng),
+    }
+    assert [c["better"] for c in compared.values()] == ["ae", "vae", "vae", "none"]
+    metrics = {"protocol": "binarised test set", "test_images": 300, "interp_pairs": 300,
+               "bootstrap": {"resamples": 2000, "level": 0.95, "seed": 0},
+               "vae": {"iw_nll": 101.25, "neg_elbo": 108.5, "recon_bce": 83.0, "active_units": 7,
+                       "iw_k": 5000},
+               "ae": {"recon_bce": 41.5}, "comparison": compared,
+               "vae_intervals": {"iw_nll": [99.0, 103.5]}}
+    holes = {"grid": 20, "hole_threshold": 0.5,
+             "comparison": {"grid.unrecognised": compare_units("grid.unrecognised", units, units,
+                                                               False, rng)}}
+    failed = {"expectation": "expect_table_row_count_to_equal", "kwargs": {"value": 500},
+              "result": {"observed_value": 499}, "success": False}
+    passed = {"expectation": "expect_column_values_to_be_between", "kwargs": {"column": "pixel_max"},
+              "result": {"element_count": 10, "unexpected_count": 3}, "success": True}
+    validation = {"success": False, "expectations_evaluated": 2, "expectations_failed": 1,
+                  "tables": {"test_images": {"expectations": [failed, passed], "success": False}}}
+    reports = root / "reports"
+    summary = headline(metrics)
+    for name, doc in (("metrics", metrics), ("summary", summary), ("holes", holes),
+                      ("validation", validation)):
+        write_json(reports / f"{name}.json", doc)
+    for folder in ("figures", "holes"):
+        (reports / folder).mkdir()
+        (reports / folder / f"{folder}_pixel.png").write_bytes(PIXEL)
+    return reports
+
+
+@pytest.fixture
+def reports(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("VAECTL_ROOT", str(tmp_path))
+    return reports_with_known_answers(tmp_path)
+
+
+def test_summary_holds_the_headline_numbers_and_the_verdict_counts(reports):
+    assert json.loads((reports / "summary.json").read_text()) == {
+        "vae": {"iw_nll": 101.25, "neg_elbo": 108.5, "recon_bce": 83.0, "active_units": 7},
+        "ae": {"recon_bce": 41.5},
+        "comparisons": {"vae_better": 2, "ae_better": 1, "no_difference": 1},
+    }
+
+
+def test_page_is_self_contained_and_shows_the_evidence(reports):
+    run(reports, [reports / "figures", reports / "holes"], "vaectl")
+    page = (reports / "index.html").read_text()
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing fetched from a network
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert [base64.b64decode(i) for i in images] == [PIXEL, PIXEL]
+    assert "the VAE is better on 2, the AE on 1, and 1 show no significant difference" in page
+    assert "<td>499</td><td>FAIL</td>" in page  # a failed check, with what was observed
+    assert "<td>3 of 10 rows break it</td><td>pass</td>" in page
+    assert "1 of 2 passed" in page
+    assert "<td>101.2 [99, 103.5]</td>" in page  # the VAE's own number with its interval
+    first = (reports / "index.html").read_bytes()
+    run(reports, [reports / "figures", reports / "holes"], "vaectl")
+    assert (reports / "index.html").read_bytes() == first  # nothing that differs between runs
+
+
+def test_page_is_attached_to_the_evaluate_run_of_that_metrics_file(reports):
+    from vaectl import tracking
+
+    with tracking.start_run("vaectl", "evaluate", {"vaectl.kind": "evaluate"}) as other:
+        pass  # an evaluate run of some other metrics.json
+    tag = {tracking.METRICS_TAG: sha256_file(reports / "metrics.json")}
+    with tracking.start_run("vaectl", "evaluate", tag) as mine:
+        pass
+    assert run(reports, [reports / "figures", reports / "holes"], "vaectl") == mine.run_id
+    listed = lambda run_id: sorted(f.path for f in tracking.client().list_artifacts(run_id))  # noqa: E731
+    assert listed(mine.run_id) == ["index.html"]
+    assert listed(other.run_id) == []
+    assert tracking.run_status(mine.run_id) == "FINISHED"
+
+
+@pytest.mark.parametrize("missing, stage", [("holes.json", "vaectl holes"),
+                                            ("summary.json", "vaectl evaluate")])
+def test_a_missing_report_names_the_stage_that_writes_it(reports, missing, stage):
+    (reports / missing).unlink()
+    with pytest.raises(UserError, match=f"{missing} not found: run `{stage}` first"):
+        run(reports, [reports / "figures", reports / "holes"], "vaectl")
+    assert not (reports / "index.html").exists()
