@@ -1,5 +1,5 @@
 """Serving: requests/s and p50/p99 latency of `vaectl serve` on loopback at batch 1 and 64,
-and in-process reconstruction throughput of ONNX Runtime vs TorchScript vs eager torch.
+and in-process reconstruction throughput of ONNX Runtime vs torch.export vs eager torch.
 
 Needs a registered model (run `make repro` first). Sequential requests from one client, a
 bounded number of them, to 127.0.0.1 only.
@@ -64,11 +64,11 @@ def in_process(export_dir: Path, batch: int, repeats: int) -> dict[str, float]:
     x = np.random.default_rng(0).random((batch, 784), dtype=np.float32)
     session = onnxruntime.InferenceSession(str(export_dir / "reconstruct.onnx"),
                                            providers=["CPUExecutionProvider"])
-    scripted = torch.jit.load(str(export_dir / "reconstruct.pt"))
+    program = torch.export.load(export_dir / "reconstruct.pt2").module()
     model, _ = load_trained(Path("models/vae"), "vae", manifest_sha256(Path("data/prepared")))
     eager = Reconstruct(model).eval()
     runners = {"onnxruntime": lambda: session.run(None, {"x": x}),
-               "torchscript": lambda: scripted(torch.from_numpy(x)),
+               "torch.export": lambda: program(torch.from_numpy(x)),
                "eager torch": lambda: eager(torch.from_numpy(x))}
     rates = {}
     with torch.no_grad():

@@ -67,17 +67,20 @@ def test_export_parity_files_and_dynamic_batch(deployed):
     for kind in ("vae", "ae"):
         assert max(deployed["cards"][kind]["onnx_parity_max_abs_diff"].values()) < 1e-4
         files = json.loads((root / "export" / kind / "checksums.json").read_text())
-        assert {"encoder.onnx", "decoder.pt", "reconstruct.onnx", "model_card.md"} <= set(files)
-    for archive in (root / "export").glob("*/*.pt"):  # no trace of where it was built
+        assert {"encoder.onnx", "decoder.pt2", "reconstruct.onnx", "model_card.md"} <= set(files)
+    archives = list((root / "export").glob("*/*.pt2"))
+    assert len(archives) == 6
+    for archive in archives:  # no trace of where it was built, no test images
         with zipfile.ZipFile(archive) as z:
-            assert not [n for n in z.namelist() if n.endswith((".debug_pkl", "serialization_id"))]
             assert not any(b"site-packages" in z.read(n) or str(REPO).encode() in z.read(n)
+                           or str(root).encode() in z.read(n) for n in z.namelist())
+            assert not any(n.endswith("sample_inputs/model.pt") and len(z.read(n)) > 2000
                            for n in z.namelist())
     session = onnxruntime.InferenceSession(str(root / "export" / "vae" / "reconstruct.onnx"))
     x = np.random.default_rng(0).random((7, 784), dtype=np.float32)  # not the traced batch size
-    scripted = torch.jit.load(str(root / "export" / "vae" / "reconstruct.pt"))
+    program = torch.export.load(root / "export" / "vae" / "reconstruct.pt2").module()
     with torch.no_grad():
-        expected = scripted(torch.from_numpy(x)).detach().numpy()
+        expected = program(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(session.run(None, {"x": x})[0], expected, atol=1e-5)
 
 
@@ -100,6 +103,25 @@ def test_first_registration_promotes_and_the_same_model_again_does_not(deployed)
         assert "@champion: not promoted: iw_nll" in described["2"].description
         assert "- iw_nll: " in described["2"].description and "Training run: " in described["2"].description
         assert "dvc_exp_name" not in described["2"].tags  # no empty tags outside a DVC experiment
+        # the version's evidence: its source run and logged model carry the test numbers and
+        # the training settings, and point at the training and evaluate runs
+        from vaectl import tracking
+
+        metrics = json.loads((root / "reports" / "metrics.json").read_text())
+        version = described["1"]
+        source = tracking.client().get_run(version.run_id)
+        assert source.data.metrics["test.iw_nll"] == pytest.approx(metrics["vae"]["iw_nll"])
+        assert source.data.params["latent_dim"] == str(deployed["cards"]["vae"]["architecture"]["latent_dim"])
+        evaluate_id = tracking.find_runs("vaectl", "tags.`vaectl.kind` = 'evaluate'")[0].info.run_id
+        assert source.data.tags["vaectl.evaluate_run_id"] == evaluate_id == version.tags["evaluate_run_id"]
+        training = tracking.client().get_run(source.data.tags["vaectl.training_run_id"])
+        assert training.info.run_name == "train-vae"
+        assert f"Evaluate run (VAE-vs-AE table with intervals, figures, report page): {evaluate_id}" in \
+            version.description
+        logged = tracking.client().get_logged_model(version.source.removeprefix("models:/"))
+        logged_metrics = {m.key: m.value for m in logged.metrics}
+        assert logged_metrics["test.iw_nll"] == pytest.approx(metrics["vae"]["iw_nll"])
+        assert logged.params["binarize"] == deployed["cards"]["vae"]["binarize"]
 
 
 @pytest.mark.parametrize("value, champion, smooth_ci, require_smooth, promote", [
@@ -216,10 +238,10 @@ def test_pyfunc_rejects_bad_inputs_with_a_message(deployed):
         ]:
             with pytest.raises(MlflowException, match=message):
                 model.predict(bad, params=params)
-        with pytest.raises(MlflowException):
-            model.predict(good.astype(np.float64))  # the signature wants float32
-        with pytest.raises(MlflowException, match="does not match expected shape"):
-            model.predict(good.reshape(2, 28, 28))  # the signature is 2-D
+        with pytest.raises(MlflowException, match="expected float input"):
+            model.predict(np.full((2, 784), 1, np.uint8))
+        assert np.array_equal(model.predict(good.reshape(2, 28, 28)), model.predict(good))  # images
+        assert np.array_equal(model.predict(good.astype(np.float64)), model.predict(good))
 
 
 def _post(port: int, body: bytes) -> tuple[int, dict]:
@@ -331,7 +353,7 @@ def test_predict_scores_npz_and_png_folders_through_the_verified_pyfunc(deployed
 
 def test_the_gated_skeleton_exports_with_parity(tmp_path):
     """The literature preset's skeleton (gated layers, clipped log-variance) through
-    TorchScript and ONNX: ONNX Runtime agrees with torch, a clipped output included."""
+    torch.export and ONNX: ONNX Runtime agrees with torch, a clipped output included."""
     from vaectl.models import build_model
 
     torch.manual_seed(0)

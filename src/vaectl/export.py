@@ -1,7 +1,7 @@
 """`vaectl export`: deployable artifacts of each trained model.
 
-Per model, in export/<kind>/: TorchScript and ONNX (dynamic batch) of the encoder, the
-decoder (latent -> pixel probabilities) and the full reconstruction; an ONNX Runtime vs
+Per model, in export/<kind>/: torch.export programs (.pt2) and ONNX, any batch size, of the
+encoder, the decoder (latent -> pixel probabilities) and the full reconstruction; an ONNX Runtime vs
 torch parity check; the latent prior used by `sample` (N(0, I) for the VAE, a Gaussian fitted
 to the training latents for the AE); a model card (markdown + JSON); sha256 checksums.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import to_unit
 from vaectl.files import atomic_path, sha256_file, write_json
 from vaectl.models import AutoEncoder
+from vaectl.params import PREDICT_MODES
 from vaectl.prior import latent_prior
 from vaectl.report import comparison_rows, flatten_model_metrics
 
@@ -57,21 +57,21 @@ class Reconstruct(nn.Module):
         return self.model.reconstruct(x)
 
 
-def strip_debug_info(archive: Path) -> None:
-    """Rewrite a TorchScript archive without its *.debug_pkl records (the trace's Python
-    call stack, with the absolute paths of this checkout and its venv) and without the
-    serialization id derived from them, so that the export is the same bytes wherever it
-    is built. torch.jit.load needs neither; records keep their order, dates are pinned."""
-    with zipfile.ZipFile(archive) as source:
-        records = [(info.filename, source.read(info)) for info in source.infolist()
-                   if not info.filename.endswith((".debug_pkl", ".data/serialization_id"))]
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as target:
-        for name, data in records:
-            target.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+def save_program(module: nn.Module, example: torch.Tensor, dest: Path) -> None:
+    """`dest` (.pt2): torch.export's ExportedProgram of `module`, any batch size, saved without
+    what would make it differ between checkouts (each node's Python stack trace, with the
+    absolute paths of this checkout and its venv) and without the example input (test
+    images), so the export is the same bytes wherever it is built."""
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    for node in program.graph.nodes:
+        node.meta.pop("stack_trace", None)
+    program.example_inputs = None
+    torch.export.save(program, dest)
 
 
 def export_graphs(model: AutoEncoder, out: Path, probe: torch.Tensor) -> dict[str, float]:
-    """Write <part>.pt (TorchScript) and <part>.onnx for each part; return the max abs
+    """Write <part>.pt2 (torch.export) and <part>.onnx for each part; return the max abs
     difference between ONNX Runtime and torch on `probe` per part."""
     import onnxruntime
 
@@ -85,10 +85,9 @@ def export_graphs(model: AutoEncoder, out: Path, probe: torch.Tensor) -> dict[st
     parity = {}
     for name, (module, example, inputs, outputs) in parts.items():
         module.eval()
+        save_program(module, example, out / f"{name}.pt2")
         with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-            torch.jit.save(torch.jit.trace(module, example), str(out / f"{name}.pt"))
-            strip_debug_info(out / f"{name}.pt")
+            warnings.simplefilter("ignore")  # the ONNX exporter's deprecation notices
             torch.onnx.export(module, (example,), str(out / f"{name}.onnx"), input_names=inputs,
                               output_names=outputs, dynamo=False,
                               dynamic_axes={n: {0: "batch"} for n in inputs + outputs})
@@ -113,8 +112,8 @@ def model_card(kind: str, summary: dict, metrics: dict, manifest_sha: str, check
         "data_manifest_sha256": manifest_sha,
         "test_metrics": flatten_model_metrics(metrics[kind]), "protocol": metrics["protocol"],
         "onnx_parity_max_abs_diff": parity,
-        "inputs": "float32 N x 784 pixels in [0, 1] (decode: N x latent_dim latents)",
-        "modes": ["reconstruct", "encode", "decode", "sample"],
+        "inputs": "float N x 784 or N x 28 x 28 pixels in [0, 1] (decode: N x latent_dim latents)",
+        "modes": list(PREDICT_MODES),
     }
     table = "\n".join(f"| {' | '.join(row)} |" for row in rows)
     arch = summary["model_config"]
@@ -135,8 +134,8 @@ def model_card(kind: str, summary: dict, metrics: dict, manifest_sha: str, check
 
 ## Use
 
-`mlflow.pyfunc.load_model(uri).predict(x, params={{"mode": "reconstruct"}})` with x a float32
-N x 784 array in [0, 1]; modes: reconstruct, encode (mean and log-variance for the VAE),
+`mlflow.pyfunc.load_model(uri).predict(x, params={{"mode": "reconstruct"}})` with x a float
+N x 784 or N x 28 x 28 array in [0, 1]; modes: reconstruct, encode (mean and log-variance for the VAE),
 decode (x = N x latent_dim latents), sample (params n, seed).
 """
     return card, text

@@ -95,6 +95,11 @@ class EvalParams:
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
 
 
+# What a registered model's predict does (its `mode` param): the pyfunc checks it, `vaectl
+# predict` checks it before downloading anything, and the model card lists it.
+PREDICT_MODES = ("reconstruct", "encode", "decode", "sample")
+
+
 @dataclass(frozen=True)
 class RegistryParams:
     vae_name: str = "vae-mnist"

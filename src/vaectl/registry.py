@@ -21,7 +21,7 @@ import numpy as np
 
 from vaectl import UserError
 from vaectl.files import atomic_path, sha256_file, write_json
-from vaectl.params import RegistryParams
+from vaectl.params import PREDICT_MODES, RegistryParams
 from vaectl.report import flatten_model_metrics
 
 PRIMARY_METRIC = {"vae": "iw_nll", "ae": "recon_bce"}  # lower is better for both
@@ -50,22 +50,24 @@ def promotion_decision(kind: str, metrics: dict, champion_value: float | None,
                                    "significantly smoother")
     if champion_value is None:
         return Decision(True, f"no champion yet; {metric} {value:.3f}")
-    if value < champion_value - rule.min_improvement:
-        return Decision(True, f"{metric} {value:.3f} beats champion's {champion_value:.3f} "
-                              f"by more than {rule.min_improvement}")
-    return Decision(False, f"{metric} {value:.3f} does not beat champion's {champion_value:.3f} "
-                           f"by more than {rule.min_improvement}")
+    better = value < champion_value - rule.min_improvement
+    # six significant digits, so that close values show where they differ (0.0004 nats, say)
+    return Decision(better, f"{metric} {value:.6g} {'beats' if better else 'does not beat'} champion's "
+                            f"{champion_value:.6g} by more than {rule.min_improvement}")
 
 
-def version_description(kind: str, metrics: dict, decision: Decision, training_run: str | None) -> str:
+def version_description(kind: str, metrics: dict, decision: Decision, training_run: str | None,
+                        evaluate_run: str | None) -> str:
     """What the registry UI shows for a version: its test numbers, the promotion decision and
-    where the evidence is (the training run; the evaluate run shares its vaectl.pipeline tag)."""
+    where the evidence is (the training and evaluate runs)."""
     own = flatten_model_metrics(metrics[kind])
     lines = [f"{kind.upper()} on {metrics['test_images']} test images ({metrics['protocol']}).", ""]
     lines += [f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in sorted(own.items())]
     lines += ["", f"@champion: {'promoted' if decision.promote else 'not promoted'}: {decision.reason}."]
     if training_run:
         lines.append(f"Training run: {training_run}.")
+    if evaluate_run:
+        lines.append(f"Evaluate run (VAE-vs-AE table with intervals, figures, report page): {evaluate_run}.")
     return "\n".join(lines)
 
 
@@ -78,6 +80,7 @@ def register(rule: RegistryParams, export_root: Path, metrics_path: Path, prepar
     if not metrics_path.exists():
         raise UserError(f"evaluation metrics not found: {metrics_path} (run `vaectl evaluate`)")
     metrics = json.loads(metrics_path.read_text())
+    evaluate_run = tracking.latest_run_id(experiment, {tracking.METRICS_TAG: sha256_file(metrics_path)})
     example = load_split(prepared, "test")[0][:2].reshape(2, -1).astype(np.float32) / 255
     report = {}
     for kind, name in (("vae", rule.vae_name), ("ae", rule.ae_name)):
@@ -94,11 +97,17 @@ def register(rule: RegistryParams, export_root: Path, metrics_path: Path, prepar
             "data_sha256": card["data_manifest_sha256"], "git_commit": tags["mlflow.source.git.commit"],
             "checkpoint_sha256": card["checkpoint_sha256"], "protocol": metrics["protocol"],
             **({"training_run_id": training_run} if training_run else {}),
+            **({"evaluate_run_id": evaluate_run} if evaluate_run else {}),
             **({"dvc_exp_name": tags["dvc.exp_name"]} if "dvc.exp_name" in tags else {}),
         }
         champion_value = registry_client.champion_metric(name, PRIMARY_METRIC[kind])
+        tags.update({f"vaectl.{key}": value for key, value in
+                     (("training_run_id", training_run), ("evaluate_run_id", evaluate_run)) if value})
+        evidence = {"params": {**card["architecture"], "binarize": card["binarize"]},
+                    "metrics": {f"test.{k}": float(v) for k, v in flatten_model_metrics(metrics[kind]).items()
+                                if k != "iw_k"} | {"best_val_loss": card["best_val_loss"]}}
         version = registry_client.register_model(name, export_dir, example, experiment, tags,
-                                                 version_tags)
+                                                 version_tags, evidence)
         with tempfile.TemporaryDirectory(prefix="vaectl-bundle-") as tmp:  # what was stored
             listing = bundle_listing(registry_client.download_model(name, version, Path(tmp)))
         registry_client.set_version_tag(name, version, BUNDLE_TAG, json.dumps(listing, sort_keys=True))
@@ -106,7 +115,7 @@ def register(rule: RegistryParams, export_root: Path, metrics_path: Path, prepar
         if decision.promote:
             registry_client.set_alias(name, "champion", version)
         registry_client.describe_version(name, version, version_description(
-            kind, metrics, decision, training_run))
+            kind, metrics, decision, training_run, evaluate_run))
         report[kind] = {"name": name, "version": version, "aliases": ["candidate"] +
                         (["champion"] if decision.promote else []), "promoted": decision.promote,
                         "reason": decision.reason}
@@ -179,13 +188,10 @@ def pull(ref: str, dest: Path) -> dict:
     return summary
 
 
-PREDICT_MODES = ("reconstruct", "encode", "decode", "sample")
-
-
 def read_inputs(path: Path) -> tuple[np.ndarray, list[str] | None]:
     """(rows for the pyfunc, PNG file names or None) from an .npz (its one array, or `x`), an
-    .npy, or a folder of 28 x 28 PNGs. Images may be N x 28 x 28; uint8 pixels (and PNGs)
-    are divided by 255; anything else goes to the pyfunc's own checks as it is."""
+    .npy, or a folder of 28 x 28 PNGs. uint8 pixels (and PNGs) are divided by 255; anything
+    else (N x 28 x 28 images too) goes to the pyfunc's own checks as it is."""
     if path.is_dir():
         from PIL import Image
 
@@ -220,8 +226,6 @@ def read_inputs(path: Path) -> tuple[np.ndarray, list[str] | None]:
         x = loaded
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
-    if x.ndim == 3:
-        x = x.reshape(len(x), -1)
     return x, None
 
 

@@ -1,4 +1,4 @@
-"""The deployable model: an MLflow pyfunc over the TorchScript parts that `vaectl export`
+"""The deployable model: an MLflow pyfunc over the torch.export programs that `vaectl export`
 writes, with an explicit signature. Loaded by `mlflow.pyfunc.load_model` in any process."""
 
 from __future__ import annotations
@@ -6,9 +6,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import warnings
 
 import numpy as np
+
+from vaectl.params import PREDICT_MODES
 
 # The vaectl files a registered version needs to load (this module and what it imports),
 # bundled with it as code: the deployment depends on nothing else of the package.
@@ -16,7 +17,7 @@ BUNDLED_FILES = ("__init__.py", "params.py", "tracking/__init__.py", "tracking/p
 PREDICT_DEFAULTS = {"mode": "reconstruct", "n": 16, "seed": 0}
 MAX_SAMPLES_ENV, MAX_SAMPLES_DEFAULT = "VAECTL_SERVE_MAX_SAMPLES", 1000  # bound on `n` (sample mode)
 ARTIFACTS = {  # pyfunc artifact key -> file written by `vaectl export`
-    "encoder": "encoder.pt", "decoder": "decoder.pt", "reconstruct": "reconstruct.pt",
+    "encoder": "encoder.pt2", "decoder": "decoder.pt2", "reconstruct": "reconstruct.pt2",
     "encoder_onnx": "encoder.onnx", "decoder_onnx": "decoder.onnx",
     "reconstruct_onnx": "reconstruct.onnx", "prior": "prior.npz", "model_card": "model_card.json",
     "model_card_md": "model_card.md", "checksums": "checksums.json",
@@ -30,19 +31,17 @@ with contextlib.redirect_stderr(io.StringIO()):
     import mlflow.pyfunc
 
     class AutoEncoderPyfunc(mlflow.pyfunc.PythonModel):
-        """MLflow pyfunc over the exported TorchScript parts. Input: float32 N x 784 pixels in
-        [0, 1] (the signature is 2-D, so MLflow rejects N x 28 x 28 before predict runs; the
-        exported TorchScript parts take either, ONNX takes N x 784); `params={"mode": ...}` picks reconstruct
-        (default), encode, decode (N x latent_dim latents) or sample (`n`, `seed`)."""
+        """MLflow pyfunc over the exported torch.export programs. Input: N x 784 or N x 28 x 28
+        pixels in [0, 1] (any float dtype; the signature leaves the input's rank open, and
+        predict checks it); `params={"mode": ...}` picks reconstruct (default), encode, decode
+        (N x latent_dim latents) or sample (`n`, `seed`)."""
 
         def load_context(self, context):
             import torch
 
             art = context.artifacts
-            with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated
-                warnings.simplefilter("ignore", FutureWarning)
-                self.parts = {p: torch.jit.load(art[p], map_location="cpu")
-                              for p in ("encoder", "decoder", "reconstruct")}
+            self.parts = {part: torch.export.load(art[part]).module()
+                          for part in ("encoder", "decoder", "reconstruct")}
             prior = np.load(art["prior"])
             self.mean, self.chol = prior["mean"], prior["chol"]
             self.latent_dim = len(self.mean)
@@ -57,8 +56,8 @@ with contextlib.redirect_stderr(io.StringIO()):
 
             params = {**PREDICT_DEFAULTS, **(params or {})}
             mode = params["mode"]
-            if mode not in ("reconstruct", "encode", "decode", "sample"):
-                raise self._bad(f"unknown mode {mode!r}: use reconstruct, encode, decode or sample")
+            if mode not in PREDICT_MODES:
+                raise self._bad(f"unknown mode {mode!r}: use {', '.join(PREDICT_MODES)}")
             if mode == "sample":
                 n, seed = int(params["n"]), int(params["seed"])
                 most = int(os.environ.get(MAX_SAMPLES_ENV, MAX_SAMPLES_DEFAULT))
@@ -72,7 +71,9 @@ with contextlib.redirect_stderr(io.StringIO()):
                     return self.parts["decoder"](torch.from_numpy(z.astype(np.float32))).detach().numpy()
             x = np.asarray(model_input)
             if x.dtype.kind != "f":
-                raise self._bad(f"expected float32 input, got {x.dtype}")
+                raise self._bad(f"expected float input (pixels in [0, 1]), got {x.dtype}")
+            if mode != "decode" and x.ndim == 3 and x.shape[1:] == (28, 28):
+                x = x.reshape(len(x), 784)
             if np.isnan(x).any() or np.isinf(x).any():
                 raise self._bad("input contains NaN or infinite values")
             width = self.latent_dim if mode == "decode" else 784
@@ -87,12 +88,13 @@ with contextlib.redirect_stderr(io.StringIO()):
 
 
 def signature():
-    """2-D float32 in and out (any width: pixels or latents), and the predict params."""
+    """The predict params and a 2-D float32 output (pixels or latents). No input schema:
+    MLflow would fix its rank and reject N x 28 x 28 images before predict, which checks
+    shape, dtype and range itself."""
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-    any_width = TensorSpec(np.dtype(np.float32), (-1, -1))
     return ModelSignature(
-        inputs=Schema([any_width]), outputs=Schema([any_width]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1))]),
         params=ParamSchema([ParamSpec("mode", "string", "reconstruct"), ParamSpec("n", "long", 16),
                             ParamSpec("seed", "long", 0)]))

@@ -10,7 +10,17 @@ import numpy as np
 
 from vaectl import UserError
 from vaectl.tracking import client, mlflow_module, start_run
-from vaectl.tracking.pyfunc import ARTIFACTS, BUNDLED_FILES, AutoEncoderPyfunc, signature
+from vaectl.tracking.pyfunc import ARTIFACTS, BUNDLED_FILES, signature
+
+# MLflow's models-from-code: a registered version holds this script (and the bundled vaectl
+# files), which MLflow runs to build the model when it loads it, instead of a pickled object.
+MODEL_CODE = '''"""vaectl's deployable model, built by MLflow when it loads this version."""
+import mlflow.models
+
+from vaectl.tracking.pyfunc import AutoEncoderPyfunc
+
+mlflow.models.set_model(AutoEncoderPyfunc())
+'''
 
 
 def champion_metric(name: str, metric: str) -> float | None:
@@ -26,9 +36,11 @@ def champion_metric(name: str, metric: str) -> float | None:
 
 
 def register_model(name: str, export_dir: Path, example: np.ndarray, experiment: str,
-                   tags: dict[str, str], version_tags: dict[str, str]) -> str:
+                   tags: dict[str, str], version_tags: dict[str, str], evidence: dict) -> str:
     """Log the pyfunc (with its exported parts) in a run of its own, register it as a new
-    version of `name`, tag it, set alias `candidate`. Returns the version."""
+    version of `name`, tag it, set alias `candidate`. Returns the version. `evidence`
+    ({'params', 'metrics'}: the training settings and test numbers) goes on the register run
+    and on MLflow 3's logged model, so the version's source run and model page show them."""
     import torch
 
     mlflow = mlflow_module()
@@ -41,10 +53,14 @@ def register_model(name: str, export_dir: Path, example: np.ndarray, experiment:
         for relative in BUNDLED_FILES:
             (Path(code) / "vaectl" / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(package / relative, Path(code) / "vaectl" / relative)
+        (Path(code) / "autoencoder_model.py").write_text(MODEL_CODE)
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=AutoEncoderPyfunc(), artifacts=artifacts,
+            name="model", python_model=str(Path(code) / "autoencoder_model.py"), artifacts=artifacts,
             signature=signature(), input_example=example, registered_model_name=name,
-            pip_requirements=requirements, code_paths=[str(Path(code) / "vaectl")])
+            pip_requirements=requirements, code_paths=[str(Path(code) / "vaectl")],
+            params={k: str(v) for k, v in evidence["params"].items()})
+        run.log_params(evidence["params"])
+        mlflow.log_metrics(evidence["metrics"], model_id=info.model_id)  # the run's and the model's
         run.log_artifact(export_dir / "model_card.md")
     version = str(info.registered_model_version)
     c = client()
