@@ -8,7 +8,7 @@ SERVER_DIR ?= $(CURDIR)/mlflow-server
 SERVER_PORT ?= 5001
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint repro study literature ui server remote bench clean
+.PHONY: help setup test lint repro study literature ui screenshots server remote bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ ui: setup ## MLflow UI on 127.0.0.1:5000 against mlruns/
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
 		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts
+
+screenshots: setup ## MLflow UI and offline-report screenshots in headless Chromium, after make repro (docs/screenshots)
+	$(BIN)/python benchmarks/screenshots.py
 
 server: setup ## Shared MLflow tracking server on 127.0.0.1:5001 (sqlite + artifact root in SERVER_DIR)
 	mkdir -p $(SERVER_DIR)

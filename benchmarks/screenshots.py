@@ -1,0 +1,118 @@
+"""Screenshots of what users see, in headless Chromium, after `make repro`: the MLflow
+compare view of train-vae vs train-ae, the evaluate run (params, metrics, its artifacts), the
+registered VAE version with its evidence, and reports/index.html rendered with the network
+cut off (every request goes to a dead proxy, so anything the page fetched would be missing).
+
+    apt-get install -y chromium-headless-shell   # or chromium
+    python benchmarks/screenshots.py [--out docs/screenshots]
+
+It serves this repo's MLflow store (mlruns/) on a free loopback port for the shots and stops
+it afterwards. Each shot is checked for being more than a blank page (at least a few distinct
+colours), and the script exits non-zero if one is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
+
+
+def browser() -> str:
+    for name in BROWSERS:
+        if shutil.which(name):
+            return name
+    sys.exit("no headless Chromium found: apt-get install -y chromium-headless-shell")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def shoot(url: str, dest: Path, size: tuple[int, int], offline: bool = False) -> None:
+    """One screenshot; JavaScript gets 20 s of virtual time to render the page."""
+    with tempfile.TemporaryDirectory(prefix="vaectl-chromium-") as profile:
+        args = [browser(), "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+                "--virtual-time-budget=20000", f"--screenshot={dest}"]
+        if offline:  # every network request goes to a closed port: nothing can be fetched
+            args += ["--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>"]
+        subprocess.run([*args, url], check=True, capture_output=True, timeout=120)
+    colours = len(np.unique(np.asarray(Image.open(dest).convert("RGB")).reshape(-1, 3), axis=0))
+    if colours < 20:
+        sys.exit(f"{dest.name}: the page rendered blank ({colours} colours): {url}")
+    print(f"{dest}: {url} ({colours} colours)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    parser.add_argument("--experiment", default="vaectl")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    from vaectl import tracking
+
+    report = ROOT / "reports" / "index.html"
+    if not (ROOT / "mlruns" / "mlflow.db").exists() or not report.exists():
+        sys.exit("run `make repro` first: no mlruns/mlflow.db or reports/index.html")
+    runs = {}
+    for run in tracking.find_runs(args.experiment):
+        runs.setdefault(run.info.run_name, run)  # newest first: keep the latest of each name
+    missing = [n for n in ("train-vae", "train-ae", "evaluate") if n not in runs]
+    if missing:
+        sys.exit(f"no {', '.join(missing)} run in experiment {args.experiment}: run `make repro` first")
+    experiment_id = runs["evaluate"].info.experiment_id
+    registered = json.loads((ROOT / "reports" / "registry.json").read_text())["vae"]
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", tracking.default_tracking_uri(),
+         "--default-artifact-root", (ROOT / "mlruns" / "artifacts").as_uri()],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(base, timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            sys.exit("the MLflow UI did not come up in 120 s")
+        args.out.mkdir(parents=True, exist_ok=True)
+        pair = json.dumps([runs["train-vae"].info.run_id, runs["train-ae"].info.run_id])
+        evaluate = f"{base}/#/experiments/{experiment_id}/runs/{runs['evaluate'].info.run_id}"
+        shots = {
+            "compare_train_runs.png": (f"{base}/#/compare-runs?runs={pair}&experiments=[\"{experiment_id}\"]",
+                                       (1400, 1400)),
+            "evaluate_run.png": (evaluate, (1400, 1400)),
+            "evaluate_run_artifacts.png": (f"{evaluate}/artifacts?artifactPath=comparison.md", (1400, 1000)),
+            "model_version.png": (f"{base}/#/models/{registered['name']}/versions/{registered['version']}",
+                                  (1400, 1200)),
+        }
+        for name, (url, size) in shots.items():
+            shoot(url, args.out / name, size)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    shoot(report.as_uri(), args.out / "report_offline.png", (1200, 1600), offline=True)
+
+
+if __name__ == "__main__":
+    main()
