@@ -101,7 +101,7 @@ def main() -> None:
         shots = {
             "compare_train_runs.png": (f"{base}/#/compare-runs?runs={pair}&experiments=[\"{experiment_id}\"]",
                                        (1400, 1400)),
-            "evaluate_run.png": (evaluate, (1400, 1400)),
+            "evaluate_run.png": (evaluate, (1400, 2600)),
             "evaluate_run_artifacts.png": (f"{evaluate}/artifacts?artifactPath=comparison.md", (1400, 1000)),
             "model_version.png": (f"{base}/#/models/{registered['name']}/versions/{registered['version']}",
                                   (1400, 1200)),
