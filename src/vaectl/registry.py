@@ -92,20 +92,21 @@ def register(rule: RegistryParams, export_root: Path, metrics_path: Path, prepar
         tags = tracking.standard_tags(f"register-{kind}", card["data_manifest_sha256"])
         training_run = tracking.latest_run_id(
             experiment, {tracking.CHECKPOINT_TAG: card["checkpoint_sha256"]})
+        evidence_runs = {key: run_id for key, run_id in (("training_run_id", training_run),
+                                                         ("evaluate_run_id", evaluate_run)) if run_id}
+        test_metrics = flatten_model_metrics(metrics[kind])
         version_tags = {
-            **{f"metric.{k}": str(v) for k, v in flatten_model_metrics(metrics[kind]).items()},
+            **{f"metric.{k}": str(v) for k, v in test_metrics.items()},
             "data_sha256": card["data_manifest_sha256"], "git_commit": tags["mlflow.source.git.commit"],
             "checkpoint_sha256": card["checkpoint_sha256"], "protocol": metrics["protocol"],
-            **({"training_run_id": training_run} if training_run else {}),
-            **({"evaluate_run_id": evaluate_run} if evaluate_run else {}),
+            **evidence_runs,
             **({"dvc_exp_name": tags["dvc.exp_name"]} if "dvc.exp_name" in tags else {}),
         }
         champion_value = registry_client.champion_metric(name, PRIMARY_METRIC[kind])
-        tags.update({f"vaectl.{key}": value for key, value in
-                     (("training_run_id", training_run), ("evaluate_run_id", evaluate_run)) if value})
+        tags.update({f"vaectl.{key}": run_id for key, run_id in evidence_runs.items()})
         evidence = {"params": {**card["architecture"], "binarize": card["binarize"]},
-                    "metrics": {f"test.{k}": float(v) for k, v in flatten_model_metrics(metrics[kind]).items()
-                                if k != "iw_k"} | {"best_val_loss": card["best_val_loss"]}}
+                    "metrics": {f"test.{k}": float(v) for k, v in test_metrics.items() if k != "iw_k"}
+                    | {"best_val_loss": card["best_val_loss"]}}
         version = registry_client.register_model(name, export_dir, example, experiment, tags,
                                                  version_tags, evidence)
         with tempfile.TemporaryDirectory(prefix="vaectl-bundle-") as tmp:  # what was stored
