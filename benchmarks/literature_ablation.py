@@ -1,12 +1,12 @@
 """What each option of the literature preset buys, at a short budget: the preset, and the
-preset with one option at a time back at its default, trained for the same few epochs on
-the same data, then the IW-NLL of the same test images (and the preset again with another
-training seed, for the size of training noise).
+preset with one option at a time back at its default (or, for the VampPrior, added), trained
+for the same few epochs on the same data, then the IW-NLL of the same test images (and the
+preset again with another training seed, for the size of training noise).
 
     vaectl overlay params/fashion-literature.yaml > literature.yaml
     vaectl fetch -p literature.yaml --out literature/prepared
     python benchmarks/literature_ablation.py -p literature.yaml --prepared literature/prepared \
-        --epochs 40 --images 2000 --k 1000
+        --epochs 40 --images 2000 --k 1000 [--only "VampPrior, 500 pseudo-images" --only ...]
 
 Every variant runs `epochs` epochs with a KL warm-up over the first fifth (the preset's 100
 epochs of warm-up would not end) and a cosine schedule over those epochs. These are the
@@ -41,6 +41,8 @@ VARIANTS = {  # name -> (model changes, train.vae changes), relative to the pres
     "plain Adam (no unit-norm gradients)": ({}, {"grad_norm": False}),
     "constant lr (no cosine decay)": ({}, {"lr_schedule": "constant"}),
     "preset, training seed 1": ({}, {"seed": 1}),
+    "VampPrior, 500 pseudo-images": ({"pseudo_inputs": 500}, {}),
+    "VampPrior, 100 pseudo-images": ({"pseudo_inputs": 100}, {}),
 }
 
 
@@ -52,7 +54,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000, help="test images for the IW-NLL")
     parser.add_argument("--k", type=int, default=1000, help="importance samples per image")
     parser.add_argument("--out", type=Path, help="also write the table here (JSON)")
+    parser.add_argument("--only", action="append",
+                        help="a variant to run, repeatable (the preset always runs)")
     args = parser.parse_args()
+    chosen = {"preset", *(args.only or VARIANTS)}
+    if unknown := chosen - set(VARIANTS):
+        parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
 
     from vaectl import train
 
@@ -64,6 +71,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vaectl-ablation-") as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"  # not this repo's store
         for name, (model_changes, train_changes) in VARIANTS.items():
+            if name not in chosen:
+                continue
             vae = dataclasses.replace(preset.train.vae, epochs=args.epochs, patience=0,
                                       kl_warmup_epochs=args.epochs // 5, sample_every=args.epochs,
                                       **train_changes)

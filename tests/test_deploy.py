@@ -30,11 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def train_to_registry(root):
     """Tiny models trained, evaluated, exported and registered under `root`, tracked wherever
-    MLFLOW_TRACKING_URI points."""
+    MLFLOW_TRACKING_URI points. The VAE has a VampPrior (3 pseudo-images), so its mixture
+    goes the whole way to the pyfunc's sample mode; the AE's fitted Gaussian is the 1-component case."""
     prepared = write_prepared(root / "prepared", {"train": synthetic_digits(30, 1),
                                                   "val": synthetic_digits(5, 2),
                                                   "test": synthetic_digits(5, 3)})
-    params = parse_params(TINY_EVAL)
+    params = parse_params({**TINY_EVAL, "model": {**TINY_EVAL["model"], "pseudo_inputs": 3}})
     for kind in ("vae", "ae"):
         train_stage.run(kind, params, prepared, root / "models" / kind,
                         root / "reports" / "curves" / f"{kind}.json")
@@ -227,7 +228,11 @@ def test_pyfunc_rejects_bad_inputs_with_a_message(deployed):
         assert model.predict(good).shape == (2, 784)
         assert model.predict(good, params={"mode": "encode"}).shape == (2, 4)  # mean, log-variance
         assert model.predict(np.zeros((3, 2), np.float32), params={"mode": "decode"}).shape == (3, 784)
-        assert model.predict(good, params={"mode": "sample", "n": 5}).shape == (5, 784)
+        sample = lambda m, seed: m.predict(good, params={"mode": "sample", "n": 5, "seed": seed})  # noqa: E731
+        assert sample(model, 0).shape == (5, 784) and np.array_equal(sample(model, 0), sample(model, 0))
+        assert not np.allclose(sample(model, 0), sample(model, 1))
+        ae = registry_client.load_pyfunc("models:/ae-mnist@champion")
+        assert sample(ae, 0).shape == (5, 784) and np.array_equal(sample(ae, 0), sample(ae, 0))
         nan = good.copy()
         nan[0, 0] = np.nan
         for bad, params, message in [
@@ -349,6 +354,23 @@ def test_predict_scores_npz_and_png_folders_through_the_verified_pyfunc(deployed
         assert failed.returncode == 1 and message in failed.stderr, failed.stderr
         assert "Traceback" not in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
         assert not (root / "bad.npz").exists()
+
+
+def test_the_vae_ships_its_vampprior_mixture_and_the_ae_one_gaussian(deployed):
+    from vaectl.models import from_config
+
+    root = deployed["root"]
+    state = torch.load(root / "models" / "vae" / "best.pt", weights_only=True)
+    model = from_config(state["model_config"])
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        means, logvars = model.encode(state["model"]["pseudo"].clamp(0, 1))
+    prior = np.load(root / "export" / "vae" / "prior.npz")
+    assert prior["means"].shape == (3, 2) and prior["chols"].shape == (3, 2, 2)
+    np.testing.assert_allclose(prior["means"], means.numpy(), atol=1e-6)
+    stds = torch.exp(0.5 * logvars).numpy()
+    np.testing.assert_allclose(prior["chols"], np.stack([np.diag(s) for s in stds]), atol=1e-6)
+    assert np.load(root / "export" / "ae" / "prior.npz")["means"].shape == (1, 2)
 
 
 def test_the_gated_skeleton_exports_with_parity(tmp_path):

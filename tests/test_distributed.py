@@ -27,9 +27,9 @@ def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("VAECTL_ROOT", str(tmp_path))
 
 
-def train(tmp_path, prepared, out, *args, epochs=6):
-    params = {**TWO_PROCESS, "train": {**TWO_PROCESS["train"], "vae": {
-        **TWO_PROCESS["train"]["vae"], "epochs": epochs}}}
+def train(tmp_path, prepared, out, *args, epochs=6, model=None):
+    params = {**TWO_PROCESS, "model": {**TWO_PROCESS["model"], **(model or {})},
+              "train": {**TWO_PROCESS["train"], "vae": {**TWO_PROCESS["train"]["vae"], "epochs": epochs}}}
     (tmp_path / f"params-{epochs}.yaml").write_text(json.dumps(params))
     return subprocess.run(
         [sys.executable, "-m", "vaectl", "train", "--model", "vae", "--params", f"params-{epochs}.yaml",
@@ -51,6 +51,20 @@ def test_two_processes_reach_the_loss_of_one(tmp_path, prepared):
     (run,) = tracking.find_runs("vaectl", "params.processes = '2'")  # only rank 0 logged
     assert run.info.status == "FINISHED"
     assert run.data.tags[tracking.CHECKPOINT_TAG] == sha256_file(tmp_path / "two" / "best.pt")
+
+
+def test_two_processes_train_a_vampprior_like_one(tmp_path, prepared):
+    """The VampPrior's pseudo-images are used outside DDP's forward (by the KL), the encoder
+    both inside and outside it: the two-process run must still run, learn and match one."""
+    vampprior = {"pseudo_inputs": 5}
+    one = train(tmp_path, prepared, "one", model=vampprior)
+    two = train(tmp_path, prepared, "two", "--nproc", "2", model=vampprior)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    curves = {name: [e["val_loss"] for e in torch.load(tmp_path / name / "last.pt",
+                                                        weights_only=True)["history"]]
+              for name in ("one", "two")}
+    assert curves["two"][-1] < curves["two"][0] - 20
+    assert abs(curves["two"][-1] - curves["one"][-1]) / curves["one"][-1] < VAL_LOSS_TOLERANCE
 
 
 def test_two_process_resume_equals_uninterrupted(tmp_path, prepared):

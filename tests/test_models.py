@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from vaectl.models import build_model
-from vaectl.objectives import bernoulli_nll, gaussian_kl, iwae_log_likelihood, loss_terms
+from vaectl.models import build_model, mixture_log_density
+from vaectl.objectives import bernoulli_nll, gaussian_kl, iwae_log_likelihood, kl_to_prior, loss_terms
+from vaectl.prior import latent_prior, moment_matched, sample_latents
 
 
 @pytest.mark.parametrize("kind", ["vae", "ae"])
@@ -54,10 +55,10 @@ def test_closed_form_kl_matches_monte_carlo():
     assert abs(mc.item() - gaussian_kl(mu, logvar).item()) < 0.03
 
 
-def vae_with_fixed_posterior(mu: list[float], logvar: list[float]):
+def vae_with_fixed_posterior(mu: list[float], logvar: list[float], pseudo_inputs: int = 0):
     """A VAE whose q(z|x) is N(mu, exp(logvar)) for every x and whose decoder says p = 0.5
     for every pixel: every loss term has a closed form."""
-    model = build_model("vae", "mlp", [4], len(mu))
+    model = build_model("vae", "mlp", [4], len(mu), pseudo_inputs=pseudo_inputs)
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
@@ -125,10 +126,13 @@ def test_arch_is_part_of_the_model_and_its_config():
 
     model = build_model("vae", "mlp", [16], 3)
     assert model.config() == {"kind": "vae", "arch": "mlp", "hidden": [16], "latent_dim": 3,
-                              "logvar_clip": []}
+                              "logvar_clip": [], "pseudo_inputs": 0}
     assert from_config(model.config()).config() == model.config()
-    gated = build_model("vae", "gated-mlp", [16, 8], 3, [-6.0, 2.0])
-    assert from_config(gated.config()).config() == gated.config()
+    gated = build_model("vae", "gated-mlp", [16, 8], 3, [-6.0, 2.0], pseudo_inputs=7)
+    assert from_config(gated.config()).config() == gated.config() and gated.pseudo.shape == (7, 784)
+    # a checkpoint's learned pseudo-images load back into the model its config rebuilds
+    from_config(gated.config()).load_state_dict(gated.state_dict())
+    assert build_model("ae", "mlp", [16], 3, [-6.0, 2.0], pseudo_inputs=7).config()["pseudo_inputs"] == 0
     with pytest.raises(ValueError, match="unknown model.arch 'conv'"):
         build_model("vae", "conv", [16], 3)
 
@@ -187,3 +191,113 @@ def test_iwae_in_bfloat16_agrees_with_float32():
     # the chunk is a speed knob only: same draws, same estimate
     one_chunk = iwae_log_likelihood(model, x, 200, 200, torch.Generator().manual_seed(1))
     torch.testing.assert_close(one_chunk, full)
+
+
+def vampprior_vae(latent_dim: int, pseudo_inputs: int, seed: int = 0):
+    """A random float64 VAE with a VampPrior on distinct random pseudo-images."""
+    torch.manual_seed(seed)
+    model = build_model("vae", "mlp", [8], latent_dim, pseudo_inputs=pseudo_inputs).double()
+    with torch.no_grad():
+        model.pseudo.uniform_(-0.5, 1.5)  # some pixels outside [0, 1]: the prior clamps them
+    return model
+
+
+def independent_mixture(means, logvars):
+    """torch.distributions' own equally weighted mixture of diagonal Gaussians."""
+    d = torch.distributions
+    return d.MixtureSameFamily(d.Categorical(torch.ones(len(means), dtype=means.dtype)),
+                               d.Independent(d.Normal(means, torch.exp(0.5 * logvars)), 1))
+
+
+def test_vampprior_is_the_equal_mixture_of_the_clamped_pseudo_images_posteriors():
+    model = vampprior_vae(latent_dim=3, pseudo_inputs=5)
+    with torch.no_grad():
+        means, logvars = model.encode(model.pseudo.clamp(0, 1))
+        z = torch.randn(200, 3, dtype=torch.float64) * 3
+        torch.testing.assert_close(mixture_log_density(z, *model.prior_components()),
+                                   independent_mixture(means, logvars).log_prob(z))
+        assert not torch.allclose(model.prior_components()[0], model.encode(model.pseudo)[0])
+    # one standard component: the N(0, I) log-density, -(|z|^2 + D ln 2 pi) / 2
+    z = torch.tensor([[0.0, 0.0], [1.0, -2.0]])
+    torch.testing.assert_close(mixture_log_density(z, torch.zeros(1, 2), torch.zeros(1, 2)),
+                               torch.tensor([-math.log(2 * math.pi), -2.5 - math.log(2 * math.pi)]))
+
+
+def test_vampprior_kl_vanishes_when_every_pseudo_image_has_the_datas_posterior():
+    """Every input, pseudo-images included, gets q = N(mu, sigma^2): the prior is q itself,
+    log q(z) - log p(z) is 0 at every z, and the loss is the reconstruction alone."""
+    model = vae_with_fixed_posterior([1.0, -0.5], [0.3, math.log(4.0)], pseudo_inputs=3)
+    x = torch.rand(50, 784).round()
+    loss, recon, kl = loss_terms(model, x)
+    assert abs(kl.item()) < 1e-5 and loss.item() == pytest.approx(784 * math.log(2), rel=1e-6)
+    mu, logvar = model.encode(x)
+    assert kl_to_prior(model, mu, logvar, 10, torch.Generator().manual_seed(0)).abs().max() < 1e-5
+
+
+def vae_whose_pseudo_images_encode_to_the_standard_normal():
+    """q(z|x) = N((m, m), I) with m the image's mean pixel; pseudo-images clamp to blank
+    (m = 0), so the VampPrior is N(0, I) and the KL has its closed form: m^2 per image."""
+    model = build_model("vae", "mlp", [4], 2, pseudo_inputs=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.encoder[0][0].weight[0].fill_(1 / 784)  # first hidden unit: the mean pixel
+        model.head.weight[0, 0] = model.head.weight[1, 0] = 1.0  # mu = (m, m); log-variance 0
+        model.pseudo.fill_(-1.0)
+    return model
+
+
+def test_vampprior_monte_carlo_kl_matches_the_closed_form_in_training_and_evaluation():
+    torch.manual_seed(0)
+    model = vae_whose_pseudo_images_encode_to_the_standard_normal()
+    x = torch.ones(40_000, 784)  # m = 1: KL(N((1, 1), I) || N(0, I)) = 1; one draw's sd is sqrt(2)
+    _, _, kl = loss_terms(model, x)
+    assert kl.item() == pytest.approx(1.0, abs=0.04)
+    mu, logvar = model.encode(torch.full((3, 784), 0.5))  # m = 0.5: KL 0.25
+    per_image = kl_to_prior(model, mu, logvar, 40_000, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(per_image, torch.full((3,), 0.25), atol=0.02, rtol=0)
+
+
+def test_iwae_with_a_vampprior_matches_numerical_integration_for_1d_latent():
+    """log p(x) = log ∫ p(x|z) (1/K) sum_k q(z|u_k) dz on a fine grid vs the IWAE estimate,
+    whose importance weights must use the mixture prior."""
+    model = vampprior_vae(latent_dim=1, pseudo_inputs=3)
+    x = torch.rand(3, 784, dtype=torch.float64).round()
+    grid = torch.linspace(-12, 12, 24001, dtype=torch.float64)
+    dz = (grid[1] - grid[0]).item()
+    with torch.no_grad():
+        log_px_z = -bernoulli_nll(model.decode(grid[:, None])[:, None, :], x[None])  # (G, 3)
+        log_pz = independent_mixture(*model.encode(model.pseudo.clamp(0, 1))).log_prob(grid[:, None])
+        exact = torch.logsumexp(log_px_z + log_pz[:, None], dim=0) + math.log(dz)
+        estimate = iwae_log_likelihood(model, x, k=20000, chunk=5000,
+                                       generator=torch.Generator().manual_seed(0))
+        standard = exact - torch.logsumexp(log_px_z - 0.5 * (math.log(2 * math.pi) + grid.pow(2))[:, None],
+                                           dim=0) - math.log(dz)
+    assert standard.abs().min() > 0.05  # N(0, 1) in the weights would miss by more than the tolerance
+    torch.testing.assert_close(estimate, exact, atol=0.02, rtol=0)
+
+
+def test_prior_samples_come_from_a_uniformly_chosen_component():
+    means = torch.tensor([[-10.0], [10.0]])
+    chols = torch.tensor([[[1.0]], [[2.0]]])
+    z = sample_latents(means, chols, 40_000, torch.Generator().manual_seed(0))[:, 0]
+    left, right = z[z < 0], z[z > 0]
+    assert len(left) / len(z) == pytest.approx(0.5, abs=0.01)
+    assert left.mean().item() == pytest.approx(-10, abs=0.03)
+    assert left.std().item() == pytest.approx(1, abs=0.03)
+    assert right.mean().item() == pytest.approx(10, abs=0.05)
+    assert right.std().item() == pytest.approx(2, abs=0.05)
+    # the mixture's one-Gaussian summary: mean 0, variance (1 + 4) / 2 + 10^2 = 102.5
+    mean, chol = moment_matched(means, chols)
+    assert mean.item() == 0.0 and (chol @ chol.T).item() == pytest.approx(102.5)
+
+
+def test_a_vampprior_vae_samples_from_its_mixture_and_the_standard_one_from_n01():
+    model = vampprior_vae(latent_dim=2, pseudo_inputs=4).float()
+    means, chols = latent_prior(model, torch.empty(0, 784))
+    with torch.no_grad():
+        expected_means, expected_logvars = model.prior_components()
+    torch.testing.assert_close(means, expected_means)
+    torch.testing.assert_close(torch.diagonal(chols, dim1=1, dim2=2), torch.exp(0.5 * expected_logvars))
+    means, chols = latent_prior(build_model("vae", "mlp", [8], 2), torch.empty(0, 784))
+    assert means.tolist() == [[0.0, 0.0]] and chols.tolist() == [[[1.0, 0.0], [0.0, 1.0]]]

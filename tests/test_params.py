@@ -27,6 +27,7 @@ def test_defaults_and_int_to_float():
     ({"data": {"seed": -1}}, "data.seed must be >= 0"),
     ({"eval": {"seed": -1}}, "eval.seed must be >= 0"),
     ({"train": {"threads": -2}}, "train.threads must be >= 0"),
+    ({"model": {"pseudo_inputs": -1}}, "model.pseudo_inputs must be >= 0"),
     ({"model": {"hidden": []}}, "model.hidden needs at least one layer size"),
     ({"eval": {"classifier": {"batch_size": 0}}}, "eval.classifier.batch_size must be >= 1"),
     ({"eval": {"classifier": {"lr": -1}}}, "eval.classifier.lr must be > 0"),

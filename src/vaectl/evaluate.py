@@ -26,7 +26,7 @@ from vaectl.files import sha256_file, write_json
 from vaectl.interpolation import decode_path, path_metrics, path_ppl
 from vaectl.judge import judge_images, load_classifier, scores
 from vaectl.models import AutoEncoder
-from vaectl.objectives import bernoulli_nll, gaussian_kl, iwae_log_likelihood
+from vaectl.objectives import bernoulli_nll, iwae_log_likelihood, kl_to_prior
 from vaectl.params import EvalParams, flatten
 from vaectl.prior import generate
 from vaectl.report import (
@@ -112,26 +112,28 @@ def likelihood_metrics(model: AutoEncoder, x: torch.Tensor, x_pixels: torch.Tens
         add("recon_mse", (torch.sigmoid(logits) - pb).pow(2).mean(-1))
         mus.append(mu)
         if model.variational:
-            kl = gaussian_kl(mu, logvar)
             recon = expected_recon_nll(model, xb, 100, generator)
+            kl = kl_to_prior(model, mu, logvar, 100, generator)
             add("elbo_recon", recon)
             add("elbo_kl", kl)
             add("neg_elbo", recon + kl)
             add("iw_nll", -iwae_log_likelihood(iw_model, xb.to(iw_device), params.iw_samples,
                                                params.iw_chunk, iw_generator, iw_dtype).cpu())
-            kl_dims.append(0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar))
+            if not model.pseudo_inputs:  # the KL splits over dims only against N(0, I)
+                kl_dims.append(0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar))
         progress(start + len(xb))
     units = {name: torch.cat(values).numpy() for name, values in per_image.items()}
     metrics = {name: float(values.mean()) for name, values in units.items()}
     mu_all = torch.cat(mus)
     variance = mu_all.var(0)
     latents = {"encoder_mean_variance": variance.tolist()}
-    if kl_dims:
+    if model.variational:
         units["bits_per_dim"] = units["iw_nll"] / (784 * math.log(2))
         metrics["bits_per_dim"] = float(units["bits_per_dim"].mean())
         metrics["iw_k"] = params.iw_samples
         metrics["active_units"] = int((variance > 0.01).sum())
-        latents["kl_per_dim"] = torch.cat(kl_dims).mean(0).tolist()
+        if kl_dims:
+            latents["kl_per_dim"] = torch.cat(kl_dims).mean(0).tolist()
         latents["active_units"] = metrics["active_units"]
     return metrics, latents, units
 

@@ -2,8 +2,9 @@
 
 Per model, in export/<kind>/: torch.export programs (.pt2) and ONNX, any batch size, of the
 encoder, the decoder (latent -> pixel probabilities) and the full reconstruction; an ONNX Runtime vs
-torch parity check; the latent prior used by `sample` (N(0, I) for the VAE, a Gaussian fitted
-to the training latents for the AE); a model card (markdown + JSON); sha256 checksums.
+torch parity check; the latent prior used by `sample` (N(0, I) or the VampPrior's mixture for
+the VAE, a Gaussian fitted to the training latents for the AE); a model card (markdown +
+JSON); sha256 checksums.
 """
 
 from __future__ import annotations
@@ -159,8 +160,8 @@ def run(kinds: tuple[str, ...], prepared: Path, models_root: Path, metrics_path:
             if worst >= PARITY_TOLERANCE:
                 raise UserError(f"{kind}: ONNX Runtime differs from torch by {worst:.2e} "
                                 f"(>= {PARITY_TOLERANCE}); export aborted")
-            mean, chol = latent_prior(model, train_x)
-            np.savez(out / "prior.npz", mean=mean.numpy(), chol=chol.numpy())
+            means, chols = latent_prior(model, train_x)
+            np.savez(out / "prior.npz", means=means.numpy(), chols=chols.numpy())
             card, text = model_card(kind, summary, metrics, manifest_sha,
                                     sha256_file(models_root / kind / "best.pt"), parity)
             write_json(out / "model_card.json", card)

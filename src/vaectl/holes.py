@@ -29,7 +29,7 @@ from vaectl.data.tensors import to_unit
 from vaectl.files import write_json
 from vaectl.judge import judge_images, load_classifier
 from vaectl.params import EvalParams
-from vaectl.prior import latent_prior
+from vaectl.prior import latent_prior, moment_matched, sample_latents
 from vaectl.report import LEVEL, RESAMPLES, compare_units
 
 SOURCES = ("grid", "samples", "standard_normal")
@@ -62,9 +62,10 @@ def run(params: EvalParams, prepared: Path, vae_dir: Path, ae_dir: Path, classif
     generator = torch.Generator().manual_seed(params.seed)
     units, pictures = {}, {}
     for name, model in models.items():
-        mean, chol = latent_prior(model, train_x)
+        means, chols = latent_prior(model, train_x)
+        mean, chol = moment_matched(means, chols)
         grid_images = model.mean_image(mean + quantile_grid(params.hole_grid) @ chol.T)
-        own = model.mean_image(mean + torch.randn(params.generated, 2, generator=generator) @ chol.T)
+        own = model.mean_image(sample_latents(means, chols, params.generated, generator))
         standard = model.mean_image(torch.randn(params.generated, 2, generator=generator))
         units[name] = {f"{source}.unrecognised":
                        judge_images(classifier, images, params.hole_threshold)["unrecognised"]

@@ -6,10 +6,15 @@ VAE head: a linear layer giving the mean and log-variance of q(z|x) (no activati
 there would forbid negative means and variances below 1; `logvar_clip` bounds the
 log-variance as that code's Hardtanh(-6, 2) does). AE head: one linear layer giving z.
 The decoder returns Bernoulli logits over the 784 pixels.
+
+The VAE's prior is N(0, I), or with `pseudo_inputs` K > 0 the VampPrior (Tomczak & Welling
+2018): the equally weighted mixture of the encoder's posteriors q(z|u_k) at K learned
+pseudo-images u_k, which the prior learns along with the model instead of being fixed.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -18,6 +23,7 @@ from torch import nn
 PIXELS = 28 * 28
 KINDS = ("vae", "ae")
 ARCHS = ("mlp", "gated-mlp")  # params.model.arch
+LOG_2PI = math.log(2 * math.pi)
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -64,10 +70,11 @@ class AutoEncoder(nn.Module):
     """Encoder -> latent head -> decoder; `variational` picks the head, `arch` the skeleton."""
 
     def __init__(self, arch: str, hidden: list[int], latent_dim: int, variational: bool,
-                 logvar_clip: list[float] | tuple = ()):
+                 logvar_clip: list[float] | tuple = (), pseudo_inputs: int = 0):
         super().__init__()
         self.arch, self.hidden, self.latent_dim = arch, list(hidden), latent_dim
         self.variational, self.logvar_clip = variational, list(logvar_clip)
+        self.pseudo_inputs = pseudo_inputs
         parts = skeleton(arch, self.hidden, latent_dim)
         self.encoder = parts["encoder"]()
         self.head = nn.Linear(hidden[-1], 2 * latent_dim if variational else latent_dim)
@@ -76,6 +83,9 @@ class AutoEncoder(nn.Module):
             for module in self.modules():
                 if isinstance(module, nn.Linear):
                     nn.init.normal_(module.weight, 0.0, (2.0 / module.in_features) ** 0.5)
+        if pseudo_inputs:  # created last: the other weights stay those of the N(0, I) model
+            # near-blank images, as the published code starts them (N(0.05, 0.01), kept in [0, 1])
+            self.pseudo = nn.Parameter(torch.randn(pseudo_inputs, PIXELS) * 0.01 + 0.05)
 
     @property
     def kind(self) -> str:
@@ -83,7 +93,7 @@ class AutoEncoder(nn.Module):
 
     def config(self) -> dict:
         return {"kind": self.kind, "arch": self.arch, "hidden": self.hidden, "latent_dim": self.latent_dim,
-                "logvar_clip": self.logvar_clip}
+                "logvar_clip": self.logvar_clip, "pseudo_inputs": self.pseudo_inputs}
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mean, log-variance) of q(z|x) for the VAE; (z, None) for the AE."""
@@ -107,6 +117,11 @@ class AutoEncoder(nn.Module):
         """Mean image at the encoder mean (the AE's code): deterministic, no sampling."""
         return self.mean_image(self.encode(x)[0])
 
+    def prior_components(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(means, log-variances), K x latent_dim, of the VampPrior's Gaussians: the posteriors
+        of the pseudo-images, clamped to pixel values as the published Hardtanh(0, 1) does."""
+        return self.encode(self.pseudo.clamp(0.0, 1.0))
+
     def forward(self, x: torch.Tensor):
         """(logits, mu, logvar, z): z is a reparameterised sample for the VAE."""
         mu, logvar = self.encode(x)
@@ -114,14 +129,31 @@ class AutoEncoder(nn.Module):
         return self.decode(z), mu, logvar, z
 
 
+def mixture_log_density(z: torch.Tensor, means: torch.Tensor, logvars: torch.Tensor) -> torch.Tensor:
+    """log of (1/K) sum_k N(z; means_k, diag exp(logvars_k)), (..., D) -> (...).
+    The squared distances come from two matrix products, (z^2) (1/v)^T - 2 z (m/v)^T + sum m^2/v,
+    instead of a (..., K, D) tensor (500 MB per chunk of the IW-NLL), in float64 so that the
+    expansion loses nothing to cancellation."""
+    z64, m, lv = z.double(), means.double(), logvars.double()
+    precision = torch.exp(-lv)
+    squared = (z64.pow(2) @ precision.T - 2.0 * (z64 @ (m * precision).T)
+               + (m.pow(2) * precision).sum(-1))
+    log_components = -0.5 * (squared + lv.sum(-1) + z.shape[-1] * LOG_2PI)
+    return (torch.logsumexp(log_components, dim=-1) - math.log(len(means))).to(z.dtype)
+
+
 def build_model(kind: str, arch: str, hidden: list[int], latent_dim: int,
-                logvar_clip: list[float] | tuple = ()) -> AutoEncoder:
+                logvar_clip: list[float] | tuple = (), pseudo_inputs: int = 0) -> AutoEncoder:
+    """The VAE or its AE baseline on one skeleton; the AE has no prior, so neither the
+    log-variance clip nor pseudo-inputs apply to it."""
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}")
-    return AutoEncoder(arch, hidden, latent_dim, variational=kind == "vae",
-                       logvar_clip=logvar_clip if kind == "vae" else ())
+    vae = kind == "vae"
+    return AutoEncoder(arch, hidden, latent_dim, variational=vae, logvar_clip=logvar_clip if vae else (),
+                       pseudo_inputs=pseudo_inputs if vae else 0)
 
 
 def from_config(config: dict) -> AutoEncoder:
+    # keys absent in checkpoints from before their option: its default
     return build_model(config["kind"], config["arch"], config["hidden"], config["latent_dim"],
-                       config.get("logvar_clip", ()))  # absent in checkpoints before the option
+                       config.get("logvar_clip", ()), config.get("pseudo_inputs", 0))

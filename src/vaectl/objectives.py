@@ -1,8 +1,9 @@
 """Losses and likelihood bounds, all in nats per image.
 
 Bernoulli decoder on logits summed over the 784 pixels; Gaussian posterior with a closed-form
-KL to N(0, I) summed over latent dims. On continuous [0,1] targets the Bernoulli term is a
-BCE "loss", not a likelihood; on binarised images it is -log p(x|z).
+KL to N(0, I) summed over latent dims, or a one-sample Monte-Carlo KL to a VampPrior, which
+has no closed form. On continuous [0,1] targets the Bernoulli term is a BCE "loss", not a
+likelihood; on binarised images it is -log p(x|z).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from vaectl.models import LOG_2PI, mixture_log_density
 
 
 def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -37,16 +40,42 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
 
 
+def log_prior_over_posterior(z: torch.Tensor, eps: torch.Tensor, logvar: torch.Tensor,
+                             components: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """log p(z) - log q(z|x) per sample, for z = mu + eps * sigma; `components` are the
+    VampPrior's (means, log-variances), None for N(0, I), where log 2 pi cancels."""
+    if components is None:
+        return -0.5 * (z.pow(2) - eps.pow(2) - logvar).sum(-1)
+    return mixture_log_density(z, *components) + 0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)
+
+
 def loss_terms(model, x: torch.Tensor, beta: float = 1.0):
     """Batch means of (loss, reconstruction, KL). For the VAE the loss is
     reconstruction + beta * KL (beta = 1: the negative ELBO); for the AE it is the
-    reconstruction alone and KL is reported as 0."""
-    logits, mu, logvar, _ = model(x)
+    reconstruction alone and KL is reported as 0. The KL to a VampPrior is log q(z|x) -
+    log p(z) at the training sample z, an unbiased estimate (the published code's)."""
+    logits, mu, logvar, z = model(x)
     recon = bernoulli_nll(logits, x.reshape(logits.shape)).mean()
     if logvar is None:
         return recon, recon, torch.zeros((), device=x.device)
-    kl = gaussian_kl(mu, logvar).mean()
+    inner = getattr(model, "module", model)  # under DistributedDataParallel
+    if inner.pseudo_inputs:
+        eps = (z - mu) * torch.exp(-0.5 * logvar)
+        kl = -log_prior_over_posterior(z, eps, logvar, inner.prior_components()).mean()
+    else:
+        kl = gaussian_kl(mu, logvar).mean()
     return recon + beta * kl, recon, kl
+
+
+def kl_to_prior(model, mu: torch.Tensor, logvar: torch.Tensor, samples: int,
+                generator: torch.Generator) -> torch.Tensor:
+    """KL(q(z|x) || p(z)) per image: closed form for N(0, I) (no draws), else the mean of
+    log q - log p over `samples` draws from q."""
+    if not model.pseudo_inputs:
+        return gaussian_kl(mu, logvar)
+    eps = torch.randn((samples, *mu.shape), generator=generator, dtype=mu.dtype, device=mu.device)
+    z = mu + eps * torch.exp(0.5 * logvar)
+    return -log_prior_over_posterior(z, eps, logvar, model.prior_components()).mean(0)
 
 
 @torch.no_grad()
@@ -54,7 +83,8 @@ def iwae_log_likelihood(model, x: torch.Tensor, k: int, chunk: int = 25,
                         generator: torch.Generator | None = None,
                         decoder_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Importance-weighted estimate of log p(x) per image (Burda et al. 2015):
-    log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x). k = 1 is the ELBO.
+    log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x), p(z) the model's prior (for a
+    VampPrior, the whole mixture). k = 1 is the ELBO.
     Samples are processed `chunk` at a time for every image at once, combined with a
     running log-sum-exp, so memory is O(chunk x batch x 784) whatever k is; a chunk whose
     logits stay in the CPU cache (25 samples x 100 images; 250 x 100 is 78 MB) saves a
@@ -65,6 +95,7 @@ def iwae_log_likelihood(model, x: torch.Tensor, k: int, chunk: int = 25,
     x = x.reshape(len(x), -1)
     mu, logvar = model.encode(x)
     std = torch.exp(0.5 * logvar)
+    components = model.prior_components() if model.pseudo_inputs else None
     decode = model.decode
     if decoder_dtype is not None and decoder_dtype != mu.dtype:
         low = copy.deepcopy(model).to(decoder_dtype)
@@ -79,8 +110,7 @@ def iwae_log_likelihood(model, x: torch.Tensor, k: int, chunk: int = 25,
         z = mu + eps * std  # (s, B, D)
         logits = decode(z.reshape(-1, z.shape[-1])).reshape(s, len(x), -1)
         log_px_z = -(bernoulli_nll_binary(logits, sign) if binary else bernoulli_nll(logits, x))
-        # log N(z; 0, I) - log N(z; mu, sigma^2), with (z - mu) / sigma = eps
-        log_pz_over_qz = -0.5 * (z.pow(2) - eps.pow(2) - logvar).sum(-1)
+        log_pz_over_qz = log_prior_over_posterior(z, eps, logvar, components)
         total = torch.logaddexp(total, torch.logsumexp(log_px_z + log_pz_over_qz, dim=0))
         done += s
     return total - math.log(k)

@@ -38,6 +38,7 @@ class ModelParams:
     arch: Literal["mlp", "gated-mlp"] = "mlp"
     hidden: list[int] = field(default_factory=lambda: [512, 256])
     logvar_clip: list[float] = field(default_factory=list)  # [low, high] of the VAE's log-variance; [] = none
+    pseudo_inputs: int = 0  # the VAE's prior: 0 = N(0, I); K > 0 = a VampPrior on K learned pseudo-images
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ def _check_ranges(p: Params) -> None:
         (not p.model.logvar_clip or (len(p.model.logvar_clip) == 2
                                      and p.model.logvar_clip[0] < p.model.logvar_clip[1]),
          "model.logvar_clip must be [] or [low, high] with low < high"),
+        (p.model.pseudo_inputs >= 0, "model.pseudo_inputs must be >= 0 (0: the N(0, I) prior)"),
         (p.validate.min_rows >= 1, "validate.min_rows must be >= 1"),
     ]
     for name, t in (("vae", p.train.vae), ("ae", p.train.ae)):

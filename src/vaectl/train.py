@@ -40,6 +40,7 @@ from vaectl.files import sha256_file, write_json
 from vaectl.models import AutoEncoder, build_model
 from vaectl.objectives import loss_terms
 from vaectl.params import Params, TrainParams, flatten
+from vaectl.prior import generate
 
 RESUMABLE_CHANGES = ("epochs", "patience", "sample_every")  # train.<kind>.* a resume may change
 
@@ -227,7 +228,9 @@ def log_images(run, model: AutoEncoder, x_val: torch.Tensor, epoch: int, seed: i
     grid = torch.cat([originals, recon]).cpu().numpy()
     run.log_image(readable(image_grid(grid, ncol=16)), "reconstructions_top-input_bottom-output",
                   epoch + 1)
-    if model.variational:
+    if model.pseudo_inputs:  # from the VampPrior's mixture
+        samples = generate(model, x_val, 64, torch.Generator().manual_seed(seed)).cpu().numpy()
+    elif model.variational:
         z = torch.randn(64, model.latent_dim, generator=gen, device=x_val.device)
         samples = model.mean_image(z).cpu().numpy()
         run.log_image(readable(image_grid(samples, ncol=8)), "samples", epoch + 1)
@@ -271,7 +274,7 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
     if t.binarize == "static":
         x_train = binarize(x_train, generator)
     model = build_model(kind, params.model.arch, params.model.hidden, t.latent_dim,
-                        params.model.logvar_clip).to(device)
+                        params.model.logvar_clip, params.model.pseudo_inputs).to(device)
     net = model
     if workers.world > 1:
         from torch.nn.parallel import DistributedDataParallel

@@ -42,9 +42,9 @@ with contextlib.redirect_stderr(io.StringIO()):
             art = context.artifacts
             self.parts = {part: torch.export.load(art[part]).module()
                           for part in ("encoder", "decoder", "reconstruct")}
-            prior = np.load(art["prior"])
-            self.mean, self.chol = prior["mean"], prior["chol"]
-            self.latent_dim = len(self.mean)
+            prior = np.load(art["prior"])  # K equally weighted Gaussians (vaectl.prior)
+            self.means, self.chols = prior["means"], prior["chols"]
+            self.latent_dim = self.means.shape[1]
 
         def _bad(self, message: str):
             from mlflow.exceptions import MlflowException
@@ -66,7 +66,12 @@ with contextlib.redirect_stderr(io.StringIO()):
                 if seed < 0:
                     raise self._bad(f"seed must be >= 0, got {seed}")
                 rng = np.random.default_rng(seed)
-                z = self.mean + rng.standard_normal((n, self.latent_dim)) @ self.chol.T
+                eps = rng.standard_normal((n, self.latent_dim))
+                if len(self.means) == 1:  # no component index drawn: the same samples as ever
+                    z = self.means[0] + eps @ self.chols[0].T
+                else:
+                    pick = rng.integers(len(self.means), size=n)
+                    z = self.means[pick] + np.einsum("nij,nj->ni", self.chols[pick], eps)
                 with torch.no_grad():
                     return self.parts["decoder"](torch.from_numpy(z.astype(np.float32))).detach().numpy()
             x = np.asarray(model_input)
