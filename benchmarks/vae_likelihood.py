@@ -10,6 +10,9 @@ literature preset (README, "A VAE at the published level"):
     vaectl train --model vae -p literature.yaml --prepared literature/prepared --out literature/vae-literature
     python benchmarks/vae_likelihood.py -p literature.yaml --prepared literature/prepared \
         --model literature/vae-literature --curves reports/curves/vae-literature.json
+
+`--baseline DIR` measures a second trained VAE on the same test images (the same binarisation)
+and gives the IW-NLL difference with its paired 95% bootstrap interval over the images.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
 from vaectl.evaluate import ImageProgress, likelihood_metrics, test_inputs
-from vaectl.params import load_params
+from vaectl.params import EvalParams, load_params
+from vaectl.report import compare_units
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -52,6 +57,26 @@ def plot_curves(history: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def measure(model_dir: Path, trained: tuple, test_images, params: EvalParams) -> tuple[dict, np.ndarray]:
+    """(the numbers, the per-image IW-NLL) of one trained VAE, timed."""
+    model, summary = trained
+    x, pixels = test_inputs(test_images, summary["binarize"], params.seed)
+    print(f"{model_dir}: {model.config()}, {len(x)} test images, k={params.iw_samples}, "
+          f"{params.iw_precision} decoder, {torch.get_num_threads()} threads", flush=True)
+    began = time.perf_counter()
+    progress = ImageProgress("IW-NLL", len(x), lambda m: print(m, file=sys.stderr))
+    generator = torch.Generator().manual_seed(params.seed)
+    metrics, _, units = likelihood_metrics(model, x, pixels, params, generator, progress)
+    seconds = time.perf_counter() - began
+    result = {key: metrics[key] for key in ("iw_nll", "neg_elbo", "elbo_recon", "elbo_kl", "active_units")}
+    result.update(iw_samples=params.iw_samples, test_images=len(x), epochs_run=summary["epochs_run"],
+                  best_epoch=summary["best_epoch"], best_val_loss=summary["best_val_loss"],
+                  likelihood_s=round(seconds))
+    print(json.dumps(result, indent=1))
+    print(f"{seconds:.0f} s ({seconds / 60:.1f} min) for the likelihoods of {len(x)} images", flush=True)
+    return result, units["iw_nll"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-p", "--params", type=Path, default=Path("params.yaml"))
@@ -60,24 +85,31 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the numbers here (JSON)")
     parser.add_argument("--curves", type=Path, help="the training's reports/curves/<name>.json, to plot")
     parser.add_argument("--figure", type=Path, default=Path("literature_curve.png"))
+    parser.add_argument("--baseline", type=Path, help="another trained VAE to compare on the same images")
     args = parser.parse_args()
     if args.curves:
         plot_curves(json.loads(args.curves.read_text()), args.figure)
 
     params = load_params(args.params).eval
-    model, summary = load_trained(args.model, "vae", manifest_sha256(args.prepared))
-    x, pixels = test_inputs(load_split(args.prepared, "test")[0], summary["binarize"], params.seed)
-    print(f"{model.config()}, {len(x)} test images, k={params.iw_samples}, {params.iw_precision} decoder, "
-          f"{torch.get_num_threads()} threads", flush=True)
-    began = time.perf_counter()
-    metrics, _, _ = likelihood_metrics(model, x, pixels, params, torch.Generator().manual_seed(params.seed),
-                                       ImageProgress("IW-NLL", len(x), lambda m: print(m, file=sys.stderr)))
-    seconds = time.perf_counter() - began
-    result = {key: metrics[key] for key in ("iw_nll", "neg_elbo", "elbo_recon", "elbo_kl", "active_units")}
-    result.update(iw_samples=params.iw_samples, test_images=len(x), epochs_run=summary["epochs_run"],
-                  best_epoch=summary["best_epoch"], best_val_loss=summary["best_val_loss"])
-    print(json.dumps(result, indent=1))
-    print(f"{seconds:.0f} s ({seconds / 60:.1f} min) for the likelihoods of {len(x)} images")
+    manifest, test_images = manifest_sha256(args.prepared), load_split(args.prepared, "test")[0]
+    trained = load_trained(args.model, "vae", manifest)
+    if args.baseline:
+        baseline_trained = load_trained(args.baseline, "vae", manifest)
+        if (theirs := baseline_trained[1]["binarize"]) != (ours := trained[1]["binarize"]):
+            parser.error(f"{args.baseline} was trained on {theirs!r} images, {args.model} on {ours!r}: "
+                         "their test images differ, so they cannot be compared pairwise")
+    result, per_image = measure(args.model, trained, test_images, params)
+    if args.baseline:
+        baseline, baseline_per_image = measure(args.baseline, baseline_trained, test_images, params)
+        c = compare_units("iw_nll", per_image, baseline_per_image, True, np.random.default_rng(params.seed))
+        baseline["iw_nll_ci"] = c["ae_ci"]
+        result.update(iw_nll_ci=c["vae_ci"], baseline=baseline, iw_nll_minus_baseline=c["difference"],
+                      iw_nll_minus_baseline_ci=c["difference_ci"])
+        (low, high), ours, theirs = c["difference_ci"], c["vae_ci"], c["ae_ci"]
+        print(f"IW-NLL {result['iw_nll']:.2f} [{ours[0]:.2f}, {ours[1]:.2f}] ({args.model}) - "
+              f"{baseline['iw_nll']:.2f} [{theirs[0]:.2f}, {theirs[1]:.2f}] ({args.baseline}) = "
+              f"{c['difference']:+.2f} [{low:+.2f}, {high:+.2f}] nats: 95% bootstrap intervals over the "
+              f"{len(per_image)} images, the difference's paired")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
 
