@@ -99,6 +99,7 @@ def likelihood_metrics(model: AutoEncoder, x: torch.Tensor, x_pixels: torch.Tens
     mus, kl_dims = [], []
     if model.variational:
         iw_model, iw_generator, iw_device = accelerated(model, generator, params.seed)
+        components = model.prior_components()  # fixed in evaluation: encoded once, not per batch
     iw_dtype = {"bfloat16": torch.bfloat16, "float32": None}[params.iw_precision]
 
     def add(name: str, values: torch.Tensor) -> None:
@@ -113,13 +114,13 @@ def likelihood_metrics(model: AutoEncoder, x: torch.Tensor, x_pixels: torch.Tens
         mus.append(mu)
         if model.variational:
             recon = expected_recon_nll(model, xb, 100, generator)
-            kl = kl_to_prior(model, mu, logvar, 100, generator)
+            kl = kl_to_prior(components, mu, logvar, 100, generator)
             add("elbo_recon", recon)
             add("elbo_kl", kl)
             add("neg_elbo", recon + kl)
             add("iw_nll", -iwae_log_likelihood(iw_model, xb.to(iw_device), params.iw_samples,
                                                params.iw_chunk, iw_generator, iw_dtype).cpu())
-            if not model.pseudo_inputs:  # the KL splits over dims only against N(0, I)
+            if components is None:  # the KL splits over dims only against N(0, I)
                 kl_dims.append(0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar))
         progress(start + len(xb))
     units = {name: torch.cat(values).numpy() for name, values in per_image.items()}

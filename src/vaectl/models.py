@@ -117,10 +117,11 @@ class AutoEncoder(nn.Module):
         """Mean image at the encoder mean (the AE's code): deterministic, no sampling."""
         return self.mean_image(self.encode(x)[0])
 
-    def prior_components(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def prior_components(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(means, log-variances), K x latent_dim, of the VampPrior's Gaussians: the posteriors
-        of the pseudo-images, clamped to pixel values as the published Hardtanh(0, 1) does."""
-        return self.encode(self.pseudo.clamp(0.0, 1.0))
+        of the pseudo-images, clamped to pixel values as the published Hardtanh(0, 1) does.
+        None for N(0, I), whose KL and density have closed forms: the one place that asks."""
+        return self.encode(self.pseudo.clamp(0.0, 1.0)) if self.pseudo_inputs else None
 
     def forward(self, x: torch.Tensor):
         """(logits, mu, logvar, z): z is a reparameterised sample for the VAE."""

@@ -58,24 +58,24 @@ def loss_terms(model, x: torch.Tensor, beta: float = 1.0):
     recon = bernoulli_nll(logits, x.reshape(logits.shape)).mean()
     if logvar is None:
         return recon, recon, torch.zeros((), device=x.device)
-    inner = getattr(model, "module", model)  # under DistributedDataParallel
-    if inner.pseudo_inputs:
-        eps = (z - mu) * torch.exp(-0.5 * logvar)
-        kl = -log_prior_over_posterior(z, eps, logvar, inner.prior_components()).mean()
-    else:
+    components = getattr(model, "module", model).prior_components()  # DDP wraps the model
+    if components is None:
         kl = gaussian_kl(mu, logvar).mean()
+    else:
+        eps = (z - mu) * torch.exp(-0.5 * logvar)
+        kl = -log_prior_over_posterior(z, eps, logvar, components).mean()
     return recon + beta * kl, recon, kl
 
 
-def kl_to_prior(model, mu: torch.Tensor, logvar: torch.Tensor, samples: int,
-                generator: torch.Generator) -> torch.Tensor:
-    """KL(q(z|x) || p(z)) per image: closed form for N(0, I) (no draws), else the mean of
-    log q - log p over `samples` draws from q."""
-    if not model.pseudo_inputs:
+def kl_to_prior(components: tuple[torch.Tensor, torch.Tensor] | None, mu: torch.Tensor,
+                logvar: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
+    """KL(q(z|x) || p(z)) per image, p given by the model's `prior_components()`: closed form
+    for N(0, I) (None; no draws), else the mean of log q - log p over `samples` draws from q."""
+    if components is None:
         return gaussian_kl(mu, logvar)
     eps = torch.randn((samples, *mu.shape), generator=generator, dtype=mu.dtype, device=mu.device)
     z = mu + eps * torch.exp(0.5 * logvar)
-    return -log_prior_over_posterior(z, eps, logvar, model.prior_components()).mean(0)
+    return -log_prior_over_posterior(z, eps, logvar, components).mean(0)
 
 
 @torch.no_grad()
@@ -95,7 +95,7 @@ def iwae_log_likelihood(model, x: torch.Tensor, k: int, chunk: int = 25,
     x = x.reshape(len(x), -1)
     mu, logvar = model.encode(x)
     std = torch.exp(0.5 * logvar)
-    components = model.prior_components() if model.pseudo_inputs else None
+    components = model.prior_components()
     decode = model.decode
     if decoder_dtype is not None and decoder_dtype != mu.dtype:
         low = copy.deepcopy(model).to(decoder_dtype)

@@ -15,8 +15,9 @@ def latent_prior(model: AutoEncoder, train_x: torch.Tensor) -> tuple[torch.Tenso
     """(means K x D, Cholesky factors K x D x D) of the components to sample from."""
     d = model.latent_dim
     if model.variational:
-        if model.pseudo_inputs:
-            means, logvars = model.prior_components()
+        components = model.prior_components()
+        if components is not None:
+            means, logvars = components
             return means, torch.diag_embed(torch.exp(0.5 * logvars))
         return torch.zeros(1, d), torch.eye(d)[None]
     latents = torch.cat([model.encode(train_x[s : s + 1000])[0] for s in range(0, len(train_x), 1000)])

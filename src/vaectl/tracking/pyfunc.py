@@ -65,6 +65,7 @@ with contextlib.redirect_stderr(io.StringIO()):
                     raise self._bad(f"n must be between 1 and {most} ({MAX_SAMPLES_ENV}), got {n}")
                 if seed < 0:
                     raise self._bad(f"seed must be >= 0, got {seed}")
+                # prior.sample_latents in numpy (not a copy to share): a bundle ships no model code
                 rng = np.random.default_rng(seed)
                 eps = rng.standard_normal((n, self.latent_dim))
                 if len(self.means) == 1:  # no component index drawn: the same samples as ever
