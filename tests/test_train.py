@@ -204,8 +204,10 @@ def test_epoch_lines_are_one_based_and_the_ae_shows_no_kl(tmp_path, prepared, ca
     assert not any("kl" in line for line in lines)
 
 
-def test_runs_share_setting_keys_and_log_readable_image_series(tmp_path, prepared):
-    summary = train_stage.run("vae", parse_params(TINY), prepared, tmp_path / "m", tmp_path / "c.json")
+@pytest.mark.parametrize("pseudo_inputs", [0, 3], ids=["n01-prior", "vampprior"])
+def test_runs_share_setting_keys_and_log_readable_image_series(tmp_path, prepared, pseudo_inputs):
+    params = parse_params({**TINY, "model": {**TINY["model"], "pseudo_inputs": pseudo_inputs}})
+    summary = train_stage.run("vae", params, prepared, tmp_path / "m", tmp_path / "c.json")
     run = tracking.client().get_run(summary["run_id"])
     assert run.data.params["kind"] == "vae" and run.data.params["latent_dim"] == "2"
     assert run.data.params["train.vae.latent_dim"] == "2"

@@ -228,11 +228,12 @@ def log_images(run, model: AutoEncoder, x_val: torch.Tensor, epoch: int, seed: i
     grid = torch.cat([originals, recon]).cpu().numpy()
     run.log_image(readable(image_grid(grid, ncol=16)), "reconstructions_top-input_bottom-output",
                   epoch + 1)
-    if model.pseudo_inputs:  # from the VampPrior's mixture
-        samples = generate(model, x_val, 64, torch.Generator().manual_seed(seed)).cpu().numpy()
-    elif model.variational:
-        z = torch.randn(64, model.latent_dim, generator=gen, device=x_val.device)
-        samples = model.mean_image(z).cpu().numpy()
+    if model.variational:
+        if model.pseudo_inputs:  # from the VampPrior's mixture
+            samples = generate(model, x_val, 64, torch.Generator().manual_seed(seed)).cpu().numpy()
+        else:
+            z = torch.randn(64, model.latent_dim, generator=gen, device=x_val.device)
+            samples = model.mean_image(z).cpu().numpy()
         run.log_image(readable(image_grid(samples, ncol=8)), "samples", epoch + 1)
     model.train()
 
