@@ -8,17 +8,44 @@ SERVER_DIR ?= $(CURDIR)/mlflow-server
 SERVER_PORT ?= 5001
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint repro study literature ui screenshots server remote bench clean
+.PHONY: help setup setup-cpu lock test lint repro study literature ui screenshots server remote bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+LOCK   := requirements.lock
+# the lock is resolved for CI's interpreter and platform; where a pip constraints file caps
+# versions on this machine (torch served from local disk), the lock honours it
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
+PIP_CAP ?= $(wildcard /etc/xdg/pip/constraints.txt)
+
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@echo "installing $(LOCK) exactly (hash-checked; about 200 packages, torch's with its CUDA libraries, ~6.5 GB)"
+	$(BIN)/pip install --disable-pip-version-check --progress-bar on --require-hashes -r $(LOCK)
+	$(BIN)/pip install --disable-pip-version-check --no-deps --no-build-isolation --quiet -e .
 	touch $(STAMP)
 
-setup: $(STAMP) ## Create .venv and install vaectl (editable, dev extras); fast when already done
+setup: $(STAMP) ## Create .venv, install requirements.lock exactly and vaectl (editable); fast when done
+
+# the CPU-only variant: the lock without torch's CUDA build and libraries, then the same torch
+# and torchvision versions from PyTorch's CPU index (a different build, not hash-pinned)
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+CUDA_ONLY := ^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)==
+
+setup-cpu: ## setup with the CPU-only build of the locked torch (a ~2 GB venv instead of ~6.5; docs/reproducibility.md)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	awk '/^[^ #]/ {skip = ($$0 ~ /$(CUDA_ONLY)/)} !skip' $(LOCK) > $(VENV)/requirements-cpu.lock
+	$(BIN)/pip install --disable-pip-version-check --progress-bar on --require-hashes -r $(VENV)/requirements-cpu.lock
+	$(BIN)/pip install --disable-pip-version-check --index-url $(TORCH_CPU_INDEX) \
+		$$(grep -Eo '^(torch|torchvision)==[^ ]+' $(LOCK))
+	$(BIN)/pip install --disable-pip-version-check --no-deps --no-build-isolation --quiet -e .
+	touch $(STAMP)
+
+lock: setup ## Re-resolve requirements.lock from pyproject.toml; UPGRADE=pkg moves one package to its newest
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes $(LOCK_TARGET) \
+		--custom-compile-command "make lock" $(if $(PIP_CAP),--constraint $(PIP_CAP)) \
+		$(if $(UPGRADE),--upgrade-package $(UPGRADE)) --output-file $(LOCK)
 
 test: setup ## Run the test suite (unit tests + one tiny end-to-end dvc repro)
 	$(BIN)/pytest -q
@@ -56,11 +83,12 @@ remote: setup ## Make DVC_REMOTE (a local directory) this clone's default DVC re
 	$(BIN)/dvc remote add --local --default --force local $(DVC_REMOTE)
 	@echo "DVC remote 'local' -> $(DVC_REMOTE): now 'dvc push' / 'dvc pull'"
 
-bench: setup ## Benchmarks: training throughput, IWAE cost, serving, 1 vs 2 processes (benchmarks/)
+bench: setup ## Benchmarks: training throughput, IWAE cost, serving, 1 vs 2 processes, portable vs fast numerics
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/iwae_cost.py
 	$(BIN)/python benchmarks/serve_latency.py
 	$(BIN)/python benchmarks/ddp_throughput.py
+	$(BIN)/python benchmarks/numerics_cost.py
 
 clean: ## Remove produced data, models, reports and MLflow runs (keeps .venv)
 	rm -rf data/prepared models reports mlruns/mlflow.db mlruns/artifacts .pytest_cache
