@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
-import pytest
+from vaectl.numerics import PORTABLE_ENV
 
-from vaectl.data import describe, self_sha256
-from vaectl.files import write_json
+# before numpy and torch load: in-process tests compute with the pipeline's portable numerics
+# (and `vaectl` commands run in-process accept them); subprocesses inherit them
+os.environ.update(PORTABLE_ENV)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from vaectl.data import describe, self_sha256  # noqa: E402
+from vaectl.files import write_json  # noqa: E402
 
 
 def synthetic_digits(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,11 @@ def test_defaults_and_int_to_float():
     ({"data": {"val_fraction": 1.5}}, "data.val_fraction must be in"),
     ({"data": {"seed": -1}}, "data.seed must be >= 0"),
     ({"eval": {"seed": -1}}, "eval.seed must be >= 0"),
-    ({"train": {"threads": -2}}, "train.threads must be >= 0"),
+    ({"numerics": {"threads": -2, "mode": "fast"}}, "numerics.threads must be >= 0"),
+    ({"numerics": {"threads": 0}}, "numerics.mode portable needs numerics.threads >= 1"),
+    ({"eval": {"iw_precision": "bfloat16"}}, "numerics.mode portable needs eval.iw_precision: float32"),
+    ({"train": {"device": "cuda"}}, "train.device: cuda needs numerics.mode: fast"),
+    ({"numerics": {"mode": "exact"}}, "'numerics.mode' must be one of 'portable', 'fast'"),
     ({"model": {"pseudo_inputs": -1}}, "model.pseudo_inputs must be >= 0"),
     ({"model": {"hidden": []}}, "model.hidden needs at least one layer size"),
     ({"eval": {"classifier": {"batch_size": 0}}}, "eval.classifier.batch_size must be >= 1"),
@@ -88,7 +93,10 @@ def test_the_literature_preset_overlays_params_yaml_and_dvc_applies_it_the_same(
     assert (params.data.name, params.model.arch, params.model.logvar_clip) == (
         "fashion-mnist", "gated-mlp", [-6.0, 2.0])
     assert params.train.vae.latent_dim == 40 and params.train.vae.grad_norm
-    assert params.eval == parse_params({}).eval  # untouched groups keep params.yaml's values
+    assert params.numerics.mode == "fast" and params.eval.iw_precision == "bfloat16"
+    # untouched groups and keys keep params.yaml's values
+    assert params.validate == parse_params({}).validate
+    assert dataclasses.replace(params.eval, iw_precision="float32") == parse_params({}).eval
     copy = tmp_path / "params.yaml"
     copy.write_text((root / "params.yaml").read_text())
     apply_overrides(str(copy), overrides)

@@ -1,6 +1,7 @@
 """One tiny end-to-end `dvc repro` in a temporary copy of the repository, then what a user on
-another machine does: a fresh clone reproduces the committed dvc.lock byte for byte, and a
-clone that pulls from a DVC remote is up to date."""
+another machine does: a fresh clone reproduces the committed dvc.lock byte for byte, also on
+other CPUs and thread settings simulated on this one, and a clone that pulls from a DVC
+remote is up to date."""
 
 import hashlib
 import json
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from vaectl.numerics import NUMPY_DISPATCH_TARGETS, PORTABLE_ENV
 
 from .test_evaluate import TINY_EVAL
 
@@ -48,6 +51,8 @@ def pipeline_copy(tmp_path_factory):
            "GIT_COMMITTER_EMAIL": "t@t"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("VAECTL_ROOT", None)
+    for pinned in PORTABLE_ENV:  # this machine as it is: each library picks its own kernels
+        env.pop(pinned, None)
     env["PYTHONPATH"] = str(root / "src")  # the copy's own code, not the editable install's
     sh("git", "init", "-q", cwd=root, env=env)
     sh("git", "add", "-A", cwd=root, env=env)
@@ -103,9 +108,23 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
     assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "('vae-mnist', '1')"
 
 
-def test_a_fresh_clone_reproduces_the_lock_byte_for_byte(pipeline_copy, tmp_path):
+# Other machines, simulated on this one: the kernels ATen, MKL and numpy would pick on a CPU
+# with fewer instruction sets, and another thread count. The lock was made with this machine's
+# own picks (AVX-512 where it has it), so each pin of numerics.mode portable that is missing
+# shows up as a changed dvc.lock under at least one of them, whatever this CPU is.
+OTHER_CPUS = {
+    "avx2-cpu-2-threads": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                           "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR AVX512F AVX512_SKX",
+                           "OMP_NUM_THREADS": "2"},
+    "sse4-cpu-1-thread": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+                          "NPY_DISABLE_CPU_FEATURES": NUMPY_DISPATCH_TARGETS, "OMP_NUM_THREADS": "1"},
+}
+
+
+@pytest.mark.parametrize("cpu", sorted(OTHER_CPUS))
+def test_a_fresh_clone_reproduces_the_lock_byte_for_byte(pipeline_copy, tmp_path, cpu):
     root, env, _ = pipeline_copy
-    clone, env = fresh_clone(root, tmp_path / "clone", env)
+    clone, env = fresh_clone(root, tmp_path / "clone", {**env, **OTHER_CPUS[cpu]})
     assert not (clone / "data" / "prepared").exists() and not (clone / "mlruns" / "mlflow.db").exists()
     sh("dvc", "repro", cwd=clone, env=env)  # every stage runs: no cache, no data, no MLflow store
     assert sh("git", "status", "--porcelain", cwd=clone, env=env) == ""

@@ -15,7 +15,7 @@ from vaectl import train as train_stage
 from vaectl.params import parse_params
 
 TINY = {"model": {"hidden": [32]},
-        "train": {"device": "cpu", "threads": 1,
+        "train": {"device": "cpu",
                   "vae": {"latent_dim": 2, "epochs": 4, "batch_size": 64, "sample_every": 2},
                   "ae": {"latent_dim": 2, "epochs": 4, "batch_size": 64}}}
 

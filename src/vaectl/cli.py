@@ -14,13 +14,11 @@ from pathlib import Path
 
 import typer
 
-from vaectl import UserError
+from vaectl import UserError, __version__
 from vaectl.files import exclusive_dir
-from vaectl.params import load_params
+from vaectl.params import Params, load_params
 
 app = typer.Typer(
-    help="Train and compare a VAE and an AE baseline on MNIST-family images, tracked in "
-    "MLflow, staged with DVC.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -29,6 +27,16 @@ app = typer.Typer(
 MODELS = ("vae", "ae")  # vaectl.models.KINDS, without importing torch for --help
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (YAML)")
 PREPARED = Path("data/prepared")
+
+
+def load_computing(params_path: Path) -> Params:
+    """The params of a stage that computes, with their numerics in force: called before the
+    stage module is imported, since the portable pins must be set before torch and numpy load."""
+    from vaectl import numerics
+
+    params = load_params(params_path)
+    numerics.apply(params.numerics)
+    return params
 
 
 def user_errors(command):
@@ -58,6 +66,53 @@ def interrupt_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
+def print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"vaectl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=print_version, is_eager=True,
+                                      help="print vaectl's version and exit")):
+    """Train and compare a VAE and an AE baseline on MNIST-family images, tracked in MLflow,
+    staged with DVC."""
+
+
+@app.command()
+@user_errors
+def doctor(params_path: Path = PARAMS,
+           lock: Path = typer.Option(Path("requirements.lock"), help="the lock `make setup` installs")):
+    """What a result's bytes depend on here: package versions against the lock, the CPU's
+    instruction sets, and the kernels and threads that params.yaml's numerics put in force.
+    Exits 1 when the installed packages differ from the lock.
+
+    Example: vaectl doctor   (run it on both machines when two runs disagree)
+    """
+    from vaectl import environment, numerics
+
+    params = load_computing(params_path)
+    model, flags = environment.cpu()
+    native = numerics.native_capability()
+    state = numerics.in_force()
+    typer.echo(f"vaectl {__version__}, " + ", ".join(f"{k} {v}" for k, v in environment.versions().items()))
+    typer.echo(f"cpu: {model}; {' '.join(flags) or 'none of the listed instruction sets'}")
+    typer.echo(f"numerics: {params.numerics.mode} ({params_path}): torch runs its "
+               f"{state['torch_cpu_capability']} kernels (its own pick here: {native}) on "
+               f"{state['torch_threads']} threads; "
+               + ", ".join(f"{k}={os.environ.get(k, '')!r}" for k in numerics.PORTABLE_ENV))
+    if not lock.is_file():
+        raise UserError(f"lock file not found: {lock} (`make lock` writes it)")
+    drift = environment.lock_drift(lock)
+    pins = len(environment.locked_versions(lock))
+    if drift:
+        for name, (locked, found) in drift.items():
+            typer.secho(f"differs from {lock}: {name} {found or 'not installed'} (locked {locked})",
+                        fg="red", err=True)
+        raise UserError(f"{len(drift)} of {pins} packages differ from {lock}; `make setup` installs it")
+    typer.echo(f"packages: all {pins} pins of {lock} installed exactly")
+
+
 @app.command()
 @user_errors
 def fetch(
@@ -72,9 +127,9 @@ def fetch(
 
     Example: VAECTL_MIRROR=/usr/share/datasets/fashion-mnist vaectl fetch
     """
+    params = load_computing(params_path)
     from vaectl.data import fetch as stage
 
-    params = load_params(params_path)
     env_mirrors = os.environ.get("VAECTL_MIRROR", "").split()
     with interrupt_on_sigterm():  # so the temporary download folder is removed on a kill too
         manifest = stage.run(params.data, out, env_mirrors)
@@ -94,9 +149,10 @@ def validate(
 
     Example: vaectl validate && open reports/data_docs/index.html
     """
+    params = load_computing(params_path)
     from vaectl import validate as stage
 
-    outcome = stage.run(load_params(params_path).validate, prepared, report, docs)
+    outcome = stage.run(params.validate, prepared, report, docs)
     if not outcome.success:
         for line in outcome.failures:
             typer.secho(f"FAILED {line}", fg="red", err=True)
@@ -129,14 +185,14 @@ def train(
     Example: vaectl train --model vae --nproc 2   (same as `torchrun --standalone
     --nproc-per-node 2 -m vaectl train --model vae`; the global batch is split between them)
     """
+    if model not in MODELS:  # a choice, checked here to keep the error on one line
+        raise UserError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
+    params = load_computing(params_path)
     from vaectl import train as stage
     from vaectl.distributed import launch
 
-    if model not in MODELS:  # a choice, checked here to keep the error on one line
-        raise UserError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
     out = out or Path("models") / model
     resume_hint = f"vaectl train --model {model} --out {out}"
-    params = load_params(params_path)
     if latent_dim is not None:
         params = stage.with_latent_dim(params, model, latent_dim)
     if nproc > 1:
@@ -183,9 +239,10 @@ def classifier(
 
     Example: vaectl classifier && vaectl evaluate
     """
+    params = load_computing(params_path)
     from vaectl import classifier as stage
 
-    summary = stage.run(load_params(params_path).eval.classifier, prepared, out)
+    summary = stage.run(params.eval.classifier, prepared, out)
     typer.echo(f"classifier: val accuracy {summary['val_accuracy']:.3f} -> {out}")
 
 
@@ -203,9 +260,9 @@ def evaluate(
 
     Example: vaectl evaluate --baseline ae && dvc metrics diff
     """
+    params = load_computing(params_path)
     from vaectl import evaluate as stage
 
-    params = load_params(params_path)
     report, run_id = stage.run(params.eval, prepared, Path("models") / model, Path("models") / baseline,
                                Path("models/classifier/classifier.pt"), reports, reports / "figures",
                                params.tracking.experiment, echo=lambda m: typer.echo(m, err=True))
@@ -252,10 +309,10 @@ def holes(
     Example: vaectl train --model vae --latent-dim 2 --out models/vae-2d (and the AE), then
     vaectl holes && open reports/holes/manifold_2d.png
     """
+    params = load_computing(params_path)
     from vaectl import holes as stage
     from vaectl.report import VERDICTS
 
-    params = load_params(params_path)
     result = stage.run(params.eval, prepared, model, baseline, Path("models/classifier/classifier.pt"),
                        report, figures_dir, params.tracking.experiment)
     for name, c in result["comparison"].items():
@@ -286,6 +343,7 @@ def report(
 @app.command()
 @user_errors
 def export(
+    params_path: Path = PARAMS,
     prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
     out: Path = typer.Option(Path("export"), help="one directory per model goes here"),
     metrics: Path = typer.Option(Path("reports/metrics.json"), help="from `vaectl evaluate`"),
@@ -294,11 +352,12 @@ def export(
 
     Example: vaectl export && ls export/vae
     """
+    load_computing(params_path)
     from vaectl import export as stage
 
-    cards = stage.run(("vae", "ae"), prepared, Path("models"), metrics, out)
-    for kind, card in cards.items():
-        worst = max(card["onnx_parity_max_abs_diff"].values())
+    parities = stage.run(("vae", "ae"), prepared, Path("models"), metrics, out)
+    for kind, parity in parities.items():
+        worst = max(parity.values())
         typer.echo(f"{kind}: exported to {out / kind} (ONNX vs torch max abs diff {worst:.1e})")
 
 

@@ -102,17 +102,19 @@ def export_graphs(model: AutoEncoder, out: Path, probe: torch.Tensor) -> dict[st
     return parity
 
 
-def model_card(kind: str, summary: dict, metrics: dict, manifest_sha: str, checkpoint_sha: str,
-               parity: dict[str, float]) -> tuple[dict, str]:
+def model_card(kind: str, summary: dict, metrics: dict, manifest_sha: str,
+               checkpoint_sha: str) -> tuple[dict, str]:
     """(card JSON, card markdown): only what the inputs determine (no run ids, commits or
-    dates, so the export is byte-identical wherever it is rebuilt); MLflow holds the rest."""
+    dates, so the export is byte-identical wherever it is rebuilt); MLflow holds the rest.
+    ONNX Runtime's parity is the tolerance it passed: its exact difference from torch depends
+    on the kernels ONNX Runtime picks for the CPU, so `vaectl export` prints it instead."""
     rows = comparison_rows(metrics)
     card = {
         "model": kind, "architecture": summary["model_config"], "binarize": summary["binarize"],
         "checkpoint_sha256": checkpoint_sha, "best_val_loss": summary["best_val_loss"],
         "data_manifest_sha256": manifest_sha,
         "test_metrics": flatten_model_metrics(metrics[kind]), "protocol": metrics["protocol"],
-        "onnx_parity_max_abs_diff": parity,
+        "onnx_parity_max_abs_diff_below": PARITY_TOLERANCE,
         "inputs": "float N x 784 or N x 28 x 28 pixels in [0, 1] (decode: N x latent_dim latents)",
         "modes": list(PREDICT_MODES),
     }
@@ -125,7 +127,7 @@ def model_card(kind: str, summary: dict, metrics: dict, manifest_sha: str, check
   `{summary['binarize']}`; checkpoint sha256 `{checkpoint_sha}` (the MLflow training run carries
   it as tag `vaectl.checkpoint_sha256`; the registered version, the run id and git commit)
 - Data manifest sha256: `{manifest_sha}`
-- ONNX Runtime vs torch, max abs diff: {', '.join(f'{k} {v:.2e}' for k, v in parity.items())}
+- ONNX Runtime vs torch: max abs difference below {PARITY_TOLERANCE:g} on 64 test images
 
 ## Test metrics, VAE vs AE ({metrics['protocol']}; 95% bootstrap intervals)
 
@@ -143,14 +145,15 @@ decode (x = N x latent_dim latents), sample (params n, seed).
 
 
 def run(kinds: tuple[str, ...], prepared: Path, models_root: Path, metrics_path: Path,
-        out_root: Path) -> dict[str, dict]:
+        out_root: Path) -> dict[str, dict[str, float]]:
+    """Export each of `kinds`; returns ONNX Runtime's max abs difference from torch per part."""
     if not metrics_path.exists():
         raise UserError(f"evaluation metrics not found: {metrics_path} (run `vaectl evaluate`)")
     metrics = json.loads(metrics_path.read_text())
     manifest_sha = manifest_sha256(prepared)
     train_x = to_unit(load_split(prepared, "train")[0], torch.device("cpu"))
     probe = to_unit(load_split(prepared, "test")[0][:64], torch.device("cpu"))
-    cards = {}
+    parities = {}
     for kind in kinds:
         model, summary = load_trained(models_root / kind, kind, manifest_sha)
         with atomic_path(out_root / kind) as out:
@@ -163,10 +166,10 @@ def run(kinds: tuple[str, ...], prepared: Path, models_root: Path, metrics_path:
             means, chols = latent_prior(model, train_x)
             np.savez(out / "prior.npz", means=means.numpy(), chols=chols.numpy())
             card, text = model_card(kind, summary, metrics, manifest_sha,
-                                    sha256_file(models_root / kind / "best.pt"), parity)
+                                    sha256_file(models_root / kind / "best.pt"))
             write_json(out / "model_card.json", card)
             (out / "model_card.md").write_text(text)
             checksums = {p.name: sha256_file(p) for p in sorted(out.iterdir())}
             write_json(out / "checksums.json", checksums)
-        cards[kind] = card
-    return cards
+        parities[kind] = parity
+    return parities

@@ -65,8 +65,15 @@ class VAETrainParams(TrainParams):
 class TrainGroup:
     vae: VAETrainParams = field(default_factory=VAETrainParams)
     ae: TrainParams = field(default_factory=TrainParams)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = 0  # 0: torch's default
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when present (fast numerics only)
+
+
+@dataclass(frozen=True)
+class NumericsParams:
+    """How every stage that computes runs its kernels (vaectl.numerics says what each pins)."""
+
+    mode: Literal["portable", "fast"] = "portable"  # portable: the same bytes on any x86-64 CPU
+    threads: int = 1  # torch intra-op threads; 0 = torch's default, the number of cores (fast only)
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ class ClassifierParams:
 class EvalParams:
     iw_samples: int = 5000  # k of the importance-weighted NLL (5000 in the literature)
     iw_chunk: int = 25  # samples decoded at once per image batch (speed/memory knob only)
-    iw_precision: Literal["bfloat16", "float32"] = "bfloat16"  # the decoder's matmuls in the IW-NLL
+    iw_precision: Literal["float32", "bfloat16"] = "float32"  # the decoder's matmuls in the IW-NLL
     batch_size: int = 100  # test images per batch
     seed: int = 0  # test binarisation, sampling noise, interpolation pairs
     interp_pairs: int = 500  # per kind: same-class pairs and different-class pairs
@@ -135,6 +142,7 @@ class Params:
     validate: ValidateParams = field(default_factory=ValidateParams)
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainGroup = field(default_factory=TrainGroup)
+    numerics: NumericsParams = field(default_factory=NumericsParams)
     eval: EvalParams = field(default_factory=EvalParams)
     registry: RegistryParams = field(default_factory=RegistryParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
@@ -191,7 +199,16 @@ def _check_ranges(p: Params) -> None:
     checks = [
         (p.data.seed >= 0, "data.seed must be >= 0"),
         (p.eval.seed >= 0, "eval.seed must be >= 0"),
-        (p.train.threads >= 0, "train.threads must be >= 0 (0 keeps torch's default)"),
+        (p.numerics.threads >= 0, "numerics.threads must be >= 0 (0 keeps torch's default)"),
+        (p.numerics.mode == "fast" or p.numerics.threads >= 1,
+         "numerics.mode portable needs numerics.threads >= 1: torch's default is the machine's core "
+         "count, and the thread count changes the bytes"),
+        (p.numerics.mode == "fast" or p.eval.iw_precision == "float32",
+         "numerics.mode portable needs eval.iw_precision: float32 (bfloat16 matmuls round "
+         "differently on AMX, AVX512-BF16 and other CPUs)"),
+        (p.numerics.mode == "fast" or p.train.device != "cuda",
+         "numerics.mode portable computes on the CPU (a GPU's kernels are its own); "
+         "train.device: cuda needs numerics.mode: fast"),
         (len(p.model.hidden) >= 1, "model.hidden needs at least one layer size"),
         (0 < p.data.val_fraction < 1, "data.val_fraction must be in (0, 1)"),
         (0 < p.data.test_fraction < 1, "data.test_fraction must be in (0, 1)"),

@@ -249,8 +249,6 @@ def run(kind: str, params: Params, prepared: Path, out_dir: Path, curves_path: P
     shard of each global batch (same global batch, permutation and binarisation as one
     process); rank 0 alone validates, logs and writes files, and the others return None."""
     t: TrainParams = getattr(params.train, kind)
-    if params.train.threads:
-        torch.set_num_threads(params.train.threads)
     workers, device = join_workers(params.train.device)
     try:
         return _train(kind, t, params, prepared, out_dir, curves_path, resume, workers, device)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vaectl import environment, numerics
 from vaectl.params import flatten
 
 CHECKPOINT_TAG = "vaectl.checkpoint_sha256"  # on a training run: sha256 of its best.pt
@@ -77,7 +78,9 @@ def git_commit() -> str:
 
 def standard_tags(kind: str, data_sha: str) -> dict[str, str]:
     """Tags every vaectl run carries; `vaectl.pipeline` groups the VAE and AE runs of one
-    pipeline run (the DVC experiment, or code commit + data) so the UI compares them."""
+    pipeline run (the DVC experiment, or code commit + data) so the UI compares them. The
+    package versions, the lock they were installed from, the CPU and the numerics in force
+    say what the run's bytes depended on."""
     commit = git_commit()
     exp_name = os.environ.get("DVC_EXP_NAME", "")
     tags = {
@@ -90,6 +93,8 @@ def standard_tags(kind: str, data_sha: str) -> dict[str, str]:
     }
     if exp_name:
         tags["dvc.exp_name"] = exp_name
+    tags.update(environment.run_tags(repo_root() / environment.LOCK_FILE))
+    tags.update({f"vaectl.{k}": v for k, v in numerics.in_force().items()})
     return tags
 
 

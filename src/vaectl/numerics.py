@@ -1,0 +1,83 @@
+"""Which kernels compute: the settings that make a float32 result the same bytes on any
+x86-64 CPU (`numerics.mode: portable`), or leave each library its fastest path (`fast`).
+
+A float32 run's bytes depend on more than code, params and data. Each of these picks its
+code path by the CPU it finds, and the paths round differently:
+- ATen (torch's CPU kernels) picks its vectorised kernels (baseline, AVX2, AVX-512) when torch
+  is imported; its random normal draws and the fused Adam step too;
+- MKL picks its matrix-multiply path by the CPU (conditional numerical reproducibility pins it);
+- numpy dispatches its loops (log, exp, sums) to AVX2 or AVX-512 code;
+- the thread count splits reductions differently, and torch's default is the number of cores;
+- bfloat16 matmuls round differently on AMX, AVX512-BF16 and emulated paths (params allow
+  `eval.iw_precision: bfloat16` in fast mode only);
+- a GPU has its own kernels, so portable mode hides any GPU and computes on the CPU.
+These are read when the library loads: `apply` sets them before torch or numpy
+is imported, which is why the CLI calls it before importing a stage; training processes
+launched for `--nproc` inherit them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from vaectl import UserError
+from vaectl.params import NumericsParams
+
+# numpy's x86 dispatch targets above its baseline: 2.x names, then 1.x names (unknown names
+# are ignored, so one list serves both)
+NUMPY_DISPATCH_TARGETS = ("X86_V3 X86_V4 AVX512_ICL AVX512_SPR AVX F16C FMA3 AVX2 AVX512F "
+                          "AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL")
+
+PORTABLE_ENV = {
+    "ATEN_CPU_CAPABILITY": "default",  # ATen's baseline x86-64 kernels, on every CPU
+    "MKL_CBWR": "COMPATIBLE",  # MKL's code path that every x86-64 CPU runs the same
+    "NPY_DISABLE_CPU_FEATURES": NUMPY_DISPATCH_TARGETS,  # numpy's baseline loops
+    "CUDA_VISIBLE_DEVICES": "",  # no GPU: train.device auto and the IW-NLL stay on the CPU
+}
+
+
+def apply(numerics: NumericsParams) -> None:
+    """Put `numerics` in force for this process and the processes it starts: the portable
+    pins before torch and numpy load, then torch's intra-op thread count. A process that had
+    loaded them already under other settings is refused: the pins would not take."""
+    if numerics.mode == "portable":
+        late = sorted(m for m in ("numpy", "torch") if m in sys.modules)
+        unset = [k for k, v in PORTABLE_ENV.items() if os.environ.get(k) != v]
+        if late and unset:
+            raise UserError(f"numerics.mode portable: {' and '.join(late)} loaded before "
+                            f"{', '.join(unset)} could be set; run the stage as its own "
+                            f"`vaectl` command")
+        os.environ.update(PORTABLE_ENV)
+    if numerics.threads:
+        os.environ["OMP_NUM_THREADS"] = str(numerics.threads)
+    import torch
+
+    if numerics.threads:
+        torch.set_num_threads(numerics.threads)
+    if numerics.mode == "portable" and torch.backends.cpu.get_cpu_capability() != "DEFAULT":
+        raise UserError(f"numerics.mode portable: torch runs its "
+                        f"{torch.backends.cpu.get_cpu_capability()} kernels, not the baseline ones "
+                        f"(ATEN_CPU_CAPABILITY was set after torch loaded)")
+
+
+def native_capability() -> str:
+    """The kernels torch picks on this CPU when nothing pins them (asked of a fresh process)."""
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return done.stdout.strip() or "unknown"
+
+
+def in_force() -> dict[str, str]:
+    """What this process computes with, for MLflow tags and `vaectl doctor` (torch is not
+    imported for it: its figures are given once it is loaded)."""
+    pinned = all(os.environ.get(k) == v for k, v in PORTABLE_ENV.items())
+    torch = sys.modules.get("torch")
+    return {
+        "numerics": "portable" if pinned else "fast",
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability() if torch else "torch not loaded",
+        "torch_threads": (str(torch.get_num_threads()) if torch
+                          else os.environ.get("OMP_NUM_THREADS", "default")),
+    }
