@@ -2,10 +2,11 @@
 in test_pipeline.py)."""
 
 import json
+import os
 
 import pytest
 
-from vaectl import UserError
+from vaectl import UserError, study
 from vaectl.params import parse_params
 from vaectl.study import Trial, markdown_table, seed_interval, summarise, trials, write_reports
 
@@ -80,3 +81,34 @@ def test_reports_are_written_together(tmp_path):
     doc = json.loads((out / "study.json").read_text())
     assert doc["base"] == {"beta": 1.0, "latent_dim": 20} and len(doc["settings"]) == 2
     assert "## latent size (beta 1)" in (out / "study.md").read_text()
+
+
+FLAKY_DVC = """#!/bin/sh
+# fails the first $FAILS calls as DVC does on a half-written queue file, then lists one task
+n=$(cat "$COUNT" 2>/dev/null || echo 0); echo $((n + 1)) > "$COUNT"
+if [ "$n" -lt "$FAILS" ]; then
+  echo "ERROR: unexpected error - Extra data: line 1 column 56 (char 55)" >&2
+  echo "Having any troubles? Hit us up at https://dvc.org/support" >&2; exit 255
+fi
+printf 'Task     Name        Created    Status\\n3550d20  study-b1-z2-s0  05:10 PM   Running\\n'
+printf 'Worker status: 1 active, 0 idle\\n'
+"""
+
+
+@pytest.fixture
+def flaky_dvc(tmp_path, monkeypatch):
+    (tmp_path / "dvc").write_text(FLAKY_DVC)
+    (tmp_path / "dvc").chmod(0o755)
+    monkeypatch.setattr(study, "STATUS_RETRY_S", 0.0)
+    return lambda fails: {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}",
+                          "FAILS": str(fails), "COUNT": str(tmp_path / f"count{fails}")}
+
+
+def test_queue_poll_rides_out_a_transient_status_failure(flaky_dvc):
+    status, workers = study.queue_status(flaky_dvc(study.STATUS_RETRIES), retries=study.STATUS_RETRIES)
+    assert status == {"study-b1-z2-s0": "Running"} and workers
+
+
+def test_queue_status_failing_past_its_retries_names_dvc_s_error_line(flaky_dvc):
+    with pytest.raises(UserError, match=r"`dvc queue status` failed: ERROR: unexpected error - Extra data"):
+        study.queue_status(flaky_dvc(3), retries=2)

@@ -177,15 +177,30 @@ def dvc(*args: str, env: dict) -> str:
     result = subprocess.run(["dvc", *args], capture_output=True, text=True, env=env)
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines()
-        raise UserError(f"`dvc {' '.join(args[:3])}` failed: {lines[-1] if lines else result.returncode}")
+        # DVC ends its errors with a support banner; the ERROR: line is the one that says why
+        reason = next((ln for ln in lines if ln.startswith("ERROR")), lines[-1] if lines else "")
+        raise UserError(f"`dvc {' '.join(args[:3])}` failed: {reason or result.returncode}")
     return result.stdout
 
 
-def queue_status(env: dict) -> tuple[dict[str, str], bool]:
+# `dvc queue status` reads the queue's message files while a worker rewrites them, and now and
+# then fails on a half-written one ("Extra data: line 1 column 56"); a poll retries it this often
+STATUS_RETRIES, STATUS_RETRY_S = 5, 2.0
+
+
+def queue_status(env: dict, retries: int = 0) -> tuple[dict[str, str], bool]:
     """Experiment name -> Queued | Running | Success | Failed, and whether any queue worker
-    is alive, from `dvc queue status`."""
+    is alive, from `dvc queue status` (asked up to `retries` more times if it fails)."""
+    for attempt in range(retries + 1):
+        try:
+            listing = dvc("queue", "status", env=env)
+            break
+        except UserError:
+            if attempt == retries:
+                raise
+            time.sleep(STATUS_RETRY_S)
     status, workers = {}, True
-    for line in dvc("queue", "status", env=env).splitlines()[1:]:
+    for line in listing.splitlines()[1:]:
         parts = line.split()
         if len(parts) >= 4 and parts[-1] in ("Queued", "Running", "Success", "Failed"):
             status[parts[1]] = parts[-1]
@@ -220,7 +235,7 @@ def run_trials(todo: list[Trial], iw_samples: int, env: dict, echo) -> None:
     start_worker(env)
     names, done, start = [t.name for t in todo], set(), time.monotonic()
     while True:
-        status, workers = queue_status(env)
+        status, workers = queue_status(env, retries=STATUS_RETRIES)
         if not workers and any(status.get(n) == "Queued" for n in names):
             start_worker(env)  # an idle worker from an earlier run may have exited meanwhile
         for name in names:
