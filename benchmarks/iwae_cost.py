@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     args = parser.parse_args()
 
-    model, summary = load_trained(args.model, "vae", manifest_sha256(args.prepared))
+    model, summary, _ = load_trained(args.model, "vae", manifest_sha256(args.prepared), "vaectl")
     x, _ = test_inputs(load_split(args.prepared, "test")[0][: args.images], summary["binarize"], seed=0)
     print(f"{model.config()}, k={args.k}, {len(x)} test images, batches of {args.batch}, "
           f"{torch.get_num_threads()} threads")

@@ -83,7 +83,7 @@ def main() -> None:
             began = time.perf_counter()
             train.run("vae", params, args.prepared, out, Path(tmp) / f"curves{len(results)}.json")
             train_s = time.perf_counter() - began
-            model, summary = load_trained(out, "vae", manifest)
+            model, summary, _ = load_trained(out, "vae", manifest, "vaectl")
             x, pixels = test_inputs(test_images, summary["binarize"], eval_params.seed)
             metrics, _, units = likelihood_metrics(model, x, pixels, eval_params,
                                                    torch.Generator().manual_seed(eval_params.seed))

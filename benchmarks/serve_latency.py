@@ -65,7 +65,7 @@ def in_process(export_dir: Path, batch: int, repeats: int) -> dict[str, float]:
     session = onnxruntime.InferenceSession(str(export_dir / "reconstruct.onnx"),
                                            providers=["CPUExecutionProvider"])
     program = torch.export.load(export_dir / "reconstruct.pt2").module()
-    model, _ = load_trained(Path("models/vae"), "vae", manifest_sha256(Path("data/prepared")))
+    model, _, _ = load_trained(Path("models/vae"), "vae", manifest_sha256(Path("data/prepared")), "vaectl")
     eager = Reconstruct(model).eval()
     runners = {"onnxruntime": lambda: session.run(None, {"x": x}),
                "torch.export": lambda: program(torch.from_numpy(x)),

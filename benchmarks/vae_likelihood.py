@@ -92,9 +92,9 @@ def main() -> None:
 
     params = load_params(args.params).eval
     manifest, test_images = manifest_sha256(args.prepared), load_split(args.prepared, "test")[0]
-    trained = load_trained(args.model, "vae", manifest)
+    trained = load_trained(args.model, "vae", manifest, "vaectl")[:2]
     if args.baseline:
-        baseline_trained = load_trained(args.baseline, "vae", manifest)
+        baseline_trained = load_trained(args.baseline, "vae", manifest, "vaectl")[:2]
         if (theirs := baseline_trained[1]["binarize"]) != (ours := trained[1]["binarize"]):
             parser.error(f"{args.baseline} was trained on {theirs!r} images, {args.model} on {ours!r}: "
                          "their test images differ, so they cannot be compared pairwise")

@@ -39,17 +39,16 @@ def train_to_registry(root):
     for kind in ("vae", "ae"):
         train_stage.run(kind, params, prepared, root / "models" / kind,
                         root / "reports" / "curves" / f"{kind}.json")
-    classifier_stage.run(params.eval.classifier, prepared, root / "models" / "classifier")
+    classifier_stage.run(params.eval.classifier, prepared, root / "models" / "classifier", "vaectl")
     evaluate_stage.run(params.eval, prepared, root / "models" / "vae", root / "models" / "ae",
                        root / "models" / "classifier" / "classifier.pt", root / "reports",
                        root / "reports" / "figures", "vaectl", echo=lambda message: None)
     parities = export_stage.run(("vae", "ae"), prepared, root / "models",
-                                root / "reports" / "metrics.json", root / "export")
+                                root / "reports" / "metrics.json", root / "export", "vaectl")
     cards = {kind: json.loads((root / "export" / kind / "model_card.json").read_text())
              for kind in parities}
     rule = RegistryParams(require_smoother_than_baseline=False)
-    first = registry.register(rule, root / "export", root / "reports" / "metrics.json",
-                              prepared, "vaectl", root / "reports" / "registry.json")
+    first = registry.register(rule, root / "export", prepared, "vaectl", root / "reports" / "registry.json")
     return {"root": root, "prepared": prepared, "cards": cards, "parities": parities, "first": first,
             "rule": rule}
 
@@ -96,7 +95,7 @@ def test_first_registration_promotes_and_the_same_model_again_does_not(deployed)
         for k, v in deployed["env"].items():
             mp.setenv(k, v)
         root = deployed["root"]
-        again = registry.register(deployed["rule"], root / "export", root / "reports" / "metrics.json",
+        again = registry.register(deployed["rule"], root / "export",
                                   deployed["prepared"], "vaectl", root / "reports" / "registry2.json")
         from vaectl.tracking import registry_client
 

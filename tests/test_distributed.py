@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from vaectl import UserError, tracking
+from vaectl import UserError, custody, tracking
 from vaectl import train as train_stage
 from vaectl.files import sha256_file
 from vaectl.params import parse_params
@@ -53,7 +53,7 @@ def test_two_processes_reach_the_loss_of_one(tmp_path, prepared, model):
     assert curves["two"] != curves["one"]  # really a different run, not a single process
     (run,) = tracking.find_runs("vaectl", "params.processes = '2'")  # only rank 0 logged
     assert run.info.status == "FINISHED"
-    assert run.data.tags[tracking.CHECKPOINT_TAG] == sha256_file(tmp_path / "two" / "best.pt")
+    assert run.data.tags[custody.CHECKPOINT.tag] == sha256_file(tmp_path / "two" / "best.pt")
 
 
 def test_two_process_resume_equals_uninterrupted(tmp_path, prepared):

@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -184,7 +185,7 @@ def trained(tmp_path, prepared, monkeypatch):
     for kind in ("vae", "ae"):
         train_stage.run(kind, params, prepared, tmp_path / "models" / kind,
                         tmp_path / "reports" / "curves" / f"{kind}.json")
-    classifier_stage.run(params.eval.classifier, prepared, tmp_path / "models" / "classifier")
+    classifier_stage.run(params.eval.classifier, prepared, tmp_path / "models" / "classifier", "vaectl")
     return params, prepared, tmp_path
 
 
@@ -250,7 +251,7 @@ def test_missing_or_mismatched_model_is_a_clear_error(trained):
     params, prepared, root = trained
     with pytest.raises(UserError, match="no trained model in"):
         evaluate(params, prepared, root, vae="nope")
-    with pytest.raises(UserError, match="holds a ae model, expected a vae"):
+    with pytest.raises(UserError, match="best.pt is a 'ae' checkpoint, not a 'vae' one"):
         evaluate_stage.run(params.eval, prepared, root / "models" / "ae", root / "models" / "ae",
                            root / "models" / "classifier" / "classifier.pt", root / "r",
                            root / "r" / "f", "x")
@@ -325,3 +326,93 @@ def test_iw_progress_reports_every_tenth_once_the_pass_takes_a_while(monkeypatch
     assert lines[0] == "evaluate: vae: 300/1000 images, 30 s, about 70 s left"
     assert lines[-1] == "evaluate: vae: 900/1000 images, 90 s, about 10 s left"
     assert len(lines) == 7  # 300..900: not the first two (under 5 s), not the end
+
+
+def zeroed(path):
+    """The checkpoint at `path` with every weight set to zero: a loadable file nobody trained."""
+    state = torch.load(path, weights_only=True)
+    state["model"] = {k: torch.zeros_like(v) for k, v in state["model"].items()}
+    torch.save(state, path)
+
+
+def swap(a, b):
+    a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
+    a.write_bytes(b_bytes)
+    b.write_bytes(a_bytes)
+
+
+FORGERIES = {  # what someone able to write the workspace might leave there, and the refusal
+    "other weights in best.pt": (lambda m: zeroed(m / "vae" / "best.pt"),
+                                 r"vae/best.pt \(sha256 .*\) is not what any `vaectl train` run of vae"),
+    "the VAE's and the AE's best.pt swapped": (lambda m: swap(m / "vae" / "best.pt", m / "ae" / "best.pt"),
+                                               r"vae/best.pt is a 'ae' checkpoint, not a 'vae' one"),
+    "last.pt copied over best.pt": (lambda m: shutil.copyfile(m / "vae" / "last.pt", m / "vae" / "best.pt"),
+                                    r"vae/best.pt \(sha256 .*\) is not what any `vaectl train` run"),
+    "an edited training summary": (lambda m: (m / "ae" / "summary.json").write_text('{"best_val_loss": 1.0}'),
+                                   r"ae/summary.json .* is not the file MLflow run \w+ of `vaectl train`"),
+    "the judge's weights zeroed": (lambda m: zeroed(m / "classifier" / "classifier.pt"),
+                                   r"classifier.pt \(sha256 .*\) is not what any `vaectl classifier` run"),
+    "training curves that are not JSON": (
+        lambda m: (m.parent / "reports" / "curves" / "vae.json").write_text("{"),
+        r"curves/vae.json .* is not the file MLflow run \w+ of `vaectl train`"),
+}
+
+
+def evaluated_reports(root):
+    """Every file evaluate wrote under reports/ (the training curves are train's)."""
+    return {p: p.read_bytes() for p in (root / "reports").rglob("*")
+            if p.is_file() and "curves" not in p.parts}
+
+
+@pytest.mark.parametrize("forgery", FORGERIES)
+def test_evaluate_refuses_inputs_their_writers_did_not_record_and_keeps_its_reports(trained, forgery):
+    params, prepared, root = trained
+    evaluate(params, prepared, root)
+    before = evaluated_reports(root)
+    plant, refusal = FORGERIES[forgery]
+    plant(root / "models")
+    with pytest.raises(UserError, match=refusal):
+        evaluate(params, prepared, root)
+    assert evaluated_reports(root) == before
+    assert not [p for p in (root / "reports").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_evaluate_refuses_a_model_folder_that_training_holds(trained):
+    from vaectl.files import exclusive_dir
+
+    params, prepared, root = trained
+    with exclusive_dir(root / "models" / "ae", "`vaectl train`"), \
+            pytest.raises(UserError, match=r"models/ae is being written by `vaectl train`; wait for it"):
+        evaluate(params, prepared, root)
+
+
+def test_sigterm_during_evaluate_keeps_the_previous_reports_and_ends_the_run_killed(trained):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from vaectl import tracking
+
+    params, prepared, root = trained
+    evaluate(params, prepared, root)
+    before = evaluated_reports(root)
+    slow = {**TINY_EVAL, "eval": {**TINY_EVAL["eval"], "iw_samples": 5000}}  # time to stop it
+    (root / "params.yaml").write_text(yaml.safe_dump(slow))
+    proc = subprocess.Popen([sys.executable, "-m", "vaectl", "evaluate", "--prepared", str(prepared),
+                             "--reports", str(root / "reports")], cwd=root, env=os.environ.copy(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((root / "reports").glob(".metrics.json.*.tmp")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the IW-NLL pass
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted: `vaectl evaluate` stopped")
+    assert evaluated_reports(root) == before
+    assert not [p for p in (root / "reports").iterdir() if p.name.endswith(".tmp")]
+    assert tracking.find_runs("vaectl", "tags.`vaectl.kind` = 'evaluate'")[0].info.status == "KILLED"

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from vaectl import UserError
+from vaectl import UserError, custody
 from vaectl.evaluate import headline
 from vaectl.files import sha256_file, write_json
 from vaectl.html_report import run
@@ -56,11 +56,25 @@ def reports_with_known_answers(root):
     return reports
 
 
+def record_as_evaluated(reports) -> str:
+    """An evaluate run that recorded writing these metrics.json and summary.json, as `vaectl
+    evaluate` does; its id."""
+    from vaectl import tracking
+
+    tags = {"vaectl.kind": "evaluate", custody.METRICS.tag: sha256_file(reports / "metrics.json"),
+            custody.EVALUATE_SUMMARY.tag: sha256_file(reports / "summary.json")}
+    with tracking.start_run("vaectl", "evaluate", tags) as recorded:
+        pass
+    return recorded.run_id
+
+
 @pytest.fixture
 def reports(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("VAECTL_ROOT", str(tmp_path))
-    return reports_with_known_answers(tmp_path)
+    reports = reports_with_known_answers(tmp_path)
+    record_as_evaluated(reports)
+    return reports
 
 
 def test_summary_holds_the_headline_numbers_and_the_verdict_counts(reports):
@@ -93,14 +107,22 @@ def test_page_is_attached_to_the_evaluate_run_of_that_metrics_file(reports):
 
     with tracking.start_run("vaectl", "evaluate", {"vaectl.kind": "evaluate"}) as other:
         pass  # an evaluate run of some other metrics.json
-    tag = {tracking.METRICS_TAG: sha256_file(reports / "metrics.json")}
-    with tracking.start_run("vaectl", "evaluate", tag) as mine:
-        pass
-    assert run(reports, [reports / "figures", reports / "holes"], "vaectl") == mine.run_id
+    mine = record_as_evaluated(reports)  # the newest of two runs that recorded this file
+    assert run(reports, [reports / "figures", reports / "holes"], "vaectl") == mine
     listed = lambda run_id: sorted(f.path for f in tracking.client().list_artifacts(run_id))  # noqa: E731
-    assert listed(mine.run_id) == ["index.html"]
+    assert listed(mine) == ["index.html"]
     assert listed(other.run_id) == []
-    assert tracking.run_status(mine.run_id) == "FINISHED"
+    assert tracking.run_status(mine) == "FINISHED"
+
+
+@pytest.mark.parametrize("forged", ["metrics.json", "summary.json"])
+def test_a_report_no_evaluate_run_wrote_is_refused_before_the_page_is_written(reports, forged):
+    doc = json.loads((reports / forged).read_text())
+    doc["vae"]["iw_nll"] = 1.0  # a better number than was measured
+    write_json(reports / forged, doc)
+    with pytest.raises(UserError, match=f"{forged}.*vaectl evaluate.*dvc repro -f evaluate"):
+        run(reports, [reports / "figures", reports / "holes"], "vaectl")
+    assert not (reports / "index.html").exists()
 
 
 @pytest.mark.parametrize("missing, stage", [("holes.json", "vaectl holes"),

@@ -38,6 +38,12 @@ def test_defaults_and_int_to_float():
     ({"eval": {"classifier": {"lr": -1}}}, "eval.classifier.lr must be > 0"),
     ({"train": {"vae": {"lr": float("inf")}}}, "'train.vae.lr' must be a finite number"),
     ({"train": {"vae": {"beta": float("nan")}}}, "'train.vae.beta' must be a finite number"),
+    ({"registry": {"ae_name": "vae-mnist"}}, "registry.vae_name and ae_name must differ"),
+    ({"registry": {"vae_name": "team/vae"}}, r"no '/' or '@'.*got 'team/vae'"),
+    ({"registry": {"ae_name": "ae@mnist"}}, r"no '/' or '@'.*'ae@mnist'"),
+    ({"registry": {"vae_name": ""}}, "registry.vae_name and ae_name must be 1-100 letters"),
+    ({"registry": {"vae_name": "vae mnist"}}, "registry.vae_name and ae_name must be 1-100 letters"),
+    ({"registry": {"min_improvement": -1000}}, r"registry.min_improvement must be >= 0"),
 ])
 def test_bad_params_name_the_key(raw, message):
     with pytest.raises(UserError, match=message):

@@ -259,3 +259,63 @@ def test_a_new_experiment_opens_on_mlflow_3s_training_view():
     assert tracking.ensure_experiment("kinds") == experiment_id
     tags = tracking.client().get_experiment(experiment_id).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_run_stopped_before_it_improves_keeps_the_previous_best_checkpoint(tmp_path, prepared, monkeypatch):
+    params = parse_params(TINY)
+    train_stage.run("vae", params, prepared, tmp_path / "m", tmp_path / "c.json")
+    best = (tmp_path / "m" / "best.pt").read_bytes()
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C in the first step of the next run
+
+    monkeypatch.setattr(train_stage, "loss_terms", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage.run("vae", params, prepared, tmp_path / "m", tmp_path / "c.json")
+    assert (tmp_path / "m" / "best.pt").read_bytes() == best
+
+
+def test_resume_refuses_a_last_checkpoint_no_training_run_recorded(tmp_path, prepared):
+    params = parse_params(TINY)
+    train_stage.run("vae", params, prepared, tmp_path / "m", tmp_path / "c.json")
+    state = torch.load(tmp_path / "m" / "last.pt", weights_only=True)
+    state["best_val"] = 0.0  # an edited checkpoint: the resumed run would never improve on it
+    torch.save(state, tmp_path / "m" / "last.pt")
+    with pytest.raises(UserError, match=r"last.pt \(sha256 .*\) is not what any `vaectl train` run of vae"):
+        train_stage.run("vae", params, prepared, tmp_path / "m", tmp_path / "c.json", resume=True)
+
+
+def alive(pid: int) -> bool:
+    """Running, not exited (a zombie waiting for init to reap it counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_training_under_dvc_stops_when_dvc_is_killed(tmp_path, prepared):
+    """kill -9 of `dvc repro` once left its `vaectl train` running and writing: under DVC
+    (DVC_STAGE set) the trainer asks the kernel for SIGTERM when its parent dies."""
+    (tmp_path / "params.yaml").write_text(json.dumps({**TINY, "train": {**TINY["train"], "vae": {
+        **TINY["train"]["vae"], "epochs": 100000, "patience": 0}}}))
+    parent = ("import subprocess, sys, time; "
+              f"p = subprocess.Popen([sys.executable, '-m', 'vaectl', 'train', '--model', 'vae', "
+              f"'--prepared', {str(prepared)!r}, '--out', {str(tmp_path / 'm')!r}]); "
+              "print(p.pid, flush=True); time.sleep(600)")
+    dvc = subprocess.Popen([sys.executable, "-c", parent], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "DVC_STAGE": "train@vae"})
+    trainer = int(dvc.stdout.readline())
+    deadline = time.time() + 120
+    while not (tmp_path / "m" / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    dvc.kill()  # kill -9: the parent runs no clean-up
+    dvc.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline and alive(trainer):
+        time.sleep(0.2)
+    if alive(trainer):
+        os.kill(trainer, signal.SIGKILL)
+        pytest.fail("the trainer outlived the DVC that started it")
+    (run,) = tracking.find_runs("vaectl")
+    assert run.info.status == "KILLED"

@@ -3,15 +3,14 @@ summary that says what they were trained on."""
 
 from __future__ import annotations
 
-import json
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
 
-from vaectl import UserError
-from vaectl.files import atomic_path
+from vaectl import UserError, custody
+from vaectl.files import atomic_path, read_json
 from vaectl.models import AutoEncoder, from_config
 
 
@@ -39,20 +38,32 @@ def load_checkpoint(path: Path) -> dict:
     return read_checkpoint(path)
 
 
-def load_trained(model_dir: Path, expected_kind: str, data_sha: str) -> tuple[AutoEncoder, dict]:
-    """(model in eval mode, training summary) from `vaectl train`'s best.pt; refuses a model
-    of the other kind or one trained on other data than `data_sha`."""
+def load_trained(model_dir: Path, expected_kind: str, data_sha: str,
+                 experiment: str) -> tuple[AutoEncoder, dict, tuple[str, dict]]:
+    """(model in eval mode, training summary, (training run id, its tags)) from `vaectl train`'s
+    best.pt and summary.json, each checked against the digests its training run recorded. The
+    checkpoint's own config says what it is: a model of the other kind, or one trained on
+    other data than `data_sha`, is refused."""
     best, summary_path = model_dir / "best.pt", model_dir / "summary.json"
     if not best.exists() or not summary_path.exists():
         raise UserError(f"no trained model in {model_dir} (run `vaectl train --model {expected_kind}`)")
-    summary = json.loads(summary_path.read_text())
-    if summary["model_config"]["kind"] != expected_kind:
-        raise UserError(f"{model_dir} holds a {summary['model_config']['kind']} model, "
-                        f"expected a {expected_kind}")
+    state = read_checkpoint(best)
+    config = state.get("model_config")
+    found = config.get("kind") if isinstance(config, dict) else None
+    if found != expected_kind:
+        raise UserError(f"{best} is {'a ' + repr(found) if found else 'no vaectl model'} checkpoint, not "
+                        f"a {expected_kind!r} one (`vaectl train --model {expected_kind}` writes those)")
+    run = custody.recorded_run(best, custody.CHECKPOINT, experiment, expected_kind)
+    custody.check_sibling(summary_path, custody.TRAINING_SUMMARY, *run, expected_kind)
+    summary = read_json(summary_path, "vaectl train", ("model_config", "data_sha256", "binarize",
+                                                      "best_val_loss"))
     if summary["data_sha256"] != data_sha:
         raise UserError(f"{model_dir} was trained on other data than {data_sha[:12]}… "
                         "(retrain, or fetch the data it was trained on)")
-    state = read_checkpoint(best)
-    model = from_config(state["model_config"])
-    model.load_state_dict(state["model"])
-    return model.eval(), summary
+    try:
+        model = from_config(state["model_config"])
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"{best}: its weights do not fit its own model config "
+                        f"({str(err).splitlines()[0][:100]}); train again") from None
+    return model.eval(), summary, run

@@ -9,15 +9,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from vaectl import custody
 from vaectl.checkpoints import save_checkpoint
-from vaectl.data import load_split
+from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import to_unit
-from vaectl.files import write_json
+from vaectl.files import sha256_file, write_json
 from vaectl.judge import build_classifier
-from vaectl.params import ClassifierParams
+from vaectl.params import ClassifierParams, flatten
 
 
-def run(params: ClassifierParams, prepared: Path, out_dir: Path) -> dict:
+def run(params: ClassifierParams, prepared: Path, out_dir: Path, experiment: str) -> dict:
+    """Train it, write classifier.pt + summary.json, and record their digests in an MLflow run
+    of kind `classifier`: evaluate and holes check the judge they use against it."""
+    from vaectl import tracking
+
     torch.manual_seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
     images, labels = load_split(prepared, "train")
@@ -38,6 +43,11 @@ def run(params: ClassifierParams, prepared: Path, out_dir: Path) -> dict:
     summary = {"val_accuracy": float((val_pred == val_labels).mean()), "hidden": params.hidden,
                "epochs": params.epochs}
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out_dir / "classifier.pt", {"model": model.state_dict(), "hidden": params.hidden})
-    write_json(out_dir / "summary.json", summary)
+    with tracking.start_run(experiment, "classifier",
+                            tracking.standard_tags("classifier", manifest_sha256(prepared))) as mlrun:
+        mlrun.log_params(flatten(params, "classifier"))
+        mlrun.log_metrics({"val_accuracy": summary["val_accuracy"]})
+        save_checkpoint(out_dir / "classifier.pt", {"model": model.state_dict(), "hidden": params.hidden})
+        write_json(out_dir / "summary.json", summary)
+        mlrun.set_tags({custody.CLASSIFIER.tag: sha256_file(out_dir / "classifier.pt")})
     return summary

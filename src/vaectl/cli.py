@@ -10,6 +10,7 @@ import contextlib
 import functools
 import os
 import signal
+import sys
 from pathlib import Path
 
 import typer
@@ -29,11 +30,26 @@ PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (
 PREPARED = Path("data/prepared")
 
 
+def stop_with_dvc() -> None:
+    """Under `dvc repro` (DVC_STAGE set), have the kernel send this process SIGTERM when DVC
+    dies, kill -9 included: a stage must not go on writing outputs that no DVC is waiting for.
+    It then stops as on any SIGTERM. Linux only; elsewhere a no-op."""
+    if "DVC_STAGE" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # DVC died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def load_computing(params_path: Path) -> Params:
     """The params of a stage that computes, with their numerics in force: called before the
     stage module is imported, since the portable pins must be set before torch and numpy load."""
     from vaectl import numerics
 
+    stop_with_dvc()
     params = load_params(params_path)
     numerics.apply(params.numerics)
     return params
@@ -53,17 +69,31 @@ def user_errors(command):
     return wrapper
 
 
-@contextlib.contextmanager
-def interrupt_on_sigterm():
-    """SIGTERM raises KeyboardInterrupt inside the block, so `finally`/`with` clean-ups run."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the signal lands so that `finally`/`with` clean-ups run."""
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+
+def interruptible(command):
+    """Ctrl-C or SIGTERM stop the command with one line and exit 130 / 143: its MLflow run
+    ends KILLED, its temporary files are removed, and its previous outputs stay as they were
+    (every stage replaces its outputs only once they are complete)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        def terminate(signum, frame):
+            raise Terminated
+
+        previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt as stop:
+            typer.secho(f"interrupted: `vaectl {command.__name__}` stopped; its previous outputs are "
+                        "as they were and nothing half-written is left", fg="yellow", err=True)
+            raise typer.Exit(143 if isinstance(stop, Terminated) else 130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
 
 
 def print_version(value: bool) -> None:
@@ -115,6 +145,7 @@ def doctor(params_path: Path = PARAMS,
 
 @app.command()
 @user_errors
+@interruptible
 def fetch(
     params_path: Path = PARAMS,
     out: Path = typer.Option(PREPARED, help="where the prepared splits go"),
@@ -131,8 +162,7 @@ def fetch(
     from vaectl.data import fetch as stage
 
     env_mirrors = os.environ.get("VAECTL_MIRROR", "").split()
-    with interrupt_on_sigterm():  # so the temporary download folder is removed on a kill too
-        manifest = stage.run(params.data, out, env_mirrors)
+    manifest = stage.run(params.data, out, env_mirrors)
     counts = ", ".join(f"{s} {d['count']}" for s, d in manifest["splits"].items())
     typer.echo(f"fetched {manifest['source']['name']}: {counts} -> {out}")
 
@@ -230,6 +260,7 @@ def train(
 
 @app.command()
 @user_errors
+@interruptible
 def classifier(
     params_path: Path = PARAMS,
     prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
@@ -242,12 +273,13 @@ def classifier(
     params = load_computing(params_path)
     from vaectl import classifier as stage
 
-    summary = stage.run(params.eval.classifier, prepared, out)
+    summary = stage.run(params.eval.classifier, prepared, out, params.tracking.experiment)
     typer.echo(f"classifier: val accuracy {summary['val_accuracy']:.3f} -> {out}")
 
 
 @app.command()
 @user_errors
+@interruptible
 def evaluate(
     model: str = typer.Option("vae", help="the VAE to evaluate (a directory under models/)"),
     baseline: str = typer.Option("ae", help="the AE baseline (a directory under models/)"),
@@ -295,6 +327,7 @@ def print_comparison(report: dict) -> None:
 
 @app.command()
 @user_errors
+@interruptible
 def holes(
     model: Path = typer.Option(Path("models/vae-2d"), help="a VAE with latent_dim 2"),
     baseline: Path = typer.Option(Path("models/ae-2d"), help="an AE with latent_dim 2"),
@@ -322,6 +355,7 @@ def holes(
 
 @app.command()
 @user_errors
+@interruptible
 def report(
     params_path: Path = PARAMS,
     reports: Path = typer.Option(Path("reports"), help="the stages' reports; index.html goes here"),
@@ -335,13 +369,12 @@ def report(
 
     experiment = load_params(params_path).tracking.experiment
     run_id = stage.run(reports, [reports / "figures", reports / "holes"], experiment)
-    attached = (f"; attached to the evaluate MLflow run {run_id}" if run_id
-                else "; this MLflow store has no evaluate run of this metrics.json to attach it to")
-    typer.echo(f"wrote {reports / 'index.html'}{attached}")
+    typer.echo(f"wrote {reports / 'index.html'}; attached to the evaluate MLflow run {run_id}")
 
 
 @app.command()
 @user_errors
+@interruptible
 def export(
     params_path: Path = PARAMS,
     prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
@@ -352,10 +385,10 @@ def export(
 
     Example: vaectl export && ls export/vae
     """
-    load_computing(params_path)
+    params = load_computing(params_path)
     from vaectl import export as stage
 
-    parities = stage.run(("vae", "ae"), prepared, Path("models"), metrics, out)
+    parities = stage.run(("vae", "ae"), prepared, Path("models"), metrics, out, params.tracking.experiment)
     for kind, parity in parities.items():
         worst = max(parity.values())
         typer.echo(f"{kind}: exported to {out / kind} (ONNX vs torch max abs diff {worst:.1e})")
@@ -363,23 +396,23 @@ def export(
 
 @app.command()
 @user_errors
+@interruptible
 def register(
     params_path: Path = PARAMS,
     prepared: Path = typer.Option(PREPARED, help="prepared data (input example)"),
     exported: Path = typer.Option(Path("export"), help="from `vaectl export`"),
-    metrics: Path = typer.Option(Path("reports/metrics.json"), help="from `vaectl evaluate`"),
     report: Path = typer.Option(Path("reports/registry.json"), help="what was registered"),
 ):
     """Register the VAE and the AE as new model versions (@candidate); move @champion when
-    the promotion rule in params.yaml (registry.*) holds.
+    the promotion rule in params.yaml (registry.*) holds, on the test metrics of the evaluate
+    run that scored the exported checkpoints (read from MLflow, not from reports/).
 
     Example: vaectl register && vaectl pull vae-mnist@champion --dest deploy/
     """
     from vaectl import registry
 
     params = load_params(params_path)
-    result = registry.register(params.registry, exported, metrics, prepared,
-                               params.tracking.experiment, report)
+    result = registry.register(params.registry, exported, prepared, params.tracking.experiment, report)
     for r in result.values():
         action = "promoted to @champion" if r["promoted"] else "left @champion where it was"
         typer.echo(f"{r['name']} v{r['version']} @candidate, {action}: {r['reason']}")

@@ -10,6 +10,7 @@ classifier. Writes reports/summary.json (the headline: the DVC metric), reports/
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -18,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaectl import UserError
+from vaectl import UserError, custody
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import binarize, to_unit
-from vaectl.files import sha256_file, write_json
+from vaectl.files import atomic_path, read_json, sha256_file, shared_dir, write_json
 from vaectl.interpolation import decode_path, path_metrics, path_ppl
 from vaectl.judge import judge_images, load_classifier, scores
 from vaectl.models import AutoEncoder
@@ -178,46 +179,69 @@ def compare_models(units: dict[str, dict[str, np.ndarray]], seed: int) -> tuple[
     return comparison, own
 
 
+REPORT_FILES = ("summary.json", "metrics.json", "latents.json")
+
+
 def run(params: EvalParams, prepared: Path, model_dir: Path, baseline_dir: Path,
         classifier_path: Path, reports: Path, figures_dir: Path, tracking_experiment: str,
         echo=print) -> tuple[dict, str]:
     """Evaluate, write the reports, and log it all in one MLflow run that spans the work.
-    Returns (the report written to metrics.json, the MLflow run id)."""
+    Every input is checked against its writer's record first; the reports and figures are
+    replaced together at the end, or not at all. Returns (metrics.json's report, the run id)."""
     from vaectl import tracking
 
     data_sha = manifest_sha256(prepared)
     test_images, test_labels = load_split(prepared, "test")
     train_images, _ = load_split(prepared, "train")
-    models = {"vae": load_trained(model_dir, "vae", data_sha),
-              "ae": load_trained(baseline_dir, "ae", data_sha)}
+    with shared_dir(model_dir, "`vaectl train`"), shared_dir(baseline_dir, "`vaectl train`"):
+        loaded = {"vae": load_trained(model_dir, "vae", data_sha, tracking_experiment),
+                  "ae": load_trained(baseline_dir, "ae", data_sha, tracking_experiment)}
+        folders = {"vae": model_dir, "ae": baseline_dir}
+        curves = {name: training_curves(reports / "curves" / f"{folders[name].name}.json", name, run)
+                  for name, (_, _, run) in loaded.items()}
+    models = {name: (model, summary) for name, (model, summary, _) in loaded.items()}
     protocols = {summary["binarize"] for _, summary in models.values()}
     if len(protocols) != 1:
         raise UserError("the VAE and the AE were trained with different train.*.binarize settings; "
                         "their test numbers would not be comparable")
-    protocol = protocols.pop()
-    classifier = load_classifier(classifier_path)
-    tags = tracking.standard_tags("evaluate", data_sha)
-    for name, checkpoint in (("vae", model_dir / "best.pt"), ("ae", baseline_dir / "best.pt")):
-        run_id = tracking.latest_run_id(tracking_experiment,  # the training runs, where this store has them
-                                        {tracking.CHECKPOINT_TAG: sha256_file(checkpoint)})
-        if run_id:
-            tags[f"vaectl.{name}_run_id"] = run_id
+    classifier, classifier_sha = load_classifier(classifier_path, tracking_experiment)
+    tags = {**tracking.standard_tags("evaluate", data_sha), custody.SCORED_CLASSIFIER: classifier_sha}
+    for name, (_, _, (run_id, run_tags)) in loaded.items():  # what this run scored, and whose
+        tags.update({f"vaectl.{name}_run_id": run_id, custody.SCORED[name]: run_tags[custody.CHECKPOINT.tag]})
     with tracking.start_run(tracking_experiment, "evaluate", tags) as mlrun:
         mlrun.log_params({**flatten(params, "eval"), "test_images": len(test_images),
                           **{f"{name}.{k}": v for name, (_, summary) in models.items()
                              for k, v in summary["model_config"].items()}})
-        report, written = _evaluate(params, models, protocol, classifier, test_images,
-                                             test_labels, train_images, reports, figures_dir, echo)
-        files = [reports / name for name in ("summary.json", "metrics.json", "latents.json")]
-        log_evaluation(mlrun, report, files, written)
-        # how `vaectl report` finds this run to attach its page to
-        mlrun.set_tags({tracking.METRICS_TAG: sha256_file(reports / "metrics.json")})
+        with contextlib.ExitStack() as replace_together:
+            staged = {name: replace_together.enter_context(atomic_path(reports / name))
+                      for name in REPORT_FILES}
+            staged_figures = replace_together.enter_context(atomic_path(figures_dir))
+            report, written = _evaluate(params, models, protocols.pop(), classifier, test_images,
+                                        test_labels, train_images, staged, staged_figures, curves, echo)
+            log_evaluation(mlrun, report, list(staged.values()), written)
+            digests = {name: sha256_file(path) for name, path in staged.items()}
+        # the record export, register and report check these files against (custody.py)
+        mlrun.set_tags({custody.METRICS.tag: digests["metrics.json"],
+                        custody.EVALUATE_SUMMARY.tag: digests["summary.json"]})
     return report, mlrun.run_id
 
 
+def training_curves(path: Path, kind: str, run: tuple[str, dict]) -> list[dict]:
+    """The per-epoch history `vaectl train` wrote beside a checkpoint, checked against its
+    training run's record; none when the file is not there (the figure leaves it out)."""
+    if not path.exists():
+        return []
+    custody.check_sibling(path, custody.CURVES, *run, kind)
+    history = read_json(path, "vaectl train", kind=list)
+    if not all(isinstance(h, dict) and {"epoch", "val_loss", "train_loss"} <= h.keys() for h in history):
+        raise UserError(f"{path} is malformed (an epoch without epoch/train_loss/val_loss); "
+                        "it is written by `vaectl train`: run it again")
+    return history
+
+
 def _evaluate(params: EvalParams, models: dict, protocol: str, classifier, test_images: np.ndarray,
-              test_labels: np.ndarray, train_images: np.ndarray, reports: Path, figures_dir: Path,
-              echo) -> tuple[dict, list[Path]]:
+              test_labels: np.ndarray, train_images: np.ndarray, staged: dict[str, Path],
+              figures_dir: Path, curves: dict, echo) -> tuple[dict, list[Path]]:
     from vaectl import figures
 
     x, x_pixels = test_inputs(test_images, protocol, params.seed)
@@ -263,11 +287,11 @@ def _evaluate(params: EvalParams, models: dict, protocol: str, classifier, test_
         "vae_intervals": vae_intervals,
         "bootstrap": {"resamples": RESAMPLES, "level": LEVEL, "seed": params.seed},
     }
-    write_json(reports / "metrics.json", report)
-    write_json(reports / "summary.json", headline(report))
-    write_json(reports / "latents.json", latents)
+    for name, content in (("metrics.json", report), ("summary.json", headline(report)),
+                          ("latents.json", latents)):
+        write_json(staged[name], content)
     written = figures.evaluation_figures(figures_dir, models, x_pixels, test_labels, paths, pairs,
-                                         samples, reports)
+                                         samples, curves)
     return report, written
 
 

@@ -9,7 +9,6 @@ JSON); sha256 checksums.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -17,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from vaectl import UserError
+from vaectl import UserError, custody
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import to_unit
-from vaectl.files import atomic_path, sha256_file, write_json
+from vaectl.files import atomic_path, exclusive_dir, read_json, remove_stale_temps, sha256_file, write_json
 from vaectl.models import AutoEncoder
 from vaectl.params import PREDICT_MODES
 from vaectl.prior import latent_prior
@@ -144,32 +143,61 @@ decode (x = N x latent_dim latents), sample (params n, seed).
     return card, text
 
 
+def scored_metrics(metrics_path: Path, trained: dict, experiment: str) -> tuple[dict, str]:
+    """(metrics.json, its evaluate run id): the report of an evaluate run that scored exactly
+    these checkpoints, as that run recorded it."""
+    scored = {custody.SCORED[kind]: tags[custody.CHECKPOINT.tag]
+              for kind, (_, _, (_, tags)) in trained.items()}
+    run_id, _ = custody.recorded_run(metrics_path, custody.METRICS, experiment, "evaluate", scored,
+                                     " of the checkpoints in models/")
+    return read_json(metrics_path, "vaectl evaluate", ("protocol", "vae", "ae", "comparison")), run_id
+
+
 def run(kinds: tuple[str, ...], prepared: Path, models_root: Path, metrics_path: Path,
-        out_root: Path) -> dict[str, dict[str, float]]:
-    """Export each of `kinds`; returns ONNX Runtime's max abs difference from torch per part."""
-    if not metrics_path.exists():
-        raise UserError(f"evaluation metrics not found: {metrics_path} (run `vaectl evaluate`)")
-    metrics = json.loads(metrics_path.read_text())
+        out_root: Path, experiment: str) -> dict[str, dict[str, float]]:
+    """Export each of `kinds` into out_root/<kind> (replaced whole) and record, in an MLflow
+    run of kind export-<kind>, the digest of its checksums.json and the evaluate run its card
+    quotes. Returns ONNX Runtime's max abs difference from torch per part."""
+    from vaectl import tracking
+
     manifest_sha = manifest_sha256(prepared)
+    trained = {kind: load_trained(models_root / kind, kind, manifest_sha, experiment)
+               for kind in ("vae", "ae")}
+    metrics, evaluate_run = scored_metrics(metrics_path, trained, experiment)
     train_x = to_unit(load_split(prepared, "train")[0], torch.device("cpu"))
     probe = to_unit(load_split(prepared, "test")[0][:64], torch.device("cpu"))
     parities = {}
-    for kind in kinds:
-        model, summary = load_trained(models_root / kind, kind, manifest_sha)
-        with atomic_path(out_root / kind) as out:
-            out.mkdir()
-            parity = export_graphs(model, out, probe)
-            worst = max(parity.values())
-            if worst >= PARITY_TOLERANCE:
-                raise UserError(f"{kind}: ONNX Runtime differs from torch by {worst:.2e} "
-                                f"(>= {PARITY_TOLERANCE}); export aborted")
-            means, chols = latent_prior(model, train_x)
-            np.savez(out / "prior.npz", means=means.numpy(), chols=chols.numpy())
-            card, text = model_card(kind, summary, metrics, manifest_sha,
-                                    sha256_file(models_root / kind / "best.pt"))
-            write_json(out / "model_card.json", card)
-            (out / "model_card.md").write_text(text)
-            checksums = {p.name: sha256_file(p) for p in sorted(out.iterdir())}
-            write_json(out / "checksums.json", checksums)
-        parities[kind] = parity
+    with exclusive_dir(out_root, "`vaectl export`"):
+        for kind in kinds:
+            remove_stale_temps(out_root / kind)  # a killed export's half folder
+            model, summary, (training_run, training_tags) = trained[kind]
+            checkpoint_sha = training_tags[custody.CHECKPOINT.tag]
+            with atomic_path(out_root / kind) as out:
+                out.mkdir()
+                parities[kind] = export_model(kind, model, summary, metrics, manifest_sha,
+                                              checkpoint_sha, train_x, probe, out)
+            tags = {**tracking.standard_tags(f"export-{kind}", manifest_sha),
+                    custody.CHECKSUMS.tag: sha256_file(out_root / kind / "checksums.json"),
+                    custody.EXPORTED_CHECKPOINT: checkpoint_sha, custody.EVALUATE_RUN: evaluate_run,
+                    "vaectl.training_run_id": training_run}
+            with tracking.start_run(experiment, f"export-{kind}", tags) as mlrun:
+                mlrun.log_metrics({f"onnx_parity.{part}": value for part, value in parities[kind].items()})
     return parities
+
+
+def export_model(kind: str, model: AutoEncoder, summary: dict, metrics: dict, manifest_sha: str,
+                 checkpoint_sha: str, train_x: torch.Tensor, probe: torch.Tensor,
+                 out: Path) -> dict[str, float]:
+    """Every file of one export into `out`, checksums.json last; returns the ONNX parities."""
+    parity = export_graphs(model, out, probe)
+    worst = max(parity.values())
+    if worst >= PARITY_TOLERANCE:
+        raise UserError(f"{kind}: ONNX Runtime differs from torch by {worst:.2e} "
+                        f"(>= {PARITY_TOLERANCE}); export aborted")
+    means, chols = latent_prior(model, train_x)
+    np.savez(out / "prior.npz", means=means.numpy(), chols=chols.numpy())
+    card, text = model_card(kind, summary, metrics, manifest_sha, checkpoint_sha)
+    write_json(out / "model_card.json", card)
+    (out / "model_card.md").write_text(text)
+    write_json(out / "checksums.json", {p.name: sha256_file(p) for p in sorted(out.iterdir())})
+    return parity

@@ -49,12 +49,10 @@ def one_per_class(labels: np.ndarray) -> np.ndarray:
 
 
 def evaluation_figures(out_dir: Path, models: dict, x_pixels, labels: np.ndarray, paths: dict,
-                       pairs: dict, samples: dict, reports: Path) -> list[Path]:
+                       pairs: dict, samples: dict, curves: dict[str, list[dict]]) -> list[Path]:
     """reconstructions (one test image per class), samples, interpolation grids (for the same
     pairs, the real end images beside the VAE row and the AE row), a 2-D map of test latents
-    coloured by label, training curves."""
-    import json
-
+    coloured by label, training curves (the per-epoch history of each model that has one)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,10 +110,8 @@ def evaluation_figures(out_dir: Path, models: dict, x_pixels, labels: np.ndarray
 
     fig, ax = plt.subplots(figsize=(6, 4))
     losses = {"vae": "−ELBO (recon + KL)", "ae": "reconstruction NLL"}  # not the same quantity
-    for name in models:
-        curve = reports / "curves" / f"{name}.json"
-        if curve.exists():
-            history = json.loads(curve.read_text())
+    for name, history in curves.items():
+        if history:
             epochs = [h["epoch"] for h in history]
             ax.plot(epochs, [h["val_loss"] for h in history], label=f"{name.upper()} val {losses[name]}")
             ax.plot(epochs, [h["train_loss"] for h in history], "--",

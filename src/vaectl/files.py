@@ -36,6 +36,14 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_stale_temps(dest: Path) -> None:
+    """Remove what a killed `atomic_path(dest)` left beside `dest` (kill -9 runs no clean-up).
+    Only under a lock that keeps every other writer of `dest` out."""
+    dest = Path(dest)
+    for stale in dest.parent.glob(f".{dest.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def exclusive_dir(path: Path, holder: str) -> Iterator[None]:
     """Hold an advisory lock on directory `path` (created if missing) for the block, so that
@@ -63,6 +71,46 @@ def exclusive_dir(path: Path, holder: str) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def shared_dir(path: Path, holder: str) -> Iterator[None]:
+    """Read directory `path` under a shared lock: refused at once while `holder` holds it with
+    `exclusive_dir` (a model still being trained); readers do not block each other."""
+    import fcntl
+
+    path = Path(path)
+    if not path.is_dir():  # nothing to lock; the reader reports what is missing
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{path} is being written by {holder}; wait for it to finish") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path, writer: str, keys: tuple[str, ...] = (), kind: type = dict):
+    """A stage output read back: JSON of type `kind` holding `keys`, else one line naming the
+    file and the command that writes it (never a JSONDecodeError or KeyError later on)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found (it is written by `{writer}`)")
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({str(err)[:80]}); it is written by `{writer}`: "
+                        "run it again") from None
+    missing = [k for k in keys if k not in value] if isinstance(value, dict) else []
+    if not isinstance(value, kind) or missing:
+        what = (f"no {', '.join(missing)}" if missing
+                else f"a JSON {type(value).__name__}, not a {kind.__name__}")
+        raise UserError(f"{path} is malformed ({what}); it is written by `{writer}`: run it again")
+    return value
+
+
 def write_json(dest: Path, obj: object) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
@@ -78,3 +126,9 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def tree_listing(root: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under `root`."""
+    return {p.relative_to(root).as_posix(): sha256_file(p)
+            for p in sorted(Path(root).rglob("*")) if p.is_file()}

@@ -26,7 +26,7 @@ from vaectl import UserError
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import to_unit
-from vaectl.files import write_json
+from vaectl.files import atomic_path, shared_dir, write_json
 from vaectl.judge import judge_images, load_classifier
 from vaectl.params import EvalParams
 from vaectl.prior import latent_prior, moment_matched, sample_latents
@@ -52,13 +52,15 @@ def run(params: EvalParams, prepared: Path, vae_dir: Path, ae_dir: Path, classif
     test_images, test_labels = load_split(prepared, "test")
     train_x = to_unit(load_split(prepared, "train")[0], torch.device("cpu"))
     x = to_unit(test_images, torch.device("cpu"))
-    models = {"vae": load_trained(vae_dir, "vae", data_sha)[0], "ae": load_trained(ae_dir, "ae", data_sha)[0]}
+    with shared_dir(vae_dir, "`vaectl train`"), shared_dir(ae_dir, "`vaectl train`"):
+        models = {"vae": load_trained(vae_dir, "vae", data_sha, experiment)[0],
+                  "ae": load_trained(ae_dir, "ae", data_sha, experiment)[0]}
     for name, model in models.items():
         if model.latent_dim != 2:
             raise UserError(f"the 2-D experiment needs latent_dim 2; the {name} in "
                             f"{vae_dir if name == 'vae' else ae_dir} has {model.latent_dim} "
                             f"(train it with `vaectl train --model {name} --latent-dim 2 --out ...`)")
-    classifier = load_classifier(classifier_path)
+    classifier, _ = load_classifier(classifier_path, experiment)
     generator = torch.Generator().manual_seed(params.seed)
     units, pictures = {}, {}
     for name, model in models.items():
@@ -83,9 +85,10 @@ def run(params: EvalParams, prepared: Path, vae_dir: Path, ae_dir: Path, classif
         "comparison": comparison,
         "bootstrap": {"resamples": RESAMPLES, "level": LEVEL, "seed": params.seed},
     }
-    write_json(report_path, report)
-    written = figures.latent_2d_figures(figures_dir, pictures, test_labels, params.hole_grid)
-    log_holes(report, written, experiment, data_sha)
+    with atomic_path(report_path) as staged_report, atomic_path(figures_dir) as staged_figures:
+        write_json(staged_report, report)  # the report and its figures replaced together
+        written = figures.latent_2d_figures(staged_figures, pictures, test_labels, params.hole_grid)
+        log_holes(report, written, experiment, data_sha)
     return report
 
 

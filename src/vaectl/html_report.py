@@ -15,8 +15,8 @@ import html
 import json
 from pathlib import Path
 
-from vaectl import UserError
-from vaectl.files import atomic_path, sha256_file
+from vaectl import UserError, custody
+from vaectl.files import atomic_path
 from vaectl.report import LEVEL, compared_rows, comparison_rows
 
 CAPTIONS = {  # figure file name -> what it shows
@@ -116,14 +116,17 @@ def page(metrics: dict, summary: dict, holes: dict, validation: dict, figures: l
             + "\n".join(sections) + "\n</body></html>\n")
 
 
-def run(reports: Path, figure_dirs: list[Path], experiment: str) -> str | None:
-    """Write `reports`/index.html; attach it to the evaluate run. Returns that run's id, or
-    None when this MLflow store has none for this metrics.json."""
+def run(reports: Path, figure_dirs: list[Path], experiment: str) -> str:
+    """Write `reports`/index.html; attach it to the evaluate run that wrote metrics.json (a
+    metrics.json no evaluate run recorded is refused). Returns that run's id."""
     from vaectl import tracking
 
     metrics_path = reports / "metrics.json"
     metrics = read_report(metrics_path, "evaluate")
     summary = read_report(reports / "summary.json", "evaluate")
+    # the page quotes only numbers that an evaluate run recorded writing
+    run_id, tags = custody.recorded_run(metrics_path, custody.METRICS, experiment, "evaluate")
+    custody.check_sibling(reports / "summary.json", custody.EVALUATE_SUMMARY, run_id, tags, "evaluate")
     holes = read_report(reports / "holes.json", "holes")
     validation = read_report(reports / "validation.json", "validate")
     figures = [path for folder in figure_dirs for path in sorted(folder.glob("*.png"))]
@@ -131,7 +134,5 @@ def run(reports: Path, figure_dirs: list[Path], experiment: str) -> str | None:
         raise UserError(f"no figures in {', '.join(map(str, figure_dirs))}: run `vaectl evaluate` first")
     with atomic_path(reports / "index.html") as staged:
         staged.write_text(page(metrics, summary, holes, validation, figures), encoding="utf-8")
-    run_id = tracking.latest_run_id(experiment, {tracking.METRICS_TAG: sha256_file(metrics_path)})
-    if run_id:
-        tracking.attach_artifacts(run_id, [reports / "index.html"])
+    tracking.attach_artifacts(run_id, [reports / "index.html"])
     return run_id

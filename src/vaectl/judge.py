@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vaectl import UserError
+from vaectl import UserError, custody
 from vaectl.checkpoints import read_checkpoint
+from vaectl.files import sha256_file
 from vaectl.models import PIXELS, mlp
 
 CLASSES = 10
@@ -37,10 +38,16 @@ def judge_images(classifier: nn.Module, images: torch.Tensor, hole_threshold: fl
     return judged
 
 
-def load_classifier(path: Path) -> nn.Module:
+def load_classifier(path: Path, experiment: str) -> tuple[nn.Module, str]:
+    """(the judge, its sha256): classifier.pt as a `vaectl classifier` run recorded it."""
     if not path.exists():
         raise UserError(f"classifier not found: {path} (run `vaectl classifier`)")
+    custody.recorded_run(path, custody.CLASSIFIER, experiment, "classifier")
     state = read_checkpoint(path)
-    model = build_classifier(state["hidden"])
-    model.load_state_dict(state["model"])
-    return model.eval()
+    try:
+        model = build_classifier(state["hidden"])
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"{path}: not a classifier of `vaectl classifier` "
+                        f"({str(err).splitlines()[0][:100]}); run it again") from None
+    return model.eval(), sha256_file(path)

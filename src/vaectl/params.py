@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,9 @@ class EvalParams:
 # What a registered model's predict does (its `mode` param): the pyfunc checks it, `vaectl
 # predict` checks it before downloading anything, and the model card lists it.
 PREDICT_MODES = ("reconstruct", "encode", "decode", "sample")
+
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a registered model's name
 
 
 @dataclass(frozen=True)
@@ -245,6 +249,16 @@ def _check_ranges(p: Params) -> None:
         (e.classifier.batch_size >= 1, "eval.classifier.batch_size must be >= 1"),
         (e.classifier.lr > 0, "eval.classifier.lr must be > 0"),
         (e.classifier.seed >= 0, "eval.classifier.seed must be >= 0"),
+    ]
+    r = p.registry
+    checks += [
+        (all(MODEL_NAME.fullmatch(n) for n in (r.vae_name, r.ae_name)),
+         f"registry.vae_name and ae_name must be 1-100 letters, digits, '.', '_' or '-', starting "
+         f"with a letter or digit (no '/' or '@': they separate versions and aliases), got "
+         f"{r.vae_name!r} and {r.ae_name!r}"),
+        (r.vae_name != r.ae_name, "registry.vae_name and ae_name must differ: each name's @champion "
+                                  "is chosen on its own model's metric"),
+        (r.min_improvement >= 0, "registry.min_improvement must be >= 0 (nats a new champion must win by)"),
     ]
     s = p.study
     checks += [

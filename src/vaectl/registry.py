@@ -19,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vaectl import UserError
-from vaectl.files import atomic_path, sha256_file, write_json
+from vaectl import UserError, custody
+from vaectl.files import atomic_path, read_json, sha256_file, tree_listing, write_json
 from vaectl.params import PREDICT_MODES, RegistryParams
 from vaectl.report import flatten_model_metrics
 
 PRIMARY_METRIC = {"vae": "iw_nll", "ae": "recon_bce"}  # lower is better for both
-BUNDLE_TAG = "bundle_sha256"  # model version tag: JSON {relative path: sha256} of every file
 
 
 @dataclass
@@ -71,52 +70,75 @@ def version_description(kind: str, metrics: dict, decision: Decision, training_r
     return "\n".join(lines)
 
 
-def register(rule: RegistryParams, export_root: Path, metrics_path: Path, prepared: Path,
-             experiment: str, report_path: Path) -> dict:
+def exported_model(export_dir: Path, kind: str, experiment: str) -> tuple[dict, dict]:
+    """(model card, the export run's tags) of export_dir, after checking its checksums.json
+    against the digest the export run recorded and every file against checksums.json."""
+    _, export_tags = custody.recorded_run(export_dir / "checksums.json", custody.CHECKSUMS,
+                                          experiment, f"export-{kind}")
+    verify_export(export_dir)  # before anything of it is read, the card included
+    card = read_json(export_dir / "model_card.json", "vaectl export",
+                     ("model", "checkpoint_sha256", "data_manifest_sha256", "architecture", "binarize",
+                      "best_val_loss"))
+    if card["model"] != kind or card["checkpoint_sha256"] != export_tags[custody.EXPORTED_CHECKPOINT]:
+        raise UserError(f"{export_dir} holds a {card['model']} export of checkpoint "
+                        f"{str(card['checkpoint_sha256'])[:12]}…, not the {kind} its export run recorded; "
+                        f"{custody.CHECKSUMS.fix}")
+    return card, export_tags
+
+
+def evaluated_metrics(evaluate_run: str, kind: str, checkpoint_sha: str) -> dict:
+    """metrics.json as the evaluate run logged it (its artifact, checked against the digest the
+    run recorded), provided that run scored this very checkpoint."""
+    from vaectl import tracking
+
+    tags = tracking.run_tags(evaluate_run)
+    if tags.get(custody.SCORED[kind]) != checkpoint_sha:
+        raise UserError(f"evaluate run {evaluate_run} did not score the exported {kind} checkpoint "
+                        f"{checkpoint_sha[:12]}…; run `vaectl evaluate` and `vaectl export` again")
+    with tempfile.TemporaryDirectory(prefix="vaectl-metrics-") as tmp:
+        path = tracking.run_artifact(evaluate_run, "metrics.json", Path(tmp))
+        if sha256_file(path) != tags.get(custody.METRICS.tag):
+            raise UserError(f"the metrics.json stored with evaluate run {evaluate_run} is not the one it "
+                            "recorded; run `vaectl evaluate` again")
+        return read_json(path, "vaectl evaluate", ("protocol", "test_images", "vae", "ae", "comparison"))
+
+
+def register(rule: RegistryParams, export_root: Path, prepared: Path, experiment: str,
+             report_path: Path) -> dict:
+    """Register each export as a new version, its promotion decided on the test metrics of the
+    evaluate run that scored that very checkpoint, read from MLflow (custody.py)."""
     from vaectl import tracking
     from vaectl.data import load_split
     from vaectl.tracking import registry_client
 
-    if not metrics_path.exists():
-        raise UserError(f"evaluation metrics not found: {metrics_path} (run `vaectl evaluate`)")
-    metrics = json.loads(metrics_path.read_text())
-    evaluate_run = tracking.latest_run_id(experiment, {tracking.METRICS_TAG: sha256_file(metrics_path)})
     example = load_split(prepared, "test")[0][:2].reshape(2, -1).astype(np.float32) / 255
+    exports = {kind: exported_model(export_root / kind, kind, experiment) for kind in ("vae", "ae")}
     report = {}
     for kind, name in (("vae", rule.vae_name), ("ae", rule.ae_name)):
-        export_dir = export_root / kind
-        if not (export_dir / "checksums.json").exists():
-            raise UserError(f"no export in {export_dir} (run `vaectl export`)")
-        verify_export(export_dir)  # before anything of it is read, the card included
-        card = json.loads((export_dir / "model_card.json").read_text())
-        tags = tracking.standard_tags(f"register-{kind}", card["data_manifest_sha256"])
-        training_run = tracking.latest_run_id(
-            experiment, {tracking.CHECKPOINT_TAG: card["checkpoint_sha256"]})
-        evidence_runs = {key: run_id for key, run_id in (("training_run_id", training_run),
-                                                         ("evaluate_run_id", evaluate_run)) if run_id}
+        card, export_tags = exports[kind]
+        evaluate_run, training_run = export_tags[custody.EVALUATE_RUN], export_tags["vaectl.training_run_id"]
+        metrics = evaluated_metrics(evaluate_run, kind, card["checkpoint_sha256"])
+        tags = {**tracking.standard_tags(f"register-{kind}", card["data_manifest_sha256"]),
+                "vaectl.training_run_id": training_run, "vaectl.evaluate_run_id": evaluate_run}
         test_metrics = flatten_model_metrics(metrics[kind])
         version_tags = {
             **{f"metric.{k}": str(v) for k, v in test_metrics.items()},
             "data_sha256": card["data_manifest_sha256"], "git_commit": tags["mlflow.source.git.commit"],
             "checkpoint_sha256": card["checkpoint_sha256"], "protocol": metrics["protocol"],
-            **evidence_runs,
+            "training_run_id": training_run, "evaluate_run_id": evaluate_run,
             **({"dvc_exp_name": tags["dvc.exp_name"]} if "dvc.exp_name" in tags else {}),
         }
-        champion_value = registry_client.champion_metric(name, PRIMARY_METRIC[kind])
-        tags.update({f"vaectl.{key}": run_id for key, run_id in evidence_runs.items()})
         evidence = {"params": {**card["architecture"], "binarize": card["binarize"]},
                     "metrics": {f"test.{k}": float(v) for k, v in test_metrics.items() if k != "iw_k"}
                     | {"best_val_loss": card["best_val_loss"]}}
-        version = registry_client.register_model(name, export_dir, example, experiment, tags,
-                                                 version_tags, evidence)
-        with tempfile.TemporaryDirectory(prefix="vaectl-bundle-") as tmp:  # what was stored
-            listing = bundle_listing(registry_client.download_model(name, version, Path(tmp)))
-        registry_client.set_version_tag(name, version, BUNDLE_TAG, json.dumps(listing, sort_keys=True))
-        decision = promotion_decision(kind, metrics, champion_value, rule)
-        if decision.promote:
-            registry_client.set_alias(name, "champion", version)
-        registry_client.describe_version(name, version, version_description(
-            kind, metrics, decision, training_run, evaluate_run))
+        with registry_client.registration_lock():
+            champion_value = registry_client.champion_metric(name, PRIMARY_METRIC[kind])
+            decision = promotion_decision(kind, metrics, champion_value, rule)
+            version = registry_client.register_model(
+                name, export_root / kind, example, experiment, tags, version_tags, evidence,
+                version_description(kind, metrics, decision, training_run, evaluate_run))
+            if decision.promote:
+                registry_client.set_alias(name, "champion", version)
         report[kind] = {"name": name, "version": version, "aliases": ["candidate"] +
                         (["champion"] if decision.promote else []), "promoted": decision.promote,
                         "reason": decision.reason}
@@ -125,18 +147,18 @@ def register(rule: RegistryParams, export_root: Path, metrics_path: Path, prepar
 
 
 def verify_export(export_dir: Path) -> None:
-    """Check every exported file against the export's checksums.json before registering it."""
-    listed = json.loads((export_dir / "checksums.json").read_text())
+    """Every file of the export is listed in its checksums.json with its sha256, and nothing
+    listed is missing: an emptied or partial listing verifies nothing, so it is refused."""
+    listed = read_json(export_dir / "checksums.json", "vaectl export")
+    present = {p.name for p in export_dir.iterdir() if p.name != "checksums.json"}
+    unlisted = sorted(present - set(listed))
+    if unlisted or not listed:
+        raise UserError(f"{export_dir}/checksums.json does not list {', '.join(unlisted) or 'any file'}; "
+                        "export again")
     for filename, digest in listed.items():
         path = export_dir / filename
-        if not path.exists() or sha256_file(path) != digest:
+        if not path.is_file() or sha256_file(path) != digest:
             raise UserError(f"{path} is missing or changed since `vaectl export`; export again")
-
-
-def bundle_listing(root: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under `root`."""
-    return {p.relative_to(root).as_posix(): sha256_file(p)
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def verify_bundle(root: Path, recorded: str | None, ref: str) -> int:
@@ -144,7 +166,7 @@ def verify_bundle(root: Path, recorded: str | None, ref: str) -> int:
     missing, added or changed. Returns how many files were checked."""
     if not recorded:
         raise UserError(f"{ref} was registered without bundle checksums; register it again")
-    expected, found = json.loads(recorded), bundle_listing(root)
+    expected, found = json.loads(recorded), tree_listing(root)
     problems = ([f"missing {p}" for p in sorted(set(expected) - set(found))]
                 + [f"unexpected {p}" for p in sorted(set(found) - set(expected))]
                 + [f"changed {p}" for p in sorted(set(found) & set(expected)) if found[p] != expected[p]])
@@ -162,8 +184,8 @@ def download_verified(ref: str, into: Path) -> tuple[str, str, Path, int]:
 
     name, version = registry_client.resolve_model(ref)
     downloaded = registry_client.download_model(name, version, into)
-    checked = verify_bundle(downloaded, registry_client.version_tag(name, version, BUNDLE_TAG),
-                            f"{name}/{version}")
+    recorded = registry_client.version_tag(name, version, registry_client.BUNDLE_TAG)
+    checked = verify_bundle(downloaded, recorded, f"{name}/{version}")
     return name, version, downloaded, checked
 
 

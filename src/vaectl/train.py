@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaectl import UserError
+from vaectl import UserError, custody
 from vaectl.checkpoints import load_checkpoint, save_checkpoint
 from vaectl.data import load_manifest, load_split, manifest_sha256
 from vaectl.data.tensors import VAL_BINARIZE_SEED, binarize, to_unit
@@ -297,12 +297,11 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
         _restore_rng(state["rng"][workers.rank], generator, device)
         start_epoch, best_val, bad_epochs = state["epoch"], state["best_val"], state["bad_epochs"]
         history = state["history"]
-        if workers.main:  # continue the MLflow run that wrote last.pt, if this store has it
-            run_id = tracking.latest_run_id(params.tracking.experiment, run_tags)
-    elif workers.main:
+        if workers.main:  # continue the MLflow run that wrote this last.pt, and only that
+            run_id, _ = custody.recorded_run(last_path, custody.LAST_CHECKPOINT,
+                                             params.tracking.experiment, kind)
+    elif workers.main:  # the previous best.pt stays until this run has a better one
         out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (last_path, best_path):
-            stale.unlink(missing_ok=True)
 
     n, batch = len(x_train), t.batch_size
     # A last global batch smaller than the process count cannot be shared out: it is dropped.
@@ -396,6 +395,7 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
                         "epoch": epoch + 1, "best_val": best_val, "bad_epochs": bad_epochs,
                         "history": history, "params": _flat(params, kind), "data_sha256": data_sha,
                     })
+                    mlrun.set_tags({custody.LAST_CHECKPOINT.tag: sha256_file(last_path)})
                     if (epoch + 1) % t.sample_every == 0 or epoch + 1 == t.epochs or stopped_early:
                         log_images(mlrun, model, x_val, epoch, t.seed)
                     progress.epoch(stats, samples_per_s)
@@ -412,10 +412,12 @@ def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: P
             }
             mlrun.log_metrics({"best_val_loss": best_val})
             mlrun.log_artifact(best_path, "checkpoint")
-            # evaluate and register find this run by the checkpoint's content hash
-            mlrun.set_tags({tracking.CHECKPOINT_TAG: sha256_file(best_path)})
             write_json(out_dir / "summary.json", summary)
             write_json(curves_path, history)
+            # the record every later stage checks these files against (custody.py)
+            mlrun.set_tags({custody.CHECKPOINT.tag: sha256_file(best_path),
+                            custody.TRAINING_SUMMARY.tag: sha256_file(out_dir / "summary.json"),
+                            custody.CURVES.tag: sha256_file(curves_path)})
             summary = {**summary, "run_id": mlrun.run_id}
     finally:
         for s, handler in previous.items():

@@ -22,9 +22,6 @@ import numpy as np
 from vaectl import environment, numerics
 from vaectl.params import flatten
 
-CHECKPOINT_TAG = "vaectl.checkpoint_sha256"  # on a training run: sha256 of its best.pt
-METRICS_TAG = "vaectl.metrics_sha256"  # on an evaluate run: sha256 of the metrics.json it wrote
-
 
 def repo_root() -> Path:
     return Path(os.environ.get("VAECTL_ROOT") or Path.cwd()).resolve()
@@ -169,15 +166,31 @@ def metric_history(run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(history, key=lambda m: m.step)]
 
 
-def latest_run_id(experiment: str, tags: dict[str, str]) -> str | None:
-    """The newest run carrying all `tags`, or None. DVC-tracked files hold no run ids (they
-    differ on every machine); they hold content hashes, and this finds the run behind one."""
+def latest_run(experiment: str, tags: dict[str, str]) -> tuple[str, dict[str, str]] | None:
+    """(id, tags) of the newest run carrying all `tags`, or None. DVC-tracked files hold no
+    run ids (they differ on every machine); they hold content hashes, and this finds the run
+    behind one."""
     if mlflow_module().get_experiment_by_name(experiment) is None:
         return None
     quote = lambda v: "'" + v.replace("'", "\\'") + "'"  # noqa: E731
     query = " and ".join(f"tags.`{k}` = {quote(v)}" for k, v in tags.items())
     runs = find_runs(experiment, query)
-    return runs[0].info.run_id if runs else None
+    return (runs[0].info.run_id, dict(runs[0].data.tags)) if runs else None
+
+
+def latest_run_id(experiment: str, tags: dict[str, str]) -> str | None:
+    found = latest_run(experiment, tags)
+    return found[0] if found else None
+
+
+def run_tags(run_id: str) -> dict[str, str]:
+    return dict(client().get_run(run_id).data.tags)
+
+
+def run_artifact(run_id: str, path: str, dest: Path) -> Path:
+    """Download one artifact of a run into `dest` (a directory)."""
+    return Path(mlflow_module().artifacts.download_artifacts(run_id=run_id, artifact_path=path,
+                                                             dst_path=str(dest)))
 
 
 def attach_artifacts(run_id: str, paths: list[Path]) -> None:

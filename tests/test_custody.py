@@ -1,0 +1,209 @@
+"""The chain of custody from evaluation to the registry, tried as someone able to write files
+in the workspace would (the threat model in README's Reliability section): forged metrics,
+swapped or rehashed exports, interrupted and concurrent stages. Evaluate's own refusals of
+forged checkpoints, summaries and judges are in test_evaluate.py."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from vaectl import UserError, registry
+from vaectl import export as export_stage
+from vaectl.files import sha256_file
+from vaectl.params import RegistryParams
+
+from .test_deploy import train_to_registry
+from .test_evaluate import TINY_EVAL
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Trained, evaluated, exported and registered once; each test restores what it forges."""
+    root = tmp_path_factory.mktemp("custody")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.setenv("VAECTL_ROOT", str(root))
+        deployed = train_to_registry(root)
+        params = {**TINY_EVAL, "model": {**TINY_EVAL["model"], "pseudo_inputs": 3},
+                  "registry": {"require_smoother_than_baseline": False}}
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        yield {**deployed, "env": {**os.environ}}
+
+
+@pytest.fixture
+def restored(chain):
+    """The workspace files as they were before the test, put back after it."""
+    root = chain["root"]
+    saved = root.parent / f"{root.name}-saved"
+    shutil.rmtree(saved, ignore_errors=True)
+    for folder in ("export", "reports", "models"):
+        shutil.copytree(root / folder, saved / folder)
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in chain["env"].items():
+            mp.setenv(key, value)
+        yield root
+    for folder in ("export", "reports", "models"):
+        shutil.rmtree(root / folder)
+        shutil.copytree(saved / folder, root / folder)
+
+
+def vaectl(root, env, *args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "vaectl", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def forge_metrics(root):
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    metrics["vae"]["iw_nll"], metrics["ae"]["recon_bce"] = 1.0, 1.0
+    (root / "reports" / "metrics.json").write_text(json.dumps(metrics))
+
+
+def register(root, prepared):
+    return registry.register(RegistryParams(require_smoother_than_baseline=False),
+                             root / "export", prepared, "vaectl", root / "reports" / "registry.json")
+
+
+def test_export_refuses_metrics_no_evaluate_run_wrote(chain, restored):
+    forge_metrics(restored)
+    before = (restored / "export" / "vae" / "model_card.json").read_bytes()
+    out = vaectl(restored, chain["env"], "export", "--prepared", str(chain["prepared"]),
+                 "--metrics", str(restored / "reports" / "metrics.json"), "--out", str(restored / "export"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "metrics.json (sha256" in out.stderr and "is not what any `vaectl evaluate` run" in out.stderr
+    assert (restored / "export" / "vae" / "model_card.json").read_bytes() == before
+
+
+def test_register_promotes_on_the_numbers_the_evaluate_run_recorded_not_a_local_file(chain, restored):
+    from vaectl.tracking import registry_client
+
+    recorded = json.loads((restored / "reports" / "metrics.json").read_text())
+    forge_metrics(restored)  # register does not read it: the export says which evaluate run counts
+    result = register(restored, chain["prepared"])
+    version = registry_client.client().get_model_version("vae-mnist", result["vae"]["version"])
+    assert float(version.tags["metric.iw_nll"]) == pytest.approx(recorded["vae"]["iw_nll"])
+    assert not result["ae"]["promoted"] and "recon_bce 1 " not in result["ae"]["reason"]
+
+
+def swap_decoders_and_rehash(root):
+    vae, ae = root / "export" / "vae", root / "export" / "ae"
+    shutil.copyfile(ae / "decoder.pt2", vae / "decoder.pt2")
+    listed = json.loads((vae / "checksums.json").read_text())
+    listed["decoder.pt2"] = sha256_file(vae / "decoder.pt2")
+    (vae / "checksums.json").write_text(json.dumps(listed))
+
+
+def swap_exports(root):
+    os.rename(root / "export" / "vae", root / "export" / "tmp")
+    os.rename(root / "export" / "ae", root / "export" / "vae")
+    os.rename(root / "export" / "tmp", root / "export" / "ae")
+
+
+EXPORT_FORGERIES = {
+    "checksums.json emptied": (lambda r: (r / "export" / "vae" / "checksums.json").write_text("{}"),
+                               r"vae/checksums.json \(sha256 .*\) is not what any `vaectl export` run"),
+    "the AE's decoder under a rehashed checksums.json": (
+        swap_decoders_and_rehash, r"vae/checksums.json \(sha256 .*\) is not what any `vaectl export` run"),
+    "the VAE's and the AE's export folders swapped": (
+        swap_exports, r"vae/checksums.json \(sha256 .*\) is not what any `vaectl export` run of export-vae"),
+    "a file added that checksums.json does not list": (
+        lambda r: (r / "export" / "vae" / "extra.onnx").write_bytes(b"x"),
+        r"checksums.json does not list extra.onnx"),
+    "checksums.json not JSON": (lambda r: (r / "export" / "ae" / "checksums.json").write_text("{"),
+                                r"ae/checksums.json \(sha256 .*\) is not what any `vaectl export` run"),
+}
+
+
+@pytest.mark.parametrize("forgery", EXPORT_FORGERIES)
+def test_register_refuses_an_export_its_export_run_did_not_record(chain, restored, forgery):
+    from vaectl.tracking import registry_client
+
+    versions = registry_client.complete_versions("vae-mnist")
+    plant, refusal = EXPORT_FORGERIES[forgery]
+    plant(restored)
+    with pytest.raises(UserError, match=refusal):
+        register(restored, chain["prepared"])
+    assert registry_client.complete_versions("vae-mnist") == versions  # nothing registered
+
+
+def test_an_interrupted_registration_leaves_no_version_without_its_checksums(chain, restored, monkeypatch):
+    from vaectl import tracking
+    from vaectl.tracking import registry_client
+
+    before = [int(v.version) for v in registry_client.client().search_model_versions("name='vae-mnist'")]
+    candidate = registry_client.resolve_model("vae-mnist@candidate")
+
+    def killed(root):
+        raise KeyboardInterrupt  # SIGTERM lands after the version exists, before its bundle tag
+
+    monkeypatch.setattr(registry_client, "tree_listing", killed)
+    with pytest.raises(KeyboardInterrupt):
+        register(restored, chain["prepared"])
+    after = [int(v.version) for v in registry_client.client().search_model_versions("name='vae-mnist'")]
+    assert sorted(after) == sorted(before)  # the half version was deleted
+    assert registry_client.resolve_model("vae-mnist@candidate") == candidate
+    assert tracking.find_runs("vaectl", "tags.`vaectl.kind` = 'register-vae'")[0].info.status == "KILLED"
+
+
+def test_two_registrations_at_once_leave_candidate_on_the_newest_version(chain, restored):
+    from vaectl.tracking import registry_client
+
+    procs = [subprocess.Popen([sys.executable, "-m", "vaectl", "register", "--prepared",
+                               str(chain["prepared"]), "--exported", str(restored / "export"),
+                               "--report", str(restored / f"r{i}.json")], cwd=restored, env=chain["env"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    versions = registry_client.client().search_model_versions("name='vae-mnist'")
+    assert all(registry_client.BUNDLE_TAG in v.tags for v in versions)
+    newest = str(max(int(v.version) for v in versions))
+    assert registry_client.resolve_model("vae-mnist@candidate") == ("vae-mnist", newest)
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_export_leaves_the_previous_export_and_no_half_folder(chain, restored, how):
+    before = {p.relative_to(restored): p.read_bytes()
+              for p in (restored / "export").rglob("*") if p.is_file()}
+    proc = subprocess.Popen([sys.executable, "-m", "vaectl", "export", "--prepared", str(chain["prepared"]),
+                             "--metrics", str(restored / "reports" / "metrics.json"),
+                             "--out", str(restored / "export")],
+                            cwd=restored, env=chain["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while not list((restored / "export").glob(".vae.*.tmp/vae/*.pt2")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(how)
+    _, err = proc.communicate(timeout=120)
+    after = {p.relative_to(restored): p.read_bytes() for p in (restored / "export").rglob("*") if p.is_file()
+             and ".tmp" not in str(p)}
+    assert after == before
+    if how == signal.SIGTERM:
+        assert proc.returncode == 143 and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].startswith("interrupted: `vaectl export` stopped")
+        assert not list((restored / "export").glob(".*.tmp"))
+    else:  # kill -9 runs no clean-up; the next export removes what it left
+        export_stage.run(("vae",), chain["prepared"], restored / "models",
+                         restored / "reports" / "metrics.json", restored / "export", "vaectl")
+        assert not list((restored / "export").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{", r"out.json is not valid JSON \(.*\); it is written by `vaectl export`: run it again"),
+    ('{"model": "vae"}', r"out.json is malformed \(no checkpoint_sha256\); it is written by `vaectl export`"),
+    ("[1, 2]", r"out.json is malformed \(a JSON list, not a dict\)"),
+    (b"\xff\xfe", r"out.json is not valid JSON"),
+])
+def test_a_malformed_stage_output_is_one_line_naming_the_file_and_its_writer(tmp_path, content, message):
+    from vaectl.files import read_json
+
+    path = tmp_path / "out.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(UserError, match=message):
+        read_json(path, "vaectl export", ("model", "checkpoint_sha256"))
