@@ -15,7 +15,7 @@ from vaectl.data import load_split
 from vaectl.interpolation import decode_path, path, path_metrics, path_ppl
 from vaectl.params import parse_params
 
-from .conftest import write_prepared
+from .conftest import synthetic_digits, write_prepared
 from .test_train import TINY
 
 TINY_EVAL = {**TINY, "eval": {"iw_samples": 50, "iw_chunk": 16, "interp_pairs": 4,
@@ -178,15 +178,29 @@ def test_slerp_endpoints_and_norm():
     torch.testing.assert_close(points[1].norm(), torch.tensor(1.0))
 
 
-@pytest.fixture
-def trained(tmp_path, prepared, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
+    """The tiny VAE, AE and judge, trained once for the module with their MLflow store."""
+    root = tmp_path_factory.mktemp("trained")
+    prepared = write_prepared(root / "prepared", {"train": synthetic_digits(30, seed=1),
+                                                  "val": synthetic_digits(5, seed=2),
+                                                  "test": synthetic_digits(5, seed=3)})
     params = parse_params(TINY_EVAL)
-    for kind in ("vae", "ae"):
-        train_stage.run(kind, params, prepared, tmp_path / "models" / kind,
-                        tmp_path / "reports" / "curves" / f"{kind}.json")
-    classifier_stage.run(params.eval.classifier, prepared, tmp_path / "models" / "classifier", "vaectl")
-    return params, prepared, tmp_path
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        for kind in ("vae", "ae"):
+            train_stage.run(kind, params, prepared, root / "models" / kind,
+                            root / "reports" / "curves" / f"{kind}.json")
+        classifier_stage.run(params.eval.classifier, prepared, root / "models" / "classifier", "vaectl")
+    return root
+
+
+@pytest.fixture
+def trained(trained_once, tmp_path, monkeypatch):
+    """A copy of `trained_once` (files and store) that the test may change."""
+    shutil.copytree(trained_once, tmp_path, dirs_exist_ok=True)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    return parse_params(TINY_EVAL), tmp_path / "prepared", tmp_path
 
 
 def evaluate(params, prepared, root, reports="reports", vae="vae", with_run=False):
