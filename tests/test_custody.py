@@ -19,22 +19,17 @@ from vaectl import export as export_stage
 from vaectl.files import sha256_file
 from vaectl.params import RegistryParams
 
-from .test_deploy import train_to_registry
-from .test_evaluate import TINY_EVAL
+from .test_deploy import TINY_DEPLOY, registered_on_a_local_store
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """Trained, evaluated, exported and registered once; each test restores what it forges."""
     root = tmp_path_factory.mktemp("custody")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        mp.setenv("VAECTL_ROOT", str(root))
-        deployed = train_to_registry(root)
-        params = {**TINY_EVAL, "model": {**TINY_EVAL["model"], "pseudo_inputs": 3},
-                  "registry": {"require_smoother_than_baseline": False}}
+    with registered_on_a_local_store(root) as registered:  # the CLI's params: the same models
+        params = {**TINY_DEPLOY, "registry": {"require_smoother_than_baseline": False}}
         (root / "params.yaml").write_text(yaml.safe_dump(params))
-        yield {**deployed, "env": {**os.environ}}
+        yield registered
 
 
 @pytest.fixture

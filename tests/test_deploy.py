@@ -1,6 +1,7 @@
 """Export parity, registry (promotion both ways), pull in a fresh process, pyfunc input
 checks, and a serve smoke test on loopback."""
 
+import contextlib
 import http.client
 import json
 import os
@@ -28,6 +29,9 @@ from .test_evaluate import TINY_EVAL
 REPO = Path(__file__).resolve().parents[1]
 
 
+TINY_DEPLOY = {**TINY_EVAL, "model": {**TINY_EVAL["model"], "pseudo_inputs": 3}}
+
+
 def train_to_registry(root):
     """Tiny models trained, evaluated, exported and registered under `root`, tracked wherever
     MLFLOW_TRACKING_URI points. The VAE has a VampPrior (3 pseudo-images), so its mixture
@@ -35,7 +39,7 @@ def train_to_registry(root):
     prepared = write_prepared(root / "prepared", {"train": synthetic_digits(30, 1),
                                                   "val": synthetic_digits(5, 2),
                                                   "test": synthetic_digits(5, 3)})
-    params = parse_params({**TINY_EVAL, "model": {**TINY_EVAL["model"], "pseudo_inputs": 3}})
+    params = parse_params(TINY_DEPLOY)
     for kind in ("vae", "ae"):
         train_stage.run(kind, params, prepared, root / "models" / kind,
                         root / "reports" / "curves" / f"{kind}.json")
@@ -53,14 +57,21 @@ def train_to_registry(root):
             "rule": rule}
 
 
-@pytest.fixture(scope="module")
-def deployed(tmp_path_factory):
-    """`train_to_registry` once for the whole module, on a local sqlite store."""
-    root = tmp_path_factory.mktemp("deploy")
+@contextlib.contextmanager
+def registered_on_a_local_store(root):
+    """`train_to_registry` under `root` with its own sqlite store, which the environment points
+    at for the block; yields its result and that environment (`env`) for subprocesses."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
         mp.setenv("VAECTL_ROOT", str(root))
         yield {**train_to_registry(root), "env": {**os.environ}}
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """`train_to_registry` once for the whole module, on a local sqlite store."""
+    with registered_on_a_local_store(tmp_path_factory.mktemp("deploy")) as registered:
+        yield registered
 
 
 def test_export_parity_files_and_dynamic_batch(deployed):

@@ -60,10 +60,17 @@ def load_trained(model_dir: Path, expected_kind: str, data_sha: str,
     if summary["data_sha256"] != data_sha:
         raise UserError(f"{model_dir} was trained on other data than {data_sha[:12]}… "
                         "(retrain, or fetch the data it was trained on)")
+    model = restore(lambda: from_config(state["model_config"]), state, best,
+                    "its weights do not fit its own model config", "train again")
+    return model, summary, run
+
+
+def restore(build, state: dict, path: Path, mismatch: str, fix: str):
+    """build() with the checkpoint's weights loaded, in eval mode; a state that does not fit
+    what it claims to be is one line: `path`: `mismatch` (the reason); `fix`."""
     try:
-        model = from_config(state["model_config"])
-        model.load_state_dict(state["model"])
+        module = build()
+        module.load_state_dict(state["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise UserError(f"{best}: its weights do not fit its own model config "
-                        f"({str(err).splitlines()[0][:100]}); train again") from None
-    return model.eval(), summary, run
+        raise UserError(f"{path}: {mismatch} ({str(err).splitlines()[0][:100]}); {fix}") from None
+    return module.eval()

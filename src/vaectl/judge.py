@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from vaectl import UserError, custody
-from vaectl.checkpoints import read_checkpoint
-from vaectl.files import sha256_file
+from vaectl.checkpoints import read_checkpoint, restore
 from vaectl.models import PIXELS, mlp
 
 CLASSES = 10
@@ -42,12 +41,8 @@ def load_classifier(path: Path, experiment: str) -> tuple[nn.Module, str]:
     """(the judge, its sha256): classifier.pt as a `vaectl classifier` run recorded it."""
     if not path.exists():
         raise UserError(f"classifier not found: {path} (run `vaectl classifier`)")
-    custody.recorded_run(path, custody.CLASSIFIER, experiment, "classifier")
+    _, tags = custody.recorded_run(path, custody.CLASSIFIER, experiment, "classifier")
     state = read_checkpoint(path)
-    try:
-        model = build_classifier(state["hidden"])
-        model.load_state_dict(state["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise UserError(f"{path}: not a classifier of `vaectl classifier` "
-                        f"({str(err).splitlines()[0][:100]}); run it again") from None
-    return model.eval(), sha256_file(path)
+    model = restore(lambda: build_classifier(state["hidden"]), state, path,
+                    "not a classifier of `vaectl classifier`", "run it again")
+    return model, tags[custody.CLASSIFIER.tag]  # the digest recorded_run has just matched
