@@ -120,3 +120,41 @@ def test_a_bad_overlay_is_one_line(tmp_path):
         (tmp_path / "o.yaml").write_text(text)
         with pytest.raises(UserError, match=message):
             apply_overlay(base, tmp_path / "o.yaml")
+
+
+def _billion_laughs(levels: int) -> str:
+    """Ten lines that expand to 10**levels strings."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels + 1):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a: " + "[" * 20_000 + "]" * 20_000 + "\n", "invalid YAML at line 1, column 35: nested deeper than 32"),
+    (_billion_laughs(9), "invalid YAML at line 5, column .*: more than 100000 values once aliases"),
+    ("train:\n  vae: {epochs: 1}\neval: {}\ntrain:\n  ae: {epochs: 2}\n",
+     "invalid YAML at line 4, column 1: duplicate key 'train'"),
+    ("train: {vae: {epochs: 1, epochs: 2}}\n", "line 1, column 26: duplicate key 'epochs'"),
+])
+def test_a_params_file_past_the_bounds_is_refused_fast_at_its_line(tmp_path, text, message):
+    """Deep nesting, an alias bomb and a duplicated key (which yaml.safe_load resolves by
+    silently dropping the first block) each get one line, in well under a second."""
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_params(path)
+
+
+def test_aliases_that_stay_small_are_fine_and_a_huge_or_binary_file_is_refused(tmp_path):
+    from vaectl.params import PARAMS_FILE_MAX_BYTES, read_mapping
+
+    path = tmp_path / "p.yaml"
+    path.write_text("a: &x {b: [1, 2]}\nc: *x\n" + _billion_laughs(3))
+    assert read_mapping(path)["c"] == {"b": [1, 2]}
+    path.write_text("# " + "x" * PARAMS_FILE_MAX_BYTES + "\n")
+    with pytest.raises(UserError, match=f"larger than {PARAMS_FILE_MAX_BYTES} bytes"):
+        read_mapping(path)
+    path.write_bytes(b"\xff\xfe\x00data")
+    with pytest.raises(UserError, match="not a text file"):
+        read_mapping(path)

@@ -284,20 +284,83 @@ def load_params(path: Path) -> Params:
     return parse_params(read_mapping(path))
 
 
-def read_mapping(path: Path) -> dict | None:
-    """A YAML file's top-level mapping (None when empty), or a one-line error."""
-    path = Path(path)
+# What a params file may be: params.yaml is ~5 kB and 4 levels deep. Past these a file is an
+# accident or an attack (a YAML alias "billion laughs" expands a few lines into 10^9 nodes).
+PARAMS_FILE_MAX_BYTES = 1 << 20
+PARAMS_MAX_DEPTH = 32
+PARAMS_MAX_NODES = 100_000  # scalars, lists and mappings, each alias counted as what it expands to
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader with the bounds above checked while composing (before any Python
+    object is built or walked) and a duplicated key refused, as DVC refuses it."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.depth, self.nodes, self.sizes = 0, 0, {}
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = super().compose_node(parent, index)
+            self._count(self.sizes.get(id(node), 1), event.start_mark)
+            return node
+        self.depth += 1
+        if self.depth > PARAMS_MAX_DEPTH:
+            self._refuse(f"nested deeper than {PARAMS_MAX_DEPTH} levels", self.peek_event().start_mark)
+        before = self.nodes
+        node = super().compose_node(parent, index)
+        self.depth -= 1
+        self._count(1, node.start_mark)
+        self.sizes[id(node)] = self.nodes - before
+        return node
+
+    def _count(self, n: int, mark) -> None:
+        self.nodes += n
+        if self.nodes > PARAMS_MAX_NODES:
+            self._refuse(f"more than {PARAMS_MAX_NODES} values once aliases are expanded", mark)
+
+    def _refuse(self, problem: str, mark) -> None:
+        raise yaml.constructor.ConstructorError(None, None, problem, mark)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node)
+            if isinstance(key, typing.Hashable) and key in seen:
+                self._refuse(f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key if isinstance(key, typing.Hashable) else id(key))
+        return super().construct_mapping(node, deep)
+
+
+BoundedLoader.add_constructor("tag:yaml.org,2002:map", BoundedLoader.construct_yaml_map)
+
+
+def _yaml_text(path: Path) -> str:
     if not path.is_file():
         raise UserError(f"params file not found: {path}" + (" (a directory)" if path.is_dir() else ""))
+    with open(path, "rb") as f:
+        data = f.read(PARAMS_FILE_MAX_BYTES + 1)
+    if len(data) > PARAMS_FILE_MAX_BYTES:
+        raise UserError(f"{path}: larger than {PARAMS_FILE_MAX_BYTES} bytes: not a params file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file") from None
+
+
+def read_mapping(path: Path) -> dict | None:
+    """A YAML file's top-level mapping (None when empty), or a one-line error with the line
+    and column: also for a file past the size, depth or alias bounds, or a duplicated key."""
+    path = Path(path)
+    text = _yaml_text(path)
+    try:
+        raw = yaml.load(text, Loader=BoundedLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise UserError(f"{path}: invalid YAML{where}: {problem}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text file") from None
     if raw is not None and not isinstance(raw, dict):
         raise UserError(f"{path}: top level must be a mapping")
     return raw
