@@ -83,12 +83,13 @@ remote: setup ## Make DVC_REMOTE (a local directory) this clone's default DVC re
 	$(BIN)/dvc remote add --local --default --force local $(DVC_REMOTE)
 	@echo "DVC remote 'local' -> $(DVC_REMOTE): now 'dvc push' / 'dvc pull'"
 
-bench: setup ## Benchmarks: training throughput, IWAE cost, serving, 1 vs 2 processes, portable vs fast numerics
+bench: setup ## Benchmarks: training throughput, IWAE cost, serving, 1 vs 2 processes, portable vs fast numerics, memory estimates
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/iwae_cost.py
 	$(BIN)/python benchmarks/serve_latency.py
 	$(BIN)/python benchmarks/ddp_throughput.py
 	$(BIN)/python benchmarks/numerics_cost.py
+	$(BIN)/python benchmarks/memory_estimates.py
 
 clean: ## Remove produced data, models, reports and MLflow runs (keeps .venv)
 	rm -rf data/prepared models reports mlruns/mlflow.db mlruns/artifacts .pytest_cache

@@ -158,3 +158,97 @@ def test_aliases_that_stay_small_are_fine_and_a_huge_or_binary_file_is_refused(t
     path.write_bytes(b"\xff\xfe\x00data")
     with pytest.raises(UserError, match="not a text file"):
         read_mapping(path)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"eval": {"iw_samples": 10**9}}, r"eval.iw_samples = 1000000000 is past its cap 100000"),
+    ({"eval": {"interp_pairs": 10**9}}, r"eval.interp_pairs = 1000000000 is past its cap 10000"),
+    ({"train": {"ae": {"latent_dim": 10**6}}}, r"train.ae.latent_dim = 1000000 is past its cap 1024"),
+    ({"model": {"hidden": [64, 10**6]}}, r"model.hidden = 1000000 is past its cap 8192"),
+    ({"numerics": {"threads": 10**5, "mode": "fast"}}, r"numerics.threads = 100000 is past its cap 256"),
+    ({"train": {"vae": {"seed": 10**23}}}, r"train.vae.seed = 10{23} is past its cap 4294967295"),
+    ({"study": {"seeds": [0, 2**32]}}, r"study.seeds = 4294967296 is past its cap 4294967295"),
+    ({"eval": {"classifier": {"seed": 2**32}}}, r"eval.classifier.seed = 4294967296 is past"),
+    ({"train": {"vae": {"epochs": 10**12}}}, r"train.vae.epochs = 10{12} is past its cap 100000"),
+    ({"data": {"mirrors": ["/m"] * 21}}, r"data.mirrors has 21 entries, more than its cap 20"),
+    ({"data": {"mirrors": ["/" + "m" * 2000]}}, r"data.mirrors holds a string of 2001 characters"),
+    ({"study": {"seeds": list(range(20)), "latent_dims": list(range(1, 11))}},
+     r"the study's lists make 300 trials, more than 200"),
+])
+def test_a_value_past_its_cap_is_refused_naming_key_and_cap(raw, message):
+    with pytest.raises(UserError, match=message):
+        parse_params(raw)
+
+
+def test_every_cap_is_reachable_and_the_values_at_the_caps_pass():
+    """Each cap pattern names real keys (a renamed key would leave its cap matching nothing)."""
+    import fnmatch
+
+    from vaectl.params import CAPS, LIST_CAPS
+
+    keys = flatten(parse_params({}))
+    for pattern in [*CAPS, *LIST_CAPS]:
+        assert any(fnmatch.fnmatchcase(k, pattern) for k in keys), pattern
+    parse_params({"train": {"vae": {"seed": 2**32 - 1, "epochs": 100_000}}, "eval": {"iw_samples": 100_000}})
+
+
+# every other large computation made small, so that the one a case inflates is the one refused
+SMALL_EVAL = {"interp_pairs": 1, "ppl_samples": 1, "interp_steps": 2, "generated": 2, "batch_size": 1}
+
+
+@pytest.mark.parametrize("raw, what", [
+    ({"model": {"hidden": [8192] * 5}}, "the VAE's training step"),
+    ({"train": {"ae": {"batch_size": 65_536}}, "model": {"hidden": [8192]}}, "the AE's training step"),
+    ({"model": {"pseudo_inputs": 10_000}, "train": {"vae": {"batch_size": 65_536}}},
+     "the VAE's training step"),
+    ({"eval": {"batch_size": 10_000, "iw_chunk": 1000}}, "the VAE's likelihood batch"),
+    ({"eval": {"interp_pairs": 10_000, "ppl_samples": 100, "interp_steps": 100}}, "the VAE's interpolations"),
+    ({"eval": {"generated": 100_000}, "model": {"hidden": [8192, 8192]}}, "the VAE's generated set"),
+    ({"eval": {"classifier": {"hidden": [8192] * 16}}}, "the judge's training step"),
+])
+def test_a_computation_past_the_memory_budget_is_refused_before_it_allocates(raw, what, monkeypatch):
+    raw = {**raw, "eval": {**SMALL_EVAL, **raw.get("eval", {})}}
+    with pytest.raises(UserError, match=f"{what} would need about .* GiB .* past the 8 GiB budget"):
+        parse_params(raw)
+    monkeypatch.setenv("VAECTL_MEMORY_BUDGET_GIB", "100000")
+    parse_params(raw)
+    monkeypatch.setenv("VAECTL_MEMORY_BUDGET_GIB", "lots")
+    with pytest.raises(UserError, match="VAECTL_MEMORY_BUDGET_GIB must be a positive number of GiB, "
+                                        "got 'lots'"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "gated-mlp"])
+@pytest.mark.parametrize("kind", ["vae", "ae"])
+def test_the_parameter_count_estimate_is_exact(arch, kind):
+    from vaectl.models import build_model
+    from vaectl.params import ModelParams, parameter_count
+
+    for hidden, latent, pseudo in [([8], 2, 0), ([300, 300], 40, 7), ([512, 256, 64], 20, 0)]:
+        model = build_model(kind, arch, hidden, latent, (), pseudo)
+        real = sum(w.numel() for w in model.parameters())
+        model_params = ModelParams(arch=arch, hidden=hidden, pseudo_inputs=pseudo)
+        assert parameter_count(kind, model_params, latent) == real
+
+
+def test_every_bound_is_in_docs_bounds_with_its_value():
+    from vaectl.params import (
+        CAPS,
+        LIST_CAPS,
+        MEMORY_BUDGET_ENV,
+        MEMORY_BUDGET_GIB,
+        PARAMS_FILE_MAX_BYTES,
+        PARAMS_MAX_DEPTH,
+        PARAMS_MAX_NODES,
+        STUDY_MAX_TRIALS,
+        TEXT_CAP,
+    )
+
+    table = (Path(__file__).parent.parent / "docs" / "bounds.md").read_text()
+    rows = ([f"| `{k}` | {v:,} |" for k, v in CAPS.items()]
+            + [f"| `{k}` entries | {v:,} |" for k, v in LIST_CAPS.items()])
+    rows += [f"{TEXT_CAP:,} characters", f"{STUDY_MAX_TRIALS:,} trials", f"{PARAMS_FILE_MAX_BYTES:,} bytes",
+             f"{PARAMS_MAX_DEPTH} levels", f"{PARAMS_MAX_NODES:,} values", f"`{MEMORY_BUDGET_ENV}`",
+             f"{MEMORY_BUDGET_GIB:g} GiB"]
+    missing = [row for row in rows if row not in table]
+    assert not missing, missing

@@ -28,7 +28,7 @@ from vaectl.interpolation import decode_path, path_metrics, path_ppl
 from vaectl.judge import judge_images, load_classifier, scores
 from vaectl.models import AutoEncoder
 from vaectl.objectives import bernoulli_nll, iwae_log_likelihood, kl_to_prior
-from vaectl.params import EvalParams, flatten
+from vaectl.params import ELBO_SAMPLES, EvalParams, flatten
 from vaectl.prior import generate
 from vaectl.report import (
     LEVEL,
@@ -114,8 +114,8 @@ def likelihood_metrics(model: AutoEncoder, x: torch.Tensor, x_pixels: torch.Tens
         add("recon_mse", (torch.sigmoid(logits) - pb).pow(2).mean(-1))
         mus.append(mu)
         if model.variational:
-            recon = expected_recon_nll(model, xb, 100, generator)
-            kl = kl_to_prior(components, mu, logvar, 100, generator)
+            recon = expected_recon_nll(model, xb, ELBO_SAMPLES, generator)
+            kl = kl_to_prior(components, mu, logvar, ELBO_SAMPLES, generator)
             add("elbo_recon", recon)
             add("elbo_kl", kl)
             add("neg_elbo", recon + kl)

@@ -20,7 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-PIXELS = 28 * 28
+from vaectl.params import PIXELS
+
 KINDS = ("vae", "ae")
 ARCHS = ("mlp", "gated-mlp")  # params.model.arch
 LOG_2PI = math.log(2 * math.pi)

@@ -6,7 +6,9 @@ Every key is declared here; an unknown, missing or mistyped key is a one-line er
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +18,8 @@ from typing import Literal
 import yaml
 
 from vaectl import UserError
+
+PIXELS = 28 * 28  # every dataset's images (vaectl.models reads it from here)
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class EvalParams:
     hole_grid: int = 20  # the 2-D experiment decodes a hole_grid x hole_grid grid of latents
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
 
+
+ELBO_SAMPLES = 100  # evaluate's Monte-Carlo draws per test image of the ELBO's terms
 
 # What a registered model's predict does (its `mode` param): the pyfunc checks it, `vaectl
 # predict` checks it before downloading anything, and the model card lists it.
@@ -274,9 +280,144 @@ def _check_ranges(p: Params) -> None:
             raise UserError(f"params: {message}")
 
 
+# Hard caps: a value past one is a typo or an attack, not a study. Each sits 10-100x past
+# the largest value this repo or the literature uses, and bounds what a count costs in time
+# (the IW-NLL decodes test images x iw_samples, the interpolations pairs x ppl_samples).
+# Keys are fnmatch patterns over flatten()'s names; a list is capped item by item. The
+# README's "Bounds" table lists every one (tests/test_params.py keeps the two in step).
+CAPS: dict[str, int] = {
+    "train.*.latent_dim": 1024,
+    "train.*.epochs": 100_000,
+    "train.*.batch_size": 65_536,
+    "train.*.patience": 100_000,
+    "train.*.sample_every": 100_000,
+    "train.vae.kl_warmup_epochs": 100_000,
+    "model.hidden": 8192,
+    "model.pseudo_inputs": 10_000,
+    "numerics.threads": 256,
+    "eval.iw_samples": 100_000,
+    "eval.iw_chunk": 100_000,
+    "eval.batch_size": 10_000,
+    "eval.interp_pairs": 10_000,
+    "eval.interp_steps": 1_000,
+    "eval.ppl_samples": 10_000,
+    "eval.generated": 100_000,
+    "eval.hole_grid": 200,
+    "eval.classifier.hidden": 8192,
+    "eval.classifier.epochs": 10_000,
+    "eval.classifier.batch_size": 65_536,
+    "validate.min_rows": 10_000_000,
+    "study.latent_dims": 1024,
+    "study.iw_samples": 100_000,
+    "*seed*": 2**32 - 1,  # numpy's legacy seeding takes < 2**32; torch's < 2**64
+}
+LIST_CAPS: dict[str, int] = {"model.hidden": 16, "eval.classifier.hidden": 16,
+                             "data.mirrors": 20, "study.*": 20}
+TEXT_CAP = 2000  # characters of any one string (a mirror, a name)
+STUDY_MAX_TRIALS = 200  # `vaectl study` trains two models per trial
+
+# The estimated peak of any one computation (a training step, an IW-NLL chunk, the
+# interpolation paths) must fit this, so that a large value is refused before it allocates
+# instead of ending in an allocator's traceback or the kernel's OOM killer.
+MEMORY_BUDGET_ENV = "VAECTL_MEMORY_BUDGET_GIB"
+MEMORY_BUDGET_GIB = 8.0  # a third of the 24 GiB machines this project runs on
+FIXED_OVERHEAD_BYTES = 64 << 20  # the allocator's and kernels' scratch, on top of every estimate
+
+
+def _check_caps(p: Params) -> None:
+    for key, value in flatten(p).items():
+        items = value if isinstance(value, list) else [value]
+        for pattern, cap in LIST_CAPS.items():
+            if fnmatch.fnmatchcase(key, pattern) and isinstance(value, list) and len(value) > cap:
+                raise UserError(f"params: {key} has {len(value)} entries, more than its cap {cap}")
+        for item in items:
+            if isinstance(item, str) and len(item) > TEXT_CAP:
+                raise UserError(f"params: {key} holds a string of {len(item)} characters, "
+                                f"more than {TEXT_CAP}")
+        for pattern, cap in CAPS.items():
+            big = [v for v in items if isinstance(v, int) and v > cap]
+            if fnmatch.fnmatchcase(key, pattern) and big:
+                raise UserError(f"params: {key} = {big[0]} is past its cap {cap} (docs/bounds.md)")
+    trials = len(p.study.seeds) * (len(p.study.betas) + len(p.study.latent_dims))
+    if trials > STUDY_MAX_TRIALS:
+        raise UserError(f"params: the study's lists make {trials} trials, more than {STUDY_MAX_TRIALS}")
+
+
+def _dense(widths: list[int], gate: int) -> int:
+    return sum(gate * (a + 1) * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+
+
+def parameter_count(kind: str, m: ModelParams, latent_dim: int) -> int:
+    """The weights and biases of vaectl.models.build_model(kind, ...), from the sizes alone."""
+    head = (m.hidden[-1] + 1) * latent_dim * (2 if kind == "vae" else 1)
+    pseudo = m.pseudo_inputs * PIXELS if kind == "vae" else 0
+    back = [latent_dim, *reversed(m.hidden)]
+    if m.arch == "gated-mlp":
+        decoder = _dense(back, 2) + (m.hidden[0] + 1) * PIXELS
+    else:
+        decoder = _dense([*back, PIXELS], 1)
+    return _dense([PIXELS, *m.hidden], 2 if m.arch == "gated-mlp" else 1) + head + decoder + pseudo
+
+
+def image_bytes(m: ModelParams, latent_dim: int, backward: bool) -> int:
+    """An upper estimate of the bytes one image holds in a forward pass, as if every tensor
+    stayed alive: pixels and logits, each layer's outputs on both sides (a gated layer's
+    h, g and product), latents, and the VampPrior's K mixture terms in float64; a backward
+    pass keeps them all and adds as much again in gradients."""
+    per_layer = 3 if m.arch == "gated-mlp" else 2
+    floats = 2 * PIXELS + per_layer * 2 * sum(m.hidden) + 2 * latent_dim
+    return 4 * floats * (2 if backward else 1) + 3 * 8 * m.pseudo_inputs
+
+
+def memory_estimates(p: Params) -> dict[str, tuple[int, str]]:
+    """(estimated peak bytes, the keys that set it) of each large computation."""
+    e, m = p.eval, p.model
+    out = {}
+    for kind, t in (("vae", p.train.vae), ("ae", p.train.ae)):
+        weights = 16 * parameter_count(kind, m, t.latent_dim)  # weights, gradients, Adam's two moments
+        pseudo = m.pseudo_inputs if kind == "vae" else 0  # encoded beside every batch
+        out[f"the {kind.upper()}'s training step"] = (
+            weights + (t.batch_size + pseudo) * image_bytes(m, t.latent_dim, backward=True),
+            f"train.{kind}.batch_size, train.{kind}.latent_dim, model.hidden, model.pseudo_inputs")
+        images_per_pair = 2 * e.ppl_samples + 2 + e.interp_steps + 1
+        out[f"the {kind.upper()}'s interpolations"] = (
+            e.interp_pairs * images_per_pair * image_bytes(m, t.latent_dim, False),
+            "eval.interp_pairs x (eval.ppl_samples, eval.interp_steps), model.hidden")
+        out[f"the {kind.upper()}'s generated set"] = (
+            e.generated * image_bytes(m, t.latent_dim, False), "eval.generated, model.hidden")
+    out["the VAE's likelihood batch"] = (
+        e.batch_size * max(e.iw_chunk, ELBO_SAMPLES) * image_bytes(m, p.train.vae.latent_dim, False),
+        f"eval.batch_size x eval.iw_chunk (at least the ELBO's {ELBO_SAMPLES} draws), model.hidden")
+    judge = [PIXELS, *e.classifier.hidden, 10]  # vaectl.judge's MLP over the ten classes
+    out["the judge's training step"] = (16 * _dense(judge, 1) + e.classifier.batch_size * 4 * 3 * sum(judge),
+                                        "eval.classifier.batch_size, eval.classifier.hidden")
+    return {what: (FIXED_OVERHEAD_BYTES + estimate, keys) for what, (estimate, keys) in out.items()}
+
+
+def memory_budget_bytes() -> int:
+    raw = os.environ.get(MEMORY_BUDGET_ENV, str(MEMORY_BUDGET_GIB))
+    try:
+        gib = float(raw)
+    except ValueError:
+        gib = math.nan
+    if not 0 < gib < math.inf:
+        raise UserError(f"{MEMORY_BUDGET_ENV} must be a positive number of GiB, got {raw!r}")
+    return int(gib * 2**30)
+
+
+def _check_memory(p: Params) -> None:
+    budget = memory_budget_bytes()
+    for what, (estimate, keys) in memory_estimates(p).items():
+        if estimate > budget:
+            raise UserError(f"params: {what} would need about {estimate / 2**30:.1f} GiB ({keys}), past "
+                            f"the {budget / 2**30:g} GiB budget (raise it with {MEMORY_BUDGET_ENV})")
+
+
 def parse_params(raw: dict | None) -> Params:
     params = _build(Params, raw or {}, "")
     _check_ranges(params)  # type: ignore[arg-type]
+    _check_caps(params)  # type: ignore[arg-type]
+    _check_memory(params)  # type: ignore[arg-type]
     return params  # type: ignore[return-value]
 
 
