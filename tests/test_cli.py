@@ -1,5 +1,9 @@
+import contextlib
+import errno
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +63,60 @@ def test_the_cli_model_choices_are_the_model_kinds():
     from vaectl.models import KINDS
 
     assert MODELS == KINDS
+
+
+@pytest.mark.parametrize("code, filename, line", [
+    (errno.ENOSPC, None, "error: out/x: No space left on device; free some space or write elsewhere"),
+    (errno.EROFS, "/mnt/ro/.prepared.abc.tmp", "error: /mnt/ro: Read-only file system; write elsewhere"),
+    (errno.EACCES, "/srv/a.npz", "error: /srv/a.npz: Permission denied; check its permissions"),
+    (errno.EDQUOT, "/home/q", "error: /home/q: Disk quota exceeded; free some of your quota"),
+])
+def test_a_place_the_os_refuses_is_one_line_naming_it(capsys, code, filename, line):
+    import typer
+
+    from vaectl.cli import user_errors
+
+    @user_errors
+    def command(out):
+        raise OSError(code, os.strerror(code), filename)
+
+    with pytest.raises(typer.Exit) as stopped:
+        command(out=Path("out/x"))
+    assert stopped.value.exit_code == 1
+    assert capsys.readouterr().err.startswith(line)
+
+
+def test_other_os_errors_still_surface(capsys):
+    from vaectl.cli import user_errors
+
+    @user_errors
+    def command():
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError):
+        command()
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path, options):
+    """A real small or read-only file system, where this machine lets us mount one (root)."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here; the in-process cases above still run")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.parametrize("options, message", [("size=64k", "No space left on device"),
+                                              ("ro", "Read-only file system")])
+def test_fetch_into_a_full_or_read_only_file_system_is_one_line_and_leaves_nothing(
+        tmp_path, options, message):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    with mounted_tmpfs(tmp_path / "mnt", options) as place:
+        result = vaectl("fetch", "--out", str(place / "prepared"), cwd=tmp_path)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert list(place.iterdir()) == []  # the staging folder went too

@@ -7,6 +7,7 @@ Heavy libraries (torch, mlflow, great_expectations) are imported inside commands
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import signal
@@ -65,8 +66,44 @@ def user_errors(command):
         except UserError as err:
             typer.secho(f"error: {err}", fg="red", err=True)
             raise typer.Exit(1) from None
+        except Exception as err:
+            line = _place_failure(err, kwargs) or _store_failure(err)
+            if line is None:
+                raise
+            typer.secho(f"error: {line}", fg="red", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+# what the file system refused, and what the user can do about it
+PLACE_ERRORS = {errno.ENOSPC: "free some space or write elsewhere",
+                errno.EDQUOT: "free some of your quota or write elsewhere",
+                errno.EROFS: "write elsewhere",
+                errno.EACCES: "check its permissions or use another place",
+                errno.EPERM: "check its permissions or use another place"}
+
+
+def _place_failure(err: Exception, kwargs: dict) -> str | None:
+    """One line for a place the command cannot write or read (a full disk, a read-only
+    mount), naming the file, or the command's output when the OS names none."""
+    if not isinstance(err, OSError) or err.errno not in PLACE_ERRORS:
+        return None
+    place = err.filename or next((kwargs[k] for k in ("out", "output") if kwargs.get(k)), None)
+    if place is not None and Path(place).name.endswith(".tmp"):  # a stage's staging folder
+        place = Path(place).parent
+    where = f"{place}: " if place is not None else ""
+    return f"{where}{err.strerror or os.strerror(err.errno)}; {PLACE_ERRORS[err.errno]}"
+
+
+def _store_failure(err: Exception) -> str | None:
+    """tracking's one line for a failure of the MLflow store; mlflow is only asked about an
+    error when a command loaded it."""
+    if "mlflow" not in sys.modules:
+        return None
+    from vaectl import tracking
+
+    return tracking.store_failure(err)
 
 
 class Terminated(KeyboardInterrupt):

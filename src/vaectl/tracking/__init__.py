@@ -11,15 +11,19 @@ directory (DVC runs stages from the repo root).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from vaectl import environment, numerics
+from vaectl import UserError, environment, numerics
 from vaectl.params import flatten
 
 
@@ -35,16 +39,72 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
+# The stores MLflow 3 runs on (the file store is deprecated and refused), and how long a
+# command may wait on a server: MLflow's own defaults (120 s per request, 7 retries with
+# backoff) left `vaectl train` silent for 4 minutes against a dead server. Both env vars
+# still win when set.
+STORE_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+SERVER_WAIT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+SERVER_PROBE_TIMEOUT_S = 5.0
+
+
 def mlflow_module():
-    """mlflow, pointed at this project's tracking store."""
+    """mlflow, pointed at this project's tracking store, which answers (checked once)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for key, value in SERVER_WAIT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    uri = tracking_uri()
+    check_store(uri)
     import mlflow
 
-    uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     return mlflow
+
+
+@functools.cache
+def check_store(uri: str) -> None:
+    """Refuse, in one line and within SERVER_PROBE_TIMEOUT_S, a tracking URI MLflow cannot use
+    or a server that does not answer, before any stage works for nothing."""
+    shown = uri if len(uri) <= 200 else uri[:200] + "..."
+    scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0].lower()
+    if scheme not in STORE_SCHEMES:
+        raise UserError(f"MLFLOW_TRACKING_URI={shown!r} is not a tracking store: give sqlite:///PATH, "
+                        "http(s)://HOST:PORT or a database URL, or unset it for the local "
+                        f"{default_tracking_uri()}")
+    if scheme not in ("http", "https"):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_PROBE_TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answers (a proxy may want credentials for /health): the requests will tell
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise UserError(f"no MLflow tracking server answers at {shown} within "
+                        f"{SERVER_PROBE_TIMEOUT_S:g} s ({reason}): start it (`make server`) or unset "
+                        "MLFLOW_TRACKING_URI for the local store") from None
+
+
+def store_failure(err: BaseException) -> str | None:
+    """The one line for an error of the tracking store that reached a command (a server that
+    died mid-run, a database another process holds), or None if `err` is something else."""
+    from mlflow.exceptions import MlflowException
+
+    text = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    if "database is locked" in str(err):
+        return (f"the MLflow store {tracking_uri()} is locked by another process (an `mlflow ui` "
+                "or another vaectl writing to it): run this again when that is done")
+    kinds = [MlflowException]
+    with contextlib.suppress(ImportError):
+        import requests
+        import sqlalchemy.exc
+
+        kinds += [requests.exceptions.RequestException, sqlalchemy.exc.OperationalError]
+    if isinstance(err, tuple(kinds)):
+        return f"the MLflow tracking store {tracking_uri()} failed: {text}"
+    return None
 
 
 def ensure_experiment(name: str) -> str:
@@ -172,9 +232,12 @@ def latest_run(experiment: str, tags: dict[str, str]) -> tuple[str, dict[str, st
     behind one."""
     if mlflow_module().get_experiment_by_name(experiment) is None:
         return None
-    quote = lambda v: "'" + v.replace("'", "\\'") + "'"  # noqa: E731
-    query = " and ".join(f"tags.`{k}` = {quote(v)}" for k, v in tags.items())
-    runs = find_runs(experiment, query)
+    # MLflow's filter grammar has no escape inside a quoted value: one holding ' is quoted
+    # with ", one holding both is left out of the query; every tag is compared here anyway
+    query = " and ".join(f"tags.`{k}` = '{v}'" if "'" not in v else f'tags.`{k}` = "{v}"'
+                         for k, v in tags.items() if "'" not in v or '"' not in v)
+    runs = [r for r in find_runs(experiment, query)
+            if all(r.data.tags.get(k) == v for k, v in tags.items())]
     return (runs[0].info.run_id, dict(runs[0].data.tags)) if runs else None
 
 

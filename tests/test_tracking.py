@@ -1,0 +1,115 @@
+"""The tracking store as a user's machine may have it: a wrong URI, a server that is not
+there, hangs or fails, a database another process holds. Each is one line and exit 1 within
+a bound, never a traceback or minutes of silence."""
+
+import http.server
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from vaectl import tracking
+
+from .conftest import free_port
+
+TINY = {"model": {"hidden": [16]}, "train": {"device": "cpu", "ae": {"latent_dim": 2, "epochs": 1}}}
+
+
+def train_ae(tmp_path, prepared, uri):
+    (tmp_path / "params.yaml").write_text(json.dumps(TINY))
+    began = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "vaectl", "train", "--model", "ae", "--prepared",
+                          str(prepared), "--out", str(tmp_path / "m")], cwd=tmp_path, timeout=300,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": uri,
+                              "VAECTL_ROOT": str(tmp_path)}, capture_output=True, text=True)
+    return out, time.monotonic() - began
+
+
+def assert_one_line(out, message):
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr and message in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.mark.parametrize("uri", ["garbage", "file:///tmp/mlruns", "ftp://example.com/store"])
+def test_a_uri_that_is_no_tracking_store_is_refused(tmp_path, prepared, uri):
+    out, _ = train_ae(tmp_path, prepared, uri)
+    assert_one_line(out, f"MLFLOW_TRACKING_URI={uri!r} is not a tracking store")
+
+
+def test_nothing_listening_is_refused_at_once(tmp_path, prepared):
+    out, took = train_ae(tmp_path, prepared, f"http://127.0.0.1:{free_port()}")
+    assert_one_line(out, "no MLflow tracking server answers at http://127.0.0.1:")
+    assert took < 60  # MLflow's own retries waited 240 s
+
+
+@pytest.fixture
+def silent_server():
+    """A port that accepts connections and never answers (a hung or stopped server)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_a_server_that_never_answers_is_refused_after_the_probe_timeout(tmp_path, prepared, silent_server):
+    out, took = train_ae(tmp_path, prepared, silent_server)
+    assert_one_line(out, f"no MLflow tracking server answers at {silent_server} within 5 s")
+    assert took < 60
+
+
+class FailingAPI(http.server.BaseHTTPRequestHandler):
+    """Healthy on /health, 503 on every API call: a server whose backend died after the
+    probe, which MLflow retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES) and then gives up on."""
+
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 503)
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, *_):
+        pass
+
+
+def test_a_server_failing_after_the_probe_is_one_line_within_its_retries(tmp_path, prepared):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FailingAPI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        out, took = train_ae(tmp_path, prepared, uri)
+    finally:
+        server.shutdown()
+    assert_one_line(out, f"the MLflow tracking store {uri} failed: API request")
+    assert took < 120  # MLflow's defaults retried for about 5 minutes
+
+
+def test_a_database_another_process_holds_is_one_line(tmp_path, prepared):
+    db = tmp_path / "mlflow.db"
+    out, _ = train_ae(tmp_path, prepared, f"sqlite:///{db}")  # creates the store
+    assert out.returncode == 0, out.stderr
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        out, _ = train_ae(tmp_path, prepared, f"sqlite:///{db}")
+    finally:
+        holder.close()
+    assert_one_line(out, "is locked by another process")
+
+
+@pytest.mark.parametrize("value", ["/data/o'brien", '/data/say "hi"', "/data/it's \"odd\"", "C:\\runs\\a"])
+def test_a_run_is_found_by_a_tag_holding_quotes_or_backslashes(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with tracking.start_run("quotes", "this", {"vaectl.out_dir": value, "k": "1"}) as run:
+        pass
+    with tracking.start_run("quotes", "newer", {"vaectl.out_dir": value + "x", "k": "1"}):
+        pass
+    found = tracking.latest_run("quotes", {"vaectl.out_dir": value, "k": "1"})
+    assert found is not None and found[0] == run.run_id
+    assert tracking.latest_run("quotes", {"vaectl.out_dir": value, "k": "2"}) is None
