@@ -257,8 +257,12 @@ def test_pyfunc_rejects_bad_inputs_with_a_message(deployed):
         ]:
             with pytest.raises(MlflowException, match=message):
                 model.predict(bad, params=params)
-        with pytest.raises(MlflowException, match="expected float input"):
-            model.predict(np.full((2, 784), 1, np.uint8))
+        binary = (good > 0.4).astype(np.int64)  # 0/1 images, as JSON writes them
+        assert np.array_equal(model.predict(binary), model.predict(binary.astype(np.float32)))
+        with pytest.raises(MlflowException, match=r"\[0, 1\]"):
+            model.predict(np.full((2, 784), 255, np.uint8))
+        with pytest.raises(MlflowException, match="expected numbers"):
+            model.predict(np.full((2, 784), "a"))
         assert np.array_equal(model.predict(good.reshape(2, 28, 28)), model.predict(good))  # images
         assert np.array_equal(model.predict(good.astype(np.float64)), model.predict(good))
 
@@ -309,6 +313,8 @@ def test_serve_smoke_on_loopback(deployed):
         chunked.close()
         status, _ = _post(port, json.dumps({"inputs": [[0.1] * 784]}).encode())
         assert status == 200  # still up after the bad requests
+        status, _ = _post(port, json.dumps({"inputs": [[0] * 392 + [1] * 392]}).encode())
+        assert status == 200  # integer pixels: a binarised image
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
@@ -356,6 +362,14 @@ def test_predict_scores_npz_and_png_folders_through_the_verified_pyfunc(deployed
         direct = registry_client.load_pyfunc("models:/vae-mnist@champion").predict(
             images.reshape(3, 784).astype(np.float32) / 255)
     np.testing.assert_allclose(a["output"], direct, atol=1e-6)
+    with pytest.MonkeyPatch.context() as mp:  # rows scored a batch at a time: the same numbers
+        for k, v in deployed["env"].items():
+            mp.setenv(k, v)
+        mp.setattr(registry, "PREDICT_BATCH_ROWS", 2)
+        mp.chdir(root)
+        registry.predict("vae-mnist@champion", root / "digits.npz", root / "batched.npz", "reconstruct", 0, 0)
+    # equal to float rounding: a matrix product's blocking depends on the batch's rows
+    np.testing.assert_allclose(np.load(root / "batched.npz")["output"], a["output"], atol=1e-6)
     sampled = vaectl("--mode", "sample", "--n", "4", "--output", "s.npz")
     assert sampled.returncode == 0 and np.load(root / "s.npz")["output"].shape == (4, 784)
 
@@ -368,6 +382,8 @@ def test_predict_scores_npz_and_png_folders_through_the_verified_pyfunc(deployed
         assert failed.returncode == 1 and message in failed.stderr, failed.stderr
         assert "Traceback" not in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
         assert not (root / "bad.npz").exists()
+    nowhere = vaectl("--input", "pngs", "--output", "nowhere/p.npz")
+    assert nowhere.returncode == 1 and "folder nowhere does not exist" in nowhere.stderr
 
 
 def test_the_vae_ships_its_vampprior_mixture_and_the_ae_one_gaussian(deployed):

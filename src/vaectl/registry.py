@@ -11,8 +11,11 @@ version was registered, before anything in it runs; then loaded once as a smoke 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import stat
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,7 @@ import numpy as np
 
 from vaectl import UserError, custody
 from vaectl.files import atomic_path, read_json, sha256_file, tree_listing, write_json
-from vaectl.params import PREDICT_MODES, RegistryParams
+from vaectl.params import PIXELS, PREDICT_MODES, RegistryParams
 from vaectl.report import flatten_model_metrics
 
 PRIMARY_METRIC = {"vae": "iw_nll", "ae": "recon_bce"}  # lower is better for both
@@ -211,50 +214,162 @@ def pull(ref: str, dest: Path) -> dict:
     return summary
 
 
-def read_inputs(path: Path) -> tuple[np.ndarray, list[str] | None]:
-    """(rows for the pyfunc, PNG file names or None) from an .npz (its one array, or `x`), an
-    .npy, or a folder of 28 x 28 PNGs. uint8 pixels (and PNGs) are divided by 255; anything
-    else (N x 28 x 28 images too) goes to the pyfunc's own checks as it is."""
-    if path.is_dir():
-        from PIL import Image
+# What `vaectl predict` reads: bounded before anything is decoded or allocated. A row is one
+# image or latent; memory is these rows (memory-mapped for .npy) plus one batch and the output.
+PREDICT_MAX_ROWS = 100_000
+PREDICT_BATCH_ROWS = 4096
+PNG_MAX_BYTES = 1 << 20  # a 28 x 28 PNG is under 2 kB
+INPUT_DTYPES = "fu"  # float pixels or latents; uint8 pixels (other integers are refused)
 
-        files = sorted(path.glob("*.png"))
-        if not files:
-            raise UserError(f"{path} holds no .png files")
-        rows = []
-        for file in files:
-            try:
-                with Image.open(file) as image:
-                    pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-            except (OSError, ValueError) as err:
-                raise UserError(f"{file}: not a readable image ({err})") from None
-            if pixels.shape != (28, 28):
-                raise UserError(f"{file}: {pixels.shape[1]} x {pixels.shape[0]} pixels; "
-                                "the model takes 28 x 28")
-            rows.append(pixels.reshape(784))
-        return np.stack(rows), [f.name for f in files]
-    if not path.is_file():
+
+def read_inputs(path: Path, mode: str) -> tuple[np.ndarray, list[str] | None]:
+    """(rows for the pyfunc, PNG file names or None) from an .npz (its one array, or `x`), an
+    .npy, or a folder of 28 x 28 PNGs, each checked against the bounds above from its header.
+    uint8 pixels (and PNGs) are divided by 255; float arrays go to the pyfunc's own checks."""
+    if path.is_dir():
+        return read_pngs(path)
+    if not path.exists():
         raise UserError(f"input not found: {path}")
+    _regular_file(path)
+    x = _read_array(path)
+    if x.dtype.kind not in INPUT_DTYPES or (x.dtype.kind == "u" and x.dtype != np.uint8):
+        raise UserError(f"{path}: {x.dtype} values; give floats (pixels in [0, 1] or latents) "
+                        "or uint8 pixels (0-255)")
+    if x.dtype == np.uint8 and mode == "decode":  # a latent is a real vector, never a byte image
+        raise UserError(f"{path}: uint8 latents; decode takes float latents")
+    return x, None  # uint8 pixels are divided by 255 batch by batch, as the rows are scored
+
+
+def _regular_file(path: Path) -> None:
+    """A FIFO or device named like an input would block or never end: refused unopened."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise UserError(f"{path}: not a regular file")
+
+
+def _read_array(path: Path) -> np.ndarray:
+    """The array of an .npy (memory-mapped) or .npz, its header checked before the data."""
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise UserError(f"{path}: not an .npz or .npy file ({str(err).splitlines()[0]})") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = list(loaded.keys())
-            if len(keys) != 1 and "x" not in keys:
-                raise UserError(f"{path} holds arrays {', '.join(keys) or 'none'}; name the input x")
-            x = loaded[keys[0] if len(keys) == 1 else "x"]
-    else:
-        x = loaded
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
-    return x, None
+        with open(path, "rb") as handle:
+            is_npz = handle.read(4) == b"PK\x03\x04"  # as np.load tells them apart
+        if is_npz:
+            return _read_npz_member(path)
+        with open(path, "rb") as handle:
+            shape, dtype = _npy_header(handle, path)
+        _check_rows(path, shape, dtype, path.stat().st_size)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        if isinstance(err, OSError) and err.errno is not None:
+            raise  # the file system's own refusal: the CLI names the place
+        raise UserError(f"{path}: not an .npz or .npy file ({str(err).splitlines()[0][:200]})") from None
+
+
+def _read_npz_member(path: Path) -> np.ndarray:
+    with zipfile.ZipFile(path) as archive:
+        keys = [n.removesuffix(".npy") for n in archive.namelist()]
+        if len(keys) != 1 and "x" not in keys:
+            shown = ", ".join(keys[:10]) + (", ..." if len(keys) > 10 else "")
+            raise UserError(f"{path} holds arrays {shown or 'none'}; name the input x")
+        member = archive.getinfo((keys[0] if len(keys) == 1 else "x") + ".npy")
+        with archive.open(member) as handle:
+            shape, dtype = _npy_header(handle, path)
+        _check_rows(path, shape, dtype, member.file_size)
+        with archive.open(member) as handle:
+            return np.lib.format.read_array(handle, allow_pickle=False)
+
+
+def _npy_header(handle, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(handle)
+    if version not in ((1, 0), (2, 0)):
+        raise UserError(f"{path}: .npy format version {version[0]}.{version[1]}; save it with numpy's "
+                        "default format")
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read_header(handle)  # numpy bounds the header's own size
+    if dtype.hasobject:
+        raise UserError(f"{path} holds Python objects (pickles), which predict never loads; "
+                        "save a numeric array")
+    return shape, dtype
+
+
+def _check_rows(path: Path, shape: tuple[int, ...], dtype: np.dtype, stored_bytes: int) -> None:
+    rows, row_values = (shape[0] if shape else 1), math.prod(shape[1:])
+    if rows > PREDICT_MAX_ROWS:
+        raise UserError(f"{path} holds {rows:,} rows, more than {PREDICT_MAX_ROWS:,}; split it")
+    if rows * row_values > PREDICT_MAX_ROWS * PIXELS:
+        raise UserError(f"{path}: {rows:,} rows of shape {shape[1:]}, more than "
+                        f"{PREDICT_MAX_ROWS:,} rows of {PIXELS} values")
+    if rows * row_values * dtype.itemsize > stored_bytes:
+        raise UserError(f"{path} declares {rows:,} x {shape[1:]} {dtype} values but holds only "
+                        f"{stored_bytes:,} bytes (truncated)")
+
+
+def read_pngs(folder: Path) -> tuple[np.ndarray, list[str]]:
+    """A folder of 28 x 28 PNGs as rows in [0, 1], each file's size and pixel count checked
+    before it is decoded (a decompression bomb is refused unread)."""
+    files = sorted(folder.glob("*.png"))
+    if not files:
+        raise UserError(f"{folder} holds no .png files")
+    if len(files) > PREDICT_MAX_ROWS:
+        raise UserError(f"{folder} holds {len(files):,} PNGs, more than {PREDICT_MAX_ROWS:,}; split it")
+    rows = np.empty((len(files), PIXELS), np.float32)
+    for i, file in enumerate(files):
+        _regular_file(file)
+        if file.stat().st_size > PNG_MAX_BYTES:
+            raise UserError(f"{file}: {file.stat().st_size:,} bytes, more than a 28 x 28 PNG "
+                            f"needs ({PNG_MAX_BYTES:,})")
+        rows[i] = png_pixels(file)
+    return rows, [f.name for f in files]
+
+
+def png_pixels(file: Path) -> np.ndarray:
+    """One PNG's 784 intensities in [0, 1]; its size is read from the header and checked
+    before any pixel is decoded."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused by size below
+            image = Image.open(file)
+        with image:
+            return _intensities(file, image)
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
+        raise UserError(f"{file}: not a readable image ({str(err).splitlines()[0][:200]})") from None
+
+
+def _intensities(file: Path, image) -> np.ndarray:
+    """16-bit greyscale by its own range, palettes and colour by luminance, and transparency
+    only where it is unambiguous: a fully opaque alpha is ignored, and an image whose colour
+    is flat holds its digit in the alpha."""
+    if image.size != (28, 28):
+        raise UserError(f"{file}: {image.size[0]} x {image.size[1]} pixels; the model takes 28 x 28")
+    if image.mode.startswith("I"):  # 16- or 32-bit greyscale
+        return _scaled(file, np.asarray(image, dtype=np.float64), 65535)
+    if image.mode == "F":
+        return _scaled(file, np.asarray(image, dtype=np.float64), 1)
+    if image.mode == "P" or "transparency" in image.info:
+        image = image.convert("RGBA")
+    grey = np.asarray(image.convert("L"), dtype=np.float32).reshape(PIXELS) / 255.0
+    if "A" not in image.getbands():
+        return grey
+    alpha = np.asarray(image.getchannel("A"), dtype=np.float32).reshape(PIXELS) / 255.0
+    if alpha.min() == 1.0:
+        return grey
+    if grey.min() == grey.max():
+        return alpha
+    raise UserError(f"{file}: its digit is in both its colour and its transparency; save it "
+                    "opaque (a light digit on a dark background)")
+
+
+def _scaled(file: Path, pixels: np.ndarray, full_scale: int) -> np.ndarray:
+    if pixels.min() < 0 or pixels.max() > full_scale:
+        raise UserError(f"{file}: values {pixels.min():g}..{pixels.max():g} outside 0..{full_scale}")
+    return (pixels / full_scale).astype(np.float32).reshape(PIXELS)
 
 
 def predict(ref: str, input_path: Path | None, output: Path, mode: str, n: int, seed: int) -> dict:
     """Score `input_path` (or draw `n` samples) with NAME[@alias|/version] through the same
-    verified bundle and pyfunc as `pull` and `serve`; write `output` (.npz) atomically."""
+    verified bundle and pyfunc as `pull` and `serve`, PREDICT_BATCH_ROWS rows at a time; write
+    `output` (.npz) atomically. The output's place is taken before any scoring."""
     from vaectl.tracking import registry_client
 
     if mode not in PREDICT_MODES:
@@ -263,14 +378,27 @@ def predict(ref: str, input_path: Path | None, output: Path, mode: str, n: int, 
         raise UserError(f"mode {mode} needs --input (an .npz/.npy or a folder of PNGs)")
     if output.is_dir():
         raise UserError(f"--output {output} is a directory; give a file name such as predictions.npz")
-    x, names = read_inputs(input_path) if mode != "sample" else (np.zeros((1, 1), np.float32), None)
-    with tempfile.TemporaryDirectory(prefix="vaectl-predict-") as tmp:
+    if not output.parent.is_dir():
+        raise UserError(f"--output {output}: folder {output.parent} does not exist")
+    x, names = read_inputs(input_path, mode) if mode != "sample" else (np.zeros((1, 1), np.float32), None)
+    with atomic_path(output) as staged, tempfile.TemporaryDirectory(prefix="vaectl-predict-") as tmp:
         name, version, bundle, _ = download_verified(ref, Path(tmp))
         model = registry_client.load_pyfunc(str(bundle))
-        y = registry_client.predict(model, x, {"mode": mode, "n": n, "seed": seed})
-    arrays = {"output": y, "mode": np.array(mode), "model": np.array(f"{name}/{version}")}
-    if names is not None:
-        arrays["names"] = np.array(names)
-    with atomic_path(output) as staged, open(staged, "wb") as handle:
-        np.savez(handle, **arrays)
+        params = {"mode": mode, "n": n, "seed": seed}
+        if mode == "sample":
+            y = registry_client.predict(model, x, params)
+        else:
+            y = np.concatenate([registry_client.predict(model, _batch(x, i), params)
+                                for i in range(0, len(x), PREDICT_BATCH_ROWS)])
+        arrays = {"output": y, "mode": np.array(mode), "model": np.array(f"{name}/{version}")}
+        if names is not None:
+            arrays["names"] = np.array(names)
+        with open(staged, "wb") as handle:
+            np.savez(handle, **arrays)
     return {"name": name, "version": version, "rows": len(y), "shape": list(y.shape), "output": str(output)}
+
+
+def _batch(x: np.ndarray, start: int) -> np.ndarray:
+    """Rows start.. of x as the pyfunc takes them (uint8 pixels scaled to [0, 1])."""
+    rows = np.asarray(x[start : start + PREDICT_BATCH_ROWS])
+    return rows.astype(np.float32) / 255.0 if rows.dtype == np.uint8 else rows

@@ -77,8 +77,10 @@ with contextlib.redirect_stderr(io.StringIO()):
                 with torch.no_grad():
                     return self.parts["decoder"](torch.from_numpy(z.astype(np.float32))).detach().numpy()
             x = np.asarray(model_input)
+            if x.dtype.kind in "biu":  # JSON has no float/int distinction: 0/1 images are ints
+                x = x.astype(np.float32)
             if x.dtype.kind != "f":
-                raise self._bad(f"expected float input (pixels in [0, 1]), got {x.dtype}")
+                raise self._bad(f"expected numbers (pixels in [0, 1] or latents), got {x.dtype}")
             if mode != "decode" and x.ndim == 3 and x.shape[1:] == (28, 28):
                 x = x.reshape(len(x), 784)
             if np.isnan(x).any() or np.isinf(x).any():
