@@ -5,8 +5,10 @@ import contextlib
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -315,6 +317,62 @@ def test_serve_smoke_on_loopback(deployed):
         assert status == 200  # still up after the bad requests
         status, _ = _post(port, json.dumps({"inputs": [[0] * 392 + [1] * 392]}).encode())
         assert status == 200  # integer pixels: a binarised image
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def _raw(port: int, data: bytes) -> socket.socket:
+    conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+    conn.sendall(data)
+    return conn
+
+
+def _closed_within(conn: socket.socket, seconds: float) -> bool:
+    """True if the server closes `conn` within `seconds` while it trickles a byte at a time."""
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            conn.sendall(b"X")
+            conn.settimeout(0.5)
+            try:
+                if conn.recv(1024) == b"":
+                    return True
+            except TimeoutError:
+                pass
+    except (BrokenPipeError, ConnectionResetError):
+        return True
+    return False
+
+
+def test_serve_cuts_slow_clients_and_refuses_json_it_cannot_parse(deployed):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "vaectl", "serve", "vae-mnist@champion",
+                               "--port", str(port), "--max-body", "1000000", "--max-connections", "6",
+                               "--header-timeout", "2", "--body-timeout", "2"],
+                              cwd=deployed["root"], env=deployed["env"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/ping")
+        slowloris = [_raw(port, b"POST /invocations HTTP/1.1\r\nX-A: ") for _ in range(6)]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=b"{}",
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError, match="503"):  # all connections taken
+            urllib.request.urlopen(request, timeout=30)
+        assert all(_closed_within(conn, 8) for conn in slowloris)  # cut at the header deadline
+        assert _post(port, json.dumps({"inputs": [[0.5] * 784]}).encode())[0] == 200
+        stalled = _raw(port, head + b"Content-Length: 1000\r\n\r\n" + b'{"inputs": [[')
+        stalled.settimeout(10)
+        reply = stalled.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 408") and b"not complete within 2 s" in reply
+        deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        assert _post(port, deep) == (400, {"error_code": "BAD_REQUEST",
+                                           "message": "request body nests JSON deeper than it can be parsed"})
+        status, body = _post(port, b'{"inputs": [[0.123456, 0.654321 oops')
+        assert status == 400 and body["message"].startswith("request body is not valid JSON")
+        assert "0.123456" not in body["message"] and "oops" not in body["message"]
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

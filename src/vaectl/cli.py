@@ -552,6 +552,13 @@ def serve(
                                  help="largest request body in bytes; larger ones get 413"),
     max_samples: int = typer.Option(1000, "--max-samples", min=1,
                                     help="largest `n` of sample mode; larger ones get 400"),
+    max_connections: int = typer.Option(64, "--max-connections", min=1,
+                                        help="open connections and requests in flight; more get 503"),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", min=0.1,
+                                         help="seconds a connection may take to send a request's "
+                                         "headers before it is closed"),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", min=0.1,
+                                       help="seconds a request may take to send its body; slower get 408"),
 ):
     """Serve a registered model over HTTP: MLflow's scoring server on a copy of the bundle
     verified file by file, with bounded requests and short error replies.
@@ -569,4 +576,5 @@ def serve(
         name, version, bundle, checked = registry.download_verified(ref, Path(tmp))
         typer.echo(f"serving {name} v{version} ({checked} files verified) on http://{host}:{port}"
                    f"/invocations (bodies up to {max_body} bytes, sample n up to {max_samples})", err=True)
-        serving.serve(bundle, host, port, max_body, max_samples)
+        serving.serve(bundle, host, port, serving.Limits(max_body, max_samples, max_connections,
+                                                         header_timeout, body_timeout))

@@ -1,15 +1,31 @@
 """`vaectl serve`: MLflow's scoring server (its FastAPI app, run by uvicorn in this process)
-behind a small ASGI guard that bounds the request body (413) and keeps error replies short:
-MLflow's own messages quote the whole request back ("Failed to predict data '<input>'"),
-kilobytes per bad row, so only the reason is kept and tracebacks are dropped."""
+behind a small ASGI guard that bounds the request body in size (413) and time (408), refuses
+JSON it cannot parse (400) and keeps error replies short: MLflow's own messages quote the
+whole request back ("Failed to predict data '<input>'"), kilobytes per bad row, so only the
+reason is kept and tracebacks are dropped. Connections are bounded in number (503 past it)
+and in how long their request headers may take (slowloris clients are cut)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 MAX_ERROR_CHARS = 500
+KEEP_ALIVE_S = 5  # an idle connection after a reply is closed (uvicorn's default)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may take; `vaectl serve`'s options set them."""
+
+    max_body: int  # bytes; more get 413
+    max_samples: int  # sample mode's n; more get 400
+    max_connections: int  # open connections and requests in flight; more get 503
+    header_timeout_s: float  # from a connection's opening (or its last reply) to a request's headers
+    body_timeout_s: float  # from a request's headers to the end of its body; slower get 408
 
 
 async def _reply(send, status: int, message: str) -> None:
@@ -32,12 +48,27 @@ def short_error(body: bytes) -> str:
     return message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS] + "…"
 
 
+def json_refusal(body: bytes) -> str | None:
+    """Why a JSON body cannot be parsed, without quoting it (MLflow's reply did, and a body
+    nested past Python's recursion limit was a 500), or None if it parses."""
+    try:
+        json.loads(body)
+    except RecursionError:
+        return "request body nests JSON deeper than it can be parsed"
+    except UnicodeDecodeError:
+        return "request body is not UTF-8 JSON"
+    except json.JSONDecodeError as err:
+        return f"request body is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+    return None
+
+
 class Guard:
-    """ASGI wrapper: 413 for a body over `max_body` bytes (declared or streamed), and 4xx/5xx
+    """ASGI wrapper: 413 for a body over `max_body` bytes (declared or streamed), 408 for one
+    not complete within `body_timeout_s`, 400 for JSON that does not parse, and 4xx/5xx
     replies rewritten by `short_error`."""
 
-    def __init__(self, app, max_body: int):
-        self.app, self.max_body = app, max_body
+    def __init__(self, app, max_body: int, body_timeout_s: float):
+        self.app, self.max_body, self.body_timeout_s = app, max_body, body_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -46,15 +77,20 @@ class Guard:
         too_large = f"request body larger than {self.max_body} bytes (vaectl serve --max-body)"
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             return await _reply(send, 413, too_large)
-        body, more = bytearray(), True  # MLflow reads the whole body anyway: read it here, bounded
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_body:
-                return await _reply(send, 413, too_large)
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                body = await self._body(receive)
+        except TimeoutError:
+            return await _reply(send, 408, f"request body not complete within {self.body_timeout_s:g} s "
+                                "(vaectl serve --body-timeout)")
+        if body is None:
+            return  # the client went away
+        if len(body) > self.max_body:
+            return await _reply(send, 413, too_large)
+        content_type = dict(scope["headers"]).get(b"content-type", b"")
+        refusal = json_refusal(body) if body and b"json" in content_type else None
+        if refusal is not None:
+            return await _reply(send, 400, refusal)
         replayed = False
 
         async def replay():
@@ -81,14 +117,53 @@ class Guard:
 
         await self.app(scope, replay, short_errors)
 
+    async def _body(self, receive) -> bytearray | None:
+        """The whole body, or as much as passes max_body; None if the client went away.
+        MLflow reads the whole body anyway: read it here, bounded."""
+        body, more = bytearray(), True
+        while more and len(body) <= self.max_body:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        return body
 
-def serve(model_dir: Path, host: str, port: int, max_body: int, max_samples: int) -> None:
+
+def header_deadline_protocol(timeout_s: float):
+    """uvicorn's h11 protocol with a deadline on request headers: uvicorn closes a connection
+    idle after a reply, but not one that sends its headers a byte at a time (slowloris)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class WithHeaderDeadline(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._arm_header_deadline()
+
+        def _arm_header_deadline(self):
+            waiting_after = self.cycle  # a new request's headers make a new cycle
+            self.loop.call_later(timeout_s, self._cut_if_still_waiting, waiting_after)
+
+        def _cut_if_still_waiting(self, waiting_after):
+            if self.cycle is waiting_after and not self.transport.is_closing():
+                self.transport.close()
+
+    return WithHeaderDeadline
+
+
+def serve(model_dir: Path, host: str, port: int, limits: Limits) -> None:
     """Load the (verified) bundle in `model_dir` and serve it until SIGINT / SIGTERM."""
     import uvicorn
     from mlflow.pyfunc import scoring_server
 
     from vaectl.tracking.pyfunc import MAX_SAMPLES_ENV
 
-    os.environ[MAX_SAMPLES_ENV] = str(max_samples)  # read by the pyfunc's predict
+    os.environ[MAX_SAMPLES_ENV] = str(limits.max_samples)  # read by the pyfunc's predict
     app = scoring_server.init(scoring_server.load_model_with_mlflow_config(str(model_dir)))
-    uvicorn.run(Guard(app, max_body), host=host, port=port, log_level="warning")
+    uvicorn.run(Guard(app, limits.max_body, limits.body_timeout_s), host=host, port=port,
+                log_level="warning", http=header_deadline_protocol(limits.header_timeout_s),
+                limit_concurrency=limits.max_connections, timeout_keep_alive=KEEP_ALIVE_S)
