@@ -172,8 +172,10 @@ class Run:
         self._mlflow.set_tags(tags)
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
-        """One image of a series: the UI shows a step slider per key."""
-        self._mlflow.log_image(image, key=key, step=step)
+        """One image of a series: the UI shows a step slider per key. Logged synchronously:
+        MLflow's background queue raised a store's failure in a thread at exit, and waited
+        for it there (about a second of every interrupted or finished training)."""
+        self._mlflow.log_image(image, key=key, step=step, synchronous=True)
 
     def log_text(self, text: str, name: str) -> None:
         self._mlflow.log_text(text, name)
