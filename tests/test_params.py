@@ -252,3 +252,31 @@ def test_every_bound_is_in_docs_bounds_with_its_value():
              f"{MEMORY_BUDGET_GIB:g} GiB"]
     missing = [row for row in rows if row not in table]
     assert not missing, missing
+
+
+def test_the_bounds_of_predict_serve_and_the_tracking_store_are_in_docs_bounds():
+    """docs/bounds.md quotes each bound by value; one changed in the code must change there."""
+    import inspect
+
+    from vaectl import cli, registry, tracking
+    from vaectl.tracking import serving
+
+    table = (Path(__file__).parent.parent / "docs" / "bounds.md").read_text()
+    serve_defaults = {name: p.default.default for name, p in inspect.signature(cli.serve).parameters.items()
+                      if name in ("max_body", "max_samples", "max_connections")}
+    timeouts = {name: p.default.default for name, p in inspect.signature(cli.serve).parameters.items()
+                if name in ("header_timeout", "body_timeout")}
+    quoted = [f"{registry.PREDICT_MAX_ROWS:,} rows (`PREDICT_MAX_ROWS`)",
+              f"{registry.PREDICT_BATCH_ROWS:,} (`PREDICT_BATCH_ROWS`)",
+              f"{registry.PNG_MAX_BYTES:,} bytes (`PNG_MAX_BYTES`)",
+              f"{tracking.SERVER_PROBE_TIMEOUT_S:g} s (`SERVER_PROBE_TIMEOUT_S`)",
+              *(f"{value} (`{key}`" if key.endswith("RETRIES") else f"{value} s (`{key}`"
+                for key, value in tracking.SERVER_WAIT_DEFAULTS.items()),
+              f"{serving.KEEP_ALIVE_S} s (`KEEP_ALIVE_S`)",
+              f"{serve_defaults['max_body']:,} bytes (`--max-body`)",
+              f"{serve_defaults['max_samples']:,} (`--max-samples`)",
+              f"{serve_defaults['max_connections']} (`--max-connections`)",
+              f"{timeouts['header_timeout']:g} s (`--header-timeout`)",
+              f"{timeouts['body_timeout']:g} s (`--body-timeout`)"]
+    missing = [row for row in quoted if row not in table]
+    assert not missing, missing

@@ -385,17 +385,26 @@ def predict(ref: str, input_path: Path | None, output: Path, mode: str, n: int, 
         name, version, bundle, _ = download_verified(ref, Path(tmp))
         model = registry_client.load_pyfunc(str(bundle))
         params = {"mode": mode, "n": n, "seed": seed}
-        if mode == "sample":
-            y = registry_client.predict(model, x, params)
-        else:
-            y = np.concatenate([registry_client.predict(model, _batch(x, i), params)
-                                for i in range(0, len(x), PREDICT_BATCH_ROWS)])
+        y = registry_client.predict(model, x, params) if mode == "sample" else _score(model, x, params)
         arrays = {"output": y, "mode": np.array(mode), "model": np.array(f"{name}/{version}")}
         if names is not None:
             arrays["names"] = np.array(names)
         with open(staged, "wb") as handle:
             np.savez(handle, **arrays)
     return {"name": name, "version": version, "rows": len(y), "shape": list(y.shape), "output": str(output)}
+
+
+def _score(model, x: np.ndarray, params: dict) -> np.ndarray:
+    """The pyfunc's output for every row of x, PREDICT_BATCH_ROWS at a time, written into
+    one output array (memory: x's pages in use, one batch, the output)."""
+    from vaectl.tracking import registry_client
+
+    first = registry_client.predict(model, _batch(x, 0), params)
+    y = np.empty((len(x), *first.shape[1:]), first.dtype)
+    y[: len(first)] = first
+    for start in range(PREDICT_BATCH_ROWS, len(x), PREDICT_BATCH_ROWS):
+        y[start : start + PREDICT_BATCH_ROWS] = registry_client.predict(model, _batch(x, start), params)
+    return y
 
 
 def _batch(x: np.ndarray, start: int) -> np.ndarray:
