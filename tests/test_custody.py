@@ -1,5 +1,5 @@
 """The chain of custody from evaluation to the registry, tried as someone able to write files
-in the workspace would (the threat model in README's Reliability section): forged metrics,
+in the workspace would (the threat model in docs/reliability.md): forged metrics,
 swapped or rehashed exports, interrupted and concurrent stages. Evaluate's own refusals of
 forged checkpoints, summaries and judges are in test_evaluate.py."""
 

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def tracking_server(tmp_path):
-    """`make server` as README documents it (sqlite backend, served artifact root), on a free
+    """`make server` as docs/deployment.md documents it (sqlite backend, served artifact root), on a free
     port, with this interpreter's venv (never reinstalled)."""
     port, store, venv = free_port(), tmp_path / "server", Path(sys.executable).parent.parent
     server = subprocess.Popen(

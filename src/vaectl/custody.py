@@ -1,7 +1,7 @@
 """The chain of custody: every file one stage hands to the next is checked against the sha256
 that the MLflow run which wrote it recorded, before anything of it is used.
 
-Threat model (README, Reliability): anyone who can write files in the workspace (a script, a
+Threat model (docs/reliability.md): anyone who can write files in the workspace (a script, a
 bad merge, a stale copy) can replace a checkpoint, a report or an export; they are not assumed
 to write the tracking store. The store is the record: a file whose digest no run of its writer
 recorded is refused with one line naming the file, the stage that writes it and the fix.

@@ -284,7 +284,7 @@ def _check_ranges(p: Params) -> None:
 # the largest value this repo or the literature uses, and bounds what a count costs in time
 # (the IW-NLL decodes test images x iw_samples, the interpolations pairs x ppl_samples).
 # Keys are fnmatch patterns over flatten()'s names; a list is capped item by item. The
-# README's "Bounds" table lists every one (tests/test_params.py keeps the two in step).
+# docs/bounds.md lists every one (tests/test_params.py keeps the two in step).
 CAPS: dict[str, int] = {
     "train.*.latent_dim": 1024,
     "train.*.epochs": 100_000,
