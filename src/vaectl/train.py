@@ -248,182 +248,289 @@ def run(kind: str, params: Params, prepared: Path, out_dir: Path, curves_path: P
     Under torchrun, every process trains a DistributedDataParallel replica on a disjoint
     shard of each global batch (same global batch, permutation and binarisation as one
     process); rank 0 alone validates, logs and writes files, and the others return None."""
-    t: TrainParams = getattr(params.train, kind)
     workers, device = join_workers(params.train.device)
     try:
-        return _train(kind, t, params, prepared, out_dir, curves_path, resume, workers, device)
+        return _train(Job(kind, params, out_dir, workers, device), prepared, curves_path, resume)
     finally:
         leave(workers)
 
 
-def _train(kind: str, t: TrainParams, params: Params, prepared: Path, out_dir: Path,
-           curves_path: Path, resume: bool, workers: Workers, device: torch.device) -> dict | None:
-    from vaectl import tracking
+@dataclass(frozen=True)
+class Job:
+    """The fixed facts of one training run: which model, its params, where it writes, and
+    which of the processes this is."""
 
-    manifest = load_manifest(prepared)
-    data_sha = manifest_sha256(prepared)
+    kind: str
+    params: Params
+    out_dir: Path
+    workers: Workers
+    device: torch.device
+
+    @property
+    def t(self) -> TrainParams:
+        return getattr(self.params.train, self.kind)
+
+
+@dataclass
+class Loop:
+    """What training carries from step to step and epoch to epoch: the model (and its DDP
+    wrapper `net`), the optimiser, the data-order RNG and the early-stopping record; last.pt
+    holds all of it, so a resume continues exactly."""
+
+    model: AutoEncoder
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    history: list[dict] = dataclasses.field(default_factory=list)
+    start_epoch: int = 0
+    best_val: float = math.inf
+    bad_epochs: int = 0
+
+    @property
+    def stopped_early(self) -> bool:
+        return bool(self.history) and self.history[-1].get("stopped_early", False)
+
+
+@dataclass
+class TrainingData:
+    train_images: np.ndarray  # uint8, as prepared (logged to MLflow as the run's dataset)
+    train_labels: np.ndarray
+    x_train: torch.Tensor  # in [0, 1], binarised once under `binarize: static`
+    x_val: torch.Tensor  # binarised once with its own seed unless `binarize: none`
+    manifest: dict
+    data_sha: str
+    source: Path  # the training split's file
+
+
+def _load_data(job: Job, prepared: Path, generator: torch.Generator) -> TrainingData:
+    t, device = job.t, job.device
+    manifest, data_sha = load_manifest(prepared), manifest_sha256(prepared)
     train_images, train_labels = load_split(prepared, "train")
     val_images, _ = load_split(prepared, "val")
     x_train, x_val = to_unit(train_images, device), to_unit(val_images, device)
-
-    torch.manual_seed(t.seed + workers.rank)  # reparameterisation noise: one stream per process
-    generator = torch.Generator(device=device).manual_seed(t.seed)  # data order: shared by all
     if t.binarize != "none":
         x_val = binarize(x_val, torch.Generator(device=device).manual_seed(VAL_BINARIZE_SEED))
     if t.binarize == "static":
         x_train = binarize(x_train, generator)
-    model = build_model(kind, params.model.arch, params.model.hidden, t.latent_dim,
-                        params.model.logvar_clip, params.model.pseudo_inputs).to(device)
+    return TrainingData(train_images, train_labels, x_train, x_val, manifest, data_sha,
+                        prepared / "train.npz")
+
+
+def _build_loop(job: Job, generator: torch.Generator) -> Loop:
+    m, device = job.params.model, job.device
+    model = build_model(job.kind, m.arch, m.hidden, job.t.latent_dim, m.logvar_clip,
+                        m.pseudo_inputs).to(device)
     net = model
-    if workers.world > 1:
+    if job.workers.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    optimizer = adam(model.parameters(), t.lr)
-    parameters = list(model.parameters())
+    return Loop(model, net, adam(model.parameters(), job.t.lr), generator)
 
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    run_tags = {"vaectl.kind": kind, "vaectl.out_dir": str(out_dir.resolve())}
-    history: list[dict] = []
-    start_epoch, best_val, bad_epochs, run_id = 0, math.inf, 0, None
-    resumed_with: dict = {}
-    if resume:
-        state, resumed_with = resume_state(out_dir, workers.world, kind, params, data_sha)
-        if state["model_config"] != model.config():
-            raise UserError(f"{last_path} holds a {state['model_config']} model; params ask for "
-                            f"{model.config()}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        _restore_rng(state["rng"][workers.rank], generator, device)
-        start_epoch, best_val, bad_epochs = state["epoch"], state["best_val"], state["bad_epochs"]
-        history = state["history"]
-        if workers.main:  # continue the MLflow run that wrote this last.pt, and only that
-            run_id, _ = custody.recorded_run(last_path, custody.LAST_CHECKPOINT,
-                                             params.tracking.experiment, kind)
-    elif workers.main:  # the previous best.pt stays until this run has a better one
-        out_dir.mkdir(parents=True, exist_ok=True)
 
+def _resume(job: Job, loop: Loop, data_sha: str) -> tuple[str | None, dict]:
+    """Load last.pt into `loop`; (the MLflow run that wrote it, the params changed since)."""
+    kind, params, out_dir, workers = job.kind, job.params, job.out_dir, job.workers
+    state, resumed_with = resume_state(out_dir, workers.world, kind, params, data_sha)
+    if state["model_config"] != loop.model.config():
+        raise UserError(f"{out_dir / 'last.pt'} holds a {state['model_config']} model; params ask for "
+                        f"{loop.model.config()}")
+    loop.model.load_state_dict(state["model"])
+    loop.optimizer.load_state_dict(state["optimizer"])
+    _restore_rng(state["rng"][workers.rank], loop.generator, job.device)
+    loop.start_epoch, loop.best_val, loop.bad_epochs = state["epoch"], state["best_val"], state["bad_epochs"]
+    loop.history = state["history"]
+    run_id = None
+    if workers.main:  # continue the MLflow run that wrote this last.pt, and only that
+        run_id, _ = custody.recorded_run(out_dir / "last.pt", custody.LAST_CHECKPOINT,
+                                         params.tracking.experiment, kind)
+    return run_id, resumed_with
+
+
+def steps_per_epoch(n: int, batch: int, world: int) -> int:
+    """A last global batch smaller than the process count cannot be shared out: it is dropped."""
+    return n // batch + (n % batch >= world)
+
+
+def run_epoch(job: Job, loop: Loop, epoch: int, x_train: torch.Tensor, progress: Progress,
+              stop: StopRequest) -> tuple[torch.Tensor, int]:
+    """One pass over the training split: (the mean loss, recon and KL over the images used, on
+    every process; how many images that was)."""
+    t, workers = job.t, job.workers
     n, batch = len(x_train), t.batch_size
-    # A last global batch smaller than the process count cannot be shared out: it is dropped.
-    steps_per_epoch = n // batch + (n % batch >= workers.world)
-    n_used = min(n, steps_per_epoch * batch)
-    progress = Progress(kind, steps_per_epoch, t.epochs, shows_kl=kind == "vae", live=workers.main)
-    stop = StopRequest()
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    tags = {**tracking.standard_tags(kind, data_sha), **run_tags} if workers.main else {}
-    try:
-        with (tracking.start_run(params.tracking.experiment, f"train-{out_dir.name}", tags, run_id)
-              if workers.main else contextlib.nullcontext()) as mlrun:
-            if workers.main and resumed_with:  # MLflow params are immutable: say what changed
+    steps = steps_per_epoch(n, batch, workers.world)
+    beta = kl_weight(t, epoch)
+    x_epoch = binarize(x_train, loop.generator) if t.binarize == "dynamic" else x_train
+    order = torch.randperm(n, generator=loop.generator, device=x_train.device)
+    parameters = list(loop.model.parameters())
+    batch_terms, shard_sizes = [], []  # detached (loss, recon, kl) per step, reduced once per epoch
+    began = time.perf_counter()
+    for step in range(steps):
+        global_batch = order[step * batch : (step + 1) * batch]
+        xb = x_epoch[global_batch[workers.rank :: workers.world]]
+        loss, recon, kl = loss_terms(loop.net, xb, beta)
+        loop.optimizer.zero_grad(set_to_none=True)
+        # DDP averages gradients over processes: weighting each shard's mean by its share
+        # makes that the mean over the global batch, as in one process.
+        (loss * (len(xb) * workers.world / len(global_batch))).backward()
+        if t.grad_norm:
+            normalise_gradients(parameters)
+        if t.lr_schedule != "constant":
+            for group in loop.optimizer.param_groups:
+                group["lr"] = learning_rate(t, (epoch * steps + step) / (t.epochs * steps))
+        loop.optimizer.step()
+        stop.check()
+        batch_terms.append((loss.detach(), recon.detach(), kl.detach()))
+        shard_sizes.append(len(xb))
+        if progress.bar is not None and step % 10 == 0:
+            rate = (step + 1) * batch / max(time.perf_counter() - began, 1e-9)
+            progress.step(epoch + 1, step + 1, loss.detach().item(), rate)
+    n_used = min(n, steps * batch)
+    sizes = torch.tensor(shard_sizes, dtype=torch.float32, device=x_train.device)
+    terms = torch.stack([torch.stack(step_terms) for step_terms in batch_terms])
+    return sum_over_workers(sizes @ terms, workers) / n_used, n_used
+
+
+def close_epoch(job: Job, loop: Loop, epoch: int, train: torch.Tensor,
+                x_val: torch.Tensor) -> tuple[EpochStats, bool]:
+    """Validate, refuse a diverged loss, update early stopping and the history; (the epoch's
+    stats, whether validation improved)."""
+    kind, t, workers = job.kind, job.t, job.workers
+    # validation always at the final KL weight: a loss measured with the warm-up's smaller
+    # weight would look best early and pick that checkpoint
+    val = evaluate_loss(loop.model, x_val, getattr(t, "beta", 0.0), 1024) if workers.main else (0.0,) * 3
+    val = from_main(val, workers)
+    stats = EpochStats(epoch + 1, *train.tolist(), *val, kl_weight(t, epoch))  # 1-based everywhere
+    if not (math.isfinite(stats.train_loss) and math.isfinite(stats.val_loss)):
+        raise UserError(f"training diverged in epoch {epoch + 1}: loss {stats.train_loss} "
+                        f"(validation {stats.val_loss}); lower train.{kind}.lr ({t.lr}) "
+                        "(the checkpoints hold the last finite epoch, if any)")
+    improved = stats.val_loss < loop.best_val
+    loop.best_val = min(loop.best_val, stats.val_loss)
+    # no early stopping while the KL weight still rises (as in the published code)
+    warming_up = epoch + 1 < getattr(t, "kl_warmup_epochs", 0)
+    loop.bad_epochs = 0 if improved or warming_up else loop.bad_epochs + 1
+    stopped_early = bool(t.patience) and loop.bad_epochs >= t.patience
+    loop.history.append({**asdict(stats), "stopped_early": stopped_early})
+    return stats, improved
+
+
+def record_epoch(mlrun, job: Job, loop: Loop, data: TrainingData, stats: EpochStats, improved: bool,
+                 rng: list[dict], timing: dict[str, float]) -> None:
+    """Rank 0: the epoch's metrics and timings to MLflow, best.pt when it improved, last.pt
+    (recorded on the run for custody), and image series every `sample_every` epochs."""
+    t, out_dir = job.t, job.out_dir
+    mlrun.log_metrics({**{k: v for k, v in asdict(stats).items() if k != "epoch"},
+                       "lr": loop.optimizer.param_groups[0]["lr"], **timing}, step=stats.epoch)
+    if improved:
+        save_checkpoint(out_dir / "best.pt", {"model": loop.model.state_dict(),
+                                              "model_config": loop.model.config(), "epoch": stats.epoch})
+    save_checkpoint(out_dir / "last.pt", {
+        "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+        "model_config": loop.model.config(), "rng": rng,
+        "epoch": stats.epoch, "best_val": loop.best_val, "bad_epochs": loop.bad_epochs,
+        "history": loop.history, "params": _flat(job.params, job.kind), "data_sha256": data.data_sha,
+    })
+    mlrun.set_tags({custody.LAST_CHECKPOINT.tag: sha256_file(out_dir / "last.pt")})
+    if stats.epoch % t.sample_every == 0 or stats.epoch == t.epochs or loop.stopped_early:
+        log_images(mlrun, loop.model, data.x_val, stats.epoch - 1, t.seed)
+
+
+def finish(mlrun, job: Job, loop: Loop, data: TrainingData, curves_path: Path) -> dict:
+    """Rank 0: summary.json and the curves, best.pt on the run, and the digests that every
+    later stage checks these files against (custody.py). Returns the summary."""
+    history, out_dir = loop.history, job.out_dir
+    summary = {
+        "model": job.kind, "epochs_run": len(history),
+        "best_val_loss": loop.best_val,
+        "best_epoch": int(np.argmin([h["val_loss"] for h in history])) + 1,
+        "final_train_loss": history[-1]["train_loss"],
+        "stopped_early": history[-1]["stopped_early"],
+        "data_sha256": data.data_sha, "model_config": loop.model.config(),
+        "binarize": job.t.binarize,
+    }
+    best_path = out_dir / "best.pt"
+    mlrun.log_metrics({"best_val_loss": loop.best_val})
+    mlrun.log_artifact(best_path, "checkpoint")
+    write_json(out_dir / "summary.json", summary)
+    write_json(curves_path, history)
+    mlrun.set_tags({custody.CHECKPOINT.tag: sha256_file(best_path),
+                    custody.TRAINING_SUMMARY.tag: sha256_file(out_dir / "summary.json"),
+                    custody.CURVES.tag: sha256_file(curves_path)})
+    return {**summary, "run_id": mlrun.run_id}
+
+
+def _open_run(job: Job, data: TrainingData, run_id: str | None, resumed_with: dict):
+    """Rank 0's MLflow run (a new one, or the one a resume continues), with its params,
+    dataset and what a resume changed; the other processes get a null context."""
+    from vaectl import tracking
+
+    kind, params, out_dir, workers = job.kind, job.params, job.out_dir, job.workers
+    if not workers.main:
+        return contextlib.nullcontext()
+    tags = {**tracking.standard_tags(kind, data.data_sha), "vaectl.kind": kind,
+            "vaectl.out_dir": str(out_dir.resolve())}
+
+    @contextlib.contextmanager
+    def opened():
+        with tracking.start_run(params.tracking.experiment, f"train-{out_dir.name}", tags, run_id) as mlrun:
+            if resumed_with:  # MLflow params are immutable: say what changed
                 mlrun.set_tags({"vaectl.resumed_with": "; ".join(
                     f"{k}: {old} -> {new}" for k, (old, new) in resumed_with.items())})
-            if workers.main and run_id is None:
+            if run_id is None:
                 # this model's settings under shared keys too (latent_dim, lr, ...), so that the
                 # UI's compare view lines the VAE and AE runs up
                 mlrun.log_params({**_flat(params, kind), **flatten(getattr(params.train, kind)),
-                                  "kind": kind, "device": device.type,
+                                  "kind": kind, "device": job.device.type,
                                   "threads": torch.get_num_threads(), "processes": workers.world})
-                mlrun.log_dataset(train_images, train_labels, manifest["source"]["name"] + "-train",
-                                  source=str(prepared / "train.npz"), context="training")
-            stopped_early = bool(history) and history[-1].get("stopped_early", False)
+                mlrun.log_dataset(data.train_images, data.train_labels,
+                                  data.manifest["source"]["name"] + "-train",
+                                  source=str(data.source), context="training")
+            yield mlrun
+
+    return opened()
+
+
+def _train(job: Job, prepared: Path, curves_path: Path, resume: bool) -> dict | None:
+    t, workers = job.t, job.workers
+    torch.manual_seed(t.seed + workers.rank)  # reparameterisation noise: one stream per process
+    generator = torch.Generator(device=job.device).manual_seed(t.seed)  # data order: shared by all
+    data = _load_data(job, prepared, generator)
+    loop = _build_loop(job, generator)
+    run_id, resumed_with = None, {}
+    if resume:
+        run_id, resumed_with = _resume(job, loop, data.data_sha)
+    elif workers.main:  # the previous best.pt stays until this run has a better one
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(job.kind, steps_per_epoch(len(data.x_train), t.batch_size, workers.world),
+                        t.epochs, shows_kl=job.kind == "vae", live=workers.main)
+    stop = StopRequest()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with _open_run(job, data, run_id, resumed_with) as mlrun:
             with peers_stopping_as_interrupt(workers, stop.event):
-                for epoch in range(start_epoch, t.epochs):
-                    if stopped_early:
-                        break
-                    beta = kl_weight(t, epoch)
-                    x_epoch = binarize(x_train, generator) if t.binarize == "dynamic" else x_train
-                    order = torch.randperm(n, generator=generator, device=device)
-                    batch_terms = []  # detached (loss, recon, kl) per step, reduced once per epoch
-                    shard_sizes = []
-                    began = time.perf_counter()
-                    for step in range(steps_per_epoch):
-                        global_batch = order[step * batch : (step + 1) * batch]
-                        xb = x_epoch[global_batch[workers.rank :: workers.world]]
-                        loss, recon, kl = loss_terms(net, xb, beta)
-                        optimizer.zero_grad(set_to_none=True)
-                        # DDP averages gradients over processes: weighting each shard's mean by
-                        # its share makes that the mean over the global batch, as in one process.
-                        (loss * (len(xb) * workers.world / len(global_batch))).backward()
-                        if t.grad_norm:
-                            normalise_gradients(parameters)
-                        if t.lr_schedule != "constant":
-                            planned = (epoch * steps_per_epoch + step) / (t.epochs * steps_per_epoch)
-                            for group in optimizer.param_groups:
-                                group["lr"] = learning_rate(t, planned)
-                        optimizer.step()
-                        stop.check()
-                        batch_terms.append((loss.detach(), recon.detach(), kl.detach()))
-                        shard_sizes.append(len(xb))
-                        if progress.bar is not None and step % 10 == 0:
-                            elapsed = time.perf_counter() - began
-                            progress.step(epoch + 1, step + 1, loss.detach().item(),
-                                          (step + 1) * batch / max(elapsed, 1e-9))
-                    samples_per_s = n_used / (time.perf_counter() - began)
-                    sizes = torch.tensor(shard_sizes, dtype=torch.float32, device=device)
-                    terms = torch.stack([torch.stack(step_terms) for step_terms in batch_terms])
-                    train = sum_over_workers(sizes @ terms, workers) / n_used
-                    # validation always at the final KL weight: a loss measured with the
-                    # warm-up's smaller weight would look best early and pick that checkpoint
-                    val = (evaluate_loss(model, x_val, getattr(t, "beta", 0.0), 1024)
-                           if workers.main else (0.0,) * 3)
-                    val = from_main(val, workers)
-                    stats = EpochStats(epoch + 1, *train.tolist(), *val, beta)  # 1-based everywhere
-                    if not (math.isfinite(stats.train_loss) and math.isfinite(stats.val_loss)):
-                        raise UserError(f"training diverged in epoch {epoch + 1}: loss {stats.train_loss} "
-                                        f"(validation {stats.val_loss}); lower train.{kind}.lr ({t.lr}) "
-                                        "(the checkpoints hold the last finite epoch, if any)")
-                    improved = stats.val_loss < best_val
-                    best_val = min(best_val, stats.val_loss)
-                    # no early stopping while the KL weight still rises (as in the published code)
-                    warming_up = epoch + 1 < getattr(t, "kl_warmup_epochs", 0)
-                    bad_epochs = 0 if improved or warming_up else bad_epochs + 1
-                    stopped_early = bool(t.patience) and bad_epochs >= t.patience
-                    history.append({**asdict(stats), "stopped_early": stopped_early})
-                    rng = _rng_state(generator, device, workers)
-                    if not workers.main:
-                        continue
-                    mlrun.log_metrics({**{k: v for k, v in asdict(stats).items() if k != "epoch"},
-                                       "lr": optimizer.param_groups[0]["lr"],
-                                       "samples_per_s": samples_per_s,
-                                       "epoch_time_s": time.perf_counter() - began}, step=stats.epoch)
-                    if improved:
-                        save_checkpoint(best_path, {"model": model.state_dict(),
-                                                    "model_config": model.config(), "epoch": epoch + 1})
-                    save_checkpoint(last_path, {
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "model_config": model.config(), "rng": rng,
-                        "epoch": epoch + 1, "best_val": best_val, "bad_epochs": bad_epochs,
-                        "history": history, "params": _flat(params, kind), "data_sha256": data_sha,
-                    })
-                    mlrun.set_tags({custody.LAST_CHECKPOINT.tag: sha256_file(last_path)})
-                    if (epoch + 1) % t.sample_every == 0 or epoch + 1 == t.epochs or stopped_early:
-                        log_images(mlrun, model, x_val, epoch, t.seed)
-                    progress.epoch(stats, samples_per_s)
-            if not workers.main:
-                return None
-            summary = {
-                "model": kind, "epochs_run": len(history),
-                "best_val_loss": best_val,
-                "best_epoch": int(np.argmin([h["val_loss"] for h in history])) + 1,
-                "final_train_loss": history[-1]["train_loss"],
-                "stopped_early": history[-1]["stopped_early"],
-                "data_sha256": data_sha, "model_config": model.config(),
-                "binarize": t.binarize,
-            }
-            mlrun.log_metrics({"best_val_loss": best_val})
-            mlrun.log_artifact(best_path, "checkpoint")
-            write_json(out_dir / "summary.json", summary)
-            write_json(curves_path, history)
-            # the record every later stage checks these files against (custody.py)
-            mlrun.set_tags({custody.CHECKPOINT.tag: sha256_file(best_path),
-                            custody.TRAINING_SUMMARY.tag: sha256_file(out_dir / "summary.json"),
-                            custody.CURVES.tag: sha256_file(curves_path)})
-            summary = {**summary, "run_id": mlrun.run_id}
+                _epochs(job, loop, data, progress, stop, mlrun)
+            return finish(mlrun, job, loop, data, curves_path) if workers.main else None
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         progress.close()
-    return summary
+
+
+def _epochs(job: Job, loop: Loop, data: TrainingData, progress: Progress, stop: StopRequest, mlrun) -> None:
+    """Epochs from where `loop` stands until `epochs` or early stopping."""
+    for epoch in range(loop.start_epoch, job.t.epochs):
+        if loop.stopped_early:
+            break
+        began = time.perf_counter()
+        train, n_used = run_epoch(job, loop, epoch, data.x_train, progress, stop)
+        samples_per_s = n_used / (time.perf_counter() - began)
+        stats, improved = close_epoch(job, loop, epoch, train, data.x_val)
+        rng = _rng_state(loop.generator, job.device, job.workers)  # every process takes part
+        if job.workers.main:
+            record_epoch(mlrun, job, loop, data, stats, improved, rng,
+                         {"samples_per_s": samples_per_s, "epoch_time_s": time.perf_counter() - began})
+            progress.epoch(stats, samples_per_s)
 
 
 def _flat(params: Params, kind: str) -> dict:
