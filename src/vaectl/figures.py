@@ -56,7 +56,6 @@ def evaluation_figures(out_dir: Path, models: dict, x_pixels, labels: np.ndarray
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import torch
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +82,19 @@ def evaluation_figures(out_dir: Path, models: dict, x_pixels, labels: np.ndarray
                      f"Latent interpolation, {kind.replace('_', '-')} test pairs "
                      "(outer columns: the real test images)", written[-1])
 
+    written.append(out_dir / "latent_map.png")
+    _latent_map_figure(written[-1], models, x_pixels, labels)
+    written.append(out_dir / "curves.png")
+    _curves_figure(written[-1], curves)
+    return written
+
+
+def _latent_map_figure(path: Path, models: dict, x_pixels, labels: np.ndarray) -> None:
+    """Each model's encoder means of the test images, coloured by label: the latents
+    themselves in 2-D, else their two principal directions."""
+    import matplotlib.pyplot as plt
+    import torch
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
     colours = plt.get_cmap("tab10")
     for ax, (name, (model, _)) in zip(axes, models.items(), strict=True):
@@ -103,10 +115,15 @@ def evaluation_figures(out_dir: Path, models: dict, x_pixels, labels: np.ndarray
         ax.set_ylabel(axis_names[-1], fontsize=8)
         ax.set_title(f"{name.upper()} encoder means of the test images", fontsize=9)
     axes[-1].legend(title="label", fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1, 0.5))
-    written.append(out_dir / "latent_map.png")
-    with atomic_path(written[-1]) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+
+def _curves_figure(path: Path, curves: dict[str, list[dict]]) -> None:
+    """The per-epoch training and validation loss of each model that has a history."""
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     losses = {"vae": "−ELBO (recon + KL)", "ae": "reconstruction NLL"}  # not the same quantity
@@ -121,11 +138,9 @@ def evaluation_figures(out_dir: Path, models: dict, x_pixels, labels: np.ndarray
     ax.set_title("training curves: the VAE's loss includes the KL term, the AE's does not", fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    written.append(out_dir / "curves.png")
-    with atomic_path(written[-1]) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-    return written
 
 
 def latent_2d_figures(out_dir: Path, pictures: dict, labels: np.ndarray, grid: int) -> list[Path]:

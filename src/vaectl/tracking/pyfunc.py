@@ -60,23 +60,34 @@ with contextlib.redirect_stderr(io.StringIO()):
             if mode not in PREDICT_MODES:
                 raise self._bad(f"unknown mode {mode!r}: use {', '.join(PREDICT_MODES)}")
             if mode == "sample":
-                n, seed = int(params["n"]), int(params["seed"])
-                most = int(os.environ.get(MAX_SAMPLES_ENV, MAX_SAMPLES_DEFAULT))
-                if not 1 <= n <= most:
-                    raise self._bad(f"n must be between 1 and {most} ({MAX_SAMPLES_ENV}), got {n}")
-                if seed < 0:
-                    raise self._bad(f"seed must be >= 0, got {seed}")
-                # prior.sample_latents in numpy (not a copy to share): a bundle ships no model code
-                rng = np.random.default_rng(seed)
-                eps = rng.standard_normal((n, self.latent_dim))
-                if len(self.means) == 1:  # no component index drawn: the same samples as ever
-                    z = self.means[0] + eps @ self.chols[0].T
-                else:
-                    pick = rng.integers(len(self.means), size=n)
-                    z = self.means[pick] + np.einsum("nij,nj->ni", self.chols[pick], eps)
-                with torch.no_grad():
-                    return self.parts["decoder"](torch.from_numpy(z.astype(np.float32))).detach().numpy()
-            x = np.asarray(model_input)
+                return self._sample(int(params["n"]), int(params["seed"]))
+            x = self._checked(mode, np.asarray(model_input))
+            part = self.parts[{"encode": "encoder", "decode": "decoder"}.get(mode, mode)]
+            with torch.no_grad():  # the model call itself: no autograd graph is built
+                out = part(torch.from_numpy(x.astype(np.float32)))
+            return (torch.cat(out, dim=1) if isinstance(out, tuple) else out).numpy()
+
+        def _sample(self, n: int, seed: int) -> np.ndarray:
+            import torch
+
+            most = int(os.environ.get(MAX_SAMPLES_ENV, MAX_SAMPLES_DEFAULT))
+            if not 1 <= n <= most:
+                raise self._bad(f"n must be between 1 and {most} ({MAX_SAMPLES_ENV}), got {n}")
+            if seed < 0:
+                raise self._bad(f"seed must be >= 0, got {seed}")
+            # prior.sample_latents in numpy (not a copy to share): a bundle ships no model code
+            rng = np.random.default_rng(seed)
+            eps = rng.standard_normal((n, self.latent_dim))
+            if len(self.means) == 1:  # no component index drawn: the same samples as ever
+                z = self.means[0] + eps @ self.chols[0].T
+            else:
+                pick = rng.integers(len(self.means), size=n)
+                z = self.means[pick] + np.einsum("nij,nj->ni", self.chols[pick], eps)
+            with torch.no_grad():
+                return self.parts["decoder"](torch.from_numpy(z.astype(np.float32))).detach().numpy()
+
+        def _checked(self, mode: str, x: np.ndarray) -> np.ndarray:
+            """The input as the model part takes it, or the one-line reason it cannot be."""
             if x.dtype.kind in "biu":  # JSON has no float/int distinction: 0/1 images are ints
                 x = x.astype(np.float32)
             if x.dtype.kind != "f":
@@ -90,10 +101,7 @@ with contextlib.redirect_stderr(io.StringIO()):
                 raise self._bad(f"mode {mode} expects N x {width} input, got shape {x.shape}")
             if mode != "decode" and (x.min(initial=0) < 0 or x.max(initial=0) > 1):
                 raise self._bad("pixel values must lie in [0, 1]")
-            part = self.parts[{"encode": "encoder", "decode": "decoder"}.get(mode, mode)]
-            with torch.no_grad():  # the model call itself: no autograd graph is built
-                out = part(torch.from_numpy(x.astype(np.float32)))
-            return (torch.cat(out, dim=1) if isinstance(out, tuple) else out).numpy()
+            return x
 
 
 def signature():

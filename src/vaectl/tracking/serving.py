@@ -73,49 +73,28 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        too_large = f"request body larger than {self.max_body} bytes (vaectl serve --max-body)"
+        body, refusal = await self._admit(dict(scope["headers"]), receive)
+        if refusal is not None:
+            return await _reply(send, *refusal)
+        if body is not None:  # None: the client went away
+            await self.app(scope, _replaying(bytes(body), receive), _shortening_errors(send))
+
+    async def _admit(self, headers: dict, receive) -> tuple[bytearray | None, tuple[int, str] | None]:
+        """(the body, or None if the client left; the refusal (status, reason), if any)."""
+        declared = headers.get(b"content-length")
+        too_large = (413, f"request body larger than {self.max_body} bytes (vaectl serve --max-body)")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            return await _reply(send, 413, too_large)
+            return None, too_large
         try:
             async with asyncio.timeout(self.body_timeout_s):
                 body = await self._body(receive)
         except TimeoutError:
-            return await _reply(send, 408, f"request body not complete within {self.body_timeout_s:g} s "
-                                "(vaectl serve --body-timeout)")
-        if body is None:
-            return  # the client went away
-        if len(body) > self.max_body:
-            return await _reply(send, 413, too_large)
-        content_type = dict(scope["headers"]).get(b"content-type", b"")
-        refusal = json_refusal(body) if body and b"json" in content_type else None
-        if refusal is not None:
-            return await _reply(send, 400, refusal)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        start: dict = {}
-        chunks: list[bytes] = []
-
-        async def short_errors(message):
-            if message["type"] == "http.response.start":
-                start.update(message)
-                if message["status"] < 400:
-                    await send(message)
-                return
-            if start.get("status", 200) < 400:
-                return await send(message)
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                await _reply(send, start["status"], short_error(b"".join(chunks)))
-
-        await self.app(scope, replay, short_errors)
+            return None, (408, f"request body not complete within {self.body_timeout_s:g} s "
+                               "(vaectl serve --body-timeout)")
+        if body is not None and len(body) > self.max_body:
+            return None, too_large
+        refusal = json_refusal(body) if body and b"json" in headers.get(b"content-type", b"") else None
+        return body, (400, refusal) if refusal is not None else None
 
     async def _body(self, receive) -> bytearray | None:
         """The whole body, or as much as passes max_body; None if the client went away.
@@ -128,6 +107,41 @@ class Guard:
             body += message.get("body", b"")
             more = message.get("more_body", False)
         return body
+
+
+def _replaying(body: bytes, receive):
+    """An ASGI receive that hands the app the body already read, then the client's events."""
+    replayed = False
+
+    async def replay():
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def _shortening_errors(send):
+    """An ASGI send that passes replies under 400 through and rewrites the others' bodies by
+    `short_error` (the status stays)."""
+    start: dict = {}
+    chunks: list[bytes] = []
+
+    async def short_errors(message):
+        if message["type"] == "http.response.start":
+            start.update(message)
+            if message["status"] < 400:
+                await send(message)
+            return
+        if start.get("status", 200) < 400:
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            await _reply(send, start["status"], short_error(b"".join(chunks)))
+
+    return short_errors
 
 
 def header_deadline_protocol(timeout_s: float):
