@@ -120,3 +120,18 @@ def test_fetch_into_a_full_or_read_only_file_system_is_one_line_and_leaves_nothi
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
         assert list(place.iterdir()) == []  # the staging folder went too
+
+
+def test_the_documented_servers_take_different_ports():
+    """`make ui`, `make server` and `vaectl serve` can all run at once, in the order the docs
+    give them (serve and the server both took 5001: "Address already in use")."""
+    import inspect
+    import re
+
+    from vaectl.cli import serve
+
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    ui_port = int(re.search(r"mlflow ui --host \S+ --port (\d+)", makefile).group(1))
+    server_port = int(re.search(r"^SERVER_PORT \?= (\d+)", makefile, re.M).group(1))
+    serve_port = inspect.signature(serve).parameters["port"].default.default
+    assert len({ui_port, server_port, serve_port}) == 3

@@ -5,6 +5,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -345,6 +346,19 @@ def _closed_within(conn: socket.socket, seconds: float) -> bool:
     return False
 
 
+def _whole_reply(conn: socket.socket) -> bytes:
+    """A reply's head and its Content-Length body, which may come in separate segments."""
+    conn.settimeout(30)
+    reply = b""
+    while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < int(
+            re.search(rb"content-length: (\d+)", reply, re.I).group(1)):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    return reply
+
+
 def test_serve_cuts_slow_clients_and_refuses_json_it_cannot_parse(deployed):
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "vaectl", "serve", "vae-mnist@champion",
@@ -364,8 +378,7 @@ def test_serve_cuts_slow_clients_and_refuses_json_it_cannot_parse(deployed):
         assert all(_closed_within(conn, 8) for conn in slowloris)  # cut at the header deadline
         assert _post(port, json.dumps({"inputs": [[0.5] * 784]}).encode())[0] == 200
         stalled = _raw(port, head + b"Content-Length: 1000\r\n\r\n" + b'{"inputs": [[')
-        stalled.settimeout(10)
-        reply = stalled.recv(4096)
+        reply = _whole_reply(stalled)
         assert reply.startswith(b"HTTP/1.1 408") and b"not complete within 2 s" in reply
         deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
         assert _post(port, deep) == (400, {"error_code": "BAD_REQUEST",

@@ -547,7 +547,7 @@ def predict(
 def serve(
     ref: str = typer.Argument("vae-mnist@champion", help="NAME@alias or NAME/version"),
     host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
-    port: int = typer.Option(5001, help="port"),
+    port: int = typer.Option(5002, help="port (`make ui` takes 5000, `make server` 5001)"),
     max_body: int = typer.Option(8 << 20, "--max-body", min=1,
                                  help="largest request body in bytes; larger ones get 413"),
     max_samples: int = typer.Option(1000, "--max-samples", min=1,
@@ -563,9 +563,9 @@ def serve(
     """Serve a registered model over HTTP: MLflow's scoring server on a copy of the bundle
     verified file by file, with bounded requests and short error replies.
 
-    Example: vaectl serve vae-mnist@champion --port 5001 &
+    Example: vaectl serve vae-mnist@champion --port 5002 &
              curl -d '{"inputs": [[0.5, ...784 values]]}' -H 'Content-Type: application/json'
-             http://127.0.0.1:5001/invocations
+             http://127.0.0.1:5002/invocations
     """
     import tempfile
 
