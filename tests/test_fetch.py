@@ -244,7 +244,6 @@ def test_sigterm_during_a_hanging_download_leaves_no_temporary_folder(tmp_path):
     import socket
     import subprocess
     import sys
-    import time
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -253,17 +252,20 @@ def test_sigterm_during_a_hanging_download_leaves_no_temporary_folder(tmp_path):
         f"data: {{name: mnist, mirrors: ['http://127.0.0.1:{silent.getsockname()[1]}/']}}\n")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    env = {**os.environ, "TMPDIR": str(scratch), "VAECTL_FETCH_TIMEOUT": "60"}
+    env = {**os.environ, "TMPDIR": str(scratch), "VAECTL_FETCH_TIMEOUT": "60",
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # torch's own, not fetch's
     try:
         fetch = subprocess.Popen([sys.executable, "-m", "vaectl", "fetch"], cwd=tmp_path, env=env,
                                  stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 60
-        while not any(scratch.iterdir()) and time.time() < deadline:  # the download has begun
-            time.sleep(0.1)
-        time.sleep(0.5)
+        # the download has begun when the mirror is connected to (a signal that lands during
+        # an import instead can be swallowed by a library's own except clause)
+        silent.settimeout(120)
+        connection, _ = silent.accept()
+        assert any(scratch.iterdir())
         fetch.send_signal(signal.SIGTERM)
         _, err = fetch.communicate(timeout=30)
     finally:
         silent.close()
+    connection.close()
     assert fetch.returncode != 0 and "Traceback" not in err
     assert list(scratch.iterdir()) == [] and not (tmp_path / "data").exists()
