@@ -1,0 +1,138 @@
+"""Fingerprints of the numerics a CPU gives under portable numerics: one sha256 per kernel
+family the pipeline uses, and per step of the realism judge's training. Two CPUs whose
+`dvc repro` disagree run this, and the first differing entry names the kernel to pin.
+
+The judge (`vaectl classifier`) is the one stage whose bytes differ between an Intel Xeon
+and an AMD EPYC (docs/reproducibility.md); the autoencoders agree. So the entries follow
+what sets its training apart: log-softmax cross-entropy and its backward, torch's default
+(single-tensor) Adam beside the fused one the autoencoders use, libm's exp/log, and the
+matrix products at the judge's shapes, then its first steps on synthetic digits.
+
+    python benchmarks/numerics_fingerprint.py                  # print the JSON
+    python benchmarks/numerics_fingerprint.py --out FILE       # write it
+    python benchmarks/numerics_fingerprint.py --compare docs/fingerprints/xeon-avx512.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from vaectl.numerics import PORTABLE_ENV
+
+os.environ.update({**PORTABLE_ENV, "OMP_NUM_THREADS": "1"})  # before torch loads: the pipeline's pins
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from vaectl.judge import build_classifier  # noqa: E402
+
+BATCH, HIDDEN, STEPS = 128, [256], 20  # the judge's defaults in params.yaml (eval.classifier)
+
+
+def digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def elementwise() -> dict[str, str]:
+    x = torch.linspace(-30, 30, 1_000_003)
+    positive = x.abs() + 1e-3
+    return {"exp": digest(x.exp()), "log": digest(positive.log()), "log1p": digest(positive.log1p()),
+            "sqrt": digest(positive.sqrt()), "tanh": digest(x.tanh()), "sigmoid": digest(x.sigmoid()),
+            "softplus": digest(nn.functional.softplus(x)),
+            "lerp": digest(torch.lerp(x, x.flip(0), 0.1)),
+            "addcdiv": digest(x.addcdiv(x.flip(0), positive, value=-1e-3))}
+
+
+def softmax_family() -> dict[str, str]:
+    gen = torch.Generator().manual_seed(1)
+    logits = (torch.randn(BATCH, 10, generator=gen) * 5).requires_grad_()
+    labels = torch.randint(10, (BATCH,), generator=gen)
+    log_p = torch.log_softmax(logits, -1)
+    loss = nn.functional.cross_entropy(logits, labels)
+    loss.backward()
+    return {"log_softmax": digest(log_p), "cross_entropy": digest(loss),
+            "cross_entropy_grad": digest(logits.grad)}
+
+
+def matmuls() -> dict[str, str]:
+    gen = torch.Generator().manual_seed(2)
+    out = {}
+    for rows, inner, cols in [(BATCH, 784, 256), (BATCH, 256, 10), (256, BATCH, 784), (10, BATCH, 256),
+                              (BATCH, 10, 256), (1000, 784, 256), (64, 784, 300)]:
+        a, b = torch.randn(rows, inner, generator=gen), torch.randn(inner, cols, generator=gen)
+        out[f"matmul_{rows}x{inner}x{cols}"] = digest(a @ b)
+    return out
+
+
+def adam_steps() -> dict[str, str]:
+    out = {}
+    for name, options in [("adam_single_tensor", {"foreach": False}), ("adam_foreach", {"foreach": True}),
+                          ("adam_fused", {"fused": True})]:
+        gen = torch.Generator().manual_seed(3)
+        weight = torch.randn(256, 784, generator=gen).requires_grad_()
+        optimizer = torch.optim.Adam([weight], lr=1e-3, **options)
+        for _ in range(3):
+            weight.grad = torch.randn(256, 784, generator=gen) * 1e-2
+            optimizer.step()
+        out[name] = digest(weight)
+    return out
+
+
+def judge_training() -> dict[str, str]:
+    """The judge's first STEPS steps, as `vaectl classifier` takes them, on synthetic digits:
+    the logits, loss, every gradient and the weights after each step."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(BATCH * 4, 784, generator=gen)
+    y = torch.randint(10, (BATCH * 4,), generator=gen)
+    model = build_classifier(HIDDEN)
+    out = {"judge_init": digest(*model.parameters())}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for step in range(STEPS):
+        rows = slice((step % 4) * BATCH, (step % 4 + 1) * BATCH)
+        logits = model(x[rows])
+        loss = nn.functional.cross_entropy(logits, y[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in model.parameters()]
+        optimizer.step()
+        out[f"judge_step{step:02d}"] = digest(logits, loss, *grads, *model.parameters())
+    return out
+
+
+def fingerprint() -> dict[str, str]:
+    torch.set_num_threads(1)
+    return {**elementwise(), **softmax_family(), **matmuls(), **adam_steps(), **judge_training()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="write the fingerprints here (JSON)")
+    parser.add_argument("--compare", type=Path, help="another CPU's fingerprints: list what differs")
+    args = parser.parse_args()
+    found = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+             **fingerprint()}
+    text = json.dumps(found, indent=1) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    if not args.compare:
+        print(text, end="") if not args.out else None
+        return 0
+    other = json.loads(args.compare.read_text())
+    differ = [k for k in found if other.get(k) != found[k]]
+    for key in differ:
+        print(f"differs: {key} (here {found[key]}, {args.compare.name} {other.get(key)})")
+    print(f"{len(found) - len(differ)} of {len(found)} entries agree with {args.compare}")
+    return 1 if differ else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
