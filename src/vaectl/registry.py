@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import stat
 import tempfile
@@ -219,7 +220,6 @@ def pull(ref: str, dest: Path) -> dict:
 PREDICT_MAX_ROWS = 100_000
 PREDICT_BATCH_ROWS = 4096
 PNG_MAX_BYTES = 1 << 20  # a 28 x 28 PNG is under 2 kB
-INPUT_DTYPES = "fu"  # float pixels or latents; uint8 pixels (other integers are refused)
 
 
 def read_inputs(path: Path, mode: str) -> tuple[np.ndarray, list[str] | None]:
@@ -230,9 +230,8 @@ def read_inputs(path: Path, mode: str) -> tuple[np.ndarray, list[str] | None]:
         return read_pngs(path)
     if not path.exists():
         raise UserError(f"input not found: {path}")
-    _regular_file(path)
-    x = _read_array(path)
-    if x.dtype.kind not in INPUT_DTYPES or (x.dtype.kind == "u" and x.dtype != np.uint8):
+    x = _read_array(path, _regular_file(path).st_size)
+    if x.dtype.kind != "f" and x.dtype != np.uint8:  # float pixels or latents, or uint8 pixels
         raise UserError(f"{path}: {x.dtype} values; give floats (pixels in [0, 1] or latents) "
                         "or uint8 pixels (0-255)")
     if x.dtype == np.uint8 and mode == "decode":  # a latent is a real vector, never a byte image
@@ -240,22 +239,24 @@ def read_inputs(path: Path, mode: str) -> tuple[np.ndarray, list[str] | None]:
     return x, None  # uint8 pixels are divided by 255 batch by batch, as the rows are scored
 
 
-def _regular_file(path: Path) -> None:
-    """A FIFO or device named like an input would block or never end: refused unopened."""
-    if not stat.S_ISREG(path.stat().st_mode):
+def _regular_file(path: Path) -> os.stat_result:
+    """The file's stat; a FIFO or device named like an input would block or never end, so it
+    is refused unopened."""
+    status = path.stat()
+    if not stat.S_ISREG(status.st_mode):
         raise UserError(f"{path}: not a regular file")
+    return status
 
 
-def _read_array(path: Path) -> np.ndarray:
+def _read_array(path: Path, size: int) -> np.ndarray:
     """The array of an .npy (memory-mapped) or .npz, its header checked before the data."""
     try:
         with open(path, "rb") as handle:
-            is_npz = handle.read(4) == b"PK\x03\x04"  # as np.load tells them apart
-        if is_npz:
-            return _read_npz_member(path)
-        with open(path, "rb") as handle:
+            if handle.read(4) == b"PK\x03\x04":  # a zip: an .npz, as np.load tells them apart
+                return _read_npz_member(path)
+            handle.seek(0)
             shape, dtype = _npy_header(handle, path)
-        _check_rows(path, shape, dtype, path.stat().st_size)
+        _check_rows(path, shape, dtype, size)
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         if isinstance(err, OSError) and err.errno is not None:
@@ -313,10 +314,9 @@ def read_pngs(folder: Path) -> tuple[np.ndarray, list[str]]:
         raise UserError(f"{folder} holds {len(files):,} PNGs, more than {PREDICT_MAX_ROWS:,}; split it")
     rows = np.empty((len(files), PIXELS), np.float32)
     for i, file in enumerate(files):
-        _regular_file(file)
-        if file.stat().st_size > PNG_MAX_BYTES:
-            raise UserError(f"{file}: {file.stat().st_size:,} bytes, more than a 28 x 28 PNG "
-                            f"needs ({PNG_MAX_BYTES:,})")
+        size = _regular_file(file).st_size
+        if size > PNG_MAX_BYTES:
+            raise UserError(f"{file}: {size:,} bytes, more than a 28 x 28 PNG needs ({PNG_MAX_BYTES:,})")
         rows[i] = png_pixels(file)
     return rows, [f.name for f in files]
 

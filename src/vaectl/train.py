@@ -460,35 +460,32 @@ def finish(mlrun, job: Job, loop: Loop, data: TrainingData, curves_path: Path) -
     return {**summary, "run_id": mlrun.run_id}
 
 
+@contextlib.contextmanager
 def _open_run(job: Job, data: TrainingData, run_id: str | None, resumed_with: dict):
     """Rank 0's MLflow run (a new one, or the one a resume continues), with its params,
-    dataset and what a resume changed; the other processes get a null context."""
+    dataset and what a resume changed; the other processes get None."""
     from vaectl import tracking
 
-    kind, params, out_dir, workers = job.kind, job.params, job.out_dir, job.workers
-    if not workers.main:
-        return contextlib.nullcontext()
+    kind, out_dir = job.kind, job.out_dir
+    if not job.workers.main:
+        yield None
+        return
     tags = {**tracking.standard_tags(kind, data.data_sha), "vaectl.kind": kind,
             "vaectl.out_dir": str(out_dir.resolve())}
-
-    @contextlib.contextmanager
-    def opened():
-        with tracking.start_run(params.tracking.experiment, f"train-{out_dir.name}", tags, run_id) as mlrun:
-            if resumed_with:  # MLflow params are immutable: say what changed
-                mlrun.set_tags({"vaectl.resumed_with": "; ".join(
-                    f"{k}: {old} -> {new}" for k, (old, new) in resumed_with.items())})
-            if run_id is None:
-                # this model's settings under shared keys too (latent_dim, lr, ...), so that the
-                # UI's compare view lines the VAE and AE runs up
-                mlrun.log_params({**_flat(params, kind), **flatten(getattr(params.train, kind)),
-                                  "kind": kind, "device": job.device.type,
-                                  "threads": torch.get_num_threads(), "processes": workers.world})
-                mlrun.log_dataset(data.train_images, data.train_labels,
-                                  data.manifest["source"]["name"] + "-train",
-                                  source=str(data.source), context="training")
-            yield mlrun
-
-    return opened()
+    with tracking.start_run(job.params.tracking.experiment, f"train-{out_dir.name}", tags, run_id) as mlrun:
+        if resumed_with:  # MLflow params are immutable: say what changed
+            mlrun.set_tags({"vaectl.resumed_with": "; ".join(
+                f"{k}: {old} -> {new}" for k, (old, new) in resumed_with.items())})
+        if run_id is None:
+            # this model's settings under shared keys too (latent_dim, lr, ...), so that the
+            # UI's compare view lines the VAE and AE runs up
+            mlrun.log_params({**_flat(job.params, kind), **flatten(job.t), "kind": kind,
+                              "device": job.device.type, "threads": torch.get_num_threads(),
+                              "processes": job.workers.world})
+            mlrun.log_dataset(data.train_images, data.train_labels,
+                              data.manifest["source"]["name"] + "-train",
+                              source=str(data.source), context="training")
+        yield mlrun
 
 
 def _train(job: Job, prepared: Path, curves_path: Path, resume: bool) -> dict | None:
