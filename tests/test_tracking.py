@@ -37,7 +37,7 @@ def assert_one_line(out, message):
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
-@pytest.mark.parametrize("uri", ["garbage", "file:///tmp/mlruns", "ftp://example.com/store"])
+@pytest.mark.parametrize("uri", ["garbage", "file:///tmp/mlruns", "ftp://example.com/store", "http://[bad"])
 def test_a_uri_that_is_no_tracking_store_is_refused(tmp_path, prepared, uri):
     out, _ = train_ae(tmp_path, prepared, uri)
     assert_one_line(out, f"MLFLOW_TRACKING_URI={uri!r} is not a tracking store")

@@ -68,7 +68,10 @@ def check_store(uri: str) -> None:
     """Refuse, in one line and within SERVER_PROBE_TIMEOUT_S, a tracking URI MLflow cannot use
     or a server that does not answer, before any stage works for nothing."""
     shown = uri if len(uri) <= 200 else uri[:200] + "..."
-    scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0].lower()
+    try:
+        scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0].lower()
+    except ValueError:  # not even a URL (e.g. an unclosed IPv6 bracket)
+        scheme = ""
     if scheme not in STORE_SCHEMES:
         raise UserError(f"MLFLOW_TRACKING_URI={shown!r} is not a tracking store: give sqlite:///PATH, "
                         "http(s)://HOST:PORT or a database URL, or unset it for the local "
