@@ -66,6 +66,11 @@ def test_an_npz_zip_bomb_and_an_object_array_are_refused_unread(tmp_path):
     np.savez(tmp_path / "many.npz", a=np.zeros(2), b=np.zeros(2))
     with pytest.raises(UserError, match="holds arrays a, b; name the input x"):
         read_inputs(tmp_path / "many.npz", "reconstruct")
+    with zipfile.ZipFile(tmp_path / "notes.npz", "w") as archive:  # a zip, but of no arrays
+        archive.writestr("readme.txt", "hi")
+        archive.writestr("x", "not an array")
+    with pytest.raises(UserError, match="holds arrays none; name the input x"):
+        read_inputs(tmp_path / "notes.npz", "reconstruct")
 
 
 def test_integer_latents_and_non_byte_integers_are_refused(tmp_path):

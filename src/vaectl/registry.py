@@ -266,11 +266,12 @@ def _read_array(path: Path, size: int) -> np.ndarray:
 
 def _read_npz_member(path: Path) -> np.ndarray:
     with zipfile.ZipFile(path) as archive:
-        keys = [n.removesuffix(".npy") for n in archive.namelist()]
+        arrays = {n.removesuffix(".npy"): n for n in archive.namelist() if n.endswith(".npy")}
+        keys = list(arrays)  # np.savez's members; any other file in a zip is no array
         if len(keys) != 1 and "x" not in keys:
             shown = ", ".join(keys[:10]) + (", ..." if len(keys) > 10 else "")
             raise UserError(f"{path} holds arrays {shown or 'none'}; name the input x")
-        member = archive.getinfo((keys[0] if len(keys) == 1 else "x") + ".npy")
+        member = archive.getinfo(arrays[keys[0] if len(keys) == 1 else "x"])
         with archive.open(member) as handle:
             shape, dtype = _npy_header(handle, path)
         _check_rows(path, shape, dtype, member.file_size)
