@@ -16,6 +16,7 @@ matrix products at the judge's shapes, then its first steps on synthetic digits.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import os
@@ -108,9 +109,20 @@ def judge_training() -> dict[str, str]:
     return out
 
 
+def mkl_branch() -> dict[str, str]:
+    """Which CPU MKL believes it runs on: its COMPATIBLE branch still takes other matrix-product
+    code when it sees an AMD Zen (simulated on a Xeon by interposing `mkl_serv_cpuiszen`: every
+    matmul entry above then differs), so a cross-vendor comparison starts by reading these."""
+    lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+    try:
+        return {"mkl_cpu_type": str(lib.mkl_serv_get_cpu_type()), "mkl_is_zen": str(lib.mkl_serv_cpuiszen())}
+    except AttributeError:  # a torch built without MKL
+        return {"mkl_cpu_type": "no MKL", "mkl_is_zen": "no MKL"}
+
+
 def fingerprint() -> dict[str, str]:
     torch.set_num_threads(1)
-    return {**elementwise(), **softmax_family(), **matmuls(), **adam_steps(), **judge_training()}
+    return {**mkl_branch(), **elementwise(), **softmax_family(), **matmuls(), **adam_steps(), **judge_training()}
 
 
 def main() -> int:
@@ -127,10 +139,14 @@ def main() -> int:
         print(text, end="") if not args.out else None
         return 0
     other = json.loads(args.compare.read_text())
-    differ = [k for k in found if other.get(k) != found[k]]
+    shared = [k for k in found if k in other]
+    differ = [k for k in shared if other[k] != found[k]]
     for key in differ:
-        print(f"differs: {key} (here {found[key]}, {args.compare.name} {other.get(key)})")
-    print(f"{len(found) - len(differ)} of {len(found)} entries agree with {args.compare}")
+        print(f"differs: {key} (here {found[key]}, {args.compare.name} {other[key]})")
+    unmatched = sorted(set(found) - set(shared))
+    if unmatched:
+        print(f"not in {args.compare.name} (recorded before these entries existed): {', '.join(unmatched)}")
+    print(f"{len(shared) - len(differ)} of {len(shared)} shared entries agree with {args.compare}")
     return 1 if differ else 0
 
 
