@@ -63,10 +63,10 @@ literature: setup ## The published VAE protocol on full Fashion-MNIST as DVC exp
 	flags="$$($(BIN)/vaectl overlay --dvc-flags params/fashion-literature.yaml)" && \
 		PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc exp run -n fashion-literature $$flags
 
-ui: setup ## MLflow UI on 127.0.0.1:5000 against mlruns/
+ui: setup ## MLflow UI on 127.0.0.1:5000 against the repo's store (mlflow.db, artifacts in mlruns/)
 	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (MLflow 3's training view)"
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
-		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+		--backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts
 
 screenshots: setup ## MLflow UI and offline-report screenshots in headless Chromium, after make repro (docs/screenshots)
@@ -92,4 +92,4 @@ bench: setup ## Benchmarks: training throughput, IWAE cost, serving, 1 vs 2 proc
 	$(BIN)/python benchmarks/memory_estimates.py
 
 clean: ## Remove produced data, models, reports and MLflow runs (keeps .venv)
-	rm -rf data/prepared models reports mlruns/mlflow.db mlruns/artifacts .pytest_cache
+	rm -rf data/prepared models reports mlflow.db mlruns/artifacts .pytest_cache

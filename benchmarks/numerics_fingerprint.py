@@ -122,7 +122,8 @@ def mkl_branch() -> dict[str, str]:
 
 def fingerprint() -> dict[str, str]:
     torch.set_num_threads(1)
-    return {**mkl_branch(), **elementwise(), **softmax_family(), **matmuls(), **adam_steps(), **judge_training()}
+    return {**mkl_branch(), **elementwise(), **softmax_family(), **matmuls(), **adam_steps(),
+            **judge_training()}
 
 
 def main() -> int:

@@ -6,9 +6,9 @@ cut off (every request goes to a dead proxy, so anything the page fetched would 
     apt-get install -y chromium-headless-shell   # or chromium
     python benchmarks/screenshots.py [--out docs/screenshots]
 
-It serves this repo's MLflow store (mlruns/) on a free loopback port for the shots and stops
-it afterwards. Each shot is checked for being more than a blank page (at least a few distinct
-colours), and the script exits non-zero if one is not.
+It serves this repo's MLflow store (mlflow.db, artifacts in mlruns/) on a free loopback port
+for the shots and stops it afterwards. Each shot is checked for being more than a blank page
+(at least a few distinct colours), and the script exits non-zero if one is not.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def main() -> None:
     from vaectl import tracking
 
     report = ROOT / "reports" / "index.html"
-    if not (ROOT / "mlruns" / "mlflow.db").exists() or not report.exists():
-        sys.exit("run `make repro` first: no mlruns/mlflow.db or reports/index.html")
+    if not (ROOT / "mlflow.db").exists() or not report.exists():
+        sys.exit("run `make repro` first: no mlflow.db or reports/index.html")
     runs = {}
     for run in tracking.find_runs(args.experiment):
         runs.setdefault(run.info.run_name, run)  # newest first: keep the latest of each name

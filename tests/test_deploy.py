@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
+from vaectl import UserError, registry
 from vaectl import classifier as classifier_stage
 from vaectl import evaluate as evaluate_stage
 from vaectl import export as export_stage
-from vaectl import registry
 from vaectl import train as train_stage
 from vaectl.params import RegistryParams, parse_params
 
@@ -142,6 +142,29 @@ def test_first_registration_promotes_and_the_same_model_again_does_not(deployed)
         assert logged.params["binarize"] == deployed["cards"]["vae"]["binarize"]
 
 
+def test_inside_a_dvc_experiment_register_checks_the_exports_and_registers_nothing(deployed, tmp_path):
+    from vaectl.tracking import registry_client
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {**deployed["env"], "DVC_EXP_NAME": "latent8"}.items():
+            mp.setenv(k, v)
+        root = deployed["root"]
+        before = sorted(v.version for v in registry_client.client().search_model_versions("name='vae-mnist'"))
+        result = registry.register(deployed["rule"], root / "export", deployed["prepared"], "vaectl",
+                                   tmp_path / "registry.json")
+        assert result["vae"]["version"] is None
+        assert "DVC experiments register nothing" in result["vae"]["reason"]
+        after = sorted(v.version for v in registry_client.client().search_model_versions("name='vae-mnist'"))
+        assert after == before
+        (root / "export" / "vae" / "extra.onnx").write_bytes(b"x")  # a broken export still fails
+        try:
+            with pytest.raises(UserError, match="does not list extra.onnx"):
+                registry.register(deployed["rule"], root / "export", deployed["prepared"], "vaectl",
+                                  tmp_path / "registry.json")
+        finally:
+            (root / "export" / "vae" / "extra.onnx").unlink()
+
+
 @pytest.mark.parametrize("value, champion, smooth_ci, require_smooth, promote", [
     (100.0, None, [0.8, 0.9], True, True),    # no champion yet
     (99.0, 100.0, [0.8, 0.9], True, True),    # better
@@ -192,7 +215,7 @@ def test_a_bundle_changed_in_the_artifact_store_is_refused_before_it_runs(deploy
     """A line added to the bundled code in the artifact store, or a file slipped in: pull
     compares every file with the listing the registry recorded, before loading anything."""
     root = deployed["root"]
-    stored = sorted((root / "artifacts").rglob("code/vaectl/tracking/pyfunc.py"))
+    stored = sorted((root / "mlruns" / "artifacts").rglob("code/vaectl/tracking/pyfunc.py"))
     assert stored  # the pyfunc's own code travels in the bundle
     original = {p: p.read_bytes() for p in stored}
 

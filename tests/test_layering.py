@@ -116,6 +116,21 @@ def test_stage_deps_are_exactly_what_its_command_imports(stage):
     assert not listed - imported, f"dvc.yaml stage {stage} lists {sorted(listed - imported)}, not imported"
 
 
+@pytest.mark.parametrize("kind", ["vae", "ae"])
+def test_a_2d_model_depends_on_each_training_key_but_the_latent_size_it_replaces(kind):
+    """`--latent-dim 2` replaces train.KIND.latent_dim, so a latent-size experiment must not
+    retrain the 2-D model: its params are every other key of the kind's training params."""
+    from dataclasses import fields
+
+    from vaectl.params import TrainGroup
+
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][f"train2d-{kind}"]
+    assert "--latent-dim 2" in stage["cmd"]
+    training = getattr(TrainGroup(), kind)
+    keys = {f"train.{kind}.{f.name}" for f in fields(training) if f.name != "latent_dim"}
+    assert set(stage["params"]) == keys | {"model", "numerics", "train.device", "tracking"}
+
+
 @pytest.mark.parametrize("stage_module", STAGE_MODULES)
 def test_no_stage_module_imports_another(stage_module):
     path = module_file(stage_module)

@@ -90,7 +90,7 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
         "grid.unrecognised", "samples.unrecognised", "standard_normal.unrecognised"}
     assert sorted(p.name for p in (root / "reports" / "holes").iterdir()) == ["latents_2d.png",
                                                                            "manifold_2d.png"]
-    assert (root / "mlruns" / "mlflow.db").exists() and (root / "mlruns" / "artifacts").is_dir()
+    assert (root / "mlflow.db").exists() and (root / "mlruns" / "artifacts").is_dir()
     # the headline is the one DVC metric; the page went to the evaluate run as well
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=root, env=env))
     assert list(shown[""]["data"]) == ["reports/summary.json"]
@@ -107,6 +107,28 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
     code = ("from vaectl.tracking import registry_client; "
             "print(registry_client.resolve_model('vae-mnist@candidate'))")
     assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "('vae-mnist', '1')"
+
+
+def test_mlflow_itself_finds_the_registered_model_from_the_repo_root(pipeline_copy):
+    """The store is where MLflow 3 looks when nothing is set: its own pyfunc loader, in a
+    shell with no MLFLOW_TRACKING_URI, resolves the alias and scores an image."""
+    root, env, _ = pipeline_copy
+    code = ("import mlflow, numpy as np; m = mlflow.pyfunc.load_model('models:/vae-mnist@candidate'); "
+            "out = m.predict(np.zeros((2, 784), np.float32), params={'mode': 'reconstruct'}); "
+            "print(mlflow.get_tracking_uri(), np.asarray(out).shape)")
+    done = sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1]
+    assert done == f"sqlite:///{root / 'mlflow.db'} (2, 784)"
+
+
+def test_a_store_in_the_former_place_is_refused_with_the_command_that_moves_it(pipeline_copy, tmp_path):
+    root, env, _ = pipeline_copy
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy2(root / "mlflow.db", tmp_path / "mlruns" / "mlflow.db")
+    done = subprocess.run([sys.executable, "-m", "vaectl", "pull", "vae-mnist@candidate", "--dest", "d"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "run `mv mlruns/mlflow.db mlflow.db`" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 # Other machines, simulated on this one: the kernels ATen, MKL and numpy would pick on a CPU
@@ -126,7 +148,7 @@ OTHER_CPUS = {
 def test_a_fresh_clone_reproduces_the_lock_byte_for_byte(pipeline_copy, tmp_path, cpu):
     root, env, _ = pipeline_copy
     clone, env = fresh_clone(root, tmp_path / "clone", {**env, **OTHER_CPUS[cpu]})
-    assert not (clone / "data" / "prepared").exists() and not (clone / "mlruns" / "mlflow.db").exists()
+    assert not (clone / "data" / "prepared").exists() and not (clone / "mlflow.db").exists()
     sh("dvc", "repro", cwd=clone, env=env)  # every stage runs: no cache, no data, no MLflow store
     assert sh("git", "status", "--porcelain", cwd=clone, env=env) == ""
     assert "up to date" in sh("dvc", "status", cwd=clone, env=env)
@@ -150,20 +172,26 @@ def test_a_clone_that_pulls_from_the_remote_is_up_to_date(pipeline_copy, tmp_pat
     assert sh("git", "status", "--porcelain", cwd=clone, env=env) == ""
 
 
-def test_second_repro_is_a_no_op_and_vae_change_skips_ae(pipeline_copy):
+VERSIONS = ("from vaectl.tracking import registry_client as r; "
+            "print(sorted(v.version for v in r.client().search_model_versions(\"name='vae-mnist'\")))")
+
+
+def test_second_repro_is_a_no_op_and_a_latent_size_experiment_retrains_only_the_vae(pipeline_copy):
     root, env, _ = pipeline_copy
     assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=root, env=env)
     log = sh("dvc", "exp", "run", "-S", "train.vae.latent_dim=3", "-n", "tiny-latent3",
              cwd=root, env=env)
     assert "Running stage 'train@vae'" in log and "Running stage 'evaluate'" in log
-    for untouched in ("fetch", "validate", "train@ae", "train2d@ae", "classifier"):
+    for untouched in ("fetch", "validate", "train@ae", "train2d-vae", "train2d-ae", "classifier", "holes"):
         assert f"Running stage '{untouched}'" not in log
+    assert "vae-mnist: not registered: DVC experiments register nothing" in log
     assert "tiny-latent3" in sh("dvc", "exp", "show", "--json", cwd=root, env=env)
     code = ("from vaectl import tracking; "
             "print(len(tracking.find_runs('vaectl', \"tags.`dvc.exp_name` = 'tiny-latent3'\")))")
-    # its train-vae, train-vae-2d (train.vae changed), evaluate, both export and both register
-    # runs carry its name; train-ae did not rerun, nor holes (the 2-D VAE came out the same bytes)
-    assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "7"
+    # its train-vae, evaluate and both export runs carry its name; the 2-D VAE does not depend
+    # on train.vae.latent_dim (--latent-dim 2 replaces it), and the experiment registered nothing
+    assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "4"
+    assert sh(sys.executable, "-c", VERSIONS, cwd=root, env=env).strip().splitlines()[-1] == "['1']"
 
 
 def _digest(path: Path) -> str:
@@ -180,6 +208,7 @@ def test_study_runs_the_grid_as_dvc_experiments_and_summarises_across_seeds(pipe
     sh("git", "checkout", "--", ".", cwd=root, env=env)  # undo what an earlier `dvc exp run` applied
     out = sh("vaectl", "study", cwd=root, env=env)
     assert "[6/6]" in out
+    assert sh(sys.executable, "-c", VERSIONS, cwd=root, env=env).strip().splitlines()[-1] == "['1']"
     names = set(sh("dvc", "exp", "list", "--name-only", cwd=root, env=env).split())
     assert {f"study-b{b}-z{z}-s{s}" for b, z in [(1, 2), (2, 2), (1, 3)] for s in (0, 1)} <= names
     doc = json.loads((root / "reports" / "study" / "study.json").read_text())

@@ -196,12 +196,19 @@ def test_a_second_training_into_the_same_folder_is_refused(tmp_path, prepared):
     assert out.returncode == 1 and not (tmp_path / "models" / "ae").exists()
 
 
+LOSS_METRICS = {"train/recon_nll", "val/recon_nll", "train/neg_elbo", "val/neg_elbo", "train/kl", "val/kl",
+                "kl_weight"}
+
+
 def test_epoch_lines_are_one_based_and_the_ae_shows_no_kl(tmp_path, prepared, capsys):
     params = parse_params({**TINY, "train": {**TINY["train"], "ae": {**TINY["train"]["ae"], "epochs": 2}}})
-    train_stage.run("ae", params, prepared, tmp_path / "m", tmp_path / "c.json")
+    summary = train_stage.run("ae", params, prepared, tmp_path / "m", tmp_path / "c.json")
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[ae]")]
     assert [line.split(" train ")[0] for line in lines] == ["[ae] epoch 1/2", "[ae] epoch 2/2"]
     assert not any("kl" in line for line in lines)
+    # in MLflow the AE's loss is its reconstruction NLL, under that name: no ELBO, no KL
+    logged = set(tracking.client().get_run(summary["run_id"]).data.metrics)
+    assert logged & LOSS_METRICS == {"train/recon_nll", "val/recon_nll"} and "train_loss" not in logged
 
 
 @pytest.mark.parametrize("pseudo_inputs", [0, 3], ids=["n01-prior", "vampprior"])
@@ -210,6 +217,9 @@ def test_runs_share_setting_keys_and_log_readable_image_series(tmp_path, prepare
     summary = train_stage.run("vae", params, prepared, tmp_path / "m", tmp_path / "c.json")
     run = tracking.client().get_run(summary["run_id"])
     assert run.data.params["kind"] == "vae" and run.data.params["latent_dim"] == "2"
+    assert set(run.data.metrics) >= LOSS_METRICS and "train_loss" not in run.data.metrics
+    curve = json.loads((tmp_path / "c.json").read_text())
+    assert run.data.metrics["val/neg_elbo"] == pytest.approx(curve[-1]["val_loss"])
     assert run.data.params["train.vae.latent_dim"] == "2"
     images = [a.path for a in tracking.client().list_artifacts(summary["run_id"], "images")]
     steps = sorted({int(p.split("+step+")[1].split("+")[0]) for p in images if "samples" in p})

@@ -442,7 +442,8 @@ def register(
 ):
     """Register the VAE and the AE as new model versions (@candidate); move @champion when
     the promotion rule in params.yaml (registry.*) holds, on the test metrics of the evaluate
-    run that scored the exported checkpoints (read from MLflow, not from reports/).
+    run that scored the exported checkpoints (read from MLflow, not from reports/). Inside a
+    DVC experiment it checks the exports and registers nothing.
 
     Example: vaectl register && vaectl pull vae-mnist@champion --dest deploy/
     """
@@ -451,6 +452,9 @@ def register(
     params = load_params(params_path)
     result = registry.register(params.registry, exported, prepared, params.tracking.experiment, report)
     for r in result.values():
+        if r["version"] is None:
+            typer.echo(f"{r['name']}: {r['reason']}")
+            continue
         action = "promoted to @champion" if r["promoted"] else "left @champion where it was"
         typer.echo(f"{r['name']} v{r['version']} @candidate, {action}: {r['reason']}")
 

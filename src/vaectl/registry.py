@@ -107,16 +107,29 @@ def evaluated_metrics(evaluate_run: str, kind: str, checkpoint_sha: str) -> dict
         return read_json(path, "vaectl evaluate", ("protocol", "test_images", "vae", "ae", "comparison"))
 
 
+# Registering is the workspace pipeline's job: a `dvc exp run` or a study trial that made a
+# version per run would fill the registry with models nobody chose (and an unchanged AE again).
+IN_EXPERIMENT = ("not registered: DVC experiments register nothing; `dvc exp apply NAME && dvc repro "
+                 "-f register` registers an experiment's models")
+
+
 def register(rule: RegistryParams, export_root: Path, prepared: Path, experiment: str,
              report_path: Path) -> dict:
     """Register each export as a new version, its promotion decided on the test metrics of the
-    evaluate run that scored that very checkpoint, read from MLflow (custody.py)."""
+    evaluate run that scored that very checkpoint, read from MLflow (custody.py); inside a DVC
+    experiment, check the exports and register nothing (IN_EXPERIMENT)."""
     from vaectl import tracking
     from vaectl.data import load_split
     from vaectl.tracking import registry_client
 
     example = load_split(prepared, "test")[0][:2].reshape(2, -1).astype(np.float32) / 255
     exports = {kind: exported_model(export_root / kind, kind, experiment) for kind in ("vae", "ae")}
+    if tracking.dvc_experiment():  # the exports were still checked: a broken one fails the trial
+        names = {"vae": rule.vae_name, "ae": rule.ae_name}
+        report = {kind: {"name": name, "version": None, "aliases": [], "promoted": False,
+                         "reason": IN_EXPERIMENT} for kind, name in names.items()}
+        write_json(report_path, report)
+        return report
     report = {}
     for kind, name in (("vae", rule.vae_name), ("ae", rule.ae_name)):
         card, export_tags = exports[kind]

@@ -415,12 +415,24 @@ def close_epoch(job: Job, loop: Loop, epoch: int, train: torch.Tensor,
     return stats, improved
 
 
+def tracked_metrics(stats: EpochStats, variational: bool) -> dict[str, float]:
+    """The epoch's numbers under names that say what they are, so that one axis of MLflow's
+    compare view means one thing: both models' reconstruction NLL (the AE's whole loss) and,
+    for the VAE, its -ELBO (the KL term weighted by beta; the -ELBO itself at beta 1), KL and
+    KL weight."""
+    tracked = {"train/recon_nll": stats.train_recon, "val/recon_nll": stats.val_recon}
+    if variational:
+        tracked |= {"train/neg_elbo": stats.train_loss, "val/neg_elbo": stats.val_loss,
+                    "train/kl": stats.train_kl, "val/kl": stats.val_kl, "kl_weight": stats.beta}
+    return tracked
+
+
 def record_epoch(mlrun, job: Job, loop: Loop, data: TrainingData, stats: EpochStats, improved: bool,
                  rng: list[dict], timing: dict[str, float]) -> None:
     """Rank 0: the epoch's metrics and timings to MLflow, best.pt when it improved, last.pt
     (recorded on the run for custody), and image series every `sample_every` epochs."""
     t, out_dir = job.t, job.out_dir
-    mlrun.log_metrics({**{k: v for k, v in asdict(stats).items() if k != "epoch"},
+    mlrun.log_metrics({**tracked_metrics(stats, job.kind == "vae"),
                        "lr": loop.optimizer.param_groups[0]["lr"], **timing}, step=stats.epoch)
     if improved:
         save_checkpoint(out_dir / "best.pt", {"model": loop.model.state_dict(),

@@ -2,10 +2,11 @@
 tracking store and runs; `pyfunc` holds the deployable model class, `registry_client` the
 model registry.
 
-Default store: sqlite under <repo>/mlruns (the file store is deprecated and the registry needs
-a database), artifacts under <repo>/mlruns/artifacts. MLFLOW_TRACKING_URI points elsewhere
-(a shared `mlflow server`). The repo root is VAECTL_ROOT when set, else the working
-directory (DVC runs stages from the repo root).
+Default store: where MLflow 3 itself looks when nothing is set, `sqlite:///mlflow.db` in the
+repo root, so `mlflow ui`, `mlflow models serve -m models:/...` and `mlflow.pyfunc.load_model`
+find it from there with no environment variable; artifacts under <repo>/mlruns/artifacts.
+MLFLOW_TRACKING_URI points elsewhere (a shared `mlflow server`). The repo root is VAECTL_ROOT
+when set, else the working directory (DVC runs stages from the repo root).
 """
 
 from __future__ import annotations
@@ -31,12 +32,28 @@ def repo_root() -> Path:
     return Path(os.environ.get("VAECTL_ROOT") or Path.cwd()).resolve()
 
 
+STORE_FILE = "mlflow.db"  # MLflow 3's own default store is sqlite:///mlflow.db in the working directory
+ARTIFACTS_DIR = Path("mlruns", "artifacts")  # beside a local database
+FORMER_STORE = Path("mlruns", "mlflow.db")  # the default store before 2026-12-03
+
+
 def default_tracking_uri() -> str:
-    return f"sqlite:///{repo_root() / 'mlruns' / 'mlflow.db'}"
+    return f"sqlite:///{repo_root() / STORE_FILE}"
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def refuse_former_store() -> None:
+    """A clone whose runs and registry still sit in the former default store is told the one
+    command that moves them, instead of silently starting an empty store beside them (the
+    artifacts stay where they are, so their recorded locations stay valid)."""
+    root = repo_root()
+    if (not os.environ.get("MLFLOW_TRACKING_URI") and (root / FORMER_STORE).is_file()
+            and not (root / STORE_FILE).exists()):
+        raise UserError(f"the local MLflow store moved from {FORMER_STORE} to {STORE_FILE}, where MLflow "
+                        f"looks by default: run `mv {FORMER_STORE} {STORE_FILE}` in {root}")
 
 
 # The stores MLflow 3 runs on (the file store is deprecated and refused), and how long a
@@ -53,6 +70,7 @@ def mlflow_module():
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for key, value in SERVER_WAIT_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    refuse_former_store()
     uri = tracking_uri()
     check_store(uri)
     import mlflow
@@ -111,8 +129,8 @@ def store_failure(err: BaseException) -> str | None:
 
 
 def ensure_experiment(name: str) -> str:
-    """Experiment id; a new experiment in a local sqlite store keeps its artifacts in an
-    `artifacts` folder beside the database (mlruns/artifacts by default)."""
+    """Experiment id; a new experiment in a local sqlite store keeps its artifacts in
+    `mlruns/artifacts` beside the database."""
     mlflow = mlflow_module()
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
@@ -120,11 +138,17 @@ def ensure_experiment(name: str) -> str:
     location = None  # a tracking server decides its own artifact root
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):  # a local database keeps its artifacts beside it
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+        location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).as_uri()
     # the experiment kind MLflow 3's UI reads to open an experiment on its training-run tabs
     # (runs, models, compare) instead of its GenAI ones
     return mlflow.create_experiment(name, artifact_location=location,
                                     tags={"mlflow.experimentKind": "custom_model_development"})
+
+
+def dvc_experiment() -> str:
+    """The DVC experiment this process runs in (`dvc exp run`, a queued trial of `vaectl
+    study`: DVC names it in DVC_EXP_NAME), or "" in the workspace's own `dvc repro`."""
+    return os.environ.get("DVC_EXP_NAME", "")
 
 
 def git_commit() -> str:
@@ -142,7 +166,7 @@ def standard_tags(kind: str, data_sha: str) -> dict[str, str]:
     package versions, the lock they were installed from, the CPU and the numerics in force
     say what the run's bytes depended on."""
     commit = git_commit()
-    exp_name = os.environ.get("DVC_EXP_NAME", "")
+    exp_name = dvc_experiment()
     tags = {
         "vaectl.kind": kind,
         "mlflow.source.git.commit": commit,
