@@ -191,7 +191,7 @@ def test_second_repro_is_a_no_op_and_a_latent_size_experiment_retrains_only_the_
     # its train-vae, evaluate and both export runs carry its name; the 2-D VAE does not depend
     # on train.vae.latent_dim (--latent-dim 2 replaces it), and the experiment registered nothing
     assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "4"
-    assert sh(sys.executable, "-c", VERSIONS, cwd=root, env=env).strip().splitlines()[-1] == "['1']"
+    assert sh(sys.executable, "-c", VERSIONS, cwd=root, env=env).strip().splitlines()[-1] == "[1]"
 
 
 def _digest(path: Path) -> str:
@@ -208,7 +208,7 @@ def test_study_runs_the_grid_as_dvc_experiments_and_summarises_across_seeds(pipe
     sh("git", "checkout", "--", ".", cwd=root, env=env)  # undo what an earlier `dvc exp run` applied
     out = sh("vaectl", "study", cwd=root, env=env)
     assert "[6/6]" in out
-    assert sh(sys.executable, "-c", VERSIONS, cwd=root, env=env).strip().splitlines()[-1] == "['1']"
+    assert sh(sys.executable, "-c", VERSIONS, cwd=root, env=env).strip().splitlines()[-1] == "[1]"
     names = set(sh("dvc", "exp", "list", "--name-only", cwd=root, env=env).split())
     assert {f"study-b{b}-z{z}-s{s}" for b, z in [(1, 2), (2, 2), (1, 3)] for s in (0, 1)} <= names
     doc = json.loads((root / "reports" / "study" / "study.json").read_text())
