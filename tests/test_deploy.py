@@ -121,25 +121,42 @@ def test_first_registration_promotes_and_the_same_model_again_does_not(deployed)
         assert "@champion: not promoted: iw_nll" in described["2"].description
         assert "- iw_nll: " in described["2"].description and "Training run: " in described["2"].description
         assert "dvc_exp_name" not in described["2"].tags  # no empty tags outside a DVC experiment
-        # the version's evidence: its source run and logged model carry the test numbers and
-        # the training settings, and point at the training and evaluate runs
+        # lineage, MLflow 3's way: the version's Source Run is the training run, which logged
+        # the checkpoint as a LoggedModel and lists the registered one among its outputs; the
+        # register run, the logged models and evaluate's test numbers point at each other
         from vaectl import tracking
 
+        c = tracking.client()
         metrics = json.loads((root / "reports" / "metrics.json").read_text())
         version = described["1"]
-        source = tracking.client().get_run(version.run_id)
-        assert source.data.metrics["test.iw_nll"] == pytest.approx(metrics["vae"]["iw_nll"])
-        assert source.data.params["latent_dim"] == str(deployed["cards"]["vae"]["architecture"]["latent_dim"])
-        evaluate_id = tracking.find_runs("vaectl", "tags.`vaectl.kind` = 'evaluate'")[0].info.run_id
-        assert source.data.tags["vaectl.evaluate_run_id"] == evaluate_id == version.tags["evaluate_run_id"]
-        training = tracking.client().get_run(source.data.tags["vaectl.training_run_id"])
+        training = c.get_run(version.run_id)
         assert training.info.run_name == "train-vae"
+        assert version.tags["training_run_id"] == version.run_id
+        data_name = json.loads((deployed["prepared"] / "manifest.json").read_text())["source"]["name"]
+        assert {d.dataset.name for d in training.inputs.dataset_inputs} == {f"{data_name}-train"}
+        registered = c.get_logged_model(version.source.removeprefix("models:/"))
+        assert registered.name == "vae-mnist" and registered.source_run_id == version.run_id
+        assert registered.params["binarize"] == deployed["cards"]["vae"]["binarize"]
+        assert registered.params["latent_dim"] == str(deployed["cards"]["vae"]["architecture"]["latent_dim"])
+        test_numbers = {m.key: (m.value, m.dataset_name) for m in registered.metrics}
+        assert test_numbers["test.iw_nll"] == (pytest.approx(metrics["vae"]["iw_nll"]), f"{data_name}-test")
+        checkpoint = c.get_logged_model(training.data.tags["vaectl.logged_model_id"])
+        assert checkpoint.name == "vae" and checkpoint.source_run_id == version.run_id
+        assert checkpoint.tags["vaectl.checkpoint_sha256"] == version.tags["checkpoint_sha256"]
+        evaluated = {m.key: (m.value, m.dataset_name) for m in checkpoint.metrics}
+        assert evaluated["test.iw_nll"] == test_numbers["test.iw_nll"]  # evaluate's, on the Models tab
+        assert {o.model_id for o in training.outputs.model_outputs} >= {checkpoint.model_id,
+                                                                         registered.model_id}
+        register = c.get_run(version.tags["register_run_id"])
+        assert register.data.metrics["test.iw_nll"] == pytest.approx(metrics["vae"]["iw_nll"])
+        evaluate_id = tracking.find_runs("vaectl", "tags.`vaectl.kind` = 'evaluate'")[0].info.run_id
+        assert register.data.tags["vaectl.evaluate_run_id"] == evaluate_id == version.tags["evaluate_run_id"]
         assert f"Evaluate run (VAE-vs-AE table with intervals, figures, report page): {evaluate_id}" in \
             version.description
-        logged = tracking.client().get_logged_model(version.source.removeprefix("models:/"))
-        logged_metrics = {m.key: m.value for m in logged.metrics}
-        assert logged_metrics["test.iw_nll"] == pytest.approx(metrics["vae"]["iw_nll"])
-        assert logged.params["binarize"] == deployed["cards"]["vae"]["binarize"]
+        # a version row stays short: a few headline numbers, the checksums as one digest
+        assert sorted(k for k in version.tags if k.startswith("metric.")) == \
+            ["metric.active_units", "metric.iw_nll", "metric.neg_elbo", "metric.recon_bce"]
+        assert len(version.tags["bundle_sha256"]) == 64
 
 
 def test_inside_a_dvc_experiment_register_checks_the_exports_and_registers_nothing(deployed, tmp_path):
@@ -243,6 +260,27 @@ def test_a_bundle_changed_in_the_artifact_store_is_refused_before_it_runs(deploy
     assert pull().returncode == 0
 
 
+def test_a_listing_rewritten_to_match_a_changed_bundle_is_refused(deployed):
+    """The bundle's checksums are an artifact of the register run; whoever rewrites that file
+    in the artifact store (to cover a changed bundle) no longer matches the version's tag."""
+    root = deployed["root"]
+    listings = sorted((root / "mlruns" / "artifacts").rglob("bundle_sha256.json"))
+    assert listings
+    original = {p: p.read_bytes() for p in listings}
+    try:
+        for p in listings:
+            p.write_text(p.read_text().replace('"MLmodel": "', '"MLmodel": "0'))
+        out = subprocess.run([sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest",
+                              str(root / "relisted")], cwd=root, env=deployed["env"],
+                             capture_output=True, text=True)
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert "are missing or not the ones its version recorded; refusing to load it" in out.stderr
+        assert not (root / "relisted").exists()
+    finally:
+        for p in listings:
+            p.write_bytes(original[p])
+
+
 @pytest.mark.parametrize("ref, message", [
     ("gan-mnist@champion", "no registered model 'gan-mnist'; registered: ae-mnist, vae-mnist"),
     ("vae-mnist@prod", "has no alias 'prod'; aliases: @candidate"),
@@ -320,8 +358,10 @@ def test_serve_smoke_on_loopback(deployed):
             status, body = _post(port, bad)
             assert 400 <= status < 500 and message in body["message"]
         sample = lambda **p: _post(port, json.dumps(  # noqa: E731
-            {"inputs": [[0.5] * 784], "params": {"mode": "sample", **p}}).encode())
+            {"params": {"mode": "sample", **p}}).encode())  # sampling takes no input
         assert sample(n=50)[0] == 200 and len(sample(n=50)[1]["predictions"]) == 50
+        with_input = {"inputs": [[0.5] * 784], "params": {"mode": "sample", "n": 3, "seed": 7}}
+        assert _post(port, json.dumps(with_input).encode())[1] == sample(n=3, seed=7)[1]
         bound = "n must be between 1 and 50 (VAECTL_SERVE_MAX_SAMPLES), got"
         for params, message in [({"n": 20000}, f"{bound} 20000"), ({"n": -5}, f"{bound} -5"),
                                 ({"seed": -1}, "seed must be >= 0, got -1")]:

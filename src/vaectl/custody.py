@@ -32,6 +32,7 @@ REEVALUATE = "`dvc checkout` it or `dvc repro -f evaluate`"
 
 # written by `vaectl train` (run tag vaectl.kind = vae | ae)
 CHECKPOINT = Record("vaectl.checkpoint_sha256", "vaectl train", RETRAIN)
+LOGGED_MODEL = "vaectl.logged_model_id"  # the run's MLflow LoggedModel (best.pt, its settings)
 LAST_CHECKPOINT = Record("vaectl.last_checkpoint_sha256", "vaectl train", "train again without --resume")
 TRAINING_SUMMARY = Record("vaectl.summary_sha256", "vaectl train", RETRAIN)
 CURVES = Record("vaectl.curves_sha256", "vaectl train", RETRAIN)

@@ -21,7 +21,7 @@ import torch
 
 from vaectl import UserError, custody
 from vaectl.checkpoints import load_trained
-from vaectl.data import load_split, manifest_sha256
+from vaectl.data import load_split, manifest_sha256, split_label
 from vaectl.data.tensors import binarize, to_unit
 from vaectl.files import atomic_path, read_json, sha256_file, shared_dir, write_json
 from vaectl.interpolation import decode_path, path_metrics, path_ppl
@@ -219,6 +219,7 @@ def run(params: EvalParams, prepared: Path, model_dir: Path, baseline_dir: Path,
             report, written = _evaluate(params, models, protocols.pop(), classifier, test_images,
                                         test_labels, train_images, staged, staged_figures, curves, echo)
             log_evaluation(mlrun, report, list(staged.values()), written)
+            log_model_metrics(mlrun, report, loaded, test_images, test_labels, prepared)
             digests = {name: sha256_file(path) for name, path in staged.items()}
         # the record export, register and report check these files against (custody.py)
         mlrun.set_tags({custody.METRICS.tag: digests["metrics.json"],
@@ -316,6 +317,21 @@ def comparison_markdown(report: dict) -> str:
              "| metric | VAE | AE | VAE/AE | verdict |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in comparison_rows(report)]
     return "\n".join(lines) + "\n"
+
+
+def log_model_metrics(mlrun, report: dict, loaded: dict, test_images: np.ndarray,
+                      test_labels: np.ndarray, prepared: Path) -> None:
+    """Each model's test numbers on its training run's LoggedModel, against the test set, so
+    that MLflow's Models tab compares the models by them."""
+    from vaectl import tracking
+
+    test_set = mlrun.dataset(test_images, test_labels, *split_label(prepared, "test"))
+    mlrun.log_input(test_set, context="evaluation")
+    for name, (_, _, (_, run_tags)) in loaded.items():
+        if custody.LOGGED_MODEL not in run_tags:  # trained before vaectl logged models (0.1.0)
+            continue
+        own = {f"test.{k}": v for k, v in flatten_model_metrics(report[name]).items() if k != "iw_k"}
+        tracking.log_model_metrics(run_tags[custody.LOGGED_MODEL], own, test_set)
 
 
 def log_evaluation(mlrun, report: dict, reports: list[Path], figure_paths: list[Path]) -> None:

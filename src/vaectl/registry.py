@@ -10,6 +10,7 @@ version was registered, before anything in it runs; then loaded once as a smoke 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,6 +30,10 @@ from vaectl.params import PIXELS, PREDICT_MODES, RegistryParams
 from vaectl.report import flatten_model_metrics
 
 PRIMARY_METRIC = {"vae": "iw_nll", "ae": "recon_bce"}  # lower is better for both
+# the test numbers a version carries as tags (metric.NAME), the primary one first; the logged
+# model holds all of them
+HEADLINE_METRICS = {"vae": ("iw_nll", "neg_elbo", "recon_bce", "active_units"),
+                    "ae": ("recon_bce", "recon_mse")}
 
 
 @dataclass
@@ -107,6 +112,33 @@ def evaluated_metrics(evaluate_run: str, kind: str, checkpoint_sha: str) -> dict
         return read_json(path, "vaectl evaluate", ("protocol", "test_images", "vae", "ae", "comparison"))
 
 
+def _registration(kind: str, name: str, export: tuple[dict, dict], export_dir: Path,
+                  example: np.ndarray, test_data: tuple):
+    """(the Registration of one export, without its description; the evaluate run's metrics):
+    a few headline test numbers as version tags, all of them on the logged model."""
+    from vaectl import tracking
+    from vaectl.tracking import registry_client
+
+    card, export_tags = export
+    evaluate_run, training_run = export_tags[custody.EVALUATE_RUN], export_tags["vaectl.training_run_id"]
+    metrics = evaluated_metrics(evaluate_run, kind, card["checkpoint_sha256"])
+    tags = {**tracking.standard_tags(f"register-{kind}", card["data_manifest_sha256"]),
+            "vaectl.training_run_id": training_run, "vaectl.evaluate_run_id": evaluate_run}
+    test_metrics = flatten_model_metrics(metrics[kind])
+    version_tags = {
+        **{f"metric.{k}": str(test_metrics[k]) for k in HEADLINE_METRICS[kind]},
+        "data_sha256": card["data_manifest_sha256"], "git_commit": tags["mlflow.source.git.commit"],
+        "checkpoint_sha256": card["checkpoint_sha256"], "protocol": metrics["protocol"],
+        "training_run_id": training_run, "evaluate_run_id": evaluate_run,
+        **({"dvc_exp_name": tags["dvc.exp_name"]} if "dvc.exp_name" in tags else {}),
+    }
+    evidence = {"params": {**card["architecture"], "binarize": card["binarize"]},
+                "metrics": {f"test.{k}": float(v) for k, v in test_metrics.items() if k != "iw_k"}
+                | {"best_val_loss": card["best_val_loss"]}}
+    return registry_client.Registration(name, kind, export_dir, example, training_run, test_data, tags,
+                                        version_tags, evidence, ""), metrics
+
+
 # Registering is the workspace pipeline's job: a `dvc exp run` or a study trial that made a
 # version per run would fill the registry with models nobody chose (and an unchanged AE again).
 IN_EXPERIMENT = ("not registered: DVC experiments register nothing; `dvc exp apply NAME && dvc repro "
@@ -119,10 +151,9 @@ def register(rule: RegistryParams, export_root: Path, prepared: Path, experiment
     evaluate run that scored that very checkpoint, read from MLflow (custody.py); inside a DVC
     experiment, check the exports and register nothing (IN_EXPERIMENT)."""
     from vaectl import tracking
-    from vaectl.data import load_split
+    from vaectl.data import load_split, split_label
     from vaectl.tracking import registry_client
 
-    example = load_split(prepared, "test")[0][:2].reshape(2, -1).astype(np.float32) / 255
     exports = {kind: exported_model(export_root / kind, kind, experiment) for kind in ("vae", "ae")}
     if tracking.dvc_experiment():  # the exports were still checked: a broken one fails the trial
         names = {"vae": rule.vae_name, "ae": rule.ae_name}
@@ -130,30 +161,19 @@ def register(rule: RegistryParams, export_root: Path, prepared: Path, experiment
                          "reason": IN_EXPERIMENT} for kind, name in names.items()}
         write_json(report_path, report)
         return report
+    test_data = (*load_split(prepared, "test"), *split_label(prepared, "test"))
+    example = test_data[0][:2].reshape(2, -1).astype(np.float32) / 255
     report = {}
     for kind, name in (("vae", rule.vae_name), ("ae", rule.ae_name)):
-        card, export_tags = exports[kind]
-        evaluate_run, training_run = export_tags[custody.EVALUATE_RUN], export_tags["vaectl.training_run_id"]
-        metrics = evaluated_metrics(evaluate_run, kind, card["checkpoint_sha256"])
-        tags = {**tracking.standard_tags(f"register-{kind}", card["data_manifest_sha256"]),
-                "vaectl.training_run_id": training_run, "vaectl.evaluate_run_id": evaluate_run}
-        test_metrics = flatten_model_metrics(metrics[kind])
-        version_tags = {
-            **{f"metric.{k}": str(v) for k, v in test_metrics.items()},
-            "data_sha256": card["data_manifest_sha256"], "git_commit": tags["mlflow.source.git.commit"],
-            "checkpoint_sha256": card["checkpoint_sha256"], "protocol": metrics["protocol"],
-            "training_run_id": training_run, "evaluate_run_id": evaluate_run,
-            **({"dvc_exp_name": tags["dvc.exp_name"]} if "dvc.exp_name" in tags else {}),
-        }
-        evidence = {"params": {**card["architecture"], "binarize": card["binarize"]},
-                    "metrics": {f"test.{k}": float(v) for k, v in test_metrics.items() if k != "iw_k"}
-                    | {"best_val_loss": card["best_val_loss"]}}
+        registration, metrics = _registration(kind, name, exports[kind], export_root / kind, example,
+                                              test_data)
         with registry_client.registration_lock():
             champion_value = registry_client.champion_metric(name, PRIMARY_METRIC[kind])
             decision = promotion_decision(kind, metrics, champion_value, rule)
             version = registry_client.register_model(
-                name, export_root / kind, example, experiment, tags, version_tags, evidence,
-                version_description(kind, metrics, decision, training_run, evaluate_run))
+                dataclasses.replace(registration, description=version_description(
+                    kind, metrics, decision, registration.training_run,
+                    registration.tags["vaectl.evaluate_run_id"])), experiment)
             if decision.promote:
                 registry_client.set_alias(name, "champion", version)
         report[kind] = {"name": name, "version": version, "aliases": ["candidate"] +
@@ -201,7 +221,7 @@ def download_verified(ref: str, into: Path) -> tuple[str, str, Path, int]:
 
     name, version = registry_client.resolve_model(ref)
     downloaded = registry_client.download_model(name, version, into)
-    recorded = registry_client.version_tag(name, version, registry_client.BUNDLE_TAG)
+    recorded = registry_client.bundle_listing(name, version)
     checked = verify_bundle(downloaded, recorded, f"{name}/{version}")
     return name, version, downloaded, checked
 
@@ -274,7 +294,9 @@ def _read_array(path: Path, size: int) -> np.ndarray:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         if isinstance(err, OSError) and err.errno is not None:
             raise  # the file system's own refusal: the CLI names the place
-        raise UserError(f"{path}: not an .npz or .npy file ({str(err).splitlines()[0][:200]})") from None
+        hint = "; JSON is what `vaectl serve` takes" if path.suffix.lower() == ".json" else ""
+        raise UserError(f"{path}: not an .npz or .npy file ({str(err).splitlines()[0][:200]}); predict "
+                        f"reads those or a folder of 28 x 28 PNGs{hint}") from None
 
 
 def _read_npz_member(path: Path) -> np.ndarray:

@@ -23,7 +23,7 @@ import torch
 
 from vaectl import UserError, custody
 from vaectl.checkpoints import load_checkpoint, save_checkpoint
-from vaectl.data import load_manifest, load_split, manifest_sha256
+from vaectl.data import load_manifest, load_split, manifest_sha256, split_label
 from vaectl.data.tensors import VAL_BINARIZE_SEED, binarize, to_unit
 from vaectl.distributed import (
     Workers,
@@ -463,12 +463,17 @@ def finish(mlrun, job: Job, loop: Loop, data: TrainingData, curves_path: Path) -
     }
     best_path = out_dir / "best.pt"
     mlrun.log_metrics({"best_val_loss": loop.best_val})
-    mlrun.log_artifact(best_path, "checkpoint")
     write_json(out_dir / "summary.json", summary)
     write_json(curves_path, history)
-    mlrun.set_tags({custody.CHECKPOINT.tag: sha256_file(best_path),
-                    custody.TRAINING_SUMMARY.tag: sha256_file(out_dir / "summary.json"),
-                    custody.CURVES.tag: sha256_file(curves_path)})
+    digests = {custody.CHECKPOINT.tag: sha256_file(best_path),
+               custody.TRAINING_SUMMARY.tag: sha256_file(out_dir / "summary.json"),
+               custody.CURVES.tag: sha256_file(curves_path)}
+    model_id = mlrun.log_trained_model(
+        out_dir.name, [best_path, out_dir / "summary.json"],
+        {**summary["model_config"], "binarize": job.t.binarize, "data_sha256": data.data_sha},
+        {"vaectl.kind": job.kind, custody.CHECKPOINT.tag: digests[custody.CHECKPOINT.tag]},
+        {"best_val_loss": loop.best_val}, mlrun.training_set)
+    mlrun.set_tags({**digests, custody.LOGGED_MODEL: model_id})
     return {**summary, "run_id": mlrun.run_id}
 
 
@@ -494,9 +499,10 @@ def _open_run(job: Job, data: TrainingData, run_id: str | None, resumed_with: di
             mlrun.log_params({**_flat(job.params, kind), **flatten(job.t), "kind": kind,
                               "device": job.device.type, "threads": torch.get_num_threads(),
                               "processes": job.workers.world})
-            mlrun.log_dataset(data.train_images, data.train_labels,
-                              data.manifest["source"]["name"] + "-train",
-                              source=str(data.source), context="training")
+        # logged again on a resume: MLflow keeps one input per dataset; finish() needs it
+        mlrun.training_set = mlrun.dataset(data.train_images, data.train_labels,
+                                           *split_label(data.source.parent, "train"))
+        mlrun.log_input(mlrun.training_set, context="training")
         yield mlrun
 
 

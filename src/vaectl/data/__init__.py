@@ -57,6 +57,11 @@ def load_split(prepared: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def split_label(prepared: Path, split: str) -> tuple[str, str]:
+    """(name, source) that MLflow records a prepared split under: ('mnist-5k-test', its .npz)."""
+    return f"{load_manifest(prepared)['source']['name']}-{split}", str(Path(prepared) / f"{split}.npz")
+
+
 def _manifest_path(prepared: Path) -> Path:
     path = Path(prepared) / "manifest.json"
     if not path.exists():

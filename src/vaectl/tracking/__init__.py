@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import subprocess
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -187,6 +189,7 @@ class Run:
 
     def __init__(self, mlflow, run_id: str):
         self._mlflow, self.run_id = mlflow, run_id
+        self.training_set = None  # a training run's dataset, for its LoggedModel's metrics
 
     def log_params(self, params: object) -> None:
         flat = flatten(params) if not isinstance(params, dict) else params
@@ -210,13 +213,42 @@ class Run:
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self._mlflow.log_artifact(str(path), artifact_path=folder)
 
-    def log_dataset(self, images: np.ndarray, labels: np.ndarray, name: str, source: str,
-                    context: str) -> None:
+    def dataset(self, images: np.ndarray, labels: np.ndarray, name: str, source: str):
+        """MLflow's record of a dataset (name, digest of the pixels, source), for log_input
+        and for metrics measured on it."""
         with warnings.catch_warnings():  # mlflow registers the local source class twice
             warnings.filterwarnings("ignore", message="The specified dataset source")
-            dataset = self._mlflow.data.from_numpy(
+            return self._mlflow.data.from_numpy(
                 images.reshape(len(images), -1), targets=labels, source=source, name=name)
+
+    def log_input(self, dataset, context: str) -> None:
         self._mlflow.log_input(dataset, context=context)
+
+    def log_trained_model(self, name: str, files: list[Path], params: dict[str, object],
+                          tags: dict[str, str], metrics: dict[str, float], dataset) -> str:
+        """MLflow 3's LoggedModel of this (training) run: the checkpoint files, the settings and
+        the numbers measured on `dataset`, as the run's output, so that the experiment's Models
+        tab lists and compares it (evaluate adds its test numbers). Returns its model id."""
+        from mlflow.entities import LoggedModelOutput
+
+        model = self._mlflow.initialize_logged_model(
+            name=name, source_run_id=self.run_id, params={k: str(v) for k, v in params.items()},
+            tags=tags, model_type=tags.get("vaectl.kind"))
+        mlflow_client = client()
+        with tempfile.TemporaryDirectory(prefix="vaectl-model-") as staged:
+            for path in files:
+                shutil.copyfile(path, Path(staged) / path.name)
+            mlflow_client.log_model_artifacts(model.model_id, staged)
+        self._mlflow.finalize_logged_model(model.model_id, "READY")
+        mlflow_client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step=0)])
+        log_model_metrics(model.model_id, metrics, dataset)
+        return model.model_id
+
+
+def log_model_metrics(model_id: str, metrics: dict[str, float], dataset) -> None:
+    """Metrics of a LoggedModel, measured on `dataset`, in the active run."""
+    mlflow_module().log_metrics({k: float(v) for k, v in metrics.items()}, model_id=model_id,
+                                dataset=dataset)
 
 
 @contextlib.contextmanager

@@ -8,16 +8,21 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vaectl import UserError
-from vaectl.files import tree_listing
-from vaectl.tracking import client, mlflow_module, start_run, tracking_uri
+from vaectl.files import sha256_file, tree_listing
+from vaectl.tracking import client, log_model_metrics, mlflow_module, run_artifact, start_run, tracking_uri
 from vaectl.tracking.pyfunc import ARTIFACTS, BUNDLED_FILES, signature
 
-BUNDLE_TAG = "bundle_sha256"  # model version tag: JSON {relative path: sha256} of every file
+# model version tags: the sha256 of the bundle's listing ({relative path: sha256} of every
+# file), which the register run named by LISTING_RUN_TAG holds as artifact LISTING_ARTIFACT
+BUNDLE_TAG = "bundle_sha256"
+LISTING_RUN_TAG = "register_run_id"
+LISTING_ARTIFACT = "bundle_sha256.json"
 
 # MLflow's models-from-code: a registered version holds this script (and the bundled vaectl
 # files), which MLflow runs to build the model when it loads it, instead of a pickled object.
@@ -42,52 +47,112 @@ def champion_metric(name: str, metric: str) -> float | None:
     return float(value) if value is not None else None
 
 
-def register_model(name: str, export_dir: Path, example: np.ndarray, experiment: str,
-                   tags: dict[str, str], version_tags: dict[str, str], evidence: dict,
-                   description: str) -> str:
-    """Log the pyfunc (with its exported parts) in a run of its own, register it as a new
-    version of `name`, tag it (the bundle's checksums among the tags), describe it, and only
-    then point alias `candidate` at the newest complete version. Returns the version; one that
-    fails or is interrupted before it is complete is deleted. `evidence` ({'params',
-    'metrics'}: the training settings and test numbers) goes on the register run and on MLflow
-    3's logged model, so the version's source run and model page show them."""
+@dataclass(frozen=True)
+class Registration:
+    """One model version to register: what it is, its exported files, its evidence.
+    `evidence` = {'params': training settings, 'metrics': test numbers}; `test_data` =
+    (images, labels, name, source) of the test set those numbers were measured on; `tags`
+    go on the register run, `version_tags` on the version."""
+    name: str
+    kind: str
+    export_dir: Path
+    example: np.ndarray
+    training_run: str
+    test_data: tuple
+    tags: dict[str, str]
+    version_tags: dict[str, str]
+    evidence: dict
+    description: str
+
+
+def register_model(r: Registration, experiment: str) -> str:
+    """Log the pyfunc (with its exported parts) as a LoggedModel whose source run is the
+    training run, so the version's Source Run is the training run; register it as a new
+    version of `r.name`, tag and describe it, store the bundle's checksums (an artifact of the
+    register run, its sha256 the version's tag) and only then point alias `candidate` at the
+    newest complete version. Returns the version; one that fails or is interrupted before it
+    is complete is deleted. The evidence goes on the register run and the logged model (its
+    test numbers against the test set), so the Models tab compares versions by them."""
     import torch
+    from mlflow.entities import LoggedModelOutput
 
     mlflow = mlflow_module()
-    artifacts = {key: str(export_dir / filename) for key, filename in ARTIFACTS.items()}
+    artifacts = {key: str(r.export_dir / filename) for key, filename in ARTIFACTS.items()}
     requirements = [f"mlflow=={mlflow.__version__}", f"torch>={torch.__version__.split('+')[0]}",
                     f"numpy>={np.__version__}", "pyyaml"]
-    package = Path(__file__).parents[1]
-    version = None
+    params = {k: str(v) for k, v in r.evidence["params"].items()}
+    version = model_id = None
     try:
-        with start_run(experiment, f"register-{name}", tags) as run, \
+        with start_run(experiment, f"register-{r.name}", r.tags) as run, \
                 tempfile.TemporaryDirectory(prefix="vaectl-code-") as code:
-            for relative in BUNDLED_FILES:
-                (Path(code) / "vaectl" / relative).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(package / relative, Path(code) / "vaectl" / relative)
-            (Path(code) / "autoencoder_model.py").write_text(MODEL_CODE)
+            model_file = _stage_model_code(Path(code))
+            model_id = mlflow.initialize_logged_model(name=r.name, source_run_id=r.training_run,
+                                                      params=params, model_type=r.kind).model_id
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(code) / "autoencoder_model.py"), artifacts=artifacts,
-                signature=signature(), input_example=example, registered_model_name=name,
-                pip_requirements=requirements, code_paths=[str(Path(code) / "vaectl")],
-                params={k: str(v) for k, v in evidence["params"].items()})
+                name=r.name, python_model=str(model_file), artifacts=artifacts, signature=signature(),
+                input_example=r.example, registered_model_name=r.name, pip_requirements=requirements,
+                code_paths=[str(Path(code) / "vaectl")], model_id=model_id)
             version = str(info.registered_model_version)
-            run.log_params(evidence["params"])
-            mlflow.log_metrics(evidence["metrics"], model_id=info.model_id)  # the run's and the model's
-            run.log_artifact(export_dir / "model_card.md")
+            client().log_outputs(r.training_run, [LoggedModelOutput(model_id, step=0)])
+            run.log_params(r.evidence["params"])
+            test_set = run.dataset(*r.test_data)
+            run.log_input(test_set, context="evaluation")
+            log_model_metrics(model_id, r.evidence["metrics"], test_set)  # the run's and the model's
+            run.log_artifact(r.export_dir / "model_card.md")
             c = client()
-            for key, value in version_tags.items():
-                c.set_model_version_tag(name, version, key, value)
-            with tempfile.TemporaryDirectory(prefix="vaectl-bundle-") as tmp:  # what was stored
-                listing = tree_listing(download_model(name, version, Path(tmp)))
-            c.update_model_version(name, version, description=description)
-            c.set_model_version_tag(name, version, BUNDLE_TAG, json.dumps(listing, sort_keys=True))
+            for key, value in r.version_tags.items():
+                c.set_model_version_tag(r.name, version, key, value)
+            c.update_model_version(r.name, version, description=r.description)
+            c.set_model_version_tag(r.name, version, LISTING_RUN_TAG, run.run_id)
+            c.set_model_version_tag(r.name, version, BUNDLE_TAG, _log_bundle_listing(run, r.name, version))
     except BaseException:
         if version is not None:  # never a version without its bundle checksums
-            client().delete_model_version(name, version)
+            client().delete_model_version(r.name, version)
+        if model_id is not None:
+            client().delete_logged_model(model_id)
         raise
-    point_candidate(name)
+    point_candidate(r.name)
     return version
+
+
+def _stage_model_code(code: Path) -> Path:
+    """The models-from-code script and the vaectl files it imports, under `code`."""
+    package = Path(__file__).parents[1]
+    for relative in BUNDLED_FILES:
+        (code / "vaectl" / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(package / relative, code / "vaectl" / relative)
+    (code / "autoencoder_model.py").write_text(MODEL_CODE)
+    return code / "autoencoder_model.py"
+
+
+def _log_bundle_listing(run, name: str, version: str) -> str:
+    """{relative path: sha256} of the version's files as the artifact store holds them, logged
+    as this run's LISTING_ARTIFACT; returns the listing's own sha256 (the version's tag)."""
+    with tempfile.TemporaryDirectory(prefix="vaectl-bundle-") as tmp, \
+            tempfile.TemporaryDirectory(prefix="vaectl-listing-") as out:
+        listing = tree_listing(download_model(name, version, Path(tmp)))
+        path = Path(out) / LISTING_ARTIFACT
+        path.write_text(json.dumps(listing, sort_keys=True, indent=1))
+        run.log_artifact(path)
+        return sha256_file(path)
+
+
+def bundle_listing(name: str, version: str) -> str | None:
+    """The bundle listing recorded when `name`/`version` was registered (JSON text), read from
+    its register run and checked against the version's tag; None when it has none."""
+    tags = client().get_model_version(name, version).tags
+    recorded, run_id = tags.get(BUNDLE_TAG), tags.get(LISTING_RUN_TAG)
+    if not recorded or recorded.startswith("{"):  # 0.1.0 held the listing in the tag itself
+        return recorded
+    with tempfile.TemporaryDirectory(prefix="vaectl-listing-") as tmp:
+        try:
+            path = run_artifact(run_id, LISTING_ARTIFACT, Path(tmp))
+        except Exception:  # noqa: BLE001 - any store error: the listing is not there
+            path = None
+        if path is None or sha256_file(path) != recorded:
+            raise UserError(f"{name}/{version}: the bundle checksums stored with register run {run_id} "
+                            "are missing or not the ones its version recorded; refusing to load it")
+        return path.read_text()
 
 
 def complete_versions(name: str) -> list[int]:
