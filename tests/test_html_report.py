@@ -97,6 +97,11 @@ def test_page_is_self_contained_and_shows_the_evidence(reports):
     assert "<td>3 of 10 rows break it</td><td>pass</td>" in page
     assert "1 of 2 passed" in page
     assert "<td>101.2 [99, 103.5]</td>" in page  # the VAE's own number with its interval
+    table = page.split("<h2>Test metrics</h2>")[1].split("</table>")[0]
+    metric_rows = re.findall(r"<tr><td>([^<]+)</td>", table)
+    assert metric_rows == ["iw_nll (k=5000)", "neg_elbo", "recon_bce", "active_units",  # the headline first
+                           "diff_class.ppl", "same_class.ppl", "samples.entropy"]
+    assert "the interval of the VAE/AE ratio shown excludes 1" in page
     first = (reports / "index.html").read_bytes()
     run(reports, [reports / "figures", reports / "holes"], "vaectl")
     assert (reports / "index.html").read_bytes() == first  # nothing that differs between runs

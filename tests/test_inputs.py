@@ -71,6 +71,10 @@ def test_an_npz_zip_bomb_and_an_object_array_are_refused_unread(tmp_path):
         archive.writestr("x", "not an array")
     with pytest.raises(UserError, match="holds arrays none; name the input x"):
         read_inputs(tmp_path / "notes.npz", "reconstruct")
+    (tmp_path / "x.json").write_text('{"inputs": [[0.5]]}')  # the request body of `serve`
+    with pytest.raises(UserError, match="predict reads those or a folder of 28 x 28 PNGs; JSON is what "
+                                        "`vaectl serve` takes"):
+        read_inputs(tmp_path / "x.json", "reconstruct")
 
 
 def test_integer_latents_and_non_byte_integers_are_refused(tmp_path):

@@ -24,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # docstring lines join into paragraphs instead of breaking mid-sentence
 )
 
 MODELS = ("vae", "ae")  # vaectl.models.KINDS, without importing torch for --help
@@ -245,7 +246,7 @@ def train(
                                    help="instead of train.MODEL.latent_dim (the 2-D experiment: 2)"),
 ):
     """Train the VAE or the AE baseline; checkpoints each epoch, logs the run to MLflow.
-    The training curves go to reports/curves/<name of OUT>.json.
+    The training curves go to reports/curves/NAME.json, NAME being the last part of OUT.
 
     Example: vaectl train --model vae   (then `make ui` to watch curves and samples)
 
@@ -346,7 +347,7 @@ def print_comparison(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from vaectl.report import comparison_rows
+    from vaectl.report import comparison_rows, headline_first
 
     table = Table(title=f"VAE vs AE on {report['test_images']} test images and "
                         f"{report['interp_pairs']} pairs of each kind (95% bootstrap intervals)",
@@ -354,7 +355,7 @@ def print_comparison(report: dict) -> None:
     for column in ("metric", "VAE", "AE", "VAE/AE", "verdict"):
         table.add_column(column, justify="left" if column in ("metric", "verdict") else "right",
                          no_wrap=True)
-    for row in comparison_rows(report):
+    for row in headline_first(comparison_rows(report)):
         table.add_row(*row)
     Console(width=160).print(table)
     real = report["real_images"]
@@ -487,7 +488,7 @@ def overlay(
     dvc_flags: bool = typer.Option(False, "--dvc-flags",
                                    help="print `-S key=value` for `dvc exp run` instead"),
 ):
-    """Print params.yaml with a preset's keys put in (checked), for `vaectl <stage> --params`.
+    """Print params.yaml with a preset's keys put in (checked), for `vaectl STAGE --params`.
 
     Example: vaectl overlay params/fashion-literature.yaml > literature.yaml;
     dvc exp run -n fashion-literature $(vaectl overlay --dvc-flags params/fashion-literature.yaml)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vaectl import UserError, custody
 from vaectl.files import atomic_path
-from vaectl.report import LEVEL, compared_rows, comparison_rows
+from vaectl.report import LEVEL, compared_rows, comparison_rows, headline_first
 
 CAPTIONS = {  # figure file name -> what it shows
     "reconstructions.png": "Test images (top) and their reconstructions by the VAE and the AE",
@@ -94,10 +94,11 @@ def page(metrics: dict, summary: dict, holes: dict, validation: dict, figures: l
         f"{metrics['test_images']} test images, {metrics['interp_pairs']} interpolation pairs of each kind. "
         f"Values are means with {level} bootstrap intervals "
         f"({metrics['bootstrap']['resamples']} resamples); a verdict names a model only when the "
-        f"interval of the difference excludes 0. Of {sum(top.values())} compared metrics, "
+        f"interval of the VAE − AE difference excludes 0, which for these positive means is when "
+        f"the interval of the VAE/AE ratio shown excludes 1. Of {sum(top.values())} compared metrics, "
         f"the VAE is better on {top['vae_better']}, the AE on {top['ae_better']}, and "
         f"{top['no_difference']} show no significant difference.</p>",
-        "<h2>Test metrics</h2>" + _table(compare_header, comparison_rows(metrics)),
+        "<h2>Test metrics</h2>" + _table(compare_header, headline_first(comparison_rows(metrics))),
         f"<h2>2-D latent experiment: holes</h2><p>Share of decoded images the classifier does "
         f"not recognise (max probability under {holes['hole_threshold']}), for a "
         f"{holes['grid']}×{holes['grid']} grid and for samples.</p>"

@@ -86,6 +86,20 @@ def compared_rows(comparison: dict) -> list[tuple[str, str, str, str, str]]:
             for name, c in comparison.items()]
 
 
+# the metrics a reader looks for first, in this order, at the top of the page and the terminal
+# table (the model card keeps the report's order: its bytes are part of the committed export)
+HEADLINE = ("iw_nll", "neg_elbo", "recon_bce", "recon_mse", "active_units")
+
+
+def headline_first(rows: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """The rows with the HEADLINE metrics on top, in HEADLINE order, the rest as they were
+    ('iw_nll (k=5000)' is the iw_nll row)."""
+    def rank(row: tuple[str, ...]) -> int:
+        name = row[0].split(" ")[0]
+        return HEADLINE.index(name) if name in HEADLINE else len(HEADLINE)
+    return sorted(rows, key=rank)
+
+
 def comparison_rows(report: dict) -> list[tuple[str, str, str, str, str]]:
     """evaluate's rows: the compared metrics first, then the VAE's own (likelihood) with
     their intervals."""

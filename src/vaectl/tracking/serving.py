@@ -1,9 +1,10 @@
 """`vaectl serve`: MLflow's scoring server (its FastAPI app, run by uvicorn in this process)
 behind a small ASGI guard that bounds the request body in size (413) and time (408), refuses
-JSON it cannot parse (400) and keeps error replies short: MLflow's own messages quote the
-whole request back ("Failed to predict data '<input>'"), kilobytes per bad row, so only the
-reason is kept and tracebacks are dropped. Connections are bounded in number (503 past it)
-and in how long their request headers may take (slowloris clients are cut)."""
+JSON it cannot parse (400), lets a sample request go without an input, and keeps error
+replies short: MLflow's own messages quote the whole request back ("Failed to predict data
+'<input>'"), kilobytes per bad row, so only the reason is kept and tracebacks are dropped.
+Connections are bounded in number (503 past it) and in how long their request headers may
+take (slowloris clients are cut)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,21 @@ def json_refusal(body: bytes) -> str | None:
     return None
 
 
+# the keys MLflow's scoring server reads the model input from; sample mode needs none, but
+# the server refuses a request without one, so the guard puts in a one-pixel placeholder
+MLFLOW_INPUT_KEYS = ("inputs", "instances", "dataframe_split", "dataframe_records")
+
+
+def with_sample_placeholder(body: bytes) -> bytes:
+    """`{"params": {"mode": "sample", ...}}` as the scoring server takes it: with a
+    placeholder input that sample mode ignores. Any other body is returned as it is."""
+    request = json.loads(body)
+    if (isinstance(request, dict) and isinstance(request.get("params"), dict)
+            and request["params"].get("mode") == "sample" and not set(MLFLOW_INPUT_KEYS) & set(request)):
+        return json.dumps({**request, "inputs": [[0.0]]}).encode()
+    return body
+
+
 class Guard:
     """ASGI wrapper: 413 for a body over `max_body` bytes (declared or streamed), 408 for one
     not complete within `body_timeout_s`, 400 for JSON that does not parse, and 4xx/5xx
@@ -76,8 +92,13 @@ class Guard:
         body, refusal = await self._admit(dict(scope["headers"]), receive)
         if refusal is not None:
             return await _reply(send, *refusal)
-        if body is not None:  # None: the client went away
-            await self.app(scope, _replaying(bytes(body), receive), _shortening_errors(send))
+        if body is None:  # the client went away
+            return
+        if body and b"json" in dict(scope["headers"]).get(b"content-type", b""):
+            body = with_sample_placeholder(bytes(body))
+            scope = {**scope, "headers": [(k, str(len(body)).encode() if k == b"content-length" else v)
+                                          for k, v in scope["headers"]]}
+        await self.app(scope, _replaying(bytes(body), receive), _shortening_errors(send))
 
     async def _admit(self, headers: dict, receive) -> tuple[bytearray | None, tuple[int, str] | None]:
         """(the body, or None if the client left; the refusal (status, reason), if any)."""
