@@ -8,7 +8,7 @@ SERVER_DIR ?= $(CURDIR)/mlflow-server
 SERVER_PORT ?= 5001
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-cpu lock test lint repro study literature ui screenshots server remote bench clean
+.PHONY: help setup setup-cpu lock test lint quickstart exps repro study literature ui screenshots server remote bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -52,6 +52,18 @@ test: setup ## Run the test suite (unit tests + one tiny end-to-end dvc repro)
 
 lint: setup ## Ruff lint
 	$(BIN)/ruff check src tests benchmarks
+
+# in a temporary copy of the repo (dvc exp run --temp), logging to this clone's MLflow store
+quickstart: setup ## Every stage on params/quickstart.yaml (8 epochs, small samples) as DVC experiment quickstart; ~3 min
+	flags="$$($(BIN)/vaectl overlay --dvc-flags params/quickstart.yaml)" && \
+		PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
+		$(BIN)/dvc exp run --temp --force -n quickstart $$flags
+	@echo "quickstart done: 'dvc exp show' lists it, 'make ui' shows its runs (tag dvc.exp_name=quickstart);"
+	@echo "'dvc exp apply quickstart' puts its outputs in the workspace (git checkout . && dvc checkout undoes it)"
+
+# summary.json's headline, always; params only where experiments differ; no dependency hashes
+exps: setup ## dvc exp show on the headline: the metrics of summary.json and the params each experiment changed
+	$(BIN)/dvc exp show --only-changed --drop 'Created|.*/.*' --keep '(vae|ae|comparisons)\..*' $(ARGS)
 
 repro: setup ## Run the whole DVC pipeline on params.yaml (cached stages are skipped)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro

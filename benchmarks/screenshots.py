@@ -1,7 +1,10 @@
-"""Screenshots of what users see, in headless Chromium, after `make repro`: the MLflow
-compare view of train-vae vs train-ae, the evaluate run (params, metrics, its artifacts), the
-registered VAE version with its evidence, and reports/index.html rendered with the network
-cut off (every request goes to a dead proxy, so anything the page fetched would be missing).
+"""Screenshots of what users see, in headless Chromium, after `make repro` (and `make
+quickstart`, whose runs one shot lists): the train-vae run at the URL MLflow prints for it
+(the training view, its logged model), the experiment's Models tab with each model's test
+metrics, the runs of DVC experiment `quickstart`, the compare view of train-vae vs train-ae,
+the evaluate run (params, metrics, its artifacts), the registered VAE version (its Source Run
+the training run), and reports/index.html rendered with the network cut off (every request
+goes to a dead proxy, so anything the page fetched would be missing).
 
     apt-get install -y chromium-headless-shell   # or chromium
     python benchmarks/screenshots.py [--out docs/screenshots]
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -71,8 +75,9 @@ def main() -> None:
     if not (ROOT / "mlflow.db").exists() or not report.exists():
         sys.exit("run `make repro` first: no mlflow.db or reports/index.html")
     runs = {}
-    for run in tracking.find_runs(args.experiment):
-        runs.setdefault(run.info.run_name, run)  # newest first: keep the latest of each name
+    for run in tracking.find_runs(args.experiment):  # newest first: the latest of each name
+        if "dvc.exp_name" not in run.data.tags:  # the workspace pipeline's, not an experiment's
+            runs.setdefault(run.info.run_name, run)
     missing = [n for n in ("train-vae", "train-ae", "evaluate") if n not in runs]
     if missing:
         sys.exit(f"no {', '.join(missing)} run in experiment {args.experiment}: run `make repro` first")
@@ -98,7 +103,13 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         pair = json.dumps([runs["train-vae"].info.run_id, runs["train-ae"].info.run_id])
         evaluate = f"{base}/#/experiments/{experiment_id}/runs/{runs['evaluate'].info.run_id}"
+        training = f"{base}/#/experiments/{experiment_id}/runs/{runs['train-vae'].info.run_id}"
+        grouped = urllib.parse.quote("tags.`dvc.exp_name` = 'quickstart'")
         shots = {
+            "training_run.png": (training, (1400, 1600)),  # the URL MLflow prints for a run
+            "models_tab.png": (f"{base}/#/experiments/{experiment_id}/models", (1600, 900)),
+            "experiment_runs.png": (f"{base}/#/experiments/{experiment_id}/runs?searchFilter={grouped}",
+                                    (1600, 900)),
             "compare_train_runs.png": (f"{base}/#/compare-runs?runs={pair}&experiments=[\"{experiment_id}\"]",
                                        (1400, 1400)),
             "evaluate_run.png": (evaluate, (1400, 2600)),

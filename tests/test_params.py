@@ -109,6 +109,26 @@ def test_the_literature_preset_overlays_params_yaml_and_dvc_applies_it_the_same(
     assert load_params(copy) == params
 
 
+def test_the_quickstart_preset_shortens_training_and_sampling_only(tmp_path):
+    """`make quickstart`'s preset: the same data, models and portable numerics as params.yaml,
+    fewer epochs and smaller evaluation samples; DVC's override code applies it the same."""
+    from dvc.utils.hydra import apply_overrides
+
+    from vaectl.params import apply_overlay
+
+    root = Path(__file__).parent.parent
+    merged, overrides = apply_overlay(root / "params.yaml", root / "params" / "quickstart.yaml")
+    params, default = parse_params(merged), load_params(root / "params.yaml")
+    assert (params.data, params.model, params.numerics) == (default.data, default.model, default.numerics)
+    assert params.train.vae.epochs < default.train.vae.epochs
+    assert params.train.ae.epochs < default.train.ae.epochs
+    assert params.eval.iw_samples < default.eval.iw_samples
+    copy = tmp_path / "params.yaml"
+    copy.write_text((root / "params.yaml").read_text())
+    apply_overrides(str(copy), overrides)
+    assert load_params(copy) == params
+
+
 def test_a_bad_overlay_is_one_line(tmp_path):
     from vaectl.params import apply_overlay
 
