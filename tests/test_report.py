@@ -59,6 +59,37 @@ def test_which_way_is_better(name, lower):
     assert lower_is_better(name) is lower
 
 
+@pytest.mark.parametrize("name", ["recon_nll", "diff_class.pplx", "elsewhere.ppl", "midpoint.ppl.x"])
+def test_an_undeclared_metric_is_an_error_not_a_direction(name):
+    """Before the metric table, a name missing from a suffix list counted as higher-is-better."""
+    with pytest.raises(ValueError, match="is not declared in vaectl/metric_table.py"):
+        compare_units(name, np.ones(5), np.ones(5), True, np.random.default_rng(0))
+
+
+def test_every_metric_a_table_names_is_declared():
+    """The study's table and figures, the promotion rule's smoothness options and the headline
+    all name declared metrics (a ratio or a model's value of one)."""
+    import typing
+
+    from vaectl import metric_table, study
+    from vaectl.figures import STUDY_PANELS
+    from vaectl.params import RegistryParams
+
+    def declared(column: str) -> str:  # 'vae.iw_nll', 'recon_bce.ae', 'diff_class.ppl.ratio'
+        for model in ("vae.", "ae."):
+            column = column.removeprefix(model)
+        for part in (".vae", ".ae", ".ratio"):
+            column = column.removesuffix(part)
+        return column
+
+    columns = [c for c, _ in study.TABLE] + [c for _, lines, _ in STUDY_PANELS for c, _ in lines]
+    options = typing.get_args(typing.get_type_hints(RegistryParams)["smoothness_metric"])
+    for name in [declared(c) for c in columns] + list(options) + list(metric_table.PROMOTION.values()):
+        metric_table.measure(name)
+    assert metric_table.headline("vae") == ("iw_nll", "neg_elbo", "recon_bce", "active_units")
+    assert metric_table.headline("ae") == ("recon_bce",)
+
+
 def test_a_share_that_is_zero_for_the_ae_still_gets_a_verdict():
     """Shares of unrecognisable images can be 0: no ratio then, but the difference decides."""
     vae = np.r_[np.ones(40), np.zeros(460)]  # 8% unrecognisable

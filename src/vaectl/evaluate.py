@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaectl import UserError, custody
+from vaectl import UserError, custody, metric_table
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256, split_label
 from vaectl.data.tensors import binarize, to_unit
@@ -303,9 +303,8 @@ def headline(report: dict) -> dict:
     wins = {"vae": 0, "ae": 0, "none": 0}
     for c in report["comparison"].values():
         wins[c["better"]] += 1
-    vae_keys = ("iw_nll", "neg_elbo", "recon_bce", "active_units")
-    return {"vae": {key: report["vae"][key] for key in vae_keys},
-            "ae": {"recon_bce": report["ae"]["recon_bce"]},
+    numbers = {kind: {k: report[kind][k] for k in metric_table.headline(kind)} for kind in ("vae", "ae")}
+    return {**numbers,
             "comparisons": {"vae_better": wins["vae"], "ae_better": wins["ae"],
                             "no_difference": wins["none"]}}
 

@@ -26,14 +26,9 @@ import numpy as np
 
 from vaectl import UserError, custody
 from vaectl.files import atomic_path, read_json, sha256_file, tree_listing, write_json
+from vaectl.metric_table import PROMOTION, headline, measure
 from vaectl.params import PIXELS, PREDICT_MODES, RegistryParams
 from vaectl.report import flatten_model_metrics
-
-PRIMARY_METRIC = {"vae": "iw_nll", "ae": "recon_bce"}  # lower is better for both
-# the test numbers a version carries as tags (metric.NAME), the primary one first; the logged
-# model holds all of them
-HEADLINE_METRICS = {"vae": ("iw_nll", "neg_elbo", "recon_bce", "active_units"),
-                    "ae": ("recon_bce", "recon_mse")}
 
 
 @dataclass
@@ -48,7 +43,7 @@ def promotion_decision(kind: str, metrics: dict, champion_value: float | None,
     `rule.min_improvement` nats (any value beats no champion) and, for the VAE when
     `rule.require_smoother_than_baseline`, interpolate significantly more smoothly than the
     AE (the 95% interval of the VAE/AE ratio of `rule.smoothness_metric` lies below 1)."""
-    metric = PRIMARY_METRIC[kind]
+    metric = PROMOTION[kind]
     value = metrics[kind][metric]
     if kind == "vae" and rule.require_smoother_than_baseline:
         c = metrics["comparison"][rule.smoothness_metric]
@@ -66,12 +61,16 @@ def promotion_decision(kind: str, metrics: dict, champion_value: float | None,
 
 def version_description(kind: str, metrics: dict, decision: Decision, training_run: str | None,
                         evaluate_run: str | None) -> str:
-    """What the registry UI shows for a version: its test numbers, the promotion decision and
-    where the evidence is (the training and evaluate runs)."""
+    """What the registry UI shows for a version: its headline test numbers (every number is on
+    its logged model), the promotion decision and where the evidence is (the training and
+    evaluate runs)."""
     own = flatten_model_metrics(metrics[kind])
     lines = [f"{kind.upper()} on {metrics['test_images']} test images ({metrics['protocol']}).", ""]
-    lines += [f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in sorted(own.items())]
-    lines += ["", f"@champion: {'promoted' if decision.promote else 'not promoted'}: {decision.reason}."]
+    for name in headline(kind):
+        m = measure(name)
+        lines.append(f"- {m.label} (`{name}`): {own[name]:.4g}{' ' + m.unit if m.unit else ''}")
+    lines += ["", "Every test number is on this version's logged model (the experiment's Models tab).",
+              "", f"@champion: {'promoted' if decision.promote else 'not promoted'}: {decision.reason}."]
     if training_run:
         lines.append(f"Training run: {training_run}.")
     if evaluate_run:
@@ -126,7 +125,7 @@ def _registration(kind: str, name: str, export: tuple[dict, dict], export_dir: P
             "vaectl.training_run_id": training_run, "vaectl.evaluate_run_id": evaluate_run}
     test_metrics = flatten_model_metrics(metrics[kind])
     version_tags = {
-        **{f"metric.{k}": str(test_metrics[k]) for k in HEADLINE_METRICS[kind]},
+        **{f"metric.{k}": str(test_metrics[k]) for k in headline(kind)},
         "data_sha256": card["data_manifest_sha256"], "git_commit": tags["mlflow.source.git.commit"],
         "checkpoint_sha256": card["checkpoint_sha256"], "protocol": metrics["protocol"],
         "training_run_id": training_run, "evaluate_run_id": evaluate_run,
@@ -168,7 +167,7 @@ def register(rule: RegistryParams, export_root: Path, prepared: Path, experiment
         registration, metrics = _registration(kind, name, exports[kind], export_root / kind, example,
                                               test_data)
         with registry_client.registration_lock():
-            champion_value = registry_client.champion_metric(name, PRIMARY_METRIC[kind])
+            champion_value = registry_client.champion_metric(name, PROMOTION[kind])
             decision = promotion_decision(kind, metrics, champion_value, rule)
             version = registry_client.register_model(
                 dataclasses.replace(registration, description=version_description(

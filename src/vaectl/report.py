@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 
-LOWER_IS_BETTER = ("neg_elbo", "iw_nll", "bits_per_dim", "recon_bce", "recon_mse",
-                   "path_length_ratio", "step_unevenness", "ppl", "ppl_normalized", "entropy",
-                   "unrecognised")
+from vaectl.metric_table import headline, measure
+
 RESAMPLES = 2000
 LEVEL = 0.95
 VERDICTS = {"vae": "VAE better", "ae": "AE better", "none": "no significant difference"}
 
 
 def lower_is_better(name: str) -> bool:
-    """'diff_class.midpoint_entropy' -> True (an entropy), 'samples.max_prob' -> False."""
-    return name.endswith(LOWER_IS_BETTER)
+    """'diff_class.midpoint_entropy' -> True (an entropy), 'samples.max_prob' -> False; an
+    undeclared metric is a ValueError (metric_table.py)."""
+    return measure(name).lower_is_better
 
 
 def interval(values: np.ndarray) -> list[float]:
@@ -43,6 +43,7 @@ def compare_units(name: str, vae: np.ndarray, ae: np.ndarray, paired: bool,
     with theirs, and the verdict: the difference's interval excluding 0 (for positive means,
     the same as the ratio's excluding 1; it also holds when the AE's mean can be 0, as for
     a share of unrecognisable images, where the ratio is left out)."""
+    lower = lower_is_better(name)  # an undeclared metric fails here, whatever the data
     vae, ae = np.asarray(vae, dtype=np.float64), np.asarray(ae, dtype=np.float64)
     if paired and len(vae) != len(ae):
         raise ValueError(f"{name}: paired comparison of {len(vae)} and {len(ae)} units")
@@ -51,9 +52,9 @@ def compare_units(name: str, vae: np.ndarray, ae: np.ndarray, paired: bool,
     means_vae, means_ae = vae[picks_vae].mean(1), ae[picks_ae].mean(1)
     difference_ci = interval(means_vae - means_ae)
     if difference_ci[1] < 0:
-        better = "vae" if lower_is_better(name) else "ae"
+        better = "vae" if lower else "ae"
     elif difference_ci[0] > 0:
-        better = "ae" if lower_is_better(name) else "vae"
+        better = "ae" if lower else "vae"
     else:
         better = "none"
     has_ratio = bool((means_ae > 0).all())
@@ -86,17 +87,15 @@ def compared_rows(comparison: dict) -> list[tuple[str, str, str, str, str]]:
             for name, c in comparison.items()]
 
 
-# the metrics a reader looks for first, in this order, at the top of the page and the terminal
-# table (the model card keeps the report's order: its bytes are part of the committed export)
-HEADLINE = ("iw_nll", "neg_elbo", "recon_bce", "recon_mse", "active_units")
-
-
 def headline_first(rows: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
-    """The rows with the HEADLINE metrics on top, in HEADLINE order, the rest as they were
-    ('iw_nll (k=5000)' is the iw_nll row)."""
+    """The rows with the headline metrics on top, in metric_table's order, the rest as they
+    were ('iw_nll (k=5000)' is the iw_nll row). The page and the terminal table show them so;
+    the model card keeps the report's order (its bytes are part of the committed export)."""
+    first = headline()
+
     def rank(row: tuple[str, ...]) -> int:
         name = row[0].split(" ")[0]
-        return HEADLINE.index(name) if name in HEADLINE else len(HEADLINE)
+        return first.index(name) if name in first else len(first)
     return sorted(rows, key=rank)
 
 
