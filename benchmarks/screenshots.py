@@ -102,14 +102,14 @@ def main() -> None:
             sys.exit("the MLflow UI did not come up in 120 s")
         args.out.mkdir(parents=True, exist_ok=True)
         pair = json.dumps([runs["train-vae"].info.run_id, runs["train-ae"].info.run_id])
-        evaluate = f"{base}/#/experiments/{experiment_id}/runs/{runs['evaluate'].info.run_id}"
-        training = f"{base}/#/experiments/{experiment_id}/runs/{runs['train-vae'].info.run_id}"
-        grouped = urllib.parse.quote("tags.`dvc.exp_name` = 'quickstart'")
-        shots = {
-            "training_run.png": (training, (1400, 1600)),  # the URL MLflow prints for a run
-            "models_tab.png": (f"{base}/#/experiments/{experiment_id}/models", (1600, 900)),
-            "experiment_runs.png": (f"{base}/#/experiments/{experiment_id}/runs?searchFilter={grouped}",
-                                    (1600, 900)),
+        experiment = f"{base}/#/experiments/{experiment_id}"
+        evaluate = f"{experiment}/runs/{runs['evaluate'].info.run_id}"
+        quickstart = urllib.parse.quote("tags.`dvc.exp_name` = 'quickstart'")
+        shots = {  # the training view (TRAINING_VIEW) is what the links vaectl prints open
+            "training_run.png": (tracking.run_link(experiment_id, runs["train-vae"].info.run_id,
+                                                   base), (1400, 1600)),
+            "models_tab.png": (f"{experiment}/models", (2400, 700)),
+            "experiment_runs.png": (f"{experiment}/runs?searchFilter={quickstart}", (1600, 700)),
             "compare_train_runs.png": (f"{base}/#/compare-runs?runs={pair}&experiments=[\"{experiment_id}\"]",
                                        (1400, 1400)),
             "evaluate_run.png": (evaluate, (1400, 2600)),
@@ -117,6 +117,10 @@ def main() -> None:
             "model_version.png": (f"{base}/#/models/{registered['name']}/versions/{registered['version']}",
                                   (1400, 1200)),
         }
+        view = tracking.TRAINING_VIEW
+        for name, (url, size) in shots.items():
+            if view not in url:
+                shots[name] = (url + ("&" if "?" in url.split("#")[-1] else "?") + view, size)
         for name, (url, size) in shots.items():
             shoot(url, args.out / name, size)
     finally:

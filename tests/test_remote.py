@@ -11,7 +11,9 @@ import pytest
 from vaectl import tracking
 
 from .conftest import free_port, wait_until_up
-from .test_deploy import train_to_registry
+from .tiny import train_to_registry
+
+pytestmark = pytest.mark.e2e  # a tracking server and subprocesses
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +35,7 @@ def tracking_server(tmp_path):
         server.wait(timeout=30)
 
 
-def test_every_stage_tracks_to_the_server(tmp_path, tracking_server, monkeypatch):
+def test_every_stage_tracks_to_the_server(tmp_path, tracking_server, monkeypatch, capfd):
     uri, store = tracking_server
     root = tmp_path / "client"
     root.mkdir()
@@ -44,6 +46,10 @@ def test_every_stage_tracks_to_the_server(tmp_path, tracking_server, monkeypatch
 
     kinds = {run.data.tags["vaectl.kind"] for run in tracking.find_runs("vaectl")}
     assert {"vae", "ae", "evaluate"} <= kinds
+    printed = capfd.readouterr()
+    # each run's link opens MLflow 3's training view; MLflow's own (GenAI view) is not printed
+    assert f"MLflow run train-vae: {uri}/#/experiments/" in printed.err
+    assert "?workflowType=machine_learning" in printed.err and "View run" not in printed.out
     assert tracking.client().get_model_version_by_alias("vae-mnist", "champion").version == "1"
     server_files = {p.name for p in (store / "artifacts").rglob("*") if p.is_file()}
     assert {"best.pt", "reconstruct.onnx", "MLmodel"} <= server_files  # the server holds artifacts

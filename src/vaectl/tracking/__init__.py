@@ -16,6 +16,7 @@ import functools
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.parse
@@ -64,12 +65,15 @@ def refuse_former_store() -> None:
 # still win when set.
 STORE_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 SERVER_WAIT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+TRAINING_VIEW = "workflowType=machine_learning"  # MLflow 3's UI: the runs/models/compare tabs
 SERVER_PROBE_TIMEOUT_S = 5.0
 
 
 def mlflow_module():
     """mlflow, pointed at this project's tracking store, which answers (checked once)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's own "View run" link opens its GenAI view; start_run prints one to the training view
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for key, value in SERVER_WAIT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     refuse_former_store()
@@ -268,7 +272,20 @@ def start_run(experiment: str, run_name: str, tags: dict[str, str],
     except BaseException:
         mlflow.end_run(status="FAILED")
         raise
+    finally:
+        link = run_link(experiment_id, active.info.run_id)
+        if link:
+            print(f"MLflow run {active.info.run_name}: {link}", file=sys.stderr)
     mlflow.end_run(status="FINISHED")
+
+
+def run_link(experiment_id: str, run_id: str, ui: str | None = None) -> str | None:
+    """The run's page in the UI at `ui` (default: the tracking server), in the training view;
+    None for a local store without `ui` (no server to link to: `make ui` serves it)."""
+    ui = ui or tracking_uri()
+    if not ui.lower().startswith(("http://", "https://")):
+        return None
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
 
 
 def run_status(run_id: str) -> str:
