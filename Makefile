@@ -8,7 +8,7 @@ SERVER_DIR ?= $(CURDIR)/mlflow-server
 SERVER_PORT ?= 5001
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-cpu lock test lint quickstart exps repro study literature ui screenshots server remote bench clean
+.PHONY: help setup setup-cpu lock test test-fast lint quickstart exps repro study literature ui screenshots server remote bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ lock: setup ## Re-resolve requirements.lock from pyproject.toml; UPGRADE=pkg mov
 
 test: setup ## Run the test suite (unit tests + one tiny end-to-end dvc repro)
 	$(BIN)/pytest -q
+
+test-fast: setup ## The edit loop: every test but the e2e ones (processes, servers, pipelines)
+	$(BIN)/pytest -q -m "not e2e"
 
 lint: setup ## Ruff lint
 	$(BIN)/ruff check src tests benchmarks

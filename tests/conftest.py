@@ -41,6 +41,19 @@ def write_prepared(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]])
     return root
 
 
+def use_local_store(mp: pytest.MonkeyPatch, root: Path) -> None:
+    """Point vaectl (and MLflow) at a sqlite store of its own under `root`, artifacts beside it."""
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+    mp.setenv("VAECTL_ROOT", str(root))
+
+
+@pytest.fixture
+def local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A test's own MLflow store in its tmp_path."""
+    use_local_store(monkeypatch, tmp_path)
+    return tmp_path
+
+
 @pytest.fixture
 def prepared(tmp_path: Path) -> Path:
     """A valid prepared dataset: 10 classes, 30/5/5 images per class."""

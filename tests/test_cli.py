@@ -135,3 +135,12 @@ def test_the_documented_servers_take_different_ports():
     server_port = int(re.search(r"^SERVER_PORT \?= (\d+)", makefile, re.M).group(1))
     serve_port = inspect.signature(serve).parameters["port"].default.default
     assert len({ui_port, server_port, serve_port}) == 3
+
+
+def test_the_version_is_the_one_pyproject_declares_and_the_changelog_releases():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    assert vaectl("--version").stdout.strip() == f"vaectl {declared}"
+    assert f"\n## {declared} " in (root / "CHANGELOG.md").read_text()  # a released version has its section

@@ -19,7 +19,7 @@ from vaectl import export as export_stage
 from vaectl.files import sha256_file
 from vaectl.params import RegistryParams
 
-from .test_deploy import TINY_DEPLOY, registered_on_a_local_store
+from .tiny import TINY_DEPLOY, registered_on_a_local_store
 
 
 @pytest.fixture(scope="module")

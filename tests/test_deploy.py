@@ -1,7 +1,6 @@
 """Export parity, registry (promotion both ways), pull in a fresh process, pyfunc input
 checks, and a serve smoke test on loopback."""
 
-import contextlib
 import http.client
 import json
 import os
@@ -20,54 +19,15 @@ import pytest
 import torch
 
 from vaectl import UserError, registry
-from vaectl import classifier as classifier_stage
-from vaectl import evaluate as evaluate_stage
 from vaectl import export as export_stage
-from vaectl import train as train_stage
-from vaectl.params import RegistryParams, parse_params
+from vaectl.params import RegistryParams
 
-from .conftest import free_port, synthetic_digits, wait_until_up, write_prepared
-from .test_evaluate import TINY_EVAL
+from .conftest import free_port, wait_until_up
+from .tiny import registered_on_a_local_store
+
+pytestmark = pytest.mark.e2e  # fresh processes and a model server
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-TINY_DEPLOY = {**TINY_EVAL, "model": {**TINY_EVAL["model"], "pseudo_inputs": 3}}
-
-
-def train_to_registry(root):
-    """Tiny models trained, evaluated, exported and registered under `root`, tracked wherever
-    MLFLOW_TRACKING_URI points. The VAE has a VampPrior (3 pseudo-images), so its mixture
-    goes the whole way to the pyfunc's sample mode; the AE's fitted Gaussian is the 1-component case."""
-    prepared = write_prepared(root / "prepared", {"train": synthetic_digits(30, 1),
-                                                  "val": synthetic_digits(5, 2),
-                                                  "test": synthetic_digits(5, 3)})
-    params = parse_params(TINY_DEPLOY)
-    for kind in ("vae", "ae"):
-        train_stage.run(kind, params, prepared, root / "models" / kind,
-                        root / "reports" / "curves" / f"{kind}.json")
-    classifier_stage.run(params.eval.classifier, prepared, root / "models" / "classifier", "vaectl")
-    evaluate_stage.run(params.eval, prepared, root / "models" / "vae", root / "models" / "ae",
-                       root / "models" / "classifier" / "classifier.pt", root / "reports",
-                       root / "reports" / "figures", "vaectl", echo=lambda message: None)
-    parities = export_stage.run(("vae", "ae"), prepared, root / "models",
-                                root / "reports" / "metrics.json", root / "export", "vaectl")
-    cards = {kind: json.loads((root / "export" / kind / "model_card.json").read_text())
-             for kind in parities}
-    rule = RegistryParams(require_smoother_than_baseline=False)
-    first = registry.register(rule, root / "export", prepared, "vaectl", root / "reports" / "registry.json")
-    return {"root": root, "prepared": prepared, "cards": cards, "parities": parities, "first": first,
-            "rule": rule}
-
-
-@contextlib.contextmanager
-def registered_on_a_local_store(root):
-    """`train_to_registry` under `root` with its own sqlite store, which the environment points
-    at for the block; yields its result and that environment (`env`) for subprocesses."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        mp.setenv("VAECTL_ROOT", str(root))
-        yield {**train_to_registry(root), "env": {**os.environ}}
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +79,8 @@ def test_first_registration_promotes_and_the_same_model_again_does_not(deployed)
         described = {v: registry_client.client().get_model_version("vae-mnist", v) for v in ("1", "2")}
         assert "@champion: promoted: no champion yet" in described["1"].description
         assert "@champion: not promoted: iw_nll" in described["2"].description
-        assert "- iw_nll: " in described["2"].description and "Training run: " in described["2"].description
+        assert "- IW-NLL (`iw_nll`): " in described["2"].description  # the headline, with its unit
+        assert "nats" in described["2"].description and "Training run: " in described["2"].description
         assert "dvc_exp_name" not in described["2"].tags  # no empty tags outside a DVC experiment
         # lineage, MLflow 3's way: the version's Source Run is the training run, which logged
         # the checkpoint as a LoggedModel and lists the registered one among its outputs; the

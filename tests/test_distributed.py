@@ -13,7 +13,7 @@ from vaectl import train as train_stage
 from vaectl.files import sha256_file
 from vaectl.params import parse_params
 
-from .test_train import TINY, assert_same_weights, weights
+from .tiny import TINY, assert_same_weights, weights
 
 # Same global batch, permutation and binarisation as one process; only the second process's
 # reparameterisation noise differs, so the validation losses differ by noise alone.
@@ -21,10 +21,8 @@ VAL_LOSS_TOLERANCE = 0.02  # relative
 TWO_PROCESS = {**TINY, "train": {**TINY["train"], "vae": {**TINY["train"]["vae"], "epochs": 6}}}
 
 
-@pytest.fixture(autouse=True)
-def mlflow_store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    monkeypatch.setenv("VAECTL_ROOT", str(tmp_path))
+# torchrun workers, each test on its own MLflow store
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("local_store")]
 
 
 def train(tmp_path, prepared, out, *args, epochs=6, model=None):

@@ -15,13 +15,8 @@ from vaectl.data import load_split
 from vaectl.interpolation import decode_path, path, path_metrics, path_ppl
 from vaectl.params import parse_params
 
-from .conftest import synthetic_digits, write_prepared
-from .test_train import TINY
-
-TINY_EVAL = {**TINY, "eval": {"iw_samples": 50, "iw_chunk": 16, "interp_pairs": 4,
-                              "interp_steps": 5, "ppl_samples": 4, "generated": 20,
-                              "classifier": {"hidden": [16], "epochs": 2}},
-             "study": {"betas": [1.0, 2.0], "latent_dims": [2, 3], "seeds": [0, 1], "iw_samples": 20}}
+from .conftest import synthetic_digits, use_local_store, write_prepared
+from .tiny import TINY_EVAL
 
 
 def linear_decoder(dim=3, seed=0):
@@ -187,7 +182,7 @@ def trained_once(tmp_path_factory):
                                                   "test": synthetic_digits(5, seed=3)})
     params = parse_params(TINY_EVAL)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        use_local_store(mp, root)
         for kind in ("vae", "ae"):
             train_stage.run(kind, params, prepared, root / "models" / kind,
                             root / "reports" / "curves" / f"{kind}.json")
@@ -199,7 +194,7 @@ def trained_once(tmp_path_factory):
 def trained(trained_once, tmp_path, monkeypatch):
     """A copy of `trained_once` (files and store) that the test may change."""
     shutil.copytree(trained_once, tmp_path, dirs_exist_ok=True)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    use_local_store(monkeypatch, tmp_path)
     return parse_params(TINY_EVAL), tmp_path / "prepared", tmp_path
 
 

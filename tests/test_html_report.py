@@ -14,6 +14,8 @@ from vaectl.files import sha256_file, write_json
 from vaectl.html_report import run
 from vaectl.report import compare_units
 
+from .conftest import use_local_store
+
 # A 1 x 1 PNG: the page must carry these exact bytes.
 PIXEL = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+k"
                          "cQAAAABJRU5ErkJggg==")
@@ -70,8 +72,7 @@ def record_as_evaluated(reports) -> str:
 
 @pytest.fixture
 def reports(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    monkeypatch.setenv("VAECTL_ROOT", str(tmp_path))
+    use_local_store(monkeypatch, tmp_path)
     reports = reports_with_known_answers(tmp_path)
     record_as_evaluated(reports)
     return reports

@@ -16,7 +16,7 @@ import yaml
 
 from vaectl.numerics import NUMPY_DISPATCH_TARGETS, PORTABLE_ENV
 
-from .test_evaluate import TINY_EVAL
+from .tiny import TINY_EVAL
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e

@@ -104,8 +104,7 @@ def test_a_database_another_process_holds_is_one_line(tmp_path, prepared):
 
 
 @pytest.mark.parametrize("value", ["/data/o'brien", '/data/say "hi"', "/data/it's \"odd\"", "C:\\runs\\a"])
-def test_a_run_is_found_by_a_tag_holding_quotes_or_backslashes(tmp_path, monkeypatch, value):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+def test_a_run_is_found_by_a_tag_holding_quotes_or_backslashes(local_store, value):
     with tracking.start_run("quotes", "this", {"vaectl.out_dir": value, "k": "1"}) as run:
         pass
     with tracking.start_run("quotes", "newer", {"vaectl.out_dir": value + "x", "k": "1"}):

@@ -14,26 +14,9 @@ from vaectl import UserError, tracking
 from vaectl import train as train_stage
 from vaectl.params import parse_params
 
-TINY = {"model": {"hidden": [32]},
-        "train": {"device": "cpu",
-                  "vae": {"latent_dim": 2, "epochs": 4, "batch_size": 64, "sample_every": 2},
-                  "ae": {"latent_dim": 2, "epochs": 4, "batch_size": 64}}}
+from .tiny import TINY, assert_same_weights, weights
 
-
-@pytest.fixture(autouse=True)
-def mlflow_store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    monkeypatch.setenv("VAECTL_ROOT", str(tmp_path))
-
-
-def weights(path):
-    return torch.load(path, weights_only=True)["model"]
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+pytestmark = pytest.mark.usefixtures("local_store")  # every test on its own MLflow store
 
 
 @pytest.mark.parametrize("kind", ["vae", "ae"])

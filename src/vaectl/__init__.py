@@ -1,6 +1,6 @@
 """vaectl: a tracked, reproducible VAE vs AE pipeline on MNIST-family images."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 class UserError(Exception):
