@@ -40,8 +40,7 @@ def measure(what: str, params_path: Path) -> int:
     p = load_params(params_path)
     kind = "ae" if "AE's" in what and "VAE's" not in what else "vae"
     t = p.train.vae if kind == "vae" else p.train.ae
-    model = build_model(kind, p.model.arch, p.model.hidden, t.latent_dim, p.model.logvar_clip,
-                        p.model.pseudo_inputs)
+    model = build_model(kind, p.model, t.latent_dim)
     e = p.eval
     if "training step" in what:
         opt = torch.optim.Adam(model.parameters())

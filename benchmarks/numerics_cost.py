@@ -51,7 +51,7 @@ def worker(args) -> None:
     params = load_params(args.params)
     t, m = params.train.vae, params.model
     torch.manual_seed(0)
-    model = build_model("vae", m.arch, m.hidden, t.latent_dim, m.logvar_clip, m.pseudo_inputs)
+    model = build_model("vae", m, t.latent_dim)
     optimizer = adam(model.parameters(), t.lr)
     x = to_unit(load_split(args.prepared, "train")[0], torch.device("cpu"))
     began = None

@@ -35,7 +35,7 @@ def bare_loop(x: torch.Tensor, params, epochs: int) -> float:
     """samples/s of forward/backward/Adam over pre-loaded tensors, nothing else."""
     t = params.train.vae
     torch.manual_seed(0)
-    model = build_model("vae", params.model.arch, params.model.hidden, t.latent_dim)
+    model = build_model("vae", params.model, t.latent_dim)
     optimizer = adam(model.parameters(), t.lr)
     began = time.perf_counter()
     for _ in range(epochs):
@@ -67,7 +67,7 @@ def dataloader_loop(images: np.ndarray, params, epochs: int) -> float:
     """samples/s of the same model fed by `examples_loader`."""
     t = params.train.vae
     torch.manual_seed(0)
-    model = build_model("vae", params.model.arch, params.model.hidden, t.latent_dim)
+    model = build_model("vae", params.model, t.latent_dim)
     optimizer = adam(model.parameters(), t.lr)
     loader = examples_loader(images, t.batch_size)
     began = time.perf_counter()

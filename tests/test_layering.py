@@ -13,6 +13,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 PACKAGE = SRC / "vaectl"
+ARCHS = "vaectl.archs"
 STAGE_MODULES = ("vaectl.data.fetch", "vaectl.validate", "vaectl.train", "vaectl.classifier",
                  "vaectl.evaluate", "vaectl.holes", "vaectl.html_report", "vaectl.export", "vaectl.registry")
 
@@ -57,8 +58,9 @@ def module_name(path: Path) -> str:
 
 def closure(start: set[str]) -> set[str]:
     """Modules reachable from `start` through imports anywhere in each module (a function's
-    lazy import counts: the function may run). cli.py is not followed: each command imports
-    its own stage lazily, and `command_modules` has already read what one command imports."""
+    lazy import counts: the function may run), and every architecture once vaectl.archs is
+    reached. cli.py is not followed: each command imports its own stage lazily, and
+    `command_modules` has already read what one command imports."""
     seen, todo = set(), list(start)
     while todo:
         name = todo.pop()
@@ -67,6 +69,8 @@ def closure(start: set[str]) -> set[str]:
         seen.add(name)
         if name == "vaectl.cli":
             continue
+        if name == ARCHS:  # architecture(name) imports any of its modules, by params' name
+            todo.extend(module_name(p) for p in (PACKAGE / "archs").glob("*.py"))
         path = module_file(name)
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
         todo.extend(imported_modules([ast.parse(path.read_text())], package) - seen)

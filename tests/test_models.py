@@ -3,27 +3,29 @@ import math
 import pytest
 import torch
 
-from vaectl.models import build_model, mixture_log_density
+from vaectl.models import mixture_log_density
 from vaectl.objectives import bernoulli_nll, gaussian_kl, iwae_log_likelihood, kl_to_prior, loss_terms
 from vaectl.prior import latent_prior, moment_matched, sample_latents
+
+from .tiny import net
 
 
 @pytest.mark.parametrize("kind", ["vae", "ae"])
 def test_shapes(kind):
-    model = build_model(kind, "mlp", [64, 32], 5)
+    model = net(kind, "mlp", [64, 32], 5)
     logits, mu, logvar, z = model(torch.rand(7, 28, 28))
     assert logits.shape == (7, 784) and mu.shape == (7, 5) and z.shape == (7, 5)
     assert (logvar is None) == (kind == "ae")
 
 
 def test_same_skeleton_same_capacity_except_the_head():
-    vae, ae = build_model("vae", "mlp", [64, 32], 5), build_model("ae", "mlp", [64, 32], 5)
+    vae, ae = net("vae", "mlp", [64, 32], 5), net("ae", "mlp", [64, 32], 5)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(vae) - count(ae) == 32 * 5 + 5  # the extra log-variance outputs
 
 
 def test_vae_head_can_be_negative():
-    model = build_model("vae", "mlp", [16], 3)
+    model = net("vae", "mlp", [16], 3)
     torch.nn.init.constant_(model.head.bias, -2.0)
     mu, logvar = model.encode(torch.zeros(1, 784))
     assert (mu < 0).all() and (logvar < 0).all()
@@ -58,7 +60,7 @@ def test_closed_form_kl_matches_monte_carlo():
 def vae_with_fixed_posterior(mu: list[float], logvar: list[float], pseudo_inputs: int = 0):
     """A VAE whose q(z|x) is N(mu, exp(logvar)) for every x and whose decoder says p = 0.5
     for every pixel: every loss term has a closed form."""
-    model = build_model("vae", "mlp", [4], len(mu), pseudo_inputs=pseudo_inputs)
+    model = net("vae", "mlp", [4], len(mu), pseudo_inputs=pseudo_inputs)
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
@@ -75,7 +77,7 @@ def test_training_loss_is_784_ln2_plus_beta_times_the_exact_kl():
     assert recon.item() == pytest.approx(784 * math.log(2), rel=1e-6)
     assert kl_term.item() == pytest.approx(kl, rel=1e-6)
     assert loss.item() == pytest.approx(784 * math.log(2) + 2.0 * kl, rel=1e-6)
-    _, recon_ae, kl_ae = loss_terms(build_model("ae", "mlp", [16], 3), x)
+    _, recon_ae, kl_ae = loss_terms(net("ae", "mlp", [16], 3), x)
     assert kl_ae.item() == 0.0 and recon_ae.item() > 0
 
 
@@ -91,7 +93,7 @@ def test_training_reparameterisation_draws_from_the_posterior():
 
 def test_iwae_bound_above_elbo_and_grows_with_k():
     torch.manual_seed(0)
-    model = build_model("vae", "mlp", [32], 4)
+    model = net("vae", "mlp", [32], 4)
     x = torch.rand(20, 784).round()
     gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     bounds = [iwae_log_likelihood(model, x, k, chunk=7, generator=gen()).mean().item()
@@ -108,7 +110,7 @@ def test_iwae_bound_above_elbo_and_grows_with_k():
 def test_iwae_matches_numerical_integration_for_1d_latent():
     """log p(x) = log ∫ p(x|z) p(z) dz on a fine grid vs the IWAE estimate with large k."""
     torch.manual_seed(0)
-    model = build_model("vae", "mlp", [8], 1).double()
+    model = net("vae", "mlp", [8], 1).double()
     x = torch.rand(3, 784, dtype=torch.float64).round()
     grid = torch.linspace(-12, 12, 24001, dtype=torch.float64)
     dz = (grid[1] - grid[0]).item()
@@ -124,22 +126,44 @@ def test_iwae_matches_numerical_integration_for_1d_latent():
 def test_arch_is_part_of_the_model_and_its_config():
     from vaectl.models import from_config
 
-    model = build_model("vae", "mlp", [16], 3)
+    model = net("vae", "mlp", [16], 3)
     assert model.config() == {"kind": "vae", "arch": "mlp", "hidden": [16], "latent_dim": 3,
                               "logvar_clip": [], "pseudo_inputs": 0}
     assert from_config(model.config()).config() == model.config()
-    gated = build_model("vae", "gated-mlp", [16, 8], 3, [-6.0, 2.0], pseudo_inputs=7)
+    gated = net("vae", "gated-mlp", [16, 8], 3, [-6.0, 2.0], pseudo_inputs=7)
     assert from_config(gated.config()).config() == gated.config() and gated.pseudo.shape == (7, 784)
     # a checkpoint's learned pseudo-images load back into the model its config rebuilds
     from_config(gated.config()).load_state_dict(gated.state_dict())
-    assert build_model("ae", "mlp", [16], 3, [-6.0, 2.0], pseudo_inputs=7).config()["pseudo_inputs"] == 0
-    with pytest.raises(ValueError, match="unknown model.arch 'conv'"):
-        build_model("vae", "conv", [16], 3)
+    assert net("ae", "mlp", [16], 3, [-6.0, 2.0], pseudo_inputs=7).config()["pseudo_inputs"] == 0
+    with pytest.raises(ValueError, match="unknown model.arch 'transformer'"):
+        net("vae", "transformer", [16], 3)
+
+
+@pytest.mark.parametrize("hidden", [[4, 12], [4, 8, 12]])
+def test_the_conv_skeleton_maps_images_to_features_and_latents_of_any_batch_shape_to_logits(hidden):
+    """One or two stride-2 convolutions (28 -> 14 -> 7) and back; the decoder takes latents
+    shaped (samples, images, D) as the likelihood estimators give them."""
+    model = net("vae", "conv", hidden, 3)
+    assert model.encoder(torch.rand(5, 784)).shape == (5, 12)
+    logits, mu, logvar, _ = model(torch.rand(5, 28, 28))
+    assert logits.shape == (5, 784) and mu.shape == logvar.shape == (5, 3)
+    z = torch.randn(2, 5, 3)
+    torch.testing.assert_close(model.decode(z)[1], model.decode(z[1]))
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.encoder.modules()) == len(hidden) - 1
+
+
+@pytest.mark.parametrize("hidden, problem", [([16], "got 1 sizes"), ([4, 4, 4, 16], "got 4 sizes")])
+def test_the_conv_skeleton_refuses_sizes_it_cannot_take_in_one_line(hidden, problem):
+    from vaectl import UserError
+    from vaectl.params import parse_params
+
+    with pytest.raises(UserError, match=f"model.arch conv needs .*{problem}"):
+        parse_params({"model": {"arch": "conv", "hidden": hidden}})
 
 
 def test_a_gated_layer_multiplies_by_the_sigmoid_of_its_gate():
     """h = x and g = 0 give x * sigmoid(0) = x / 2; g = +-inf open and shut the gate."""
-    from vaectl.models import GatedDense
+    from vaectl.archs.layers import GatedDense
 
     layer = GatedDense(2, 2)
     with torch.no_grad():
@@ -152,7 +176,7 @@ def test_a_gated_layer_multiplies_by_the_sigmoid_of_its_gate():
 
 def test_gated_mlp_is_he_initialised_and_clips_the_log_variance():
     torch.manual_seed(0)
-    model = build_model("vae", "gated-mlp", [300, 300], 40, [-6.0, 2.0])
+    model = net("vae", "gated-mlp", [300, 300], 40, [-6.0, 2.0])
     first = model.encoder[0].linear.weight  # 600 x 784, std sqrt(2 / 784) = 0.0505
     assert first.std().item() == pytest.approx((2 / 784) ** 0.5, rel=0.01)
     assert model.decoder[-1].weight.std().item() == pytest.approx((2 / 300) ** 0.5, rel=0.01)
@@ -161,7 +185,7 @@ def test_gated_mlp_is_he_initialised_and_clips_the_log_variance():
         model.head.bias.copy_(torch.cat([torch.zeros(40), torch.full((20,), -10.0), torch.full((20,), 5.0)]))
     _, logvar = model.encode(torch.rand(3, 784))
     assert logvar[:, :20].eq(-6.0).all() and logvar[:, 20:].eq(2.0).all()
-    assert build_model("ae", "gated-mlp", [16], 3, [-6.0, 2.0]).config()["logvar_clip"] == []
+    assert net("ae", "gated-mlp", [16], 3, [-6.0, 2.0]).config()["logvar_clip"] == []
 
 
 def test_binary_bernoulli_nll_known_values():
@@ -182,7 +206,7 @@ def test_binary_bernoulli_nll_known_values():
 
 def test_iwae_in_bfloat16_agrees_with_float32():
     torch.manual_seed(0)
-    model = build_model("vae", "gated-mlp", [64, 64], 8, [-6.0, 2.0])
+    model = net("vae", "gated-mlp", [64, 64], 8, [-6.0, 2.0])
     x = torch.rand(50, 784).round()
     full = iwae_log_likelihood(model, x, 200, 25, torch.Generator().manual_seed(1))
     low = iwae_log_likelihood(model, x, 200, 25, torch.Generator().manual_seed(1), torch.bfloat16)
@@ -196,7 +220,7 @@ def test_iwae_in_bfloat16_agrees_with_float32():
 def vampprior_vae(latent_dim: int, pseudo_inputs: int, seed: int = 0):
     """A random float64 VAE with a VampPrior on distinct random pseudo-images."""
     torch.manual_seed(seed)
-    model = build_model("vae", "mlp", [8], latent_dim, pseudo_inputs=pseudo_inputs).double()
+    model = net("vae", "mlp", [8], latent_dim, pseudo_inputs=pseudo_inputs).double()
     with torch.no_grad():
         model.pseudo.uniform_(-0.5, 1.5)  # some pixels outside [0, 1]: the prior clamps them
     return model
@@ -238,7 +262,7 @@ def test_vampprior_kl_vanishes_when_every_pseudo_image_has_the_datas_posterior()
 def vae_whose_pseudo_images_encode_to_the_standard_normal():
     """q(z|x) = N((m, m), I) with m the image's mean pixel; pseudo-images clamp to blank
     (m = 0), so the VampPrior is N(0, I) and the KL has its closed form: m^2 per image."""
-    model = build_model("vae", "mlp", [4], 2, pseudo_inputs=3)
+    model = net("vae", "mlp", [4], 2, pseudo_inputs=3)
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
@@ -300,5 +324,5 @@ def test_a_vampprior_vae_samples_from_its_mixture_and_the_standard_one_from_n01(
         expected_means, expected_logvars = model.prior_components()
     torch.testing.assert_close(means, expected_means)
     torch.testing.assert_close(torch.diagonal(chols, dim1=1, dim2=2), torch.exp(0.5 * expected_logvars))
-    means, chols = latent_prior(build_model("vae", "mlp", [8], 2), torch.empty(0, 784))
+    means, chols = latent_prior(net("vae", "mlp", [8], 2), torch.empty(0, 784))
     assert means.tolist() == [[0.0, 0.0]] and chols.tolist() == [[[1.0, 0.0], [0.0, 1.0]]]

@@ -1,9 +1,11 @@
 import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
 from vaectl import UserError
+from vaectl.archs import Arch
 from vaectl.params import Params, flatten, load_params, parse_params
 
 
@@ -238,16 +240,19 @@ def test_a_computation_past_the_memory_budget_is_refused_before_it_allocates(raw
         parse_params(raw)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "gated-mlp"])
+ARCH_SIZES = {"mlp": [[8], [300, 300], [512, 256, 64]], "gated-mlp": [[8], [300, 300], [512, 256, 64]],
+              "conv": [[4, 8], [8, 16, 32], [32, 64, 256]]}
+
+
+@pytest.mark.parametrize("arch", typing.get_args(Arch))
 @pytest.mark.parametrize("kind", ["vae", "ae"])
 def test_the_parameter_count_estimate_is_exact(arch, kind):
     from vaectl.models import build_model
     from vaectl.params import ModelParams, parameter_count
 
-    for hidden, latent, pseudo in [([8], 2, 0), ([300, 300], 40, 7), ([512, 256, 64], 20, 0)]:
-        model = build_model(kind, arch, hidden, latent, (), pseudo)
-        real = sum(w.numel() for w in model.parameters())
+    for hidden, latent, pseudo in zip(ARCH_SIZES[arch], [2, 40, 20], [0, 7, 0], strict=True):
         model_params = ModelParams(arch=arch, hidden=hidden, pseudo_inputs=pseudo)
+        real = sum(w.numel() for w in build_model(kind, model_params, latent).parameters())
         assert parameter_count(kind, model_params, latent) == real
 
 

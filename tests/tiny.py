@@ -15,9 +15,18 @@ from vaectl import evaluate as evaluate_stage
 from vaectl import export as export_stage
 from vaectl import registry
 from vaectl import train as train_stage
-from vaectl.params import RegistryParams, parse_params
+from vaectl.models import AutoEncoder, build_model
+from vaectl.params import ModelParams, RegistryParams, parse_params
 
 from .conftest import synthetic_digits, use_local_store, write_prepared
+
+
+def net(kind: str, arch: str, hidden: list[int], latent_dim: int, logvar_clip=(),
+        pseudo_inputs: int = 0) -> AutoEncoder:
+    """build_model with the model's params spelled out in one call."""
+    return build_model(kind, ModelParams(arch=arch, hidden=list(hidden), logvar_clip=list(logvar_clip),
+                                         pseudo_inputs=pseudo_inputs), latent_dim)
+
 
 TINY = {"model": {"hidden": [32]},
         "train": {"device": "cpu",

@@ -10,14 +10,15 @@ import torch
 from torch import nn
 
 from vaectl import UserError, custody
+from vaectl.archs import PIXELS
+from vaectl.archs.mlp import layers
 from vaectl.checkpoints import read_checkpoint, restore
-from vaectl.models import PIXELS, mlp
 
 CLASSES = 10
 
 
 def build_classifier(hidden: list[int]) -> nn.Sequential:
-    return mlp([PIXELS, *hidden, CLASSES])
+    return layers([PIXELS, *hidden, CLASSES])
 
 
 @torch.no_grad()

@@ -18,8 +18,7 @@ from typing import Literal
 import yaml
 
 from vaectl import UserError
-
-PIXELS = 28 * 28  # every dataset's images (vaectl.models reads it from here)
+from vaectl.archs import PIXELS, Arch, architecture, dense_count
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class ValidateParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    arch: Literal["mlp", "gated-mlp"] = "mlp"
+    arch: Arch = "mlp"  # vaectl.archs
     hidden: list[int] = field(default_factory=lambda: [512, 256])
     logvar_clip: list[float] = field(default_factory=list)  # [low, high] of the VAE's log-variance; [] = none
     pseudo_inputs: int = 0  # the VAE's prior: 0 = N(0, I); K > 0 = a VampPrior on K learned pseudo-images
@@ -343,29 +342,20 @@ def _check_caps(p: Params) -> None:
         raise UserError(f"params: the study's lists make {trials} trials, more than {STUDY_MAX_TRIALS}")
 
 
-def _dense(widths: list[int], gate: int) -> int:
-    return sum(gate * (a + 1) * b for a, b in zip(widths[:-1], widths[1:], strict=True))
-
-
 def parameter_count(kind: str, m: ModelParams, latent_dim: int) -> int:
     """The weights and biases of vaectl.models.build_model(kind, ...), from the sizes alone."""
-    head = (m.hidden[-1] + 1) * latent_dim * (2 if kind == "vae" else 1)
+    arch = architecture(m.arch)
+    head = dense_count([arch.features(m.hidden), latent_dim * (2 if kind == "vae" else 1)])
     pseudo = m.pseudo_inputs * PIXELS if kind == "vae" else 0
-    back = [latent_dim, *reversed(m.hidden)]
-    if m.arch == "gated-mlp":
-        decoder = _dense(back, 2) + (m.hidden[0] + 1) * PIXELS
-    else:
-        decoder = _dense([*back, PIXELS], 1)
-    return _dense([PIXELS, *m.hidden], 2 if m.arch == "gated-mlp" else 1) + head + decoder + pseudo
+    return arch.parameter_count(m.hidden, latent_dim) + head + pseudo
 
 
 def image_bytes(m: ModelParams, latent_dim: int, backward: bool) -> int:
     """An upper estimate of the bytes one image holds in a forward pass, as if every tensor
-    stayed alive: pixels and logits, each layer's outputs on both sides (a gated layer's
-    h, g and product), latents, and the VampPrior's K mixture terms in float64; a backward
+    stayed alive: pixels and logits, each layer's outputs on both sides (the architecture
+    counts them), latents, and the VampPrior's K mixture terms in float64; a backward
     pass keeps them all and adds as much again in gradients."""
-    per_layer = 3 if m.arch == "gated-mlp" else 2
-    floats = 2 * PIXELS + per_layer * 2 * sum(m.hidden) + 2 * latent_dim
+    floats = architecture(m.arch).activation_floats(m.hidden, latent_dim) + 2 * latent_dim
     return 4 * floats * (2 if backward else 1) + 3 * 8 * m.pseudo_inputs
 
 
@@ -389,8 +379,8 @@ def memory_estimates(p: Params) -> dict[str, tuple[int, str]]:
         e.batch_size * max(e.iw_chunk, ELBO_SAMPLES) * image_bytes(m, p.train.vae.latent_dim, False),
         f"eval.batch_size x eval.iw_chunk (at least the ELBO's {ELBO_SAMPLES} draws), model.hidden")
     judge = [PIXELS, *e.classifier.hidden, 10]  # vaectl.judge's MLP over the ten classes
-    out["the judge's training step"] = (16 * _dense(judge, 1) + e.classifier.batch_size * 4 * 3 * sum(judge),
-                                        "eval.classifier.batch_size, eval.classifier.hidden")
+    judge_step = 16 * dense_count(judge) + e.classifier.batch_size * 4 * 3 * sum(judge)
+    out["the judge's training step"] = (judge_step, "eval.classifier.batch_size, eval.classifier.hidden")
     return {what: (FIXED_OVERHEAD_BYTES + estimate, keys) for what, (estimate, keys) in out.items()}
 
 
@@ -416,6 +406,9 @@ def _check_memory(p: Params) -> None:
 def parse_params(raw: dict | None) -> Params:
     params = _build(Params, raw or {}, "")
     _check_ranges(params)  # type: ignore[arg-type]
+    problem = architecture(params.model.arch).check(params.model.hidden)  # type: ignore[attr-defined]
+    if problem:
+        raise UserError(f"params: {problem}")
     _check_caps(params)  # type: ignore[arg-type]
     _check_memory(params)  # type: ignore[arg-type]
     return params  # type: ignore[return-value]

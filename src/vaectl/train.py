@@ -318,8 +318,7 @@ def _load_data(job: Job, prepared: Path, generator: torch.Generator) -> Training
 
 def _build_loop(job: Job, generator: torch.Generator) -> Loop:
     m, device = job.params.model, job.device
-    model = build_model(job.kind, m.arch, m.hidden, job.t.latent_dim, m.logvar_clip,
-                        m.pseudo_inputs).to(device)
+    model = build_model(job.kind, m, job.t.latent_dim).to(device)
     net = model
     if job.workers.world > 1:
         from torch.nn.parallel import DistributedDataParallel

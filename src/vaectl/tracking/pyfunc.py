@@ -13,7 +13,8 @@ from vaectl.params import PREDICT_MODES
 
 # The vaectl files a registered version needs to load (this module and what it imports),
 # bundled with it as code: the deployment depends on nothing else of the package.
-BUNDLED_FILES = ("__init__.py", "environment.py", "numerics.py", "params.py", "tracking/__init__.py",
+BUNDLED_FILES = ("__init__.py", "archs/__init__.py", "archs/conv.py", "archs/gated_mlp.py", "archs/layers.py",
+                 "archs/mlp.py", "environment.py", "numerics.py", "params.py", "tracking/__init__.py",
                  "tracking/pyfunc.py")
 PREDICT_DEFAULTS = {"mode": "reconstruct", "n": 16, "seed": 0}
 MAX_SAMPLES_ENV, MAX_SAMPLES_DEFAULT = "VAECTL_SERVE_MAX_SAMPLES", 1000  # bound on `n` (sample mode)
