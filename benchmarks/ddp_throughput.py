@@ -28,11 +28,11 @@ from vaectl import tracking
 
 
 def train(params: Path, prepared: Path, nproc: int, tmp: Path) -> dict:
-    out = tmp / f"nproc{nproc}"
+    out = tmp / "models" / f"nproc{nproc}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/bench.db", "VAECTL_ROOT": str(tmp)}
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "vaectl", "train", "--model", "vae", "--params", str(params),
-                    "--prepared", str(prepared.resolve()), "--out", str(out), "--nproc", str(nproc)],
+    subprocess.run([sys.executable, "-m", "vaectl", "train", "--model", out.name, "--kind", "vae", "--params",
+                    str(params), "--prepared", str(prepared.resolve()), "--nproc", str(nproc)],
                    cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - began
     history = torch.load(out / "last.pt", weights_only=True)["history"]

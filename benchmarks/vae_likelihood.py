@@ -7,9 +7,9 @@ literature preset (README, "A VAE at the published level"):
 
     vaectl overlay params/fashion-literature.yaml > literature.yaml
     vaectl fetch -p literature.yaml --out literature/prepared
-    vaectl train --model vae -p literature.yaml --prepared literature/prepared --out literature/vae-literature
+    vaectl train --model vae-literature -p literature.yaml --prepared literature/prepared
     python benchmarks/vae_likelihood.py -p literature.yaml --prepared literature/prepared \
-        --model literature/vae-literature --curves reports/curves/vae-literature.json
+        --model models/vae-literature --curves reports/curves/vae-literature.json
 
 `--baseline DIR` measures a second trained VAE on the same test images (the same binarisation)
 and gives the IW-NLL difference with its paired 95% bootstrap interval over the images.

@@ -65,6 +65,32 @@ def test_the_cli_model_choices_are_the_model_kinds():
     assert MODELS == KINDS
 
 
+def test_nproc_forwards_every_option_given_and_the_resume_hint_repeats_them(monkeypatch, tmp_path):
+    """Each training process gets the options as given, whatever they are (none is named in
+    the forwarding code), but --nproc; an interrupted run's hint repeats them with --resume."""
+    from typer.testing import CliRunner
+
+    from vaectl import cli
+    from vaectl import train as train_stage
+    from vaectl.params import parse_params
+
+    forwarded = {}
+
+    def launched(kind, params, prepared, out_dir, resume, nproc, train_args):
+        forwarded.update(kind=kind, latent=params.train.vae.latent_dim, out=out_dir, args=train_args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_computing", lambda path: parse_params({}))
+    monkeypatch.setattr(train_stage, "run_processes", launched)
+    given = ["--model", "vae-2d", "--params", "p.yaml", "--prepared", str(tmp_path), "--resume"]
+    result = CliRunner().invoke(cli.app, ["train", "--latent-dim", "2", "--nproc", "3", *given])
+    assert result.exit_code == 130
+    assert forwarded == {"kind": "vae", "latent": 2, "out": Path("models/vae-2d"),
+                         "args": [*given, "--latent-dim", "2"]}  # in the command's order
+    hint = f"vaectl train {' '.join(given[:-1])} --nproc 3 --latent-dim 2 --resume`"
+    assert hint in " ".join(result.output.split())
+
+
 @pytest.mark.parametrize("code, filename, line", [
     (errno.ENOSPC, None, "error: out/x: No space left on device; free some space or write elsewhere"),
     (errno.EROFS, "/mnt/ro/.prepared.abc.tmp", "error: /mnt/ro: Read-only file system; write elsewhere"),

@@ -25,13 +25,13 @@ TWO_PROCESS = {**TINY, "train": {**TINY["train"], "vae": {**TINY["train"]["vae"]
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("local_store")]
 
 
-def train(tmp_path, prepared, out, *args, epochs=6, model=None):
+def train(tmp_path, prepared, name, *args, epochs=6, model=None):
     params = {**TWO_PROCESS, "model": {**TWO_PROCESS["model"], **(model or {})},
               "train": {**TWO_PROCESS["train"], "vae": {**TWO_PROCESS["train"]["vae"], "epochs": epochs}}}
     (tmp_path / f"params-{epochs}.yaml").write_text(json.dumps(params))
     return subprocess.run(
-        [sys.executable, "-m", "vaectl", "train", "--model", "vae", "--params", f"params-{epochs}.yaml",
-         "--prepared", str(prepared), "--out", out, *args],
+        [sys.executable, "-m", "vaectl", "train", "--model", name, "--kind", "vae", "--params",
+         f"params-{epochs}.yaml", "--prepared", str(prepared), *args],
         cwd=tmp_path, env=os.environ.copy(), capture_output=True, text=True, timeout=300)
 
 
@@ -42,8 +42,8 @@ def test_two_processes_reach_the_loss_of_one(tmp_path, prepared, model):
     one = train(tmp_path, prepared, "one", model=model)
     two = train(tmp_path, prepared, "two", "--nproc", "2", model=model)
     assert one.returncode == 0 and two.returncode == 0, two.stderr
-    assert two.stdout.count("vae: best val loss") == 1  # rank 1 prints nothing
-    curves = {name: [e["val_loss"] for e in torch.load(tmp_path / name / "last.pt",
+    assert two.stdout.count("two: best val loss") == 1  # rank 1 prints nothing
+    curves = {name: [e["val_loss"] for e in torch.load(tmp_path / "models" / name / "last.pt",
                                                         weights_only=True)["history"]]
               for name in ("one", "two")}
     assert curves["two"][-1] < curves["two"][0] - 20  # it learns
@@ -51,7 +51,7 @@ def test_two_processes_reach_the_loss_of_one(tmp_path, prepared, model):
     assert curves["two"] != curves["one"]  # really a different run, not a single process
     (run,) = tracking.find_runs("vaectl", "params.processes = '2'")  # only rank 0 logged
     assert run.info.status == "FINISHED"
-    assert run.data.tags[custody.CHECKPOINT.tag] == sha256_file(tmp_path / "two" / "best.pt")
+    assert run.data.tags[custody.CHECKPOINT.tag] == sha256_file(tmp_path / "models" / "two" / "best.pt")
 
 
 def test_two_process_resume_equals_uninterrupted(tmp_path, prepared):
@@ -62,7 +62,8 @@ def test_two_process_resume_equals_uninterrupted(tmp_path, prepared):
     assert "Traceback" not in wrong.stderr
     resumed = train(tmp_path, prepared, "split", "--nproc", "2", "--resume", epochs=4)
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_weights(weights(tmp_path / "whole" / "last.pt"), weights(tmp_path / "split" / "last.pt"))
+    assert_same_weights(weights(tmp_path / "models" / "whole" / "last.pt"),
+                        weights(tmp_path / "models" / "split" / "last.pt"))
 
 
 def test_more_processes_than_gpus_is_caught_before_launch(tmp_path, prepared, monkeypatch):

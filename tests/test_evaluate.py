@@ -13,6 +13,7 @@ from vaectl import evaluate as evaluate_stage
 from vaectl import train as train_stage
 from vaectl.data import load_split
 from vaectl.interpolation import decode_path, path, path_metrics, path_ppl
+from vaectl.layout import Layout
 from vaectl.params import parse_params
 
 from .conftest import synthetic_digits, use_local_store, write_prepared
@@ -199,9 +200,10 @@ def trained(trained_once, tmp_path, monkeypatch):
 
 
 def evaluate(params, prepared, root, reports="reports", vae="vae", with_run=False):
+    layout = Layout(root)
     report, run_id = evaluate_stage.run(
-        params.eval, prepared, root / "models" / vae, root / "models" / "ae",
-        root / "models" / "classifier" / "classifier.pt", root / reports, root / reports / "figures",
+        params.eval, prepared, layout.model(vae), layout.model("ae"), layout.classifier_checkpoint,
+        root / reports, root / reports / "figures",
         params.tracking.experiment, echo=lambda message: None)
     return (report, run_id) if with_run else report
 
@@ -261,9 +263,8 @@ def test_missing_or_mismatched_model_is_a_clear_error(trained):
     with pytest.raises(UserError, match="no trained model in"):
         evaluate(params, prepared, root, vae="nope")
     with pytest.raises(UserError, match="best.pt is a 'ae' checkpoint, not a 'vae' one"):
-        evaluate_stage.run(params.eval, prepared, root / "models" / "ae", root / "models" / "ae",
-                           root / "models" / "classifier" / "classifier.pt", root / "r",
-                           root / "r" / "f", "x")
+        evaluate_stage.run(params.eval, prepared, Layout(root).model("ae"), Layout(root).model("ae"),
+                           Layout(root).classifier_checkpoint, root / "r", root / "r" / "f", "x")
     images, labels = load_split(prepared, "test")  # fetched again, from another source
     write_prepared(prepared, {"train": load_split(prepared, "train"), "val": load_split(prepared, "val"),
                               "test": (images[::-1].copy(), labels[::-1].copy())})

@@ -25,7 +25,7 @@ def train_ae(tmp_path, prepared, uri):
     (tmp_path / "params.yaml").write_text(json.dumps(TINY))
     began = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "vaectl", "train", "--model", "ae", "--prepared",
-                          str(prepared), "--out", str(tmp_path / "m")], cwd=tmp_path, timeout=300,
+                          str(prepared)], cwd=tmp_path, timeout=300,
                          env={**os.environ, "MLFLOW_TRACKING_URI": uri,
                               "VAECTL_ROOT": str(tmp_path)}, capture_output=True, text=True)
     return out, time.monotonic() - began

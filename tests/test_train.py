@@ -71,11 +71,11 @@ def test_sigterm_leaves_a_usable_checkpoint_and_a_killed_run(tmp_path, prepared,
     (tmp_path / "params.yaml").write_text(json.dumps({**TINY, "train": {**TINY["train"], "vae": {
         **TINY["train"]["vae"], "epochs": 100000, "patience": 0}}}))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vaectl", "train", "--model", "vae", "--prepared", str(prepared),
-         "--out", str(tmp_path / "m"), "--nproc", nproc],
+        [sys.executable, "-m", "vaectl", "train", "--model", "m", "--kind", "vae", "--prepared",
+         str(prepared), "--nproc", nproc],
         cwd=tmp_path, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
-    last = tmp_path / "m" / "last.pt"
+    last = tmp_path / "models" / "m" / "last.pt"
     deadline = time.time() + 120
     while not last.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -93,7 +93,9 @@ def test_sigterm_leaves_a_usable_checkpoint_and_a_killed_run(tmp_path, prepared,
 
 def test_bad_model_and_missing_checkpoint(tmp_path, prepared):
     (tmp_path / "params.yaml").write_text("{}\n")
-    for args, message in [(["--model", "gan"], "--model must be one of vae, ae"),
+    for args, message in [(["--model", "gan"], "--kind must be one of vae, ae, got 'gan' (from --model gan; "
+                                                "give --kind)"),
+                          (["--model", "m", "--kind", "vqvae"], "--kind must be one of vae, ae, got 'vqvae'"),
                           (["--model", "ae", "--resume", "--prepared", str(prepared)],
                            "no checkpoint to resume from")]:
         out = subprocess.run([sys.executable, "-m", "vaectl", "train", *args], cwd=tmp_path,
@@ -111,15 +113,15 @@ def test_divergence_stops_with_a_clear_error(tmp_path, prepared):
 
 @pytest.mark.parametrize("content", [b"", b"\x00garbage" * 100, "truncate"])
 def test_a_damaged_checkpoint_is_one_clear_line(tmp_path, prepared, content):
-    train_stage.run("vae", parse_params(TINY), prepared, tmp_path / "m", tmp_path / "c.json")
-    last = tmp_path / "m" / "last.pt"
+    train_stage.run("vae", parse_params(TINY), prepared, tmp_path / "models" / "m", tmp_path / "c.json")
+    last = tmp_path / "models" / "m" / "last.pt"
     last.write_bytes(last.read_bytes()[:1000] if content == "truncate" else content)
     (tmp_path / "params.yaml").write_text(json.dumps(TINY))
-    out = subprocess.run([sys.executable, "-m", "vaectl", "train", "--model", "vae", "--resume",
-                          "--prepared", str(prepared), "--out", str(tmp_path / "m")],
+    out = subprocess.run([sys.executable, "-m", "vaectl", "train", "--model", "m", "--kind", "vae",
+                          "--resume", "--prepared", str(prepared)],
                          cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    assert out.stderr.startswith(f"error: {last} is not a readable vaectl checkpoint")
+    assert out.stderr.startswith("error: models/m/last.pt is not a readable vaectl checkpoint")
 
 
 def test_a_signal_during_mlflow_logging_finishes_the_epoch_then_stops(tmp_path, prepared, monkeypatch):
@@ -171,7 +173,7 @@ def test_a_second_training_into_the_same_folder_is_refused(tmp_path, prepared):
                               "--prepared", str(prepared)], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip() == ("error: models/vae is in use by another `vaectl train`; wait for it "
-                                  "to finish, or write somewhere else with --out")
+                                  "to finish, or write somewhere else")
     assert not (tmp_path / "models" / "vae" / "last.pt").exists()
     # no folder is left behind by a start that failed
     out = subprocess.run([sys.executable, "-m", "vaectl", "train", "--model", "ae", "--resume",
@@ -294,13 +296,13 @@ def test_training_under_dvc_stops_when_dvc_is_killed(tmp_path, prepared):
         **TINY["train"]["vae"], "epochs": 100000, "patience": 0}}}))
     parent = ("import subprocess, sys, time; "
               f"p = subprocess.Popen([sys.executable, '-m', 'vaectl', 'train', '--model', 'vae', "
-              f"'--prepared', {str(prepared)!r}, '--out', {str(tmp_path / 'm')!r}]); "
+              f"'--prepared', {str(prepared)!r}]); "
               "print(p.pid, flush=True); time.sleep(600)")
     dvc = subprocess.Popen([sys.executable, "-c", parent], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
                            env={**os.environ, "DVC_STAGE": "train@vae"})
     trainer = int(dvc.stdout.readline())
     deadline = time.time() + 120
-    while not (tmp_path / "m" / "last.pt").exists() and time.time() < deadline:
+    while not (tmp_path / "models" / "vae" / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.2)
     dvc.kill()  # kill -9: the parent runs no clean-up
     dvc.wait()

@@ -15,6 +15,7 @@ from vaectl import evaluate as evaluate_stage
 from vaectl import export as export_stage
 from vaectl import registry
 from vaectl import train as train_stage
+from vaectl.layout import Layout
 from vaectl.models import AutoEncoder, build_model
 from vaectl.params import ModelParams, RegistryParams, parse_params
 
@@ -58,14 +59,13 @@ def train_to_registry(root):
     prepared = write_prepared(root / "prepared", {"train": synthetic_digits(30, 1),
                                                   "val": synthetic_digits(5, 2),
                                                   "test": synthetic_digits(5, 3)})
-    params = parse_params(TINY_DEPLOY)
+    params, layout = parse_params(TINY_DEPLOY), Layout(root)
     for kind in ("vae", "ae"):
-        train_stage.run(kind, params, prepared, root / "models" / kind,
-                        root / "reports" / "curves" / f"{kind}.json")
+        train_stage.run(kind, params, prepared, layout.model(kind).dir, layout.model(kind).curves)
     classifier_stage.run(params.eval.classifier, prepared, root / "models" / "classifier", "vaectl")
-    evaluate_stage.run(params.eval, prepared, root / "models" / "vae", root / "models" / "ae",
-                       root / "models" / "classifier" / "classifier.pt", root / "reports",
-                       root / "reports" / "figures", "vaectl", echo=lambda message: None)
+    evaluate_stage.run(params.eval, prepared, layout.model("vae"), layout.model("ae"),
+                       layout.classifier_checkpoint, layout.reports, layout.figures, "vaectl",
+                       echo=lambda message: None)
     parities = export_stage.run(("vae", "ae"), prepared, root / "models",
                                 root / "reports" / "metrics.json", root / "export", "vaectl")
     cards = {kind: json.loads((root / "export" / kind / "model_card.json").read_text())

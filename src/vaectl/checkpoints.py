@@ -46,13 +46,14 @@ def load_trained(model_dir: Path, expected_kind: str, data_sha: str,
     other data than `data_sha`, is refused."""
     best, summary_path = model_dir / "best.pt", model_dir / "summary.json"
     if not best.exists() or not summary_path.exists():
-        raise UserError(f"no trained model in {model_dir} (run `vaectl train --model {expected_kind}`)")
+        raise UserError(f"no trained model in {model_dir} (run `vaectl train --model {model_dir.name} "
+                        f"--kind {expected_kind}`)")
     state = read_checkpoint(best)
     config = state.get("model_config")
     found = config.get("kind") if isinstance(config, dict) else None
     if found != expected_kind:
         raise UserError(f"{best} is {'a ' + repr(found) if found else 'no vaectl model'} checkpoint, not "
-                        f"a {expected_kind!r} one (`vaectl train --model {expected_kind}` writes those)")
+                        f"a {expected_kind!r} one (`vaectl train --kind {expected_kind}` writes those)")
     run = custody.recorded_run(best, custody.CHECKPOINT, experiment, expected_kind)
     custody.check_sibling(summary_path, custody.TRAINING_SUMMARY, *run, expected_kind)
     summary = read_json(summary_path, "vaectl train", ("model_config", "data_sha256", "binarize",

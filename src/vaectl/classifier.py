@@ -15,6 +15,7 @@ from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import to_unit
 from vaectl.files import sha256_file, write_json
 from vaectl.judge import build_classifier
+from vaectl.layout import CLASSIFIER_FILE
 from vaectl.params import ClassifierParams, flatten
 
 
@@ -47,7 +48,7 @@ def run(params: ClassifierParams, prepared: Path, out_dir: Path, experiment: str
                             tracking.standard_tags("classifier", manifest_sha256(prepared))) as mlrun:
         mlrun.log_params(flatten(params, "classifier"))
         mlrun.log_metrics({"val_accuracy": summary["val_accuracy"]})
-        save_checkpoint(out_dir / "classifier.pt", {"model": model.state_dict(), "hidden": params.hidden})
+        save_checkpoint(out_dir / CLASSIFIER_FILE, {"model": model.state_dict(), "hidden": params.hidden})
         write_json(out_dir / "summary.json", summary)
-        mlrun.set_tags({custody.CLASSIFIER.tag: sha256_file(out_dir / "classifier.pt")})
+        mlrun.set_tags({custody.CLASSIFIER.tag: sha256_file(out_dir / CLASSIFIER_FILE)})
     return summary

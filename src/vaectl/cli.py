@@ -6,7 +6,6 @@ Heavy libraries (torch, mlflow, great_expectations) are imported inside commands
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 import typer
 
 from vaectl import UserError, __version__
-from vaectl.files import exclusive_dir
+from vaectl.layout import LAYOUT
 from vaectl.params import Params, load_params
 
 app = typer.Typer(
@@ -29,7 +28,6 @@ app = typer.Typer(
 
 MODELS = ("vae", "ae")  # vaectl.models.KINDS, without importing torch for --help
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (YAML)")
-PREPARED = Path("data/prepared")
 
 
 def stop_with_dvc() -> None:
@@ -186,7 +184,7 @@ def doctor(params_path: Path = PARAMS,
 @interruptible
 def fetch(
     params_path: Path = PARAMS,
-    out: Path = typer.Option(PREPARED, help="where the prepared splits go"),
+    out: Path = typer.Option(LAYOUT.prepared, help="where the prepared splits go"),
 ):
     """Fetch the dataset named by data.name, split it, write arrays + manifest.
 
@@ -209,9 +207,9 @@ def fetch(
 @user_errors
 def validate(
     params_path: Path = PARAMS,
-    prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
-    report: Path = typer.Option(Path("reports/validation.json"), help="JSON report (DVC metric)"),
-    docs: Path = typer.Option(Path("reports/data_docs"), help="Data Docs HTML site"),
+    prepared: Path = typer.Option(LAYOUT.prepared, help="prepared data from `vaectl fetch`"),
+    report: Path = typer.Option(LAYOUT.validation, help="JSON report (DVC metric)"),
+    docs: Path = typer.Option(LAYOUT.data_docs, help="Data Docs HTML site"),
 ):
     """Check the prepared data with a great-expectations suite; non-zero exit on any failure.
 
@@ -235,65 +233,72 @@ def validate(
 @app.command()
 @user_errors
 def train(
-    model: str = typer.Option(..., "--model", "-m", metavar="vae|ae", help="which model"),
+    ctx: typer.Context,
+    model: str = typer.Option(..., "--model", "-m", metavar="NAME",
+                              help="its name: checkpoints go to models/NAME, curves to "
+                                   "reports/curves/NAME.json"),
+    kind: str = typer.Option(None, "--kind", metavar="vae|ae",
+                             help="which model to train", show_default="NAME up to its first '-'"),
     params_path: Path = PARAMS,
-    prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
-    out: Path = typer.Option(None, help="checkpoint directory", show_default="models/MODEL"),
-    resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
+    prepared: Path = typer.Option(LAYOUT.prepared, help="prepared data from `vaectl fetch`"),
+    resume: bool = typer.Option(False, "--resume", help="continue from models/NAME/last.pt"),
     nproc: int = typer.Option(1, "--nproc", min=1,
                               help="training processes (torch DDP via torchrun; gloo on CPU)"),
     latent_dim: int = typer.Option(None, "--latent-dim", min=1,
-                                   help="instead of train.MODEL.latent_dim (the 2-D experiment: 2)"),
+                                   help="instead of train.KIND.latent_dim (the 2-D experiment: 2)"),
 ):
     """Train the VAE or the AE baseline; checkpoints each epoch, logs the run to MLflow.
-    The training curves go to reports/curves/NAME.json, NAME being the last part of OUT.
 
     Example: vaectl train --model vae   (then `make ui` to watch curves and samples)
+
+    Example: vaectl train --model vae-2d --latent-dim 2   (a VAE named vae-2d)
 
     Example: vaectl train --model vae --nproc 2   (same as `torchrun --standalone
     --nproc-per-node 2 -m vaectl train --model vae`; the global batch is split between them)
     """
-    if model not in MODELS:  # a choice, checked here to keep the error on one line
-        raise UserError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
+    kind = kind or model.split("-")[0]
+    if kind not in MODELS:  # a choice, checked here to keep the error on one line
+        raise UserError(f"--kind must be one of {', '.join(MODELS)}, got {kind!r}"
+                        + ("" if kind != model.split("-")[0] else f" (from --model {model}; give --kind)"))
     params = load_computing(params_path)
     from vaectl import train as stage
-    from vaectl.distributed import launch
 
-    out = out or Path("models") / model
-    resume_hint = f"vaectl train --model {model} --out {out}"
     if latent_dim is not None:
-        params = stage.with_latent_dim(params, model, latent_dim)
-    if nproc > 1:
-        if "WORLD_SIZE" in os.environ:
-            raise UserError("--nproc launches torchrun; under torchrun the process count is its own")
-        stage.preflight(model, params, prepared, out, resume, nproc)
-        with exclusive_dir(out, "`vaectl train`"):
-            code = launch(nproc, ["--model", model, "--params", str(params_path), "--prepared",
-                                  str(prepared), "--out", str(out), *(["--resume"] if resume else []),
-                                  *(["--latent-dim", str(latent_dim)] if latent_dim else [])])
-        if code == 130:
-            typer.secho(f"interrupted: last checkpoint kept in {out}/last.pt; continue with "
-                        f"`{resume_hint} --nproc {nproc} --resume`", fg="yellow", err=True)
-        elif code:
-            typer.secho(f"error: a training process failed (exit {code}); see its output above",
-                        fg="red", err=True)
-        raise typer.Exit(code)
-    # under our own launcher (WORLD_SIZE set) the launching process holds the lock
-    launched = "WORLD_SIZE" in os.environ
-    holding = contextlib.nullcontext() if launched else exclusive_dir(out, "`vaectl train`")
+        params = stage.with_latent_dim(params, kind, latent_dim)
+    files = LAYOUT.model(model)
+    again = " ".join(["vaectl train", *given_options(ctx, drop=("resume",)), "--resume"])
     try:
-        with holding:
-            summary = stage.run(model, params, prepared, out, Path("reports/curves") / f"{out.name}.json",
-                                resume=resume)
+        if nproc > 1:
+            workers = given_options(ctx, drop=("nproc",))
+            stage.run_processes(kind, params, prepared, files.dir, resume, nproc, workers)
+            return
+        summary = stage.run_exclusive(kind, params, prepared, files, resume)
     except KeyboardInterrupt:
-        if not launched:  # under a launcher, the launcher says it once
-            typer.secho(f"interrupted: last checkpoint kept in {out}/last.pt; continue with "
-                        f"`{resume_hint} --resume`", fg="yellow", err=True)
+        if "WORLD_SIZE" not in os.environ:  # under a launcher, the launcher says it once
+            typer.secho(f"interrupted: last checkpoint kept in {files.dir}/last.pt; continue with "
+                        f"`{again}`", fg="yellow", err=True)
         raise typer.Exit(130) from None
     if summary is not None:
         typer.echo(f"{model}: best val loss {summary['best_val_loss']:.2f} nats at epoch "
-                   f"{summary['best_epoch']} of {summary['epochs_run']} -> {out} "
+                   f"{summary['best_epoch']} of {summary['epochs_run']} -> {files.dir} "
                    f"(MLflow run {summary['run_id']})")
+
+
+def given_options(ctx: typer.Context, drop: tuple[str, ...] = ()) -> list[str]:
+    """The command's options as the user gave them, but those named in `drop`: what `--nproc`
+    forwards to each training process and a resume hint repeats, every option (one added
+    later too) without naming each."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        name, value = param.name or "", ctx.params.get(param.name or "")
+        source = ctx.get_parameter_source(name)
+        if name in drop or value is None or source is None or source.name == "DEFAULT":
+            continue
+        if getattr(param, "is_flag", False):
+            args += [param.opts[0]] if value else []
+        else:
+            args += [param.opts[0], str(value)]
+    return args
 
 
 @app.command()
@@ -301,8 +306,8 @@ def train(
 @interruptible
 def classifier(
     params_path: Path = PARAMS,
-    prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
-    out: Path = typer.Option(Path("models/classifier"), help="where the classifier goes"),
+    prepared: Path = typer.Option(LAYOUT.prepared, help="prepared data from `vaectl fetch`"),
+    out: Path = typer.Option(LAYOUT.classifier, help="where the classifier goes"),
 ):
     """Train the small digit classifier that judges how real decoded images look.
 
@@ -319,11 +324,11 @@ def classifier(
 @user_errors
 @interruptible
 def evaluate(
-    model: str = typer.Option("vae", help="the VAE to evaluate (a directory under models/)"),
-    baseline: str = typer.Option("ae", help="the AE baseline (a directory under models/)"),
+    model: str = typer.Option("vae", metavar="NAME", help="the VAE (`vaectl train --model NAME`)"),
+    baseline: str = typer.Option("ae", metavar="NAME", help="the AE baseline (`vaectl train --model NAME`)"),
     params_path: Path = PARAMS,
-    prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
-    reports: Path = typer.Option(Path("reports"), help="where summary.json, metrics.json and figures/ go"),
+    prepared: Path = typer.Option(LAYOUT.prepared, help="prepared data from `vaectl fetch`"),
+    reports: Path = typer.Option(LAYOUT.reports, help="where summary.json, metrics.json and figures/ go"),
 ):
     """Compare the VAE with the AE baseline on the test split: likelihood, reconstruction,
     interpolation smoothness, realism of midpoints and samples.
@@ -333,8 +338,8 @@ def evaluate(
     params = load_computing(params_path)
     from vaectl import evaluate as stage
 
-    report, run_id = stage.run(params.eval, prepared, Path("models") / model, Path("models") / baseline,
-                               Path("models/classifier/classifier.pt"), reports, reports / "figures",
+    report, run_id = stage.run(params.eval, prepared, LAYOUT.model(model), LAYOUT.model(baseline),
+                               LAYOUT.classifier_checkpoint, reports, reports / "figures",
                                params.tracking.experiment, echo=lambda m: typer.echo(m, err=True))
     print_comparison(report)
     figures = sorted((reports / "figures").glob("*.png"))
@@ -367,24 +372,25 @@ def print_comparison(report: dict) -> None:
 @user_errors
 @interruptible
 def holes(
-    model: Path = typer.Option(Path("models/vae-2d"), help="a VAE with latent_dim 2"),
-    baseline: Path = typer.Option(Path("models/ae-2d"), help="an AE with latent_dim 2"),
+    model: str = typer.Option("vae-2d", metavar="NAME", help="a VAE with latent_dim 2, by name"),
+    baseline: str = typer.Option("ae-2d", metavar="NAME", help="an AE with latent_dim 2"),
     params_path: Path = PARAMS,
-    prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
-    report: Path = typer.Option(Path("reports/holes.json"), help="hole metrics (DVC metric)"),
-    figures_dir: Path = typer.Option(Path("reports/holes"), "--figures", help="the two figures"),
+    prepared: Path = typer.Option(LAYOUT.prepared, help="prepared data from `vaectl fetch`"),
+    report: Path = typer.Option(LAYOUT.holes, help="hole metrics (DVC metric)"),
+    figures_dir: Path = typer.Option(LAYOUT.holes_figures, "--figures", help="the two figures"),
 ):
     """The 2-D latent experiment: where test images land, what each latent region decodes to,
     and the share of latents whose decoded image is no recognisable digit, VAE vs AE.
 
-    Example: vaectl train --model vae --latent-dim 2 --out models/vae-2d (and the AE), then
+    Example: vaectl train --model vae-2d --latent-dim 2 (and ae-2d), then
     vaectl holes && open reports/holes/manifold_2d.png
     """
     params = load_computing(params_path)
     from vaectl import holes as stage
     from vaectl.report import VERDICTS
 
-    result = stage.run(params.eval, prepared, model, baseline, Path("models/classifier/classifier.pt"),
+    result = stage.run(params.eval, prepared, LAYOUT.model(model).dir, LAYOUT.model(baseline).dir,
+                       LAYOUT.classifier_checkpoint,
                        report, figures_dir, params.tracking.experiment)
     for name, c in result["comparison"].items():
         typer.echo(f"{name}: VAE {c['vae']:.3f} [{c['vae_ci'][0]:.3f}, {c['vae_ci'][1]:.3f}], "
@@ -396,7 +402,7 @@ def holes(
 @interruptible
 def report(
     params_path: Path = PARAMS,
-    reports: Path = typer.Option(Path("reports"), help="the stages' reports; index.html goes here"),
+    reports: Path = typer.Option(LAYOUT.reports, help="the stages' reports; index.html goes here"),
 ):
     """One self-contained page (tables with intervals, data checks, figures) that renders
     with no network: reports/index.html.
@@ -415,9 +421,9 @@ def report(
 @interruptible
 def export(
     params_path: Path = PARAMS,
-    prepared: Path = typer.Option(PREPARED, help="prepared data from `vaectl fetch`"),
-    out: Path = typer.Option(Path("export"), help="one directory per model goes here"),
-    metrics: Path = typer.Option(Path("reports/metrics.json"), help="from `vaectl evaluate`"),
+    prepared: Path = typer.Option(LAYOUT.prepared, help="prepared data from `vaectl fetch`"),
+    out: Path = typer.Option(LAYOUT.exports, help="one directory per model goes here"),
+    metrics: Path = typer.Option(LAYOUT.metrics, help="from `vaectl evaluate`"),
 ):
     """Export both models: torch.export (.pt2) + ONNX (parity-checked), latent prior, model card.
 
@@ -426,7 +432,7 @@ def export(
     params = load_computing(params_path)
     from vaectl import export as stage
 
-    parities = stage.run(("vae", "ae"), prepared, Path("models"), metrics, out, params.tracking.experiment)
+    parities = stage.run(("vae", "ae"), prepared, LAYOUT.models, metrics, out, params.tracking.experiment)
     for kind, parity in parities.items():
         worst = max(parity.values())
         typer.echo(f"{kind}: exported to {out / kind} (ONNX vs torch max abs diff {worst:.1e})")
@@ -437,9 +443,9 @@ def export(
 @interruptible
 def register(
     params_path: Path = PARAMS,
-    prepared: Path = typer.Option(PREPARED, help="prepared data (input example)"),
-    exported: Path = typer.Option(Path("export"), help="from `vaectl export`"),
-    report: Path = typer.Option(Path("reports/registry.json"), help="what was registered"),
+    prepared: Path = typer.Option(LAYOUT.prepared, help="prepared data (input example)"),
+    exported: Path = typer.Option(LAYOUT.exports, help="from `vaectl export`"),
+    report: Path = typer.Option(LAYOUT.registry, help="what was registered"),
 ):
     """Register the VAE and the AE as new model versions (@candidate); move @champion when
     the promotion rule in params.yaml (registry.*) holds, on the test metrics of the evaluate
@@ -464,7 +470,7 @@ def register(
 @user_errors
 def study(
     params_path: Path = PARAMS,
-    out: Path = typer.Option(Path("reports/study"), help="tables and figures (replaced together)"),
+    out: Path = typer.Option(LAYOUT.study, help="tables and figures (replaced together)"),
 ):
     """Run the study grid in params.yaml (study.*) as queued DVC experiments, one seed per
     experiment, and summarise each setting across seeds with 95% intervals, logged to MLflow

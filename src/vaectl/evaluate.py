@@ -26,6 +26,7 @@ from vaectl.data.tensors import binarize, to_unit
 from vaectl.files import atomic_path, read_json, sha256_file, shared_dir, write_json
 from vaectl.interpolation import decode_path, path_metrics, path_ppl
 from vaectl.judge import judge_images, load_classifier, scores
+from vaectl.layout import ModelFiles
 from vaectl.models import AutoEncoder
 from vaectl.objectives import bernoulli_nll, iwae_log_likelihood, kl_to_prior
 from vaectl.params import ELBO_SAMPLES, EvalParams, flatten
@@ -182,9 +183,8 @@ def compare_models(units: dict[str, dict[str, np.ndarray]], seed: int) -> tuple[
 REPORT_FILES = ("summary.json", "metrics.json", "latents.json")
 
 
-def run(params: EvalParams, prepared: Path, model_dir: Path, baseline_dir: Path,
-        classifier_path: Path, reports: Path, figures_dir: Path, tracking_experiment: str,
-        echo=print) -> tuple[dict, str]:
+def run(params: EvalParams, prepared: Path, vae: ModelFiles, ae: ModelFiles, classifier_path: Path,
+        reports: Path, figures_dir: Path, tracking_experiment: str, echo=print) -> tuple[dict, str]:
     """Evaluate, write the reports, and log it all in one MLflow run that spans the work.
     Every input is checked against its writer's record first; the reports and figures are
     replaced together at the end, or not at all. Returns (metrics.json's report, the run id)."""
@@ -193,11 +193,10 @@ def run(params: EvalParams, prepared: Path, model_dir: Path, baseline_dir: Path,
     data_sha = manifest_sha256(prepared)
     test_images, test_labels = load_split(prepared, "test")
     train_images, _ = load_split(prepared, "train")
-    with shared_dir(model_dir, "`vaectl train`"), shared_dir(baseline_dir, "`vaectl train`"):
-        loaded = {"vae": load_trained(model_dir, "vae", data_sha, tracking_experiment),
-                  "ae": load_trained(baseline_dir, "ae", data_sha, tracking_experiment)}
-        folders = {"vae": model_dir, "ae": baseline_dir}
-        curves = {name: training_curves(reports / "curves" / f"{folders[name].name}.json", name, run)
+    files = {"vae": vae, "ae": ae}
+    with shared_dir(vae.dir, "`vaectl train`"), shared_dir(ae.dir, "`vaectl train`"):
+        loaded = {name: load_trained(f.dir, name, data_sha, tracking_experiment) for name, f in files.items()}
+        curves = {name: training_curves(files[name].curves, name, run)
                   for name, (_, _, run) in loaded.items()}
     models = {name: (model, summary) for name, (model, summary, _) in loaded.items()}
     protocols = {summary["binarize"] for _, summary in models.values()}

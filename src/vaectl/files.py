@@ -61,7 +61,7 @@ def exclusive_dir(path: Path, holder: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(f"{path} is in use by another {holder}; wait for it to finish, "
-                            f"or write somewhere else with --out") from None
+                            f"or write somewhere else") from None
         yield
     except BaseException:
         if created and not any(path.iterdir()):  # a failed start leaves no empty folder

@@ -59,7 +59,7 @@ def run(params: EvalParams, prepared: Path, vae_dir: Path, ae_dir: Path, classif
         if model.latent_dim != 2:
             raise UserError(f"the 2-D experiment needs latent_dim 2; the {name} in "
                             f"{vae_dir if name == 'vae' else ae_dir} has {model.latent_dim} "
-                            f"(train it with `vaectl train --model {name} --latent-dim 2 --out ...`)")
+                            f"(train one with `vaectl train --model {name}-2d --latent-dim 2`)")
     classifier, _ = load_classifier(classifier_path, experiment)
     generator = torch.Generator().manual_seed(params.seed)
     units, pictures = {}, {}

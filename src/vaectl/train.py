@@ -1,4 +1,4 @@
-"""`vaectl train --model vae|ae`: one loop for both models.
+"""`vaectl train --model NAME --kind vae|ae`: one loop for both models.
 
 Data are loaded once as tensors and batched by an index permutation. Every source of
 randomness (permutation, binarisation, reparameterisation noise) draws from RNGs whose
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import signal
 import sys
 import threading
@@ -31,12 +32,14 @@ from vaectl.distributed import (
     from_main,
     gather,
     join_workers,
+    launch,
     leave,
     peers_stopping_as_interrupt,
     sum_over_workers,
 )
 from vaectl.figures import image_grid
-from vaectl.files import sha256_file, write_json
+from vaectl.files import exclusive_dir, sha256_file, write_json
+from vaectl.layout import ModelFiles
 from vaectl.models import AutoEncoder, build_model
 from vaectl.objectives import loss_terms
 from vaectl.params import Params, TrainParams, flatten
@@ -53,6 +56,30 @@ def preflight(kind: str, params: Params, prepared: Path, out_dir: Path, resume: 
     check_gpus(params.train.device, nproc)
     if resume:
         resume_state(out_dir, nproc, kind, params, manifest_sha256(prepared))
+
+
+def run_processes(kind: str, params: Params, prepared: Path, out_dir: Path, resume: bool, nproc: int,
+                  train_args: list[str]) -> None:
+    """`vaectl train --nproc N`: the user mistakes checked once, `out_dir` held against a
+    second writer, then N processes of `vaectl train TRAIN_ARGS` (vaectl.distributed.launch).
+    An interrupted launch raises KeyboardInterrupt; a failed process, a UserError."""
+    if "WORLD_SIZE" in os.environ:
+        raise UserError("--nproc launches torchrun; under torchrun the process count is its own")
+    preflight(kind, params, prepared, out_dir, resume, nproc)
+    with exclusive_dir(out_dir, "`vaectl train`"):
+        code = launch(nproc, train_args)
+    if code == 130:
+        raise KeyboardInterrupt
+    if code:
+        raise UserError(f"a training process failed (exit {code}); see its output above")
+
+
+def run_exclusive(kind: str, params: Params, prepared: Path, files: ModelFiles, resume: bool) -> dict | None:
+    """`run` holding the model's folder against a second writer; a process that vaectl's own
+    launcher started (WORLD_SIZE set) trains in the folder its launcher holds."""
+    launched = "WORLD_SIZE" in os.environ
+    with contextlib.nullcontext() if launched else exclusive_dir(files.dir, "`vaectl train`"):
+        return run(kind, params, prepared, files.dir, files.curves, resume=resume)
 
 
 def resume_state(out_dir: Path, world: int, kind: str, params: Params, data_sha: str) -> tuple[dict, dict]:

@@ -1,0 +1,90 @@
+"""Where the pipeline keeps its files, under the project root: the one declaration that the
+CLI's defaults follow, and dvc.yaml's paths with them (tests/test_layering.py checks).
+
+A model is known by its name everywhere (`--model NAME`): its checkpoints are models/NAME/
+and its per-epoch curves reports/curves/NAME.json, which its training writes and its
+evaluation reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CLASSIFIER_FILE = "classifier.pt"  # what `vaectl classifier` writes in its folder
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """One trained model's files: its checkpoint folder (best.pt, last.pt, summary.json) and
+    its training curves (a DVC plot, kept among the reports)."""
+
+    dir: Path
+    curves: Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path = Path(".")
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def model(self, name: str) -> ModelFiles:
+        return ModelFiles(self.root / "models" / name, self.reports / "curves" / f"{name}.json")
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def classifier(self) -> Path:
+        return self.models / "classifier"
+
+    @property
+    def classifier_checkpoint(self) -> Path:
+        return self.classifier / CLASSIFIER_FILE
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def validation(self) -> Path:
+        return self.reports / "validation.json"
+
+    @property
+    def data_docs(self) -> Path:
+        return self.reports / "data_docs"
+
+    @property
+    def figures(self) -> Path:
+        return self.reports / "figures"
+
+    @property
+    def metrics(self) -> Path:
+        return self.reports / "metrics.json"
+
+    @property
+    def holes(self) -> Path:
+        return self.reports / "holes.json"
+
+    @property
+    def holes_figures(self) -> Path:
+        return self.reports / "holes"
+
+    @property
+    def registry(self) -> Path:
+        return self.reports / "registry.json"
+
+    @property
+    def study(self) -> Path:
+        return self.reports / "study"
+
+
+LAYOUT = Layout()
