@@ -53,8 +53,9 @@ test: setup ## Run the test suite (unit tests + one tiny end-to-end dvc repro)
 test-fast: setup ## The edit loop: every test but the e2e ones (processes, servers, pipelines)
 	$(BIN)/pytest -q -m "not e2e"
 
-lint: setup ## Ruff lint
+lint: setup ## Ruff lint and format check, mypy on src/
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 # in a temporary copy of the repo (dvc exp run --temp), logging to this clone's MLflow store
 quickstart: setup ## Every stage on params/quickstart.yaml (8 epochs, small samples) as DVC experiment quickstart; ~3 min

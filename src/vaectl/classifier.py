@@ -41,13 +41,14 @@ def run(params: ClassifierParams, prepared: Path, out_dir: Path, experiment: str
             optimizer.step()
     with torch.no_grad():
         val_pred = model(to_unit(val_images, torch.device("cpu"))).argmax(-1).numpy()
-    summary = {"val_accuracy": float((val_pred == val_labels).mean()), "hidden": params.hidden,
+    accuracy = float((val_pred == val_labels).mean())
+    summary = {"val_accuracy": accuracy, "hidden": params.hidden,
                "epochs": params.epochs}
     out_dir.mkdir(parents=True, exist_ok=True)
     with tracking.start_run(experiment, "classifier",
                             tracking.standard_tags("classifier", manifest_sha256(prepared))) as mlrun:
         mlrun.log_params(flatten(params, "classifier"))
-        mlrun.log_metrics({"val_accuracy": summary["val_accuracy"]})
+        mlrun.log_metrics({"val_accuracy": accuracy})
         save_checkpoint(out_dir / CLASSIFIER_FILE, {"model": model.state_dict(), "hidden": params.hidden})
         write_json(out_dir / "summary.json", summary)
         mlrun.set_tags({custody.CLASSIFIER.tag: sha256_file(out_dir / CLASSIFIER_FILE)})

@@ -51,6 +51,7 @@ def expected_recon_nll(model: AutoEncoder, x: torch.Tensor, samples: int,
                        generator: torch.Generator) -> torch.Tensor:
     """E_q(z|x)[-log p(x|z)] per image, Monte-Carlo over `samples` draws."""
     mu, logvar = model.encode(x)
+    assert logvar is not None, "an expectation over q(z|x) is the VAE's alone"
     eps = torch.randn((samples, *mu.shape), generator=generator)
     return bernoulli_nll(model.decode(mu + eps * torch.exp(0.5 * logvar)), x).mean(0)
 
@@ -114,7 +115,7 @@ def likelihood_metrics(model: AutoEncoder, x: torch.Tensor, x_pixels: torch.Tens
         add("recon_bce", bernoulli_nll(logits, xb))
         add("recon_mse", (torch.sigmoid(logits) - pb).pow(2).mean(-1))
         mus.append(mu)
-        if model.variational:
+        if logvar is not None:  # the VAE
             recon = expected_recon_nll(model, xb, ELBO_SAMPLES, generator)
             kl = kl_to_prior(components, mu, logvar, ELBO_SAMPLES, generator)
             add("elbo_recon", recon)
@@ -129,7 +130,7 @@ def likelihood_metrics(model: AutoEncoder, x: torch.Tensor, x_pixels: torch.Tens
     metrics = {name: float(values.mean()) for name, values in units.items()}
     mu_all = torch.cat(mus)
     variance = mu_all.var(0)
-    latents = {"encoder_mean_variance": variance.tolist()}
+    latents: dict[str, object] = {"encoder_mean_variance": variance.tolist()}
     if model.variational:
         units["bits_per_dim"] = units["iw_nll"] / (784 * math.log(2))
         metrics["bits_per_dim"] = float(units["bits_per_dim"].mean())
@@ -143,7 +144,7 @@ def likelihood_metrics(model: AutoEncoder, x: torch.Tensor, x_pixels: torch.Tens
 
 def pick_pairs(labels: np.ndarray, n: int, same_class: bool, rng: np.random.Generator) -> np.ndarray:
     """n index pairs (i, j), i != j, with equal (same_class) or different labels."""
-    pairs = []
+    pairs: list[tuple[int, int]] = []
     while len(pairs) < n:
         i, j = rng.choice(len(labels), 2, replace=False)
         if (labels[i] == labels[j]) == same_class:

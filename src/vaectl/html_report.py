@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from vaectl import UserError, custody
@@ -42,7 +43,7 @@ def read_report(path: Path, stage: str) -> dict:
         raise UserError(f"{path} is not valid JSON ({err}); rerun `vaectl {stage}`") from None
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], css_class: str = "numbers") -> str:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], css_class: str = "numbers") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
                    for row in rows)

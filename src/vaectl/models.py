@@ -77,7 +77,11 @@ class AutoEncoder(nn.Module):
         """(means, log-variances), K x latent_dim, of the VampPrior's Gaussians: the posteriors
         of the pseudo-images, clamped to pixel values as the published Hardtanh(0, 1) does.
         None for N(0, I), whose KL and density have closed forms: the one place that asks."""
-        return self.encode(self.pseudo.clamp(0.0, 1.0)) if self.pseudo_inputs else None
+        if not self.pseudo_inputs:
+            return None
+        means, logvars = self.encode(self.pseudo.clamp(0.0, 1.0))
+        assert logvars is not None, "pseudo-inputs are the VAE's alone"
+        return means, logvars
 
     def forward(self, x: torch.Tensor):
         """(logits, mu, logvar, z): z is a reparameterised sample for the VAE."""

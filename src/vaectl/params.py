@@ -169,7 +169,7 @@ def _convert(value: object, tp: object, key: str) -> object:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise UserError(f"params: '{key}' must be a mapping, got {value!r}")
-        return _build(tp, value, key)
+        return _build(typing.cast(type, tp), value, key)
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise UserError(f"params: '{key}' must be {_type_name(tp)}, got {value!r}")
@@ -537,10 +537,9 @@ def _override_value(value: object) -> str:
 
 def flatten(obj: object, prefix: str = "") -> dict[str, object]:
     """Dotted keys for MLflow params and manifests: {'train.vae.lr': 0.001, ...}."""
-    if dataclasses.is_dataclass(obj):
-        obj = dataclasses.asdict(obj)  # type: ignore[arg-type]
+    mapping = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else obj
     out: dict[str, object] = {}
-    for key, value in obj.items():  # type: ignore[union-attr]
+    for key, value in typing.cast(dict, mapping).items():
         name = f"{prefix}.{key}" if prefix else key
         if isinstance(value, dict):
             out.update(flatten(value, name))

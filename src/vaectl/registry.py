@@ -156,7 +156,7 @@ def register(rule: RegistryParams, export_root: Path, prepared: Path, experiment
     exports = {kind: exported_model(export_root / kind, kind, experiment) for kind in ("vae", "ae")}
     if tracking.dvc_experiment():  # the exports were still checked: a broken one fails the trial
         names = {"vae": rule.vae_name, "ae": rule.ae_name}
-        report = {kind: {"name": name, "version": None, "aliases": [], "promoted": False,
+        report: dict[str, dict] = {kind: {"name": name, "version": None, "aliases": [], "promoted": False,
                          "reason": IN_EXPERIMENT} for kind, name in names.items()}
         write_json(report_path, report)
         return report
@@ -415,7 +415,10 @@ def predict(ref: str, input_path: Path | None, output: Path, mode: str, n: int, 
         raise UserError(f"--output {output} is a directory; give a file name such as predictions.npz")
     if not output.parent.is_dir():
         raise UserError(f"--output {output}: folder {output.parent} does not exist")
-    x, names = read_inputs(input_path, mode) if mode != "sample" else (np.zeros((1, 1), np.float32), None)
+    if mode == "sample" or input_path is None:  # sample mode reads no input
+        x, names = np.zeros((1, 1), np.float32), None
+    else:
+        x, names = read_inputs(input_path, mode)
     with atomic_path(output) as staged, tempfile.TemporaryDirectory(prefix="vaectl-predict-") as tmp:
         name, version, bundle, _ = download_verified(ref, Path(tmp))
         model = registry_client.load_pyfunc(str(bundle))
@@ -425,7 +428,7 @@ def predict(ref: str, input_path: Path | None, output: Path, mode: str, n: int, 
         if names is not None:
             arrays["names"] = np.array(names)
         with open(staged, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
     return {"name": name, "version": version, "rows": len(y), "shape": list(y.shape), "output": str(output)}
 
 

@@ -10,6 +10,8 @@ verdict says which model is better only when the interval of the difference excl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from vaectl.metric_table import headline, measure
@@ -87,7 +89,7 @@ def compared_rows(comparison: dict) -> list[tuple[str, str, str, str, str]]:
             for name, c in comparison.items()]
 
 
-def headline_first(rows: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+def headline_first(rows: Sequence[tuple[str, ...]]) -> list[tuple[str, ...]]:
     """The rows with the headline metrics on top, in metric_table's order, the rest as they
     were ('iw_nll (k=5000)' is the iw_nll row). The page and the terminal table show them so;
     the model card keeps the report's order (its bytes are part of the committed export)."""

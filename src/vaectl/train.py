@@ -161,14 +161,15 @@ def kl_weight(t: TrainParams, epoch: int) -> float:
 
 
 @torch.no_grad()
-def evaluate_loss(model: AutoEncoder, x: torch.Tensor, beta: float, batch: int) -> tuple[float, ...]:
+def evaluate_loss(model: AutoEncoder, x: torch.Tensor, beta: float, batch: int) -> tuple[float, float, float]:
     model.eval()
     sums = np.zeros(3)
     for start in range(0, len(x), batch):
         xb = x[start : start + batch]
         sums += [float(v) * len(xb) for v in loss_terms(model, xb, beta)]
     model.train()
-    return tuple(float(v) for v in sums / len(x))
+    loss, recon, kl = (float(v) for v in sums / len(x))
+    return loss, recon, kl
 
 
 class Progress:
@@ -346,7 +347,7 @@ def _load_data(job: Job, prepared: Path, generator: torch.Generator) -> Training
 def _build_loop(job: Job, generator: torch.Generator) -> Loop:
     m, device = job.params.model, job.device
     model = build_model(job.kind, m, job.t.latent_dim).to(device)
-    net = model
+    net: torch.nn.Module = model
     if job.workers.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -424,9 +425,10 @@ def close_epoch(job: Job, loop: Loop, epoch: int, train: torch.Tensor,
     kind, t, workers = job.kind, job.t, job.workers
     # validation always at the final KL weight: a loss measured with the warm-up's smaller
     # weight would look best early and pick that checkpoint
-    val = evaluate_loss(loop.model, x_val, getattr(t, "beta", 0.0), 1024) if workers.main else (0.0,) * 3
+    val = evaluate_loss(loop.model, x_val, getattr(t, "beta", 0.0), 1024) if workers.main else (0.0, 0.0, 0.0)
     val = from_main(val, workers)
-    stats = EpochStats(epoch + 1, *train.tolist(), *val, kl_weight(t, epoch))  # 1-based everywhere
+    train_loss, train_recon, train_kl = train.tolist()
+    stats = EpochStats(epoch + 1, train_loss, train_recon, train_kl, *val, kl_weight(t, epoch))  # 1-based
     if not (math.isfinite(stats.train_loss) and math.isfinite(stats.val_loss)):
         raise UserError(f"training diverged in epoch {epoch + 1}: loss {stats.train_loss} "
                         f"(validation {stats.val_loss}); lower train.{kind}.lr ({t.lr}) "
@@ -538,7 +540,8 @@ def _train(job: Job, prepared: Path, curves_path: Path, resume: bool) -> dict | 
     generator = torch.Generator(device=job.device).manual_seed(t.seed)  # data order: shared by all
     data = _load_data(job, prepared, generator)
     loop = _build_loop(job, generator)
-    run_id, resumed_with = None, {}
+    run_id: str | None = None
+    resumed_with: dict = {}
     if resume:
         run_id, resumed_with = _resume(job, loop, data.data_sha)
     elif workers.main:  # the previous best.pt stays until this run has a better one

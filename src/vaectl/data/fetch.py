@@ -227,7 +227,7 @@ def run(params: DataParams, out_dir: Path, env_mirrors: list[str]) -> dict:
                             f"{sum(len(i) for i, _ in splits.values())} images): use a larger fraction")
     params_used = asdict(params)
     params_used.pop("mirrors")  # where the bytes came from does not change what they are
-    manifest = {
+    manifest: dict[str, object] = {
         "source": source,
         "params": params_used,
         "splits": {name: describe(*arrays) for name, arrays in splits.items()},

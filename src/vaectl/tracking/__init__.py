@@ -22,7 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +123,7 @@ def store_failure(err: BaseException) -> str | None:
     if "database is locked" in str(err):
         return (f"the MLflow store {tracking_uri()} is locked by another process (an `mlflow ui` "
                 "or another vaectl writing to it): run this again when that is done")
-    kinds = [MlflowException]
+    kinds: list[type[Exception]] = [MlflowException]
     with contextlib.suppress(ImportError):
         import requests
         import sqlalchemy.exc
@@ -345,7 +345,7 @@ def client():
     return mlflow_module().MlflowClient()
 
 
-def nest_runs(parent_run_id: str, children: dict[str, dict[str, object]]) -> None:
+def nest_runs(parent_run_id: str, children: Mapping[str, Mapping[str, object]]) -> None:
     """Show finished runs under a parent in the UI (MLflow's parent tag) and give each the
     params that tell them apart there, e.g. a study's evaluate runs and their grid point."""
     from mlflow.entities import Param, RunTag

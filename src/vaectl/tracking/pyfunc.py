@@ -32,7 +32,7 @@ ARTIFACTS = {  # pyfunc artifact key -> file written by `vaectl export`
 with contextlib.redirect_stderr(io.StringIO()):
     import mlflow.pyfunc
 
-    class AutoEncoderPyfunc(mlflow.pyfunc.PythonModel):
+    class AutoEncoderPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         """MLflow pyfunc over the exported torch.export programs. Input: N x 784 or N x 28 x 28
         pixels in [0, 1] (any float dtype; the signature leaves the input's rank open, and
         predict checks it); `params={"mode": ...}` picks reconstruct (default), encode, decode

@@ -49,18 +49,17 @@ def short_error(body: bytes) -> str:
     return message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS] + "…"
 
 
-def json_refusal(body: bytes) -> str | None:
-    """Why a JSON body cannot be parsed, without quoting it (MLflow's reply did, and a body
-    nested past Python's recursion limit was a 500), or None if it parses."""
+def parsed_json(body: bytes) -> tuple[object, str | None]:
+    """(the request, None), or (None, why the body cannot be parsed) without quoting it
+    (MLflow's reply did, and a body nested past Python's recursion limit was a 500)."""
     try:
-        json.loads(body)
+        return json.loads(body), None
     except RecursionError:
-        return "request body nests JSON deeper than it can be parsed"
+        return None, "request body nests JSON deeper than it can be parsed"
     except UnicodeDecodeError:
-        return "request body is not UTF-8 JSON"
+        return None, "request body is not UTF-8 JSON"
     except json.JSONDecodeError as err:
-        return f"request body is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
-    return None
+        return None, f"request body is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
 
 
 # the keys MLflow's scoring server reads the model input from; sample mode needs none, but
@@ -68,10 +67,10 @@ def json_refusal(body: bytes) -> str | None:
 MLFLOW_INPUT_KEYS = ("inputs", "instances", "dataframe_split", "dataframe_records")
 
 
-def with_sample_placeholder(body: bytes) -> bytes:
-    """`{"params": {"mode": "sample", ...}}` as the scoring server takes it: with a
-    placeholder input that sample mode ignores. Any other body is returned as it is."""
-    request = json.loads(body)
+def with_sample_placeholder(request: object, body: bytes) -> bytes:
+    """`{"params": {"mode": "sample", ...}}` (`request`, parsed from `body`) as the scoring
+    server takes it: with a placeholder input that sample mode ignores. Any other request's
+    body is returned as it is."""
     if (isinstance(request, dict) and isinstance(request.get("params"), dict)
             and request["params"].get("mode") == "sample" and not set(MLFLOW_INPUT_KEYS) & set(request)):
         return json.dumps({**request, "inputs": [[0.0]]}).encode()
@@ -80,8 +79,8 @@ def with_sample_placeholder(body: bytes) -> bytes:
 
 class Guard:
     """ASGI wrapper: 413 for a body over `max_body` bytes (declared or streamed), 408 for one
-    not complete within `body_timeout_s`, 400 for JSON that does not parse, and 4xx/5xx
-    replies rewritten by `short_error`."""
+    not complete within `body_timeout_s`, 400 for JSON that does not parse (parsed once, here),
+    and 4xx/5xx replies rewritten by `short_error`."""
 
     def __init__(self, app, max_body: int, body_timeout_s: float):
         self.app, self.max_body, self.body_timeout_s = app, max_body, body_timeout_s
@@ -89,19 +88,23 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        body, refusal = await self._admit(dict(scope["headers"]), receive)
+        headers = dict(scope["headers"])
+        body, refusal = await self._admit(headers, receive)
+        if refusal is None and body and b"json" in headers.get(b"content-type", b""):
+            request, reason = parsed_json(body)
+            refusal = (400, reason) if reason is not None else None
+            body = with_sample_placeholder(request, body)
+            scope = {**scope, "headers": [(k, str(len(body)).encode() if k == b"content-length" else v)
+                                          for k, v in scope["headers"]]}
         if refusal is not None:
             return await _reply(send, *refusal)
         if body is None:  # the client went away
             return
-        if body and b"json" in dict(scope["headers"]).get(b"content-type", b""):
-            body = with_sample_placeholder(bytes(body))
-            scope = {**scope, "headers": [(k, str(len(body)).encode() if k == b"content-length" else v)
-                                          for k, v in scope["headers"]]}
-        await self.app(scope, _replaying(bytes(body), receive), _shortening_errors(send))
+        await self.app(scope, _replaying(body, receive), _shortening_errors(send))
 
-    async def _admit(self, headers: dict, receive) -> tuple[bytearray | None, tuple[int, str] | None]:
-        """(the body, or None if the client left; the refusal (status, reason), if any)."""
+    async def _admit(self, headers: dict, receive) -> tuple[bytes | None, tuple[int, str] | None]:
+        """(the body, or None if the client left; the refusal (status, reason) of its size or
+        time, if any)."""
         declared = headers.get(b"content-length")
         too_large = (413, f"request body larger than {self.max_body} bytes (vaectl serve --max-body)")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
@@ -114,8 +117,7 @@ class Guard:
                                "(vaectl serve --body-timeout)")
         if body is not None and len(body) > self.max_body:
             return None, too_large
-        refusal = json_refusal(body) if body and b"json" in headers.get(b"content-type", b"") else None
-        return body, (400, refusal) if refusal is not None else None
+        return (None if body is None else bytes(body)), None
 
     async def _body(self, receive) -> bytearray | None:
         """The whole body, or as much as passes max_body; None if the client went away.
