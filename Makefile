@@ -55,6 +55,7 @@ test-fast: setup ## The edit loop: every test but the e2e ones (processes, serve
 
 lint: setup ## Ruff lint and format check, mypy on src/
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
 # in a temporary copy of the repo (dvc exp run --temp), logging to this clone's MLflow store

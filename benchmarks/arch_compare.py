@@ -49,15 +49,31 @@ def train_and_score(arch: str, hidden: list[int], seed: int, root: Path, args) -
     train_images = len(load_split(args.prepared, "train")[0])
     started = time.perf_counter()
     with torch.no_grad():
-        log_px = torch.cat([iwae_log_likelihood(net, x[i:i + params.eval.batch_size], params.eval.iw_samples,
-                                                params.eval.iw_chunk, torch.Generator().manual_seed(i))
-                            for i in range(0, len(x), params.eval.batch_size)])
+        log_px = torch.cat(
+            [
+                iwae_log_likelihood(
+                    net,
+                    x[i : i + params.eval.batch_size],
+                    params.eval.iw_samples,
+                    params.eval.iw_chunk,
+                    torch.Generator().manual_seed(i),
+                )
+                for i in range(0, len(x), params.eval.batch_size)
+            ]
+        )
     score_s = time.perf_counter() - started
-    return {"arch": arch, "hidden": hidden, "seed": seed, "epochs_run": summary["epochs_run"],
-            "parameters": sum(p.numel() for p in net.parameters()),
-            "train_images_per_s": summary["epochs_run"] * train_images / train_s, "train_s": train_s,
-            "iw_images_per_s": len(x) / score_s,
-            "iw_nll": float(-log_px.mean()), "per_image": (-log_px).double().numpy()}
+    return {
+        "arch": arch,
+        "hidden": hidden,
+        "seed": seed,
+        "epochs_run": summary["epochs_run"],
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "train_images_per_s": summary["epochs_run"] * train_images / train_s,
+        "train_s": train_s,
+        "iw_images_per_s": len(x) / score_s,
+        "iw_nll": float(-log_px.mean()),
+        "per_image": (-log_px).double().numpy(),
+    }
 
 
 def paired_interval(diff, rng) -> list[float]:
@@ -68,8 +84,9 @@ def paired_interval(diff, rng) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     parser.add_argument("--arch", default="conv")
@@ -93,8 +110,15 @@ def main() -> None:
             ours = train_and_score(base.model.arch, base.model.hidden, seed, Path(tmp), args)
             other = train_and_score(args.arch, args.hidden, seed, Path(tmp), args)
             diff = other.pop("per_image") - ours.pop("per_image")
-            rows.append({"seed": seed, "base": ours, "other": other, "diff": float(diff.mean()),
-                         "diff_ci_over_images": paired_interval(diff, rng)})
+            rows.append(
+                {
+                    "seed": seed,
+                    "base": ours,
+                    "other": other,
+                    "diff": float(diff.mean()),
+                    "diff_ci_over_images": paired_interval(diff, rng),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     diffs = np.array([r["diff"] for r in rows])
     result = {"rows": rows, "diff_mean": float(diffs.mean())}

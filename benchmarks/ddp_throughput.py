@@ -31,16 +31,38 @@ def train(params: Path, prepared: Path, nproc: int, tmp: Path) -> dict:
     out = tmp / "models" / f"nproc{nproc}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/bench.db", "VAECTL_ROOT": str(tmp)}
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "vaectl", "train", "--model", out.name, "--kind", "vae", "--params",
-                    str(params), "--prepared", str(prepared.resolve()), "--nproc", str(nproc)],
-                   cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vaectl",
+            "train",
+            "--model",
+            out.name,
+            "--kind",
+            "vae",
+            "--params",
+            str(params),
+            "--prepared",
+            str(prepared.resolve()),
+            "--nproc",
+            str(nproc),
+        ],
+        cwd=tmp,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     wall = time.perf_counter() - began
     history = torch.load(out / "last.pt", weights_only=True)["history"]
     os.environ.update(env)  # timings are in the run's MLflow metrics, not in the checkpoint
     run_id = tracking.latest_run_id("vaectl", {"vaectl.out_dir": str(out.resolve())})
     rates = tracking.metric_history(run_id, "samples_per_s")
-    return {"samples_per_s": statistics.median(rates[1:]), "val_loss": history[-1]["val_loss"],
-            "wall_s": wall}
+    return {
+        "samples_per_s": statistics.median(rates[1:]),
+        "val_loss": history[-1]["val_loss"],
+        "wall_s": wall,
+    }
 
 
 def main() -> None:
@@ -64,12 +86,16 @@ def main() -> None:
         results = {n: train(params, args.prepared, n, Path(tmp)) for n in args.nproc}
     base = results[args.nproc[0]]["samples_per_s"]
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPU cores"
-    print(f"{where}, {args.epochs} epochs, global batch {raw['train']['vae']['batch_size']}, "
-          f"model {raw['model']['hidden']}")
+    print(
+        f"{where}, {args.epochs} epochs, global batch {raw['train']['vae']['batch_size']}, "
+        f"model {raw['model']['hidden']}"
+    )
     print(f"{'processes':>9}{'samples/s':>11}{'vs first':>10}{'final val loss':>16}{'wall s':>8}")
     for n, r in results.items():
-        print(f"{n:>9}{r['samples_per_s']:>11.0f}{r['samples_per_s'] / base:>10.2f}"
-              f"{r['val_loss']:>16.2f}{r['wall_s']:>8.1f}")
+        print(
+            f"{n:>9}{r['samples_per_s']:>11.0f}{r['samples_per_s'] / base:>10.2f}"
+            f"{r['val_loss']:>16.2f}{r['wall_s']:>8.1f}"
+        )
 
 
 if __name__ == "__main__":

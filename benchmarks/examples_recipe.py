@@ -102,8 +102,12 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    params = dataclasses.replace(params, train=dataclasses.replace(
-        params.train, vae=dataclasses.replace(params.train.vae, epochs=args.epochs, patience=0)))
+    params = dataclasses.replace(
+        params,
+        train=dataclasses.replace(
+            params.train, vae=dataclasses.replace(params.train.vae, epochs=args.epochs, patience=0)
+        ),
+    )
     train_images, _ = load_split(args.prepared, "train")
     test_images, _ = load_split(args.prepared, "test")
     x_pixels = to_unit(test_images, torch.device("cpu"))
@@ -115,18 +119,25 @@ def main() -> None:
         state = torch.load(Path(tmp) / "vae" / "last.pt", weights_only=True)
         ours_rate = statistics.median(tracking.metric_history(summary["run_id"], "samples_per_s"))
         ours_whole_epoch = statistics.median(
-            len(train_images) / t for t in tracking.metric_history(summary["run_id"], "epoch_time_s"))
+            len(train_images) / t for t in tracking.metric_history(summary["run_id"], "epoch_time_s")
+        )
     ours = from_config(summary["model_config"])
     ours.load_state_dict(state["model"])
     theirs, theirs_rate = train_examples(train_images, args.epochs, seed=0)
-    rows = {"vaectl default": (score(ours.eval(), x_binary, x_pixels, args.iw_samples), ours_rate),
-            "pytorch/examples": (score(theirs, x_binary, x_pixels, args.iw_samples), theirs_rate)}
-    print(f"{len(train_images)} train / {len(test_images)} test images, {args.epochs} epochs each, "
-          f"{torch.get_num_threads()} threads, IW k={args.iw_samples}; final-epoch weights")
+    rows = {
+        "vaectl default": (score(ours.eval(), x_binary, x_pixels, args.iw_samples), ours_rate),
+        "pytorch/examples": (score(theirs, x_binary, x_pixels, args.iw_samples), theirs_rate),
+    }
+    print(
+        f"{len(train_images)} train / {len(test_images)} test images, {args.epochs} epochs each, "
+        f"{torch.get_num_threads()} threads, IW k={args.iw_samples}; final-epoch weights"
+    )
     print(f"{'recipe':<18}{'-ELBO bin':>11}{'IW-NLL bin':>12}{'-ELBO cont':>12}{'train samples/s':>17}")
     for name, (m, rate) in rows.items():
-        print(f"{name:<18}{m['neg_elbo_binarised']:>11.2f}{m['iw_nll_binarised']:>12.2f}"
-              f"{m['neg_elbo_continuous']:>12.2f}{rate:>17.0f}")
+        print(
+            f"{name:<18}{m['neg_elbo_binarised']:>11.2f}{m['iw_nll_binarised']:>12.2f}"
+            f"{m['neg_elbo_continuous']:>12.2f}{rate:>17.0f}"
+        )
     print(f"vaectl's whole epoch (validation, checkpoints, MLflow): {ours_whole_epoch:.0f} samples/s")
 
 

@@ -51,11 +51,15 @@ def previous_iwae(model, x: torch.Tensor, k: int, chunk: int, generator: torch.G
 
 def timed(label: str, fn, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, float]:
     began = time.perf_counter()
-    nll = torch.cat([-fn(x[s : s + batch], torch.Generator().manual_seed(s)).double()
-                     for s in range(0, len(x), batch)])
+    nll = torch.cat(
+        [-fn(x[s : s + batch], torch.Generator().manual_seed(s)).double() for s in range(0, len(x), batch)]
+    )
     seconds = time.perf_counter() - began
-    print(f"{label:<34} {seconds:7.1f} s  {seconds / len(x) * 10_000 / 60:6.1f} min per 10,000 images  "
-          f"mean IW-NLL {nll.mean():.4f}", flush=True)
+    print(
+        f"{label:<34} {seconds:7.1f} s  {seconds / len(x) * 10_000 / 60:6.1f} min per 10,000 images  "
+        f"mean IW-NLL {nll.mean():.4f}",
+        flush=True,
+    )
     return nll, seconds
 
 
@@ -70,16 +74,24 @@ def main() -> None:
 
     model, summary, _ = load_trained(args.model, "vae", manifest_sha256(args.prepared), "vaectl")
     x, _ = test_inputs(load_split(args.prepared, "test")[0][: args.images], summary["binarize"], seed=0)
-    print(f"{model.config()}, k={args.k}, {len(x)} test images, batches of {args.batch}, "
-          f"{torch.get_num_threads()} threads")
-    old, old_s = timed("previous (chunk 250, float32)",
-                       lambda xb, g: previous_iwae(model, xb, args.k, 250, g), x, args.batch)
-    for label, dtype in (("current (chunk 25, float32)", None),
-                         ("current (chunk 25, bfloat16)", torch.bfloat16)):
-        new, new_s = timed(label, lambda xb, g, d=dtype: iwae_log_likelihood(model, xb, args.k, 25, g, d),
-                           x, args.batch)
-        print(f"{'':<34} {old_s / new_s:.2f}x faster; mean differs by {float((new - old).mean()):+.5f} nats "
-              f"(largest per image {float((new - old).abs().max()):.3f})")
+    print(
+        f"{model.config()}, k={args.k}, {len(x)} test images, batches of {args.batch}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    old, old_s = timed(
+        "previous (chunk 250, float32)", lambda xb, g: previous_iwae(model, xb, args.k, 250, g), x, args.batch
+    )
+    for label, dtype in (
+        ("current (chunk 25, float32)", None),
+        ("current (chunk 25, bfloat16)", torch.bfloat16),
+    ):
+        new, new_s = timed(
+            label, lambda xb, g, d=dtype: iwae_log_likelihood(model, xb, args.k, 25, g, d), x, args.batch
+        )
+        print(
+            f"{'':<34} {old_s / new_s:.2f}x faster; mean differs by {float((new - old).mean()):+.5f} nats "
+            f"(largest per image {float((new - old).abs().max()):.3f})"
+        )
 
 
 if __name__ == "__main__":

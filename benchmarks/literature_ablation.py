@@ -54,8 +54,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000, help="test images for the IW-NLL")
     parser.add_argument("--k", type=int, default=1000, help="importance samples per image")
     parser.add_argument("--out", type=Path, help="also write the table here (JSON)")
-    parser.add_argument("--only", action="append",
-                        help="a variant to run, repeatable (the preset always runs)")
+    parser.add_argument(
+        "--only", action="append", help="a variant to run, repeatable (the preset always runs)"
+    )
     args = parser.parse_args()
     chosen = {"preset", *(args.only or VARIANTS)}
     if unknown := chosen - set(VARIANTS):
@@ -73,28 +74,42 @@ def main() -> None:
         for name, (model_changes, train_changes) in VARIANTS.items():
             if name not in chosen:
                 continue
-            vae = dataclasses.replace(preset.train.vae, epochs=args.epochs, patience=0,
-                                      kl_warmup_epochs=args.epochs // 5, sample_every=args.epochs,
-                                      **train_changes)
+            vae = dataclasses.replace(
+                preset.train.vae,
+                epochs=args.epochs,
+                patience=0,
+                kl_warmup_epochs=args.epochs // 5,
+                sample_every=args.epochs,
+                **train_changes,
+            )
             params = dataclasses.replace(
-                preset, model=dataclasses.replace(preset.model, **model_changes),
-                train=dataclasses.replace(preset.train, vae=vae))
+                preset,
+                model=dataclasses.replace(preset.model, **model_changes),
+                train=dataclasses.replace(preset.train, vae=vae),
+            )
             out = Path(tmp) / f"model{len(results)}"
             began = time.perf_counter()
             train.run("vae", params, args.prepared, out, Path(tmp) / f"curves{len(results)}.json")
             train_s = time.perf_counter() - began
             model, summary, _ = load_trained(out, "vae", manifest, "vaectl")
             x, pixels = test_inputs(test_images, summary["binarize"], eval_params.seed)
-            metrics, _, units = likelihood_metrics(model, x, pixels, eval_params,
-                                                   torch.Generator().manual_seed(eval_params.seed))
+            metrics, _, units = likelihood_metrics(
+                model, x, pixels, eval_params, torch.Generator().manual_seed(eval_params.seed)
+            )
             per_image[name] = units["iw_nll"]
-            results[name] = {"iw_nll": metrics["iw_nll"], "neg_elbo": metrics["neg_elbo"],
-                             "active_units": metrics["active_units"],
-                             "best_val_loss": summary["best_val_loss"], "train_s": round(train_s)}
+            results[name] = {
+                "iw_nll": metrics["iw_nll"],
+                "neg_elbo": metrics["neg_elbo"],
+                "active_units": metrics["active_units"],
+                "best_val_loss": summary["best_val_loss"],
+                "train_s": round(train_s),
+            }
             print(f"{name}: {json.dumps(results[name])}", flush=True)
     rng = np.random.default_rng(0)
-    print(f"\n{args.epochs} epochs each; IW-NLL (k={args.k}) on {len(test_images)} test images; "
-          f"difference = variant - preset, paired 95% bootstrap interval over the images")
+    print(
+        f"\n{args.epochs} epochs each; IW-NLL (k={args.k}) on {len(test_images)} test images; "
+        f"difference = variant - preset, paired 95% bootstrap interval over the images"
+    )
     print(f"{'variant':38} {'IW-NLL':>8} {'difference [95% interval]':>30} {'val -ELBO':>10} {'units':>5}")
     for name, row in results.items():
         if name == "preset":
@@ -103,11 +118,17 @@ def main() -> None:
             c = compare_units("iw_nll", per_image[name], per_image["preset"], True, rng)
             row["difference"], row["difference_ci"] = c["difference"], c["difference_ci"]
             diff = f"{c['difference']:+.2f} [{c['difference_ci'][0]:+.2f}, {c['difference_ci'][1]:+.2f}]"
-        print(f"{name:38} {row['iw_nll']:8.2f} {diff:>30} {row['best_val_loss']:10.2f} "
-              f"{row['active_units']:5d}")
+        print(
+            f"{name:38} {row['iw_nll']:8.2f} {diff:>30} {row['best_val_loss']:10.2f} {row['active_units']:5d}"
+        )
     if args.out:
-        args.out.write_text(json.dumps({"epochs": args.epochs, "k": args.k, "images": len(test_images),
-                                        "variants": results}, indent=1) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {"epochs": args.epochs, "k": args.k, "images": len(test_images), "variants": results},
+                indent=1,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-COMPUTATIONS = ("the VAE's training step", "the AE's training step", "the VAE's likelihood batch",
-                "the VAE's interpolations", "the VAE's generated set")
+COMPUTATIONS = (
+    "the VAE's training step",
+    "the AE's training step",
+    "the VAE's likelihood batch",
+    "the VAE's interpolations",
+    "the VAE's generated set",
+)
 
 
 def peak_rss() -> int:
@@ -82,8 +87,12 @@ def main() -> int:
     print(f"{'computation':32} {'estimate MiB':>13} {'measured MiB':>13} {'ratio':>6}")
     ok = True
     for what in COMPUTATIONS:
-        out = subprocess.run([sys.executable, __file__, "--params", str(args.params), "--one", what],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--params", str(args.params), "--one", what],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         measured, estimate = json.loads(out), estimates[what][0]
         ok &= measured <= estimate
         ratio = estimate / max(measured, 1)

@@ -68,8 +68,14 @@ def worker(args) -> None:
     began = time.perf_counter()
     with torch.no_grad():
         for start in range(0, len(test), params.eval.batch_size):
-            iwae_log_likelihood(model, test[start : start + params.eval.batch_size], args.iw_samples,
-                                params.eval.iw_chunk, torch.Generator().manual_seed(0), dtype)
+            iwae_log_likelihood(
+                model,
+                test[start : start + params.eval.batch_size],
+                args.iw_samples,
+                params.eval.iw_chunk,
+                torch.Generator().manual_seed(0),
+                dtype,
+            )
     print(json.dumps({"train": train_rate, "iw": len(test) / (time.perf_counter() - began)}))
 
 
@@ -78,9 +84,25 @@ def measure(args, setting: str, hogs: int) -> dict[str, float]:
 
     mode, threads, extra = SETTINGS[setting]
     env = {k: v for k, v in os.environ.items() if k not in PORTABLE_ENV} | extra  # fast: unpinned
-    cmd = [sys.executable, __file__, "--worker", "--mode", mode, "--threads", str(threads),
-           "--params", str(args.params), "--prepared", str(args.prepared), "--epochs", str(args.epochs),
-           "--iw-samples", str(args.iw_samples), "--iw-images", str(args.iw_images)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--mode",
+        mode,
+        "--threads",
+        str(threads),
+        "--params",
+        str(args.params),
+        "--prepared",
+        str(args.prepared),
+        "--epochs",
+        str(args.epochs),
+        "--iw-samples",
+        str(args.iw_samples),
+        "--iw-images",
+        str(args.iw_images),
+    ]
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(hogs)]
     try:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
@@ -113,16 +135,21 @@ def main() -> None:
     for _ in range(args.repeats):  # interleaved
         for setting, hogs in runs:
             results[(setting, hogs)].append(measure(args, setting, hogs))
-    median = {run: {k: statistics.median(r[k] for r in rs) for k in ("train", "iw")}
-              for run, rs in results.items()}
+    median = {
+        run: {k: statistics.median(r[k] for r in rs) for k in ("train", "iw")} for run, rs in results.items()
+    }
     base = median[("portable, 1 thread", 0)]
-    print(f"{os.cpu_count()} cores; training {args.epochs} epochs, IW-NLL k={args.iw_samples} on "
-          f"{args.iw_images} images; median of {args.repeats}; ratios to portable, 1 thread, quiet")
+    print(
+        f"{os.cpu_count()} cores; training {args.epochs} epochs, IW-NLL k={args.iw_samples} on "
+        f"{args.iw_images} images; median of {args.repeats}; ratios to portable, 1 thread, quiet"
+    )
     print("| setting | CPU hogs | training samples/s | ratio | IW-NLL images/s | ratio |")
     print("| --- | --- | --- | --- | --- | --- |")
     for (setting, hogs), m in median.items():
-        print(f"| {setting} | {hogs} | {m['train']:.0f} | {m['train'] / base['train']:.2f} "
-              f"| {m['iw']:.1f} | {m['iw'] / base['iw']:.2f} |")
+        print(
+            f"| {setting} | {hogs} | {m['train']:.0f} | {m['train'] / base['train']:.2f} "
+            f"| {m['iw']:.1f} | {m['iw'] / base['iw']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -45,11 +45,17 @@ def digest(*tensors: torch.Tensor) -> str:
 def elementwise() -> dict[str, str]:
     x = torch.linspace(-30, 30, 1_000_003)
     positive = x.abs() + 1e-3
-    return {"exp": digest(x.exp()), "log": digest(positive.log()), "log1p": digest(positive.log1p()),
-            "sqrt": digest(positive.sqrt()), "tanh": digest(x.tanh()), "sigmoid": digest(x.sigmoid()),
-            "softplus": digest(nn.functional.softplus(x)),
-            "lerp": digest(torch.lerp(x, x.flip(0), 0.1)),
-            "addcdiv": digest(x.addcdiv(x.flip(0), positive, value=-1e-3))}
+    return {
+        "exp": digest(x.exp()),
+        "log": digest(positive.log()),
+        "log1p": digest(positive.log1p()),
+        "sqrt": digest(positive.sqrt()),
+        "tanh": digest(x.tanh()),
+        "sigmoid": digest(x.sigmoid()),
+        "softplus": digest(nn.functional.softplus(x)),
+        "lerp": digest(torch.lerp(x, x.flip(0), 0.1)),
+        "addcdiv": digest(x.addcdiv(x.flip(0), positive, value=-1e-3)),
+    }
 
 
 def softmax_family() -> dict[str, str]:
@@ -59,15 +65,25 @@ def softmax_family() -> dict[str, str]:
     log_p = torch.log_softmax(logits, -1)
     loss = nn.functional.cross_entropy(logits, labels)
     loss.backward()
-    return {"log_softmax": digest(log_p), "cross_entropy": digest(loss),
-            "cross_entropy_grad": digest(logits.grad)}
+    return {
+        "log_softmax": digest(log_p),
+        "cross_entropy": digest(loss),
+        "cross_entropy_grad": digest(logits.grad),
+    }
 
 
 def matmuls() -> dict[str, str]:
     gen = torch.Generator().manual_seed(2)
     out = {}
-    for rows, inner, cols in [(BATCH, 784, 256), (BATCH, 256, 10), (256, BATCH, 784), (10, BATCH, 256),
-                              (BATCH, 10, 256), (1000, 784, 256), (64, 784, 300)]:
+    for rows, inner, cols in [
+        (BATCH, 784, 256),
+        (BATCH, 256, 10),
+        (256, BATCH, 784),
+        (10, BATCH, 256),
+        (BATCH, 10, 256),
+        (1000, 784, 256),
+        (64, 784, 300),
+    ]:
         a, b = torch.randn(rows, inner, generator=gen), torch.randn(inner, cols, generator=gen)
         out[f"matmul_{rows}x{inner}x{cols}"] = digest(a @ b)
     return out
@@ -75,8 +91,11 @@ def matmuls() -> dict[str, str]:
 
 def adam_steps() -> dict[str, str]:
     out = {}
-    for name, options in [("adam_single_tensor", {"foreach": False}), ("adam_foreach", {"foreach": True}),
-                          ("adam_fused", {"fused": True})]:
+    for name, options in [
+        ("adam_single_tensor", {"foreach": False}),
+        ("adam_foreach", {"foreach": True}),
+        ("adam_fused", {"fused": True}),
+    ]:
         gen = torch.Generator().manual_seed(3)
         weight = torch.randn(256, 784, generator=gen).requires_grad_()
         optimizer = torch.optim.Adam([weight], lr=1e-3, **options)
@@ -122,8 +141,14 @@ def mkl_branch() -> dict[str, str]:
 
 def fingerprint() -> dict[str, str]:
     torch.set_num_threads(1)
-    return {**mkl_branch(), **elementwise(), **softmax_family(), **matmuls(), **adam_steps(),
-            **judge_training()}
+    return {
+        **mkl_branch(),
+        **elementwise(),
+        **softmax_family(),
+        **matmuls(),
+        **adam_steps(),
+        **judge_training(),
+    }
 
 
 def main() -> int:
@@ -131,8 +156,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="write the fingerprints here (JSON)")
     parser.add_argument("--compare", type=Path, help="another CPU's fingerprints: list what differs")
     args = parser.parse_args()
-    found = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-             **fingerprint()}
+    found = {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **fingerprint(),
+    }
     text = json.dumps(found, indent=1) + "\n"
     if args.out:
         args.out.write_text(text)

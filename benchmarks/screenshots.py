@@ -51,9 +51,16 @@ def free_port() -> int:
 def shoot(url: str, dest: Path, size: tuple[int, int], offline: bool = False) -> None:
     """One screenshot; JavaScript gets 20 s of virtual time to render the page."""
     with tempfile.TemporaryDirectory(prefix="vaectl-chromium-") as profile:
-        args = [browser(), "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
-                "--virtual-time-budget=20000", f"--screenshot={dest}"]
+        args = [
+            browser(),
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--window-size={size[0]},{size[1]}",
+            "--virtual-time-budget=20000",
+            f"--screenshot={dest}",
+        ]
         if offline:  # every network request goes to a closed port: nothing can be fetched
             args += ["--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>"]
         subprocess.run([*args, url], check=True, capture_output=True, timeout=120)
@@ -87,10 +94,21 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", tracking.default_tracking_uri(),
-         "--default-artifact-root", (ROOT / "mlruns" / "artifacts").as_uri()],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "ui",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            tracking.default_tracking_uri(),
+            "--default-artifact-root",
+            (ROOT / "mlruns" / "artifacts").as_uri(),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(120):
             try:
@@ -106,16 +124,22 @@ def main() -> None:
         evaluate = f"{experiment}/runs/{runs['evaluate'].info.run_id}"
         quickstart = urllib.parse.quote("tags.`dvc.exp_name` = 'quickstart'")
         shots = {  # the training view (TRAINING_VIEW) is what the links vaectl prints open
-            "training_run.png": (tracking.run_link(experiment_id, runs["train-vae"].info.run_id,
-                                                   base), (1400, 1600)),
+            "training_run.png": (
+                tracking.run_link(experiment_id, runs["train-vae"].info.run_id, base),
+                (1400, 1600),
+            ),
             "models_tab.png": (f"{experiment}/models", (2400, 700)),
             "experiment_runs.png": (f"{experiment}/runs?searchFilter={quickstart}", (1600, 700)),
-            "compare_train_runs.png": (f"{base}/#/compare-runs?runs={pair}&experiments=[\"{experiment_id}\"]",
-                                       (1400, 1400)),
+            "compare_train_runs.png": (
+                f'{base}/#/compare-runs?runs={pair}&experiments=["{experiment_id}"]',
+                (1400, 1400),
+            ),
             "evaluate_run.png": (evaluate, (1400, 2600)),
             "evaluate_run_artifacts.png": (f"{evaluate}/artifacts?artifactPath=comparison.md", (1400, 1000)),
-            "model_version.png": (f"{base}/#/models/{registered['name']}/versions/{registered['version']}",
-                                  (1400, 1200)),
+            "model_version.png": (
+                f"{base}/#/models/{registered['name']}/versions/{registered['version']}",
+                (1400, 1200),
+            ),
         }
         view = tracking.TRAINING_VIEW
         for name, (url, size) in shots.items():

@@ -43,8 +43,9 @@ def wait_for(url: str, seconds: float) -> None:
 
 def http_latencies(port: int, batch: int, requests: int) -> np.ndarray:
     body = json.dumps({"inputs": np.random.default_rng(0).random((batch, 784)).round(3).tolist()}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+    )
     times = []
     for _ in range(requests):
         began = time.perf_counter()
@@ -62,14 +63,17 @@ def in_process(export_dir: Path, batch: int, repeats: int) -> dict[str, float]:
     from vaectl.export import Reconstruct
 
     x = np.random.default_rng(0).random((batch, 784), dtype=np.float32)
-    session = onnxruntime.InferenceSession(str(export_dir / "reconstruct.onnx"),
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(export_dir / "reconstruct.onnx"), providers=["CPUExecutionProvider"]
+    )
     program = torch.export.load(export_dir / "reconstruct.pt2").module()
     model, _, _ = load_trained(Path("models/vae"), "vae", manifest_sha256(Path("data/prepared")), "vaectl")
     eager = Reconstruct(model).eval()
-    runners = {"onnxruntime": lambda: session.run(None, {"x": x}),
-               "torch.export": lambda: program(torch.from_numpy(x)),
-               "eager torch": lambda: eager(torch.from_numpy(x))}
+    runners = {
+        "onnxruntime": lambda: session.run(None, {"x": x}),
+        "torch.export": lambda: program(torch.from_numpy(x)),
+        "eager torch": lambda: eager(torch.from_numpy(x)),
+    }
     rates = {}
     with torch.no_grad():
         for name, fn in runners.items():
@@ -88,8 +92,12 @@ def main() -> None:
     args = parser.parse_args()
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "vaectl", "serve", args.model, "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vaectl", "serve", args.model, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_for(f"http://127.0.0.1:{port}/ping", 120)
         print(f"{args.model} served by MLflow on loopback, {args.requests} sequential requests each")
@@ -97,8 +105,10 @@ def main() -> None:
         for batch in (1, 64):
             http_latencies(port, batch, 5)  # warm-up
             t = http_latencies(port, batch, args.requests)
-            print(f"{batch:>6}{len(t) / t.sum():>9.1f}{batch * len(t) / t.sum():>10.0f}"
-                  f"{np.percentile(t, 50) * 1e3:>9.1f}{np.percentile(t, 99) * 1e3:>9.1f}")
+            print(
+                f"{batch:>6}{len(t) / t.sum():>9.1f}{batch * len(t) / t.sum():>10.0f}"
+                f"{np.percentile(t, 50) * 1e3:>9.1f}{np.percentile(t, 99) * 1e3:>9.1f}"
+            )
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

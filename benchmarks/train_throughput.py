@@ -82,8 +82,12 @@ def dataloader_loop(images: np.ndarray, params, epochs: int) -> float:
 
 def vaectl_loop(params, prepared: Path, epochs: int, workdir: Path) -> float:
     def timed(n_epochs: int) -> float:
-        p = dataclasses.replace(params, train=dataclasses.replace(
-            params.train, vae=dataclasses.replace(params.train.vae, epochs=n_epochs, patience=0)))
+        p = dataclasses.replace(
+            params,
+            train=dataclasses.replace(
+                params.train, vae=dataclasses.replace(params.train.vae, epochs=n_epochs, patience=0)
+            ),
+        )
         began = time.perf_counter()
         vaectl_run("vae", p, prepared, workdir / f"m{n_epochs}", workdir / f"c{n_epochs}.json")
         return time.perf_counter() - began
@@ -101,8 +105,12 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    params = dataclasses.replace(params, train=dataclasses.replace(
-        params.train, device="cpu", vae=dataclasses.replace(params.train.vae, binarize="none")))
+    params = dataclasses.replace(
+        params,
+        train=dataclasses.replace(
+            params.train, device="cpu", vae=dataclasses.replace(params.train.vae, binarize="none")
+        ),
+    )
     images, _ = load_split(args.prepared, "train")
     x = to_unit(images, torch.device("cpu"))
     results: dict[str, list[float]] = {"bare": [], "vaectl": [], "dataloader": []}
@@ -113,12 +121,17 @@ def main() -> None:
             results["vaectl"].append(vaectl_loop(params, args.prepared, args.epochs, Path(tmp) / str(r)))
             results["dataloader"].append(dataloader_loop(images, params, args.epochs))
     median = {k: statistics.median(v) for k, v in results.items()}
-    print(f"VAE {params.model.hidden} latent {params.train.vae.latent_dim}, batch "
-          f"{params.train.vae.batch_size}, {len(x)} images, {args.epochs} epochs, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    print(
+        f"VAE {params.model.hidden} latent {params.train.vae.latent_dim}, batch "
+        f"{params.train.vae.batch_size}, {len(x)} images, {args.epochs} epochs, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}"
+    )
     print(f"{'loop':<34}{'samples/s':>12}{'vs bare':>10}")
-    labels = {"bare": "bare forward/backward/Adam", "vaectl": "vaectl train (tracking on)",
-              "dataloader": "DataLoader + ToTensor (examples)"}
+    labels = {
+        "bare": "bare forward/backward/Adam",
+        "vaectl": "vaectl train (tracking on)",
+        "dataloader": "DataLoader + ToTensor (examples)",
+    }
     for key, label in labels.items():
         print(f"{label:<34}{median[key]:>12.0f}{median[key] / median['bare']:>10.1%}")
 

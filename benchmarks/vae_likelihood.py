@@ -61,17 +61,25 @@ def measure(model_dir: Path, trained: tuple, test_images, params: EvalParams) ->
     """(the numbers, the per-image IW-NLL) of one trained VAE, timed."""
     model, summary = trained
     x, pixels = test_inputs(test_images, summary["binarize"], params.seed)
-    print(f"{model_dir}: {model.config()}, {len(x)} test images, k={params.iw_samples}, "
-          f"{params.iw_precision} decoder, {torch.get_num_threads()} threads", flush=True)
+    print(
+        f"{model_dir}: {model.config()}, {len(x)} test images, k={params.iw_samples}, "
+        f"{params.iw_precision} decoder, {torch.get_num_threads()} threads",
+        flush=True,
+    )
     began = time.perf_counter()
     progress = ImageProgress("IW-NLL", len(x), lambda m: print(m, file=sys.stderr))
     generator = torch.Generator().manual_seed(params.seed)
     metrics, _, units = likelihood_metrics(model, x, pixels, params, generator, progress)
     seconds = time.perf_counter() - began
     result = {key: metrics[key] for key in ("iw_nll", "neg_elbo", "elbo_recon", "elbo_kl", "active_units")}
-    result.update(iw_samples=params.iw_samples, test_images=len(x), epochs_run=summary["epochs_run"],
-                  best_epoch=summary["best_epoch"], best_val_loss=summary["best_val_loss"],
-                  likelihood_s=round(seconds))
+    result.update(
+        iw_samples=params.iw_samples,
+        test_images=len(x),
+        epochs_run=summary["epochs_run"],
+        best_epoch=summary["best_epoch"],
+        best_val_loss=summary["best_val_loss"],
+        likelihood_s=round(seconds),
+    )
     print(json.dumps(result, indent=1))
     print(f"{seconds:.0f} s ({seconds / 60:.1f} min) for the likelihoods of {len(x)} images", flush=True)
     return result, units["iw_nll"]
@@ -96,20 +104,28 @@ def main() -> None:
     if args.baseline:
         baseline_trained = load_trained(args.baseline, "vae", manifest, "vaectl")[:2]
         if (theirs := baseline_trained[1]["binarize"]) != (ours := trained[1]["binarize"]):
-            parser.error(f"{args.baseline} was trained on {theirs!r} images, {args.model} on {ours!r}: "
-                         "their test images differ, so they cannot be compared pairwise")
+            parser.error(
+                f"{args.baseline} was trained on {theirs!r} images, {args.model} on {ours!r}: "
+                "their test images differ, so they cannot be compared pairwise"
+            )
     result, per_image = measure(args.model, trained, test_images, params)
     if args.baseline:
         baseline, baseline_per_image = measure(args.baseline, baseline_trained, test_images, params)
         c = compare_units("iw_nll", per_image, baseline_per_image, True, np.random.default_rng(params.seed))
         baseline["iw_nll_ci"] = c["ae_ci"]
-        result.update(iw_nll_ci=c["vae_ci"], baseline=baseline, iw_nll_minus_baseline=c["difference"],
-                      iw_nll_minus_baseline_ci=c["difference_ci"])
+        result.update(
+            iw_nll_ci=c["vae_ci"],
+            baseline=baseline,
+            iw_nll_minus_baseline=c["difference"],
+            iw_nll_minus_baseline_ci=c["difference_ci"],
+        )
         (low, high), ours, theirs = c["difference_ci"], c["vae_ci"], c["ae_ci"]
-        print(f"IW-NLL {result['iw_nll']:.2f} [{ours[0]:.2f}, {ours[1]:.2f}] ({args.model}) - "
-              f"{baseline['iw_nll']:.2f} [{theirs[0]:.2f}, {theirs[1]:.2f}] ({args.baseline}) = "
-              f"{c['difference']:+.2f} [{low:+.2f}, {high:+.2f}] nats: 95% bootstrap intervals over the "
-              f"{len(per_image)} images, the difference's paired")
+        print(
+            f"IW-NLL {result['iw_nll']:.2f} [{ours[0]:.2f}, {ours[1]:.2f}] ({args.model}) - "
+            f"{baseline['iw_nll']:.2f} [{theirs[0]:.2f}, {theirs[1]:.2f}] ({args.baseline}) = "
+            f"{c['difference']:+.2f} [{low:+.2f}, {high:+.2f}] nats: 95% bootstrap intervals over the "
+            f"{len(per_image)} images, the difference's paired"
+        )
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
 

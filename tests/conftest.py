@@ -35,8 +35,11 @@ def write_prepared(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]])
     root.mkdir(parents=True, exist_ok=True)
     for name, (images, labels) in splits.items():
         np.savez(root / f"{name}.npz", images=images, labels=labels)
-    manifest = {"source": {"name": "synthetic"}, "params": {},
-                "splits": {name: describe(*arrays) for name, arrays in splits.items()}}
+    manifest = {
+        "source": {"name": "synthetic"},
+        "params": {},
+        "splits": {name: describe(*arrays) for name, arrays in splits.items()},
+    }
     write_json(root / "manifest.json", {**manifest, "self_sha256": self_sha256(manifest)})
     return root
 
@@ -57,11 +60,14 @@ def local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def prepared(tmp_path: Path) -> Path:
     """A valid prepared dataset: 10 classes, 30/5/5 images per class."""
-    return write_prepared(tmp_path / "prepared", {
-        "train": synthetic_digits(30, seed=1),
-        "val": synthetic_digits(5, seed=2),
-        "test": synthetic_digits(5, seed=3),
-    })
+    return write_prepared(
+        tmp_path / "prepared",
+        {
+            "train": synthetic_digits(30, seed=1),
+            "val": synthetic_digits(5, seed=2),
+            "test": synthetic_digits(5, seed=3),
+        },
+    )
 
 
 def free_port() -> int:

@@ -9,24 +9,28 @@ import pytest
 
 
 def vaectl(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "vaectl", *args], capture_output=True,
-                          text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "vaectl", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_help_imports_no_heavy_library():
-    code = ("import sys; from typer.testing import CliRunner; from vaectl.cli import app; "
-            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
-            "heavy = {'torch', 'mlflow', 'great_expectations', 'torchvision', 'pandas'} "
-            "& set(sys.modules); print(sorted(heavy))")
+    code = (
+        "import sys; from typer.testing import CliRunner; from vaectl.cli import app; "
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+        "heavy = {'torch', 'mlflow', 'great_expectations', 'torchvision', 'pandas'} "
+        "& set(sys.modules); print(sorted(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("params_text, message", [
-    ("data:\n  name: cifar10\n", "'data.name' must be one of"),
-    ("data:\n  nmae: mnist\n", "unknown key 'data.nmae'"),
-    (": : :\n", "invalid YAML"),
-])
+@pytest.mark.parametrize(
+    "params_text, message",
+    [
+        ("data:\n  name: cifar10\n", "'data.name' must be one of"),
+        ("data:\n  nmae: mnist\n", "unknown key 'data.nmae'"),
+        (": : :\n", "invalid YAML"),
+    ],
+)
 def test_bad_params_are_one_clear_line(tmp_path, params_text, message):
     (tmp_path / "params.yaml").write_text(params_text)
     result = vaectl("fetch", cwd=tmp_path)
@@ -41,17 +45,27 @@ def test_validate_without_data_is_a_clear_error(tmp_path):
     result = vaectl("validate", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "error: data manifest not found: data/prepared/manifest.json (run `vaectl fetch` first)")
+        "error: data manifest not found: data/prepared/manifest.json (run `vaectl fetch` first)"
+    )
 
 
 def test_unreachable_mirror_lists_what_was_tried(tmp_path):
     (tmp_path / "params.yaml").write_text(
-        f"data:\n  name: kmnist\n  mirrors: ['{tmp_path / 'm1'}', 'file:///nonexistent/m2']\n")
-    result = subprocess.run([sys.executable, "-m", "vaectl", "fetch"], capture_output=True,
-                            text=True, cwd=tmp_path, env={
-                                "PATH": "/usr/bin:/bin", "VAECTL_MIRROR": str(tmp_path / "m0"),
-                                # any network attempt fails fast, online or not
-                                "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"})
+        f"data:\n  name: kmnist\n  mirrors: ['{tmp_path / 'm1'}', 'file:///nonexistent/m2']\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "vaectl", "fetch"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "VAECTL_MIRROR": str(tmp_path / "m0"),
+            # any network attempt fails fast, online or not
+            "http_proxy": "http://127.0.0.1:9",
+            "https_proxy": "http://127.0.0.1:9",
+        },
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: could not fetch train-images-idx3-ubyte.gz for kmnist; tried: ")
@@ -85,18 +99,25 @@ def test_nproc_forwards_every_option_given_and_the_resume_hint_repeats_them(monk
     given = ["--model", "vae-2d", "--params", "p.yaml", "--prepared", str(tmp_path), "--resume"]
     result = CliRunner().invoke(cli.app, ["train", "--latent-dim", "2", "--nproc", "3", *given])
     assert result.exit_code == 130
-    assert forwarded == {"kind": "vae", "latent": 2, "out": Path("models/vae-2d"),
-                         "args": [*given, "--latent-dim", "2"]}  # in the command's order
+    assert forwarded == {
+        "kind": "vae",
+        "latent": 2,
+        "out": Path("models/vae-2d"),
+        "args": [*given, "--latent-dim", "2"],
+    }  # in the command's order
     hint = f"vaectl train {' '.join(given[:-1])} --nproc 3 --latent-dim 2 --resume`"
     assert hint in " ".join(result.output.split())
 
 
-@pytest.mark.parametrize("code, filename, line", [
-    (errno.ENOSPC, None, "error: out/x: No space left on device; free some space or write elsewhere"),
-    (errno.EROFS, "/mnt/ro/.prepared.abc.tmp", "error: /mnt/ro: Read-only file system; write elsewhere"),
-    (errno.EACCES, "/srv/a.npz", "error: /srv/a.npz: Permission denied; check its permissions"),
-    (errno.EDQUOT, "/home/q", "error: /home/q: Disk quota exceeded; free some of your quota"),
-])
+@pytest.mark.parametrize(
+    "code, filename, line",
+    [
+        (errno.ENOSPC, None, "error: out/x: No space left on device; free some space or write elsewhere"),
+        (errno.EROFS, "/mnt/ro/.prepared.abc.tmp", "error: /mnt/ro: Read-only file system; write elsewhere"),
+        (errno.EACCES, "/srv/a.npz", "error: /srv/a.npz: Permission denied; check its permissions"),
+        (errno.EDQUOT, "/home/q", "error: /home/q: Disk quota exceeded; free some of your quota"),
+    ],
+)
 def test_a_place_the_os_refuses_is_one_line_naming_it(capsys, code, filename, line):
     import typer
 
@@ -127,8 +148,12 @@ def test_other_os_errors_still_surface(capsys):
 def mounted_tmpfs(path, options):
     """A real small or read-only file system, where this machine lets us mount one (root)."""
     path.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("mounting a tmpfs is not permitted here; the in-process cases above still run")
     try:
         yield path
@@ -136,10 +161,12 @@ def mounted_tmpfs(path, options):
         subprocess.run(["umount", str(path)], check=True)
 
 
-@pytest.mark.parametrize("options, message", [("size=64k", "No space left on device"),
-                                              ("ro", "Read-only file system")])
+@pytest.mark.parametrize(
+    "options, message", [("size=64k", "No space left on device"), ("ro", "Read-only file system")]
+)
 def test_fetch_into_a_full_or_read_only_file_system_is_one_line_and_leaves_nothing(
-        tmp_path, options, message):
+    tmp_path, options, message
+):
     (tmp_path / "params.yaml").write_text("{}\n")
     with mounted_tmpfs(tmp_path / "mnt", options) as place:
         result = vaectl("fetch", "--out", str(place / "prepared"), cwd=tmp_path)

@@ -50,8 +50,15 @@ def restored(chain):
 
 
 def vaectl(root, env, *args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "vaectl", *args], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=600, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "vaectl", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
+    )
 
 
 def forge_metrics(root):
@@ -61,15 +68,29 @@ def forge_metrics(root):
 
 
 def register(root, prepared):
-    return registry.register(RegistryParams(require_smoother_than_baseline=False),
-                             root / "export", prepared, "vaectl", root / "reports" / "registry.json")
+    return registry.register(
+        RegistryParams(require_smoother_than_baseline=False),
+        root / "export",
+        prepared,
+        "vaectl",
+        root / "reports" / "registry.json",
+    )
 
 
 def test_export_refuses_metrics_no_evaluate_run_wrote(chain, restored):
     forge_metrics(restored)
     before = (restored / "export" / "vae" / "model_card.json").read_bytes()
-    out = vaectl(restored, chain["env"], "export", "--prepared", str(chain["prepared"]),
-                 "--metrics", str(restored / "reports" / "metrics.json"), "--out", str(restored / "export"))
+    out = vaectl(
+        restored,
+        chain["env"],
+        "export",
+        "--prepared",
+        str(chain["prepared"]),
+        "--metrics",
+        str(restored / "reports" / "metrics.json"),
+        "--out",
+        str(restored / "export"),
+    )
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert "metrics.json (sha256" in out.stderr and "is not what any `vaectl evaluate` run" in out.stderr
     assert (restored / "export" / "vae" / "model_card.json").read_bytes() == before
@@ -101,17 +122,26 @@ def swap_exports(root):
 
 
 EXPORT_FORGERIES = {
-    "checksums.json emptied": (lambda r: (r / "export" / "vae" / "checksums.json").write_text("{}"),
-                               r"vae/checksums.json \(sha256 .*\) is not what any `vaectl export` run"),
+    "checksums.json emptied": (
+        lambda r: (r / "export" / "vae" / "checksums.json").write_text("{}"),
+        r"vae/checksums.json \(sha256 .*\) is not what any `vaectl export` run",
+    ),
     "the AE's decoder under a rehashed checksums.json": (
-        swap_decoders_and_rehash, r"vae/checksums.json \(sha256 .*\) is not what any `vaectl export` run"),
+        swap_decoders_and_rehash,
+        r"vae/checksums.json \(sha256 .*\) is not what any `vaectl export` run",
+    ),
     "the VAE's and the AE's export folders swapped": (
-        swap_exports, r"vae/checksums.json \(sha256 .*\) is not what any `vaectl export` run of export-vae"),
+        swap_exports,
+        r"vae/checksums.json \(sha256 .*\) is not what any `vaectl export` run of export-vae",
+    ),
     "a file added that checksums.json does not list": (
         lambda r: (r / "export" / "vae" / "extra.onnx").write_bytes(b"x"),
-        r"checksums.json does not list extra.onnx"),
-    "checksums.json not JSON": (lambda r: (r / "export" / "ae" / "checksums.json").write_text("{"),
-                                r"ae/checksums.json \(sha256 .*\) is not what any `vaectl export` run"),
+        r"checksums.json does not list extra.onnx",
+    ),
+    "checksums.json not JSON": (
+        lambda r: (r / "export" / "ae" / "checksums.json").write_text("{"),
+        r"ae/checksums.json \(sha256 .*\) is not what any `vaectl export` run",
+    ),
 }
 
 
@@ -149,10 +179,28 @@ def test_an_interrupted_registration_leaves_no_version_without_its_checksums(cha
 def test_two_registrations_at_once_leave_candidate_on_the_newest_version(chain, restored):
     from vaectl.tracking import registry_client
 
-    procs = [subprocess.Popen([sys.executable, "-m", "vaectl", "register", "--prepared",
-                               str(chain["prepared"]), "--exported", str(restored / "export"),
-                               "--report", str(restored / f"r{i}.json")], cwd=restored, env=chain["env"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vaectl",
+                "register",
+                "--prepared",
+                str(chain["prepared"]),
+                "--exported",
+                str(restored / "export"),
+                "--report",
+                str(restored / f"r{i}.json"),
+            ],
+            cwd=restored,
+            env=chain["env"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
@@ -164,37 +212,67 @@ def test_two_registrations_at_once_leave_candidate_on_the_newest_version(chain, 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_a_killed_export_leaves_the_previous_export_and_no_half_folder(chain, restored, how):
-    before = {p.relative_to(restored): p.read_bytes()
-              for p in (restored / "export").rglob("*") if p.is_file()}
-    proc = subprocess.Popen([sys.executable, "-m", "vaectl", "export", "--prepared", str(chain["prepared"]),
-                             "--metrics", str(restored / "reports" / "metrics.json"),
-                             "--out", str(restored / "export")],
-                            cwd=restored, env=chain["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    before = {
+        p.relative_to(restored): p.read_bytes() for p in (restored / "export").rglob("*") if p.is_file()
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vaectl",
+            "export",
+            "--prepared",
+            str(chain["prepared"]),
+            "--metrics",
+            str(restored / "reports" / "metrics.json"),
+            "--out",
+            str(restored / "export"),
+        ],
+        cwd=restored,
+        env=chain["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while not list((restored / "export").glob(".vae.*.tmp/vae/*.pt2")) and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(how)
     _, err = proc.communicate(timeout=120)
-    after = {p.relative_to(restored): p.read_bytes() for p in (restored / "export").rglob("*") if p.is_file()
-             and ".tmp" not in str(p)}
+    after = {
+        p.relative_to(restored): p.read_bytes()
+        for p in (restored / "export").rglob("*")
+        if p.is_file() and ".tmp" not in str(p)
+    }
     assert after == before
     if how == signal.SIGTERM:
         assert proc.returncode == 143 and "Traceback" not in err, err
         assert err.strip().splitlines()[-1].startswith("interrupted: `vaectl export` stopped")
         assert not list((restored / "export").glob(".*.tmp"))
     else:  # kill -9 runs no clean-up; the next export removes what it left
-        export_stage.run(("vae",), chain["prepared"], restored / "models",
-                         restored / "reports" / "metrics.json", restored / "export", "vaectl")
+        export_stage.run(
+            ("vae",),
+            chain["prepared"],
+            restored / "models",
+            restored / "reports" / "metrics.json",
+            restored / "export",
+            "vaectl",
+        )
         assert not list((restored / "export").glob(".*.tmp"))
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{", r"out.json is not valid JSON \(.*\); it is written by `vaectl export`: run it again"),
-    ('{"model": "vae"}', r"out.json is malformed \(no checkpoint_sha256\); it is written by `vaectl export`"),
-    ("[1, 2]", r"out.json is malformed \(a JSON list, not a dict\)"),
-    (b"\xff\xfe", r"out.json is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{", r"out.json is not valid JSON \(.*\); it is written by `vaectl export`: run it again"),
+        (
+            '{"model": "vae"}',
+            r"out.json is malformed \(no checkpoint_sha256\); it is written by `vaectl export`",
+        ),
+        ("[1, 2]", r"out.json is malformed \(a JSON list, not a dict\)"),
+        (b"\xff\xfe", r"out.json is not valid JSON"),
+    ],
+)
 def test_a_malformed_stage_output_is_one_line_naming_the_file_and_its_writer(tmp_path, content, message):
     from vaectl.files import read_json
 

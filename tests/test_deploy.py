@@ -42,18 +42,26 @@ def test_export_parity_files_and_dynamic_batch(deployed):
 
     root = deployed["root"]
     for kind in ("vae", "ae"):
-        assert max(deployed["parities"][kind].values()) < deployed["cards"][kind][
-            "onnx_parity_max_abs_diff_below"] == 1e-4
+        assert (
+            max(deployed["parities"][kind].values())
+            < deployed["cards"][kind]["onnx_parity_max_abs_diff_below"]
+            == 1e-4
+        )
         files = json.loads((root / "export" / kind / "checksums.json").read_text())
         assert {"encoder.onnx", "decoder.pt2", "reconstruct.onnx", "model_card.md"} <= set(files)
     archives = list((root / "export").glob("*/*.pt2"))
     assert len(archives) == 6
     for archive in archives:  # no trace of where it was built, no test images
         with zipfile.ZipFile(archive) as z:
-            assert not any(b"site-packages" in z.read(n) or str(REPO).encode() in z.read(n)
-                           or str(root).encode() in z.read(n) for n in z.namelist())
-            assert not any(n.endswith("sample_inputs/model.pt") and len(z.read(n)) > 2000
-                           for n in z.namelist())
+            assert not any(
+                b"site-packages" in z.read(n)
+                or str(REPO).encode() in z.read(n)
+                or str(root).encode() in z.read(n)
+                for n in z.namelist()
+            )
+            assert not any(
+                n.endswith("sample_inputs/model.pt") and len(z.read(n)) > 2000 for n in z.namelist()
+            )
     session = onnxruntime.InferenceSession(str(root / "export" / "vae" / "reconstruct.onnx"))
     x = np.random.default_rng(0).random((7, 784), dtype=np.float32)  # not the traced batch size
     program = torch.export.load(root / "export" / "vae" / "reconstruct.pt2").module()
@@ -69,8 +77,13 @@ def test_first_registration_promotes_and_the_same_model_again_does_not(deployed)
         for k, v in deployed["env"].items():
             mp.setenv(k, v)
         root = deployed["root"]
-        again = registry.register(deployed["rule"], root / "export",
-                                  deployed["prepared"], "vaectl", root / "reports" / "registry2.json")
+        again = registry.register(
+            deployed["rule"],
+            root / "export",
+            deployed["prepared"],
+            "vaectl",
+            root / "reports" / "registry2.json",
+        )
         from vaectl.tracking import registry_client
 
         assert again["vae"]["version"] == "2" and not again["vae"]["promoted"]
@@ -106,17 +119,25 @@ def test_first_registration_promotes_and_the_same_model_again_does_not(deployed)
         assert checkpoint.tags["vaectl.checkpoint_sha256"] == version.tags["checkpoint_sha256"]
         evaluated = {m.key: (m.value, m.dataset_name) for m in checkpoint.metrics}
         assert evaluated["test.iw_nll"] == test_numbers["test.iw_nll"]  # evaluate's, on the Models tab
-        assert {o.model_id for o in training.outputs.model_outputs} >= {checkpoint.model_id,
-                                                                         registered.model_id}
+        assert {o.model_id for o in training.outputs.model_outputs} >= {
+            checkpoint.model_id,
+            registered.model_id,
+        }
         register = c.get_run(version.tags["register_run_id"])
         assert register.data.metrics["test.iw_nll"] == pytest.approx(metrics["vae"]["iw_nll"])
         evaluate_id = tracking.find_runs("vaectl", "tags.`vaectl.kind` = 'evaluate'")[0].info.run_id
         assert register.data.tags["vaectl.evaluate_run_id"] == evaluate_id == version.tags["evaluate_run_id"]
-        assert f"Evaluate run (VAE-vs-AE table with intervals, figures, report page): {evaluate_id}" in \
-            version.description
+        assert (
+            f"Evaluate run (VAE-vs-AE table with intervals, figures, report page): {evaluate_id}"
+            in version.description
+        )
         # a version row stays short: a few headline numbers, the checksums as one digest
-        assert sorted(k for k in version.tags if k.startswith("metric.")) == \
-            ["metric.active_units", "metric.iw_nll", "metric.neg_elbo", "metric.recon_bce"]
+        assert sorted(k for k in version.tags if k.startswith("metric.")) == [
+            "metric.active_units",
+            "metric.iw_nll",
+            "metric.neg_elbo",
+            "metric.recon_bce",
+        ]
         assert len(version.tags["bundle_sha256"]) == 64
 
 
@@ -128,8 +149,9 @@ def test_inside_a_dvc_experiment_register_checks_the_exports_and_registers_nothi
             mp.setenv(k, v)
         root = deployed["root"]
         before = sorted(v.version for v in registry_client.client().search_model_versions("name='vae-mnist'"))
-        result = registry.register(deployed["rule"], root / "export", deployed["prepared"], "vaectl",
-                                   tmp_path / "registry.json")
+        result = registry.register(
+            deployed["rule"], root / "export", deployed["prepared"], "vaectl", tmp_path / "registry.json"
+        )
         assert result["vae"]["version"] is None
         assert "DVC experiments register nothing" in result["vae"]["reason"]
         after = sorted(v.version for v in registry_client.client().search_model_versions("name='vae-mnist'"))
@@ -137,47 +159,75 @@ def test_inside_a_dvc_experiment_register_checks_the_exports_and_registers_nothi
         (root / "export" / "vae" / "extra.onnx").write_bytes(b"x")  # a broken export still fails
         try:
             with pytest.raises(UserError, match="does not list extra.onnx"):
-                registry.register(deployed["rule"], root / "export", deployed["prepared"], "vaectl",
-                                  tmp_path / "registry.json")
+                registry.register(
+                    deployed["rule"],
+                    root / "export",
+                    deployed["prepared"],
+                    "vaectl",
+                    tmp_path / "registry.json",
+                )
         finally:
             (root / "export" / "vae" / "extra.onnx").unlink()
 
 
-@pytest.mark.parametrize("value, champion, smooth_ci, require_smooth, promote", [
-    (100.0, None, [0.8, 0.9], True, True),    # no champion yet
-    (99.0, 100.0, [0.8, 0.9], True, True),    # better
-    (100.0, 100.0, [0.8, 0.9], True, False),  # not strictly better
-    (101.0, 100.0, [0.8, 0.9], True, False),  # worse
-    (90.0, 100.0, [0.9, 1.02], True, False),  # better NLL, but not significantly smoother than the AE
-    (90.0, 100.0, [1.1, 1.2], True, False),   # better NLL but rougher interpolation than the AE
-    (90.0, 100.0, [1.1, 1.2], False, True),   # ... which is allowed when the rule says so
-])
+@pytest.mark.parametrize(
+    "value, champion, smooth_ci, require_smooth, promote",
+    [
+        (100.0, None, [0.8, 0.9], True, True),  # no champion yet
+        (99.0, 100.0, [0.8, 0.9], True, True),  # better
+        (100.0, 100.0, [0.8, 0.9], True, False),  # not strictly better
+        (101.0, 100.0, [0.8, 0.9], True, False),  # worse
+        (90.0, 100.0, [0.9, 1.02], True, False),  # better NLL, but not significantly smoother than the AE
+        (90.0, 100.0, [1.1, 1.2], True, False),  # better NLL but rougher interpolation than the AE
+        (90.0, 100.0, [1.1, 1.2], False, True),  # ... which is allowed when the rule says so
+    ],
+)
 def test_promotion_rule_both_ways(value, champion, smooth_ci, require_smooth, promote):
     better = "vae" if smooth_ci[1] < 1 else "ae" if smooth_ci[0] > 1 else "none"
-    metrics = {"vae": {"iw_nll": value}, "comparison": {"diff_class.ppl_normalized": {
-        "ratio": sum(smooth_ci) / 2, "ratio_ci": smooth_ci, "better": better}}}
+    metrics = {
+        "vae": {"iw_nll": value},
+        "comparison": {
+            "diff_class.ppl_normalized": {
+                "ratio": sum(smooth_ci) / 2,
+                "ratio_ci": smooth_ci,
+                "better": better,
+            }
+        },
+    }
     rule = RegistryParams(require_smoother_than_baseline=require_smooth)
     assert registry.promotion_decision("vae", metrics, champion, rule).promote is promote
     improved = RegistryParams(min_improvement=2.0, require_smoother_than_baseline=False)
-    assert not registry.promotion_decision("vae", {**metrics, "vae": {"iw_nll": 99.0}}, 100.0,
-                                           improved).promote
+    assert not registry.promotion_decision(
+        "vae", {**metrics, "vae": {"iw_nll": 99.0}}, 100.0, improved
+    ).promote
 
 
 def test_pull_in_a_fresh_process_gives_the_trained_models_outputs(deployed):
     root = deployed["root"]
     dest = root / "bundle"
-    pulled = subprocess.run([sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion",
-                             "--dest", str(dest)], cwd=root, env=deployed["env"],
-                            capture_output=True, text=True)
+    pulled = subprocess.run(
+        [sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest", str(dest)],
+        cwd=root,
+        env=deployed["env"],
+        capture_output=True,
+        text=True,
+    )
     assert pulled.returncode == 0, pulled.stderr
     assert "files verified" in pulled.stdout and (dest / "artifacts" / "decoder.onnx").exists()
     x = np.random.default_rng(1).random((5, 784), dtype=np.float32)
     np.save(root / "x.npy", x)
-    code = ("import mlflow, numpy as np, sys; m = mlflow.pyfunc.load_model(sys.argv[1]); "
-            "np.save(sys.argv[2], m.predict(np.load(sys.argv[3])))")
+    code = (
+        "import mlflow, numpy as np, sys; m = mlflow.pyfunc.load_model(sys.argv[1]); "
+        "np.save(sys.argv[2], m.predict(np.load(sys.argv[3])))"
+    )
     for uri, out in (("models:/vae-mnist@champion", "y_registry.npy"), (str(dest), "y_bundle.npy")):
-        subprocess.run([sys.executable, "-c", code, uri, str(root / out), str(root / "x.npy")],
-                       cwd=root, env=deployed["env"], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", code, uri, str(root / out), str(root / "x.npy")],
+            cwd=root,
+            env=deployed["env"],
+            check=True,
+            capture_output=True,
+        )
     state = torch.load(root / "models" / "vae" / "best.pt", weights_only=True)
     from vaectl.models import from_config
 
@@ -198,17 +248,23 @@ def test_a_bundle_changed_in_the_artifact_store_is_refused_before_it_runs(deploy
     original = {p: p.read_bytes() for p in stored}
 
     def pull():
-        return subprocess.run([sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest",
-                               str(root / "tampered")], cwd=root, env=deployed["env"],
-                              capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest", str(root / "tampered")],
+            cwd=root,
+            env=deployed["env"],
+            capture_output=True,
+            text=True,
+        )
 
     try:
         for p in stored:
             p.write_bytes(original[p] + b"\nopen('/tmp/pwned', 'w')\n")
         out = pull()
         assert out.returncode == 1 and "Traceback" not in out.stderr
-        assert "the stored bundle differs from what was registered (changed code/vaectl/tracking/pyfunc.py)" \
+        assert (
+            "the stored bundle differs from what was registered (changed code/vaectl/tracking/pyfunc.py)"
             in out.stderr
+        )
         for p in stored:
             p.write_bytes(original[p])
             (p.parent / "extra.py").write_text("x = 1\n")
@@ -231,9 +287,13 @@ def test_a_listing_rewritten_to_match_a_changed_bundle_is_refused(deployed):
     try:
         for p in listings:
             p.write_text(p.read_text().replace('"MLmodel": "', '"MLmodel": "0'))
-        out = subprocess.run([sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest",
-                              str(root / "relisted")], cwd=root, env=deployed["env"],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest", str(root / "relisted")],
+            cwd=root,
+            env=deployed["env"],
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 1 and "Traceback" not in out.stderr
         assert "are missing or not the ones its version recorded; refusing to load it" in out.stderr
         assert not (root / "relisted").exists()
@@ -242,15 +302,22 @@ def test_a_listing_rewritten_to_match_a_changed_bundle_is_refused(deployed):
             p.write_bytes(original[p])
 
 
-@pytest.mark.parametrize("ref, message", [
-    ("gan-mnist@champion", "no registered model 'gan-mnist'; registered: ae-mnist, vae-mnist"),
-    ("vae-mnist@prod", "has no alias 'prod'; aliases: @candidate"),
-    ("vae-mnist/99", "has no version '99'; versions: 1"),
-])
+@pytest.mark.parametrize(
+    "ref, message",
+    [
+        ("gan-mnist@champion", "no registered model 'gan-mnist'; registered: ae-mnist, vae-mnist"),
+        ("vae-mnist@prod", "has no alias 'prod'; aliases: @candidate"),
+        ("vae-mnist/99", "has no version '99'; versions: 1"),
+    ],
+)
 def test_unknown_names_list_what_exists(deployed, ref, message):
-    out = subprocess.run([sys.executable, "-m", "vaectl", "pull", ref, "--dest",
-                          str(deployed["root"] / "x")], cwd=deployed["root"], env=deployed["env"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "vaectl", "pull", ref, "--dest", str(deployed["root"] / "x")],
+        cwd=deployed["root"],
+        env=deployed["env"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr
 
 
@@ -293,8 +360,9 @@ def test_pyfunc_rejects_bad_inputs_with_a_message(deployed):
 
 
 def _post(port: int, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -304,28 +372,50 @@ def _post(port: int, body: bytes) -> tuple[int, dict]:
 
 def test_serve_smoke_on_loopback(deployed):
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "vaectl", "serve", "vae-mnist@champion",
-                               "--port", str(port), "--max-body", "100000", "--max-samples", "50"],
-                              cwd=deployed["root"], env=deployed["env"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vaectl",
+            "serve",
+            "vae-mnist@champion",
+            "--port",
+            str(port),
+            "--max-body",
+            "100000",
+            "--max-samples",
+            "50",
+        ],
+        cwd=deployed["root"],
+        env=deployed["env"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_until_up(f"http://127.0.0.1:{port}/ping")
         status, body = _post(port, json.dumps({"inputs": [[0.5] * 784]}).encode())
         assert status == 200 and np.array(body["predictions"]).shape == (1, 784)
-        for bad, message in [(b"{not json", "JSON"),
-                             (json.dumps({"inputs": [[0.5, 0.2]]}).encode(), "expects N x 784"),
-                             (b'{"inputs": [[NaN, 0.5]]}', "")]:
+        for bad, message in [
+            (b"{not json", "JSON"),
+            (json.dumps({"inputs": [[0.5, 0.2]]}).encode(), "expects N x 784"),
+            (b'{"inputs": [[NaN, 0.5]]}', ""),
+        ]:
             status, body = _post(port, bad)
             assert 400 <= status < 500 and message in body["message"]
-        sample = lambda **p: _post(port, json.dumps(  # noqa: E731
-            {"params": {"mode": "sample", **p}}).encode())  # sampling takes no input
+
+        def sample(**p):  # sampling takes no input
+            return _post(port, json.dumps({"params": {"mode": "sample", **p}}).encode())
+
         assert sample(n=50)[0] == 200 and len(sample(n=50)[1]["predictions"]) == 50
         with_input = {"inputs": [[0.5] * 784], "params": {"mode": "sample", "n": 3, "seed": 7}}
         assert _post(port, json.dumps(with_input).encode())[1] == sample(n=3, seed=7)[1]
         bound = "n must be between 1 and 50 (VAECTL_SERVE_MAX_SAMPLES), got"
-        for params, message in [({"n": 20000}, f"{bound} 20000"), ({"n": -5}, f"{bound} -5"),
-                                ({"seed": -1}, "seed must be >= 0, got -1")]:
+        for params, message in [
+            ({"n": 20000}, f"{bound} 20000"),
+            ({"n": -5}, f"{bound} -5"),
+            ({"seed": -1}, "seed must be >= 0, got -1"),
+        ]:
             assert sample(**params) == (400, {"error_code": "BAD_REQUEST", "message": message})
         status, body = _post(port, json.dumps({"inputs": [[0.123456] * 700]}).encode())
         assert status == 400 and "expects N x 784" in body["message"]
@@ -333,8 +423,13 @@ def test_serve_smoke_on_loopback(deployed):
         big = json.dumps({"inputs": [[0.5] * 784] * 40}).encode()  # ~160 KB
         assert _post(port, big)[0] == 413
         chunked = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # no Content-Length
-        chunked.request("POST", "/invocations", body=iter([big[:60000], big[60000:]]),
-                        headers={"Content-Type": "application/json"}, encode_chunked=True)
+        chunked.request(
+            "POST",
+            "/invocations",
+            body=iter([big[:60000], big[60000:]]),
+            headers={"Content-Type": "application/json"},
+            encode_chunked=True,
+        )
         reply = chunked.getresponse()
         assert reply.status == 413 and "larger than 100000 bytes" in json.loads(reply.read())["message"]
         chunked.close()
@@ -375,7 +470,8 @@ def _whole_reply(conn: socket.socket) -> bytes:
     conn.settimeout(30)
     reply = b""
     while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < int(
-            re.search(rb"content-length: (\d+)", reply, re.I).group(1)):
+        re.search(rb"content-length: (\d+)", reply, re.I).group(1)
+    ):
         chunk = conn.recv(4096)
         if not chunk:
             break
@@ -385,18 +481,37 @@ def _whole_reply(conn: socket.socket) -> bytes:
 
 def test_serve_cuts_slow_clients_and_refuses_json_it_cannot_parse(deployed):
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "vaectl", "serve", "vae-mnist@champion",
-                               "--port", str(port), "--max-body", "1000000", "--max-connections", "6",
-                               "--header-timeout", "2", "--body-timeout", "2"],
-                              cwd=deployed["root"], env=deployed["env"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vaectl",
+            "serve",
+            "vae-mnist@champion",
+            "--port",
+            str(port),
+            "--max-body",
+            "1000000",
+            "--max-connections",
+            "6",
+            "--header-timeout",
+            "2",
+            "--body-timeout",
+            "2",
+        ],
+        cwd=deployed["root"],
+        env=deployed["env"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     try:
         wait_until_up(f"http://127.0.0.1:{port}/ping")
         slowloris = [_raw(port, b"POST /invocations HTTP/1.1\r\nX-A: ") for _ in range(6)]
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=b"{}",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=b"{}", headers={"Content-Type": "application/json"}
+        )
         with pytest.raises(urllib.error.HTTPError, match="503"):  # all connections taken
             urllib.request.urlopen(request, timeout=30)
         assert all(_closed_within(conn, 8) for conn in slowloris)  # cut at the header deadline
@@ -405,8 +520,10 @@ def test_serve_cuts_slow_clients_and_refuses_json_it_cannot_parse(deployed):
         reply = _whole_reply(stalled)
         assert reply.startswith(b"HTTP/1.1 408") and b"not complete within 2 s" in reply
         deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-        assert _post(port, deep) == (400, {"error_code": "BAD_REQUEST",
-                                           "message": "request body nests JSON deeper than it can be parsed"})
+        assert _post(port, deep) == (
+            400,
+            {"error_code": "BAD_REQUEST", "message": "request body nests JSON deeper than it can be parsed"},
+        )
         status, body = _post(port, b'{"inputs": [[0.123456, 0.654321 oops')
         assert status == 400 and body["message"].startswith("request body is not valid JSON")
         assert "0.123456" not in body["message"] and "oops" not in body["message"]
@@ -418,9 +535,13 @@ def test_serve_cuts_slow_clients_and_refuses_json_it_cannot_parse(deployed):
 def test_pull_into_a_file_is_one_clear_line(deployed):
     target = deployed["root"] / "a-file"
     target.write_text("keep me")
-    out = subprocess.run([sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest",
-                          str(target)], cwd=deployed["root"], env=deployed["env"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest", str(target)],
+        cwd=deployed["root"],
+        env=deployed["env"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 1 and "is a file; give a directory" in out.stderr
     assert "Traceback" not in out.stderr and target.read_text() == "keep me"
 
@@ -438,8 +559,13 @@ def test_predict_scores_npz_and_png_folders_through_the_verified_pyfunc(deployed
         Image.fromarray(image).save(root / "pngs" / f"d{i}.png")
 
     def vaectl(*args):
-        return subprocess.run([sys.executable, "-m", "vaectl", "predict", "vae-mnist@champion", *args],
-                              cwd=root, env=deployed["env"], capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "vaectl", "predict", "vae-mnist@champion", *args],
+            cwd=root,
+            env=deployed["env"],
+            capture_output=True,
+            text=True,
+        )
 
     for source, out in (("digits.npz", "a.npz"), ("pngs", "b.npz")):
         done = vaectl("--input", source, "--output", out)
@@ -455,7 +581,8 @@ def test_predict_scores_npz_and_png_folders_through_the_verified_pyfunc(deployed
         for k, v in deployed["env"].items():
             mp.setenv(k, v)
         direct = registry_client.load_pyfunc("models:/vae-mnist@champion").predict(
-            images.reshape(3, 784).astype(np.float32) / 255)
+            images.reshape(3, 784).astype(np.float32) / 255
+        )
     np.testing.assert_allclose(a["output"], direct, atol=1e-6)
     with pytest.MonkeyPatch.context() as mp:  # rows scored a batch at a time: the same numbers
         for k, v in deployed["env"].items():
@@ -469,10 +596,12 @@ def test_predict_scores_npz_and_png_folders_through_the_verified_pyfunc(deployed
     assert sampled.returncode == 0 and np.load(root / "s.npz")["output"].shape == (4, 784)
 
     np.save(root / "wide.npy", np.full((2, 10), 0.5, np.float32))
-    for args, message in [(("--input", "wide.npy"), "mode reconstruct expects N x 784 input"),
-                          (("--input", "missing.npz"), "input not found: missing.npz"),
-                          (("--input", "pngs", "--mode", "explode"), "unknown mode 'explode'"),
-                          (("--mode", "encode"), "mode encode needs --input")]:
+    for args, message in [
+        (("--input", "wide.npy"), "mode reconstruct expects N x 784 input"),
+        (("--input", "missing.npz"), "input not found: missing.npz"),
+        (("--input", "pngs", "--mode", "explode"), "unknown mode 'explode'"),
+        (("--mode", "encode"), "mode encode needs --input"),
+    ]:
         failed = vaectl(*args, "--output", "bad.npz")
         assert failed.returncode == 1 and message in failed.stderr, failed.stderr
         assert "Traceback" not in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
@@ -511,8 +640,9 @@ def test_the_conv_skeleton_exports_with_parity_at_any_batch_size(tmp_path):
     z = torch.randn(3, 3)
     with torch.no_grad():
         expected = model.mean_image(z).numpy()
-    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: z.numpy()})[0], expected,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        session.run(None, {session.get_inputs()[0].name: z.numpy()})[0], expected, atol=1e-5
+    )
 
 
 def test_the_gated_skeleton_exports_with_parity(tmp_path):

@@ -32,15 +32,18 @@ def disagreements(requirements: list[Requirement], locked: dict[str, str]) -> li
 
 
 def test_the_lock_satisfies_every_requirement_of_pyproject():
-    assert disagreements(declared_requirements(), environment.locked_versions(LOCK)) == [], \
+    assert disagreements(declared_requirements(), environment.locked_versions(LOCK)) == [], (
         "pyproject.toml and requirements.lock disagree: run `make lock`"
+    )
 
 
 def test_a_requirement_outside_the_lock_is_a_disagreement():
     locked = {"torch": "2.14.1", "numpy": "2.4.6"}
     assert disagreements([Requirement("torch>=2.4"), Requirement("NumPy>=1.24")], locked) == []
     assert disagreements([Requirement("torch>=2.15"), Requirement("onnx>=1")], locked) == [
-        "torch: locked 2.14.1, pyproject.toml asks >=2.15", "onnx: not in the lock"]
+        "torch: locked 2.14.1, pyproject.toml asks >=2.15",
+        "onnx: not in the lock",
+    ]
 
 
 def test_every_pin_is_hash_checked_and_the_lock_is_for_ci_python():
@@ -61,25 +64,39 @@ def test_the_tests_run_in_the_locked_environment():
 def test_lock_parsing_and_drift_name_each_package(tmp_path):
     lock = tmp_path / "requirements.lock"
     installed = environment.installed_version("pytest")
-    lock.write_text(f"# header\nPyTest=={installed} \\\n    --hash=sha256:00\n    # via x\n"
-                    "great_expectations==0.0.1 \\\n    --hash=sha256:11\n"
-                    "no-such-package-vaectl==1.0 ; sys_platform == 'linux' \\\n    --hash=sha256:22\n")
-    assert environment.locked_versions(lock) == {"pytest": installed, "great-expectations": "0.0.1",
-                                                 "no-such-package-vaectl": "1.0"}
+    lock.write_text(
+        f"# header\nPyTest=={installed} \\\n    --hash=sha256:00\n    # via x\n"
+        "great_expectations==0.0.1 \\\n    --hash=sha256:11\n"
+        "no-such-package-vaectl==1.0 ; sys_platform == 'linux' \\\n    --hash=sha256:22\n"
+    )
+    assert environment.locked_versions(lock) == {
+        "pytest": installed,
+        "great-expectations": "0.0.1",
+        "no-such-package-vaectl": "1.0",
+    }
     drift = environment.lock_drift(lock)
-    assert drift == {"great-expectations": ("0.0.1", environment.installed_version("great-expectations")),
-                     "no-such-package-vaectl": ("1.0", None)}
+    assert drift == {
+        "great-expectations": ("0.0.1", environment.installed_version("great-expectations")),
+        "no-such-package-vaectl": ("1.0", None),
+    }
     tags = environment.run_tags(lock)
-    assert tags["vaectl.lock_drift"].startswith("great-expectations ") and "missing (locked 1.0)" in tags[
-        "vaectl.lock_drift"]
+    assert (
+        tags["vaectl.lock_drift"].startswith("great-expectations ")
+        and "missing (locked 1.0)" in tags["vaectl.lock_drift"]
+    )
     assert f"python {sys.version.split()[0]}" in tags["vaectl.versions"]
 
 
-@pytest.mark.parametrize("cpuinfo, expected", [
-    ("model name\t: Test CPU\nflags\t\t: fpu sse4_2 avx2 fma avx512f amx_tile\n",
-     ("Test CPU", ["sse4_2", "avx2", "fma", "avx512f", "amx_tile"])),
-    ("model name\t: Old CPU\nflags\t\t: fpu sse4_2\n", ("Old CPU", ["sse4_2"])),
-])
+@pytest.mark.parametrize(
+    "cpuinfo, expected",
+    [
+        (
+            "model name\t: Test CPU\nflags\t\t: fpu sse4_2 avx2 fma avx512f amx_tile\n",
+            ("Test CPU", ["sse4_2", "avx2", "fma", "avx512f", "amx_tile"]),
+        ),
+        ("model name\t: Old CPU\nflags\t\t: fpu sse4_2\n", ("Old CPU", ["sse4_2"])),
+    ],
+)
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path, cpuinfo, expected):
     fake = tmp_path / "cpuinfo"
     fake.write_text(cpuinfo)

@@ -54,8 +54,9 @@ class QuadraticModel:
 
 
 def exact_metrics(model, n=200):  # 100 draws per image: the recon term's standard error ~0.04
-    params = parse_params({"eval": {"iw_samples": 2000, "iw_chunk": 1000, "batch_size": 50,
-                                     "iw_precision": "float32"}}).eval
+    params = parse_params(
+        {"eval": {"iw_samples": 2000, "iw_chunk": 1000, "batch_size": 50, "iw_precision": "float32"}}
+    ).eval
     x = torch.zeros(n, 784, dtype=torch.float64)
     return evaluate_stage.likelihood_metrics(model, x, x, params, torch.Generator().manual_seed(0))[0]
 
@@ -86,12 +87,14 @@ def test_active_units_count_latent_dims_whose_mean_moves_across_images():
     """Dim 0's encoder mean varies with the image (variance ~1), dim 1's barely (~0.0025 <
     0.01), dims 2-4 not at all: one active unit. Across the wrong axis it would count images."""
     model = QuadraticModel([0.0] * 5, [0.0] * 5, varying_dims=[(0, 2.0), (1, 0.1)])
-    params = parse_params({"eval": {"iw_samples": 2, "iw_chunk": 2, "batch_size": 50,
-                                     "iw_precision": "float32"}}).eval
+    params = parse_params(
+        {"eval": {"iw_samples": 2, "iw_chunk": 2, "batch_size": 50, "iw_precision": "float32"}}
+    ).eval
     x = torch.zeros(200, 784, dtype=torch.float64)
     x[::2, 0] = 1.0
-    metrics, latents, _ = evaluate_stage.likelihood_metrics(model, x, x, params,
-                                                            torch.Generator().manual_seed(0))
+    metrics, latents, _ = evaluate_stage.likelihood_metrics(
+        model, x, x, params, torch.Generator().manual_seed(0)
+    )
     assert metrics["active_units"] == 1
     assert latents["encoder_mean_variance"][:2] == pytest.approx([200 / 199, 0.0025 * 200 / 199])
 
@@ -137,8 +140,13 @@ def test_normalised_ppl_of_an_accelerating_path_is_four_thirds():
     4/3 |v|^2 while the squared end distance is |v|^2. Random u draws would miss this by
     several percent at 64 points; the midpoint grid gets it to 1e-4."""
     v = torch.randn(784, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    ppl = path_ppl(lambda z: z[:, :1].pow(2) * v, torch.zeros(1, 1, dtype=torch.float64),
-                   torch.ones(1, 1, dtype=torch.float64), 1e-4, 64)
+    ppl = path_ppl(
+        lambda z: z[:, :1].pow(2) * v,
+        torch.zeros(1, 1, dtype=torch.float64),
+        torch.ones(1, 1, dtype=torch.float64),
+        1e-4,
+        64,
+    )
     assert ppl["ppl_normalized"].item() == pytest.approx(4 / 3, rel=1e-3)
     assert ppl["ppl"].item() == pytest.approx(4 / 3 * v.pow(2).sum().item(), rel=1e-3)
 
@@ -154,8 +162,9 @@ def test_doubling_the_decoder_quadruples_raw_ppl_and_leaves_normalised_ppl_alone
     rng = np.random.default_rng(0)
     raw = compare_units("ppl", two["ppl"].numpy(), one["ppl"].numpy(), True, rng)
     assert raw["ratio_ci"] == pytest.approx([4, 4], rel=1e-4) and raw["better"] == "ae"
-    normalised = compare_units("ppl_normalized", two["ppl_normalized"].numpy(),
-                               one["ppl_normalized"].numpy(), True, rng)
+    normalised = compare_units(
+        "ppl_normalized", two["ppl_normalized"].numpy(), one["ppl_normalized"].numpy(), True, rng
+    )
     assert normalised["ratio_ci"] == pytest.approx([1, 1], rel=1e-4) and normalised["better"] == "none"
 
 
@@ -178,15 +187,21 @@ def test_slerp_endpoints_and_norm():
 def trained_once(tmp_path_factory):
     """The tiny VAE, AE and judge, trained once for the module with their MLflow store."""
     root = tmp_path_factory.mktemp("trained")
-    prepared = write_prepared(root / "prepared", {"train": synthetic_digits(30, seed=1),
-                                                  "val": synthetic_digits(5, seed=2),
-                                                  "test": synthetic_digits(5, seed=3)})
+    prepared = write_prepared(
+        root / "prepared",
+        {
+            "train": synthetic_digits(30, seed=1),
+            "val": synthetic_digits(5, seed=2),
+            "test": synthetic_digits(5, seed=3),
+        },
+    )
     params = parse_params(TINY_EVAL)
     with pytest.MonkeyPatch.context() as mp:
         use_local_store(mp, root)
         for kind in ("vae", "ae"):
-            train_stage.run(kind, params, prepared, root / "models" / kind,
-                            root / "reports" / "curves" / f"{kind}.json")
+            train_stage.run(
+                kind, params, prepared, root / "models" / kind, root / "reports" / "curves" / f"{kind}.json"
+            )
         classifier_stage.run(params.eval.classifier, prepared, root / "models" / "classifier", "vaectl")
     return root
 
@@ -202,9 +217,16 @@ def trained(trained_once, tmp_path, monkeypatch):
 def evaluate(params, prepared, root, reports="reports", vae="vae", with_run=False):
     layout = Layout(root)
     report, run_id = evaluate_stage.run(
-        params.eval, prepared, layout.model(vae), layout.model("ae"), layout.classifier_checkpoint,
-        root / reports, root / reports / "figures",
-        params.tracking.experiment, echo=lambda message: None)
+        params.eval,
+        prepared,
+        layout.model(vae),
+        layout.model("ae"),
+        layout.classifier_checkpoint,
+        root / reports,
+        root / reports / "figures",
+        params.tracking.experiment,
+        echo=lambda message: None,
+    )
     return (report, run_id) if with_run else report
 
 
@@ -239,12 +261,26 @@ def test_evaluate_writes_metrics_and_is_deterministic(trained):
     assert "iw_nll" not in ae and ae["recon_bce"] > 0
     same_ppl = report["comparison"]["same_class.ppl_normalized"]
     assert same_ppl["units"] == [4, 4] and same_ppl["vae_ci"][0] <= same_ppl["vae"] <= same_ppl["vae_ci"][1]
-    compared = {"recon_bce", "recon_mse"} | {
-        f"{source}.{m}" for source in ("samples", "standard_normal")
-        for m in ("max_prob", "entropy", "unrecognised")} | {
-        f"{kind}.{m}" for kind in ("same_class", "diff_class")
-        for m in ("path_length_ratio", "step_unevenness", "ppl", "ppl_normalized", "midpoint_max_prob",
-                  "midpoint_entropy")}
+    compared = (
+        {"recon_bce", "recon_mse"}
+        | {
+            f"{source}.{m}"
+            for source in ("samples", "standard_normal")
+            for m in ("max_prob", "entropy", "unrecognised")
+        }
+        | {
+            f"{kind}.{m}"
+            for kind in ("same_class", "diff_class")
+            for m in (
+                "path_length_ratio",
+                "step_unevenness",
+                "ppl",
+                "ppl_normalized",
+                "midpoint_max_prob",
+                "midpoint_entropy",
+            )
+        }
+    )
     assert set(report["comparison"]) == compared
     assert all(c["better"] in ("vae", "ae", "none") for c in report["comparison"].values())
     assert set(report["vae_intervals"]) >= {"iw_nll", "neg_elbo", "bits_per_dim"}
@@ -252,8 +288,14 @@ def test_evaluate_writes_metrics_and_is_deterministic(trained):
     evaluate(params, prepared, root, reports="again")
     assert (root / "again" / "metrics.json").read_text() == first
     figures = sorted(p.name for p in (root / "reports" / "figures").iterdir())
-    assert figures == ["curves.png", "interpolation_diff_class.png", "interpolation_same_class.png",
-                       "latent_map.png", "reconstructions.png", "samples.png"]
+    assert figures == [
+        "curves.png",
+        "interpolation_diff_class.png",
+        "interpolation_same_class.png",
+        "latent_map.png",
+        "reconstructions.png",
+        "samples.png",
+    ]
     latents = json.loads((root / "reports" / "latents.json").read_text())
     assert latents["vae"]["active_units"] == vae["active_units"]
 
@@ -263,11 +305,25 @@ def test_missing_or_mismatched_model_is_a_clear_error(trained):
     with pytest.raises(UserError, match="no trained model in"):
         evaluate(params, prepared, root, vae="nope")
     with pytest.raises(UserError, match="best.pt is a 'ae' checkpoint, not a 'vae' one"):
-        evaluate_stage.run(params.eval, prepared, Layout(root).model("ae"), Layout(root).model("ae"),
-                           Layout(root).classifier_checkpoint, root / "r", root / "r" / "f", "x")
+        evaluate_stage.run(
+            params.eval,
+            prepared,
+            Layout(root).model("ae"),
+            Layout(root).model("ae"),
+            Layout(root).classifier_checkpoint,
+            root / "r",
+            root / "r" / "f",
+            "x",
+        )
     images, labels = load_split(prepared, "test")  # fetched again, from another source
-    write_prepared(prepared, {"train": load_split(prepared, "train"), "val": load_split(prepared, "val"),
-                              "test": (images[::-1].copy(), labels[::-1].copy())})
+    write_prepared(
+        prepared,
+        {
+            "train": load_split(prepared, "train"),
+            "val": load_split(prepared, "val"),
+            "test": (images[::-1].copy(), labels[::-1].copy()),
+        },
+    )
     with pytest.raises(UserError, match="trained on other data"):
         evaluate(params, prepared, root)
 
@@ -300,15 +356,28 @@ def test_holes_stage_on_2d_models(trained):
     from vaectl import holes as holes_stage
 
     params, prepared, root = trained  # TINY trains latent_dim 2
-    report = holes_stage.run(params.eval, prepared, root / "models" / "vae", root / "models" / "ae",
-                             root / "models" / "classifier" / "classifier.pt", root / "holes.json",
-                             root / "holes", params.tracking.experiment)
-    assert set(report["comparison"]) == {"grid.unrecognised", "samples.unrecognised",
-                                         "standard_normal.unrecognised"}
+    report = holes_stage.run(
+        params.eval,
+        prepared,
+        root / "models" / "vae",
+        root / "models" / "ae",
+        root / "models" / "classifier" / "classifier.pt",
+        root / "holes.json",
+        root / "holes",
+        params.tracking.experiment,
+    )
+    assert set(report["comparison"]) == {
+        "grid.unrecognised",
+        "samples.unrecognised",
+        "standard_normal.unrecognised",
+    }
     for c in report["comparison"].values():
         assert 0 <= c["vae_ci"][0] <= c["vae"] <= c["vae_ci"][1] <= 1
-        assert c["units"][0] == (params.eval.hole_grid ** 2 if c is report["comparison"]["grid.unrecognised"]
-                                 else params.eval.generated)
+        assert c["units"][0] == (
+            params.eval.hole_grid**2
+            if c is report["comparison"]["grid.unrecognised"]
+            else params.eval.generated
+        )
     assert sorted(p.name for p in (root / "holes").iterdir()) == ["latents_2d.png", "manifold_2d.png"]
     assert json.loads((root / "holes.json").read_text()) == report
 
@@ -320,9 +389,16 @@ def test_holes_refuses_models_that_are_not_2d(trained, tmp_path):
     wide = train_stage.with_latent_dim(params, "vae", 3)
     train_stage.run("vae", wide, prepared, tmp_path / "vae3", tmp_path / "c.json")
     with pytest.raises(UserError, match="needs latent_dim 2; the vae in .* has 3"):
-        holes_stage.run(params.eval, prepared, tmp_path / "vae3", root / "models" / "ae",
-                        root / "models" / "classifier" / "classifier.pt", tmp_path / "h.json",
-                        tmp_path / "h", params.tracking.experiment)
+        holes_stage.run(
+            params.eval,
+            prepared,
+            tmp_path / "vae3",
+            root / "models" / "ae",
+            root / "models" / "classifier" / "classifier.pt",
+            tmp_path / "h.json",
+            tmp_path / "h",
+            params.tracking.experiment,
+        )
 
 
 def test_iw_progress_reports_every_tenth_once_the_pass_takes_a_while(monkeypatch):
@@ -352,26 +428,38 @@ def swap(a, b):
 
 
 FORGERIES = {  # what someone able to write the workspace might leave there, and the refusal
-    "other weights in best.pt": (lambda m: zeroed(m / "vae" / "best.pt"),
-                                 r"vae/best.pt \(sha256 .*\) is not what any `vaectl train` run of vae"),
-    "the VAE's and the AE's best.pt swapped": (lambda m: swap(m / "vae" / "best.pt", m / "ae" / "best.pt"),
-                                               r"vae/best.pt is a 'ae' checkpoint, not a 'vae' one"),
-    "last.pt copied over best.pt": (lambda m: shutil.copyfile(m / "vae" / "last.pt", m / "vae" / "best.pt"),
-                                    r"vae/best.pt \(sha256 .*\) is not what any `vaectl train` run"),
-    "an edited training summary": (lambda m: (m / "ae" / "summary.json").write_text('{"best_val_loss": 1.0}'),
-                                   r"ae/summary.json .* is not the file MLflow run \w+ of `vaectl train`"),
-    "the judge's weights zeroed": (lambda m: zeroed(m / "classifier" / "classifier.pt"),
-                                   r"classifier.pt \(sha256 .*\) is not what any `vaectl classifier` run"),
+    "other weights in best.pt": (
+        lambda m: zeroed(m / "vae" / "best.pt"),
+        r"vae/best.pt \(sha256 .*\) is not what any `vaectl train` run of vae",
+    ),
+    "the VAE's and the AE's best.pt swapped": (
+        lambda m: swap(m / "vae" / "best.pt", m / "ae" / "best.pt"),
+        r"vae/best.pt is a 'ae' checkpoint, not a 'vae' one",
+    ),
+    "last.pt copied over best.pt": (
+        lambda m: shutil.copyfile(m / "vae" / "last.pt", m / "vae" / "best.pt"),
+        r"vae/best.pt \(sha256 .*\) is not what any `vaectl train` run",
+    ),
+    "an edited training summary": (
+        lambda m: (m / "ae" / "summary.json").write_text('{"best_val_loss": 1.0}'),
+        r"ae/summary.json .* is not the file MLflow run \w+ of `vaectl train`",
+    ),
+    "the judge's weights zeroed": (
+        lambda m: zeroed(m / "classifier" / "classifier.pt"),
+        r"classifier.pt \(sha256 .*\) is not what any `vaectl classifier` run",
+    ),
     "training curves that are not JSON": (
         lambda m: (m.parent / "reports" / "curves" / "vae.json").write_text("{"),
-        r"curves/vae.json .* is not the file MLflow run \w+ of `vaectl train`"),
+        r"curves/vae.json .* is not the file MLflow run \w+ of `vaectl train`",
+    ),
 }
 
 
 def evaluated_reports(root):
     """Every file evaluate wrote under reports/ (the training curves are train's)."""
-    return {p: p.read_bytes() for p in (root / "reports").rglob("*")
-            if p.is_file() and "curves" not in p.parts}
+    return {
+        p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file() and "curves" not in p.parts
+    }
 
 
 @pytest.mark.parametrize("forgery", FORGERIES)
@@ -391,8 +479,10 @@ def test_evaluate_refuses_a_model_folder_that_training_holds(trained):
     from vaectl.files import exclusive_dir
 
     params, prepared, root = trained
-    with exclusive_dir(root / "models" / "ae", "`vaectl train`"), \
-            pytest.raises(UserError, match=r"models/ae is being written by `vaectl train`; wait for it"):
+    with (
+        exclusive_dir(root / "models" / "ae", "`vaectl train`"),
+        pytest.raises(UserError, match=r"models/ae is being written by `vaectl train`; wait for it"),
+    ):
         evaluate(params, prepared, root)
 
 
@@ -412,9 +502,23 @@ def test_sigterm_during_evaluate_keeps_the_previous_reports_and_ends_the_run_kil
     before = evaluated_reports(root)
     slow = {**TINY_EVAL, "eval": {**TINY_EVAL["eval"], "iw_samples": 5000}}  # time to stop it
     (root / "params.yaml").write_text(yaml.safe_dump(slow))
-    proc = subprocess.Popen([sys.executable, "-m", "vaectl", "evaluate", "--prepared", str(prepared),
-                             "--reports", str(root / "reports")], cwd=root, env=os.environ.copy(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vaectl",
+            "evaluate",
+            "--prepared",
+            str(prepared),
+            "--reports",
+            str(root / "reports"),
+        ],
+        cwd=root,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not list((root / "reports").glob(".metrics.json.*.tmp")) and time.time() < deadline:
         time.sleep(0.05)

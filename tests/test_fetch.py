@@ -25,8 +25,10 @@ FILES = {
 def make_mirror(path, train=synthetic_digits(20, 1), test=synthetic_digits(4, 2)):
     """A local mirror of IDX archives; returns torchvision-style [(filename, md5)]."""
     path.mkdir(parents=True, exist_ok=True)
-    arrays = {"train": dict(zip(("images", "labels"), train, strict=True)),
-              "test": dict(zip(("images", "labels"), test, strict=True))}
+    arrays = {
+        "train": dict(zip(("images", "labels"), train, strict=True)),
+        "test": dict(zip(("images", "labels"), test, strict=True)),
+    }
     resources = []
     for filename, (part, kind) in FILES.items():
         write_idx(path / filename, arrays[part][kind])
@@ -67,7 +69,8 @@ def test_mirror_fallback_order_and_checksum(tmp_path):
     dest = tmp_path / "dl"
     dest.mkdir()
     fetched = fetch_stage.download_resources(
-        "mnist", resources, [str(missing), str(corrupt), good.as_uri()], dest)
+        "mnist", resources, [str(missing), str(corrupt), good.as_uri()], dest
+    )
     assert set(fetched) == set(FILES)
     for name in FILES:  # whatever mirror served a file, what landed is the checksummed original
         assert (dest / name).read_bytes() == (good / name).read_bytes()
@@ -92,8 +95,7 @@ def test_failed_fetch_leaves_previous_outputs_untouched(tmp_path, local_mnist, m
     out = tmp_path / "prepared"
     fetch_stage.run(DataParams(name="mnist"), out, [str(local_mnist)])
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    monkeypatch.setattr(torchvision.datasets.MNIST, "resources",
-                        [("train-images-idx3-ubyte.gz", "f" * 32)])
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources", [("train-images-idx3-ubyte.gz", "f" * 32)])
     with pytest.raises(UserError, match="checksum mismatch"):
         fetch_stage.run(DataParams(name="mnist"), out, [str(local_mnist)])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -112,8 +114,7 @@ def test_corrupt_idx_in_mirror_is_a_clear_error(tmp_path, local_mnist, monkeypat
 
 def test_embedded_mnist_5k_is_stratified_and_seeded(tmp_path):
     manifest = fetch_stage.run(DataParams(), tmp_path / "a", [])
-    assert {s: d["count"] for s, d in manifest["splits"].items()} == {
-        "train": 4000, "val": 500, "test": 500}
+    assert {s: d["count"] for s, d in manifest["splits"].items()} == {"train": 4000, "val": 500, "test": 500}
     assert set(manifest["splits"]["train"]["class_counts"].values()) == {400}
     again = fetch_stage.run(DataParams(), tmp_path / "b", [])
     assert again == manifest
@@ -155,7 +156,8 @@ class MirrorServer:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
+        )
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -194,10 +196,12 @@ def test_a_mirror_that_never_answers_times_out_and_the_next_one_serves(tmp_path,
     dest.mkdir()
     try:
         with pytest.raises(UserError, match=r"no answer within 0.3 s"):
-            fetch_stage.download_resources("mnist", resources,
-                                           [f"http://127.0.0.1:{silent.getsockname()[1]}/"], dest)
+            fetch_stage.download_resources(
+                "mnist", resources, [f"http://127.0.0.1:{silent.getsockname()[1]}/"], dest
+            )
         fetched = fetch_stage.download_resources(
-            "mnist", resources, [f"http://127.0.0.1:{silent.getsockname()[1]}/", str(good)], dest)
+            "mnist", resources, [f"http://127.0.0.1:{silent.getsockname()[1]}/", str(good)], dest
+        )
     finally:
         silent.close()
     assert list(fetched) == [resources[0][0]]
@@ -249,14 +253,24 @@ def test_sigterm_during_a_hanging_download_leaves_no_temporary_folder(tmp_path):
     silent.bind(("127.0.0.1", 0))
     silent.listen()
     (tmp_path / "params.yaml").write_text(
-        f"data: {{name: mnist, mirrors: ['http://127.0.0.1:{silent.getsockname()[1]}/']}}\n")
+        f"data: {{name: mnist, mirrors: ['http://127.0.0.1:{silent.getsockname()[1]}/']}}\n"
+    )
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    env = {**os.environ, "TMPDIR": str(scratch), "VAECTL_FETCH_TIMEOUT": "60",
-           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # torch's own, not fetch's
+    env = {
+        **os.environ,
+        "TMPDIR": str(scratch),
+        "VAECTL_FETCH_TIMEOUT": "60",
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+    }  # torch's own, not fetch's
     try:
-        fetch = subprocess.Popen([sys.executable, "-m", "vaectl", "fetch"], cwd=tmp_path, env=env,
-                                 stderr=subprocess.PIPE, text=True)
+        fetch = subprocess.Popen(
+            [sys.executable, "-m", "vaectl", "fetch"],
+            cwd=tmp_path,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         # the download has begun when the mirror is connected to (a signal that lands during
         # an import instead can be swallowed by a library's own except clause)
         silent.settimeout(120)

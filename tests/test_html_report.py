@@ -17,8 +17,9 @@ from vaectl.report import compare_units
 from .conftest import use_local_store
 
 # A 1 x 1 PNG: the page must carry these exact bytes.
-PIXEL = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+k"
-                         "cQAAAABJRU5ErkJggg==")
+PIXEL = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+)
 
 
 def reports_with_known_answers(root):
@@ -32,25 +33,47 @@ def reports_with_known_answers(root):
         "samples.entropy": compare_units("samples.entropy", units, units.copy(), True, rng),
     }
     assert [c["better"] for c in compared.values()] == ["ae", "vae", "vae", "none"]
-    metrics = {"protocol": "binarised test set", "test_images": 300, "interp_pairs": 300,
-               "bootstrap": {"resamples": 2000, "level": 0.95, "seed": 0},
-               "vae": {"iw_nll": 101.25, "neg_elbo": 108.5, "recon_bce": 83.0, "active_units": 7,
-                       "iw_k": 5000},
-               "ae": {"recon_bce": 41.5}, "comparison": compared,
-               "vae_intervals": {"iw_nll": [99.0, 103.5]}}
-    holes = {"grid": 20, "hole_threshold": 0.5,
-             "comparison": {"grid.unrecognised": compare_units("grid.unrecognised", units, units,
-                                                               False, rng)}}
-    failed = {"expectation": "expect_table_row_count_to_equal", "kwargs": {"value": 500},
-              "result": {"observed_value": 499}, "success": False}
-    passed = {"expectation": "expect_column_values_to_be_between", "kwargs": {"column": "pixel_max"},
-              "result": {"element_count": 10, "unexpected_count": 3}, "success": True}
-    validation = {"success": False, "expectations_evaluated": 2, "expectations_failed": 1,
-                  "tables": {"test_images": {"expectations": [failed, passed], "success": False}}}
+    metrics = {
+        "protocol": "binarised test set",
+        "test_images": 300,
+        "interp_pairs": 300,
+        "bootstrap": {"resamples": 2000, "level": 0.95, "seed": 0},
+        "vae": {"iw_nll": 101.25, "neg_elbo": 108.5, "recon_bce": 83.0, "active_units": 7, "iw_k": 5000},
+        "ae": {"recon_bce": 41.5},
+        "comparison": compared,
+        "vae_intervals": {"iw_nll": [99.0, 103.5]},
+    }
+    holes = {
+        "grid": 20,
+        "hole_threshold": 0.5,
+        "comparison": {"grid.unrecognised": compare_units("grid.unrecognised", units, units, False, rng)},
+    }
+    failed = {
+        "expectation": "expect_table_row_count_to_equal",
+        "kwargs": {"value": 500},
+        "result": {"observed_value": 499},
+        "success": False,
+    }
+    passed = {
+        "expectation": "expect_column_values_to_be_between",
+        "kwargs": {"column": "pixel_max"},
+        "result": {"element_count": 10, "unexpected_count": 3},
+        "success": True,
+    }
+    validation = {
+        "success": False,
+        "expectations_evaluated": 2,
+        "expectations_failed": 1,
+        "tables": {"test_images": {"expectations": [failed, passed], "success": False}},
+    }
     reports = root / "reports"
     summary = headline(metrics)
-    for name, doc in (("metrics", metrics), ("summary", summary), ("holes", holes),
-                      ("validation", validation)):
+    for name, doc in (
+        ("metrics", metrics),
+        ("summary", summary),
+        ("holes", holes),
+        ("validation", validation),
+    ):
         write_json(reports / f"{name}.json", doc)
     for folder in ("figures", "holes"):
         (reports / folder).mkdir()
@@ -63,8 +86,11 @@ def record_as_evaluated(reports) -> str:
     evaluate` does; its id."""
     from vaectl import tracking
 
-    tags = {"vaectl.kind": "evaluate", custody.METRICS.tag: sha256_file(reports / "metrics.json"),
-            custody.EVALUATE_SUMMARY.tag: sha256_file(reports / "summary.json")}
+    tags = {
+        "vaectl.kind": "evaluate",
+        custody.METRICS.tag: sha256_file(reports / "metrics.json"),
+        custody.EVALUATE_SUMMARY.tag: sha256_file(reports / "summary.json"),
+    }
     with tracking.start_run("vaectl", "evaluate", tags) as recorded:
         pass
     return recorded.run_id
@@ -100,8 +126,15 @@ def test_page_is_self_contained_and_shows_the_evidence(reports):
     assert "<td>101.2 [99, 103.5]</td>" in page  # the VAE's own number with its interval
     table = page.split("<h2>Test metrics</h2>")[1].split("</table>")[0]
     metric_rows = re.findall(r"<tr><td>([^<]+)</td>", table)
-    assert metric_rows == ["iw_nll (k=5000)", "neg_elbo", "recon_bce", "active_units",  # the headline first
-                           "diff_class.ppl", "same_class.ppl", "samples.entropy"]
+    assert metric_rows == [
+        "iw_nll (k=5000)",
+        "neg_elbo",
+        "recon_bce",
+        "active_units",  # the headline first
+        "diff_class.ppl",
+        "same_class.ppl",
+        "samples.entropy",
+    ]
     assert "the interval of the VAE/AE ratio shown excludes 1" in page
     first = (reports / "index.html").read_bytes()
     run(reports, [reports / "figures", reports / "holes"], "vaectl")
@@ -131,8 +164,9 @@ def test_a_report_no_evaluate_run_wrote_is_refused_before_the_page_is_written(re
     assert not (reports / "index.html").exists()
 
 
-@pytest.mark.parametrize("missing, stage", [("holes.json", "vaectl holes"),
-                                            ("summary.json", "vaectl evaluate")])
+@pytest.mark.parametrize(
+    "missing, stage", [("holes.json", "vaectl holes"), ("summary.json", "vaectl evaluate")]
+)
 def test_a_missing_report_names_the_stage_that_writes_it(reports, missing, stage):
     (reports / missing).unlink()
     with pytest.raises(UserError, match=f"{missing} not found: run `{stage}` first"):

@@ -72,8 +72,9 @@ def test_an_npz_zip_bomb_and_an_object_array_are_refused_unread(tmp_path):
     with pytest.raises(UserError, match="holds arrays none; name the input x"):
         read_inputs(tmp_path / "notes.npz", "reconstruct")
     (tmp_path / "x.json").write_text('{"inputs": [[0.5]]}')  # the request body of `serve`
-    with pytest.raises(UserError, match="predict reads those or a folder of 28 x 28 PNGs; JSON is what "
-                                        "`vaectl serve` takes"):
+    with pytest.raises(
+        UserError, match="predict reads those or a folder of 28 x 28 PNGs; JSON is what `vaectl serve` takes"
+    ):
         read_inputs(tmp_path / "x.json", "reconstruct")
 
 
@@ -92,8 +93,10 @@ def test_a_fifo_is_refused_instead_of_blocking(tmp_path):
     (tmp_path / "pngs").mkdir()
     Image.fromarray(DIGIT).save(tmp_path / "pngs" / "0.png")
     os.mkfifo(tmp_path / "pngs" / "a.png")
-    for path, message in [(tmp_path / "a.npy", "a.npy: not a regular file"),
-                          (tmp_path / "pngs", "a.png: not a regular file")]:
+    for path, message in [
+        (tmp_path / "a.npy", "a.npy: not a regular file"),
+        (tmp_path / "pngs", "a.png: not a regular file"),
+    ]:
         result: list[str] = []
         worker = threading.Thread(target=lambda p=path, r=result: r.append(_refusal(p)), daemon=True)
         worker.start()
@@ -142,22 +145,25 @@ def _saved(tmp_path, image, name="d.png"):
     return png_pixels(tmp_path / name).reshape(28, 28)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: Image.fromarray(DIGIT),  # L
-    lambda: Image.fromarray(DIGIT).convert("1"),
-    lambda: Image.fromarray(np.stack([DIGIT] * 3, -1)),  # RGB
-    lambda: Image.fromarray(DIGIT).convert("P"),  # palette
-    lambda: Image.fromarray(np.stack([DIGIT] * 3 + [np.full_like(DIGIT, 255)], -1)),  # opaque RGBA
-    lambda: Image.fromarray(np.stack([np.zeros_like(DIGIT)] * 3 + [DIGIT], -1)),  # digit in the alpha
-    lambda: Image.fromarray(np.stack([np.zeros_like(DIGIT), DIGIT], -1), "LA"),
-    lambda: Image.fromarray(DIGIT.astype(np.uint16) * 257),  # 16-bit, full range
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.fromarray(DIGIT),  # L
+        lambda: Image.fromarray(DIGIT).convert("1"),
+        lambda: Image.fromarray(np.stack([DIGIT] * 3, -1)),  # RGB
+        lambda: Image.fromarray(DIGIT).convert("P"),  # palette
+        lambda: Image.fromarray(np.stack([DIGIT] * 3 + [np.full_like(DIGIT, 255)], -1)),  # opaque RGBA
+        lambda: Image.fromarray(np.stack([np.zeros_like(DIGIT)] * 3 + [DIGIT], -1)),  # digit in the alpha
+        lambda: Image.fromarray(np.stack([np.zeros_like(DIGIT), DIGIT], -1), "LA"),
+        lambda: Image.fromarray(DIGIT.astype(np.uint16) * 257),  # 16-bit, full range
+    ],
+)
 def test_every_png_kind_reads_as_the_digit_it_shows(tmp_path, make):
     np.testing.assert_allclose(_saved(tmp_path, make()), DIGIT / 255.0, atol=1 / 255)
 
 
 def test_a_dark_16_bit_png_keeps_its_levels_instead_of_clipping_to_white(tmp_path):
-    dark = (DIGIT.astype(np.uint16) * 40)  # at most 10,200 of 65,535
+    dark = DIGIT.astype(np.uint16) * 40  # at most 10,200 of 65,535
     pixels = _saved(tmp_path, Image.fromarray(dark))
     assert pixels.max() == pytest.approx(10_200 / 65_535, abs=1e-6)
 

@@ -14,8 +14,17 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 PACKAGE = SRC / "vaectl"
 ARCHS = "vaectl.archs"
-STAGE_MODULES = ("vaectl.data.fetch", "vaectl.validate", "vaectl.train", "vaectl.classifier",
-                 "vaectl.evaluate", "vaectl.holes", "vaectl.html_report", "vaectl.export", "vaectl.registry")
+STAGE_MODULES = (
+    "vaectl.data.fetch",
+    "vaectl.validate",
+    "vaectl.train",
+    "vaectl.classifier",
+    "vaectl.evaluate",
+    "vaectl.holes",
+    "vaectl.html_report",
+    "vaectl.export",
+    "vaectl.registry",
+)
 
 
 def module_file(name: str) -> Path | None:
@@ -40,8 +49,9 @@ def imported_modules(nodes: list[ast.AST], package: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative import
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] +
-                                ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
     loaded = set()
@@ -90,8 +100,11 @@ def command_modules(command: str) -> set[str]:
         if function in bodies:
             continue
         bodies.append(function)
-        todo.extend(n.func.id for n in ast.walk(function)
-                    if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in functions)
+        todo.extend(
+            n.func.id
+            for n in ast.walk(function)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in functions
+        )
     start = {"vaectl", "vaectl.cli"} | imported_modules(top_level + bodies, "vaectl")
     return closure(start)
 
@@ -148,8 +161,13 @@ def test_only_the_tracking_package_imports_mlflow():
         if path.parent.name == "tracking":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not any(n.split(".")[0] == "mlflow" for n in names), f"{path} imports mlflow"
 
 

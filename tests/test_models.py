@@ -43,8 +43,9 @@ def test_kl_known_values():
     assert gaussian_kl(torch.zeros(1, 4), torch.zeros(1, 4)).item() == 0.0
     # KL(N(1, 1) || N(0, 1)) = 0.5 per dim; KL(N(0, e^2) || N(0,1)) = 0.5 (e^2 - 1 - 2) per dim
     torch.testing.assert_close(gaussian_kl(torch.ones(1, 3), torch.zeros(1, 3)), torch.tensor([1.5]))
-    torch.testing.assert_close(gaussian_kl(torch.zeros(1, 1), torch.full((1, 1), 2.0)),
-                               torch.tensor([0.5 * (math.exp(2) - 3)]))
+    torch.testing.assert_close(
+        gaussian_kl(torch.zeros(1, 1), torch.full((1, 1), 2.0)), torch.tensor([0.5 * (math.exp(2) - 3)])
+    )
 
 
 def test_closed_form_kl_matches_monte_carlo():
@@ -96,8 +97,9 @@ def test_iwae_bound_above_elbo_and_grows_with_k():
     model = net("vae", "mlp", [32], 4)
     x = torch.rand(20, 784).round()
     gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
-    bounds = [iwae_log_likelihood(model, x, k, chunk=7, generator=gen()).mean().item()
-              for k in (1, 10, 100, 1000)]
+    bounds = [
+        iwae_log_likelihood(model, x, k, chunk=7, generator=gen()).mean().item() for k in (1, 10, 100, 1000)
+    ]
     assert bounds == sorted(bounds)
     # k = 1 is an unbiased single-sample ELBO estimate: compare with the closed-form ELBO
     mu, logvar = model.encode(x)
@@ -118,8 +120,9 @@ def test_iwae_matches_numerical_integration_for_1d_latent():
         log_px_z = -bernoulli_nll(model.decode(grid[:, None])[:, None, :], x[None])  # (G, 3)
         log_pz = -0.5 * (math.log(2 * math.pi) + grid.pow(2))
         exact = torch.logsumexp(log_px_z + log_pz[:, None], dim=0) + math.log(dz)
-        estimate = iwae_log_likelihood(model, x, k=20000, chunk=5000,
-                                       generator=torch.Generator().manual_seed(0))
+        estimate = iwae_log_likelihood(
+            model, x, k=20000, chunk=5000, generator=torch.Generator().manual_seed(0)
+        )
     torch.testing.assert_close(estimate, exact, atol=0.05, rtol=0)
 
 
@@ -127,8 +130,14 @@ def test_arch_is_part_of_the_model_and_its_config():
     from vaectl.models import from_config
 
     model = net("vae", "mlp", [16], 3)
-    assert model.config() == {"kind": "vae", "arch": "mlp", "hidden": [16], "latent_dim": 3,
-                              "logvar_clip": [], "pseudo_inputs": 0}
+    assert model.config() == {
+        "kind": "vae",
+        "arch": "mlp",
+        "hidden": [16],
+        "latent_dim": 3,
+        "logvar_clip": [],
+        "pseudo_inputs": 0,
+    }
     assert from_config(model.config()).config() == model.config()
     gated = net("vae", "gated-mlp", [16, 8], 3, [-6.0, 2.0], pseudo_inputs=7)
     assert from_config(gated.config()).config() == gated.config() and gated.pseudo.shape == (7, 784)
@@ -229,8 +238,10 @@ def vampprior_vae(latent_dim: int, pseudo_inputs: int, seed: int = 0):
 def independent_mixture(means, logvars):
     """torch.distributions' own equally weighted mixture of diagonal Gaussians."""
     d = torch.distributions
-    return d.MixtureSameFamily(d.Categorical(torch.ones(len(means), dtype=means.dtype)),
-                               d.Independent(d.Normal(means, torch.exp(0.5 * logvars)), 1))
+    return d.MixtureSameFamily(
+        d.Categorical(torch.ones(len(means), dtype=means.dtype)),
+        d.Independent(d.Normal(means, torch.exp(0.5 * logvars)), 1),
+    )
 
 
 def test_vampprior_is_the_equal_mixture_of_the_clamped_pseudo_images_posteriors():
@@ -238,13 +249,16 @@ def test_vampprior_is_the_equal_mixture_of_the_clamped_pseudo_images_posteriors(
     with torch.no_grad():
         means, logvars = model.encode(model.pseudo.clamp(0, 1))
         z = torch.randn(200, 3, dtype=torch.float64) * 3
-        torch.testing.assert_close(mixture_log_density(z, *model.prior_components()),
-                                   independent_mixture(means, logvars).log_prob(z))
+        torch.testing.assert_close(
+            mixture_log_density(z, *model.prior_components()), independent_mixture(means, logvars).log_prob(z)
+        )
         assert not torch.allclose(model.prior_components()[0], model.encode(model.pseudo)[0])
     # one standard component: the N(0, I) log-density, -(|z|^2 + D ln 2 pi) / 2
     z = torch.tensor([[0.0, 0.0], [1.0, -2.0]])
-    torch.testing.assert_close(mixture_log_density(z, torch.zeros(1, 2), torch.zeros(1, 2)),
-                               torch.tensor([-math.log(2 * math.pi), -2.5 - math.log(2 * math.pi)]))
+    torch.testing.assert_close(
+        mixture_log_density(z, torch.zeros(1, 2), torch.zeros(1, 2)),
+        torch.tensor([-math.log(2 * math.pi), -2.5 - math.log(2 * math.pi)]),
+    )
 
 
 def test_vampprior_kl_vanishes_when_every_pseudo_image_has_the_datas_posterior():
@@ -294,10 +308,14 @@ def test_iwae_with_a_vampprior_matches_numerical_integration_for_1d_latent():
         log_px_z = -bernoulli_nll(model.decode(grid[:, None])[:, None, :], x[None])  # (G, 3)
         log_pz = independent_mixture(*model.encode(model.pseudo.clamp(0, 1))).log_prob(grid[:, None])
         exact = torch.logsumexp(log_px_z + log_pz[:, None], dim=0) + math.log(dz)
-        estimate = iwae_log_likelihood(model, x, k=20000, chunk=5000,
-                                       generator=torch.Generator().manual_seed(0))
-        standard = exact - torch.logsumexp(log_px_z - 0.5 * (math.log(2 * math.pi) + grid.pow(2))[:, None],
-                                           dim=0) - math.log(dz)
+        estimate = iwae_log_likelihood(
+            model, x, k=20000, chunk=5000, generator=torch.Generator().manual_seed(0)
+        )
+        standard = (
+            exact
+            - torch.logsumexp(log_px_z - 0.5 * (math.log(2 * math.pi) + grid.pow(2))[:, None], dim=0)
+            - math.log(dz)
+        )
     assert standard.abs().min() > 0.05  # N(0, 1) in the weights would miss by more than the tolerance
     torch.testing.assert_close(estimate, exact, atol=0.02, rtol=0)
 

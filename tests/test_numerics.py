@@ -28,17 +28,26 @@ print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(),
 # what another CPU would make each library pick, simulated on this one
 OTHER_CPUS = [
     {},  # this machine as it is
-    {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR", "OMP_NUM_THREADS": "2"},
-    {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
-     "NPY_DISABLE_CPU_FEATURES": numerics.NUMPY_DISPATCH_TARGETS, "OMP_NUM_THREADS": "1"},
+    {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+        "OMP_NUM_THREADS": "2",
+    },
+    {
+        "ATEN_CPU_CAPABILITY": "default",
+        "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+        "NPY_DISABLE_CPU_FEATURES": numerics.NUMPY_DISPATCH_TARGETS,
+        "OMP_NUM_THREADS": "1",
+    },
 ]
 
 
 def probe(mode: str, cpu: dict) -> list[str]:
     env = {k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENV} | cpu
-    done = subprocess.run([sys.executable, "-c", PROBE, mode], env=env, capture_output=True,
-                          text=True, check=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], env=env, capture_output=True, text=True, check=True, timeout=300
+    )
     return done.stdout.split()
 
 
@@ -73,8 +82,11 @@ def test_apply_sets_the_threads_and_reports_what_is_in_force(monkeypatch):
     try:
         numerics.apply(NumericsParams("portable", 1))  # conftest set the pins before torch loaded
         assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
-        assert numerics.in_force() == {"numerics": "portable", "torch_cpu_capability": "DEFAULT",
-                                       "torch_threads": "1"}
+        assert numerics.in_force() == {
+            "numerics": "portable",
+            "torch_cpu_capability": "DEFAULT",
+            "torch_threads": "1",
+        }
         monkeypatch.delenv("ATEN_CPU_CAPABILITY")
         assert numerics.in_force()["numerics"] == "fast"
     finally:

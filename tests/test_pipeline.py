@@ -38,17 +38,23 @@ def deep_merge(base: dict, override: dict) -> dict:
 @pytest.fixture(scope="module")
 def pipeline_copy(tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
         if (REPO / name).is_file() and name != "dvc.lock":
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
     full = yaml.safe_load((REPO / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump(deep_merge(full, TINY_EVAL)))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("VAECTL_ROOT", None)
     for pinned in PORTABLE_ENV:  # this machine as it is: each library picks its own kernels
@@ -77,19 +83,28 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
     assert json.loads((root / "reports" / "validation.json").read_text())["success"]
     assert len(list((root / "reports" / "figures").glob("*.png"))) == 6
     assert (root / "dvc.lock").exists()
-    code = ("from vaectl import tracking; runs = tracking.find_runs('vaectl'); "
-            "print(sorted((r.info.run_name, r.info.status) for r in runs))")
+    code = (
+        "from vaectl import tracking; runs = tracking.find_runs('vaectl'); "
+        "print(sorted((r.info.run_name, r.info.status) for r in runs))"
+    )
     runs = sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1]
-    assert runs == ("[('classifier', 'FINISHED'), ('evaluate', 'FINISHED'), ('export-ae', 'FINISHED'), "
-                    "('export-vae', 'FINISHED'), ('holes-2d', 'FINISHED'), "
-                    "('register-ae-mnist', 'FINISHED'), ('register-vae-mnist', 'FINISHED'), "
-                    "('train-ae', 'FINISHED'), ('train-ae-2d', 'FINISHED'), "
-                    "('train-vae', 'FINISHED'), ('train-vae-2d', 'FINISHED')]")
+    assert runs == (
+        "[('classifier', 'FINISHED'), ('evaluate', 'FINISHED'), ('export-ae', 'FINISHED'), "
+        "('export-vae', 'FINISHED'), ('holes-2d', 'FINISHED'), "
+        "('register-ae-mnist', 'FINISHED'), ('register-vae-mnist', 'FINISHED'), "
+        "('train-ae', 'FINISHED'), ('train-ae-2d', 'FINISHED'), "
+        "('train-vae', 'FINISHED'), ('train-vae-2d', 'FINISHED')]"
+    )
     holes = json.loads((root / "reports" / "holes.json").read_text())
     assert holes["latent_dim"] == 2 and set(holes["comparison"]) == {
-        "grid.unrecognised", "samples.unrecognised", "standard_normal.unrecognised"}
-    assert sorted(p.name for p in (root / "reports" / "holes").iterdir()) == ["latents_2d.png",
-                                                                           "manifold_2d.png"]
+        "grid.unrecognised",
+        "samples.unrecognised",
+        "standard_normal.unrecognised",
+    }
+    assert sorted(p.name for p in (root / "reports" / "holes").iterdir()) == [
+        "latents_2d.png",
+        "manifold_2d.png",
+    ]
     assert (root / "mlflow.db").exists() and (root / "mlruns" / "artifacts").is_dir()
     # the headline is the one DVC metric; the page went to the evaluate run as well
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=root, env=env))
@@ -97,15 +112,19 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
     headline = shown[""]["data"]["reports/summary.json"]["data"]
     assert headline["vae"]["iw_nll"] == metrics["vae"]["iw_nll"]
     assert 'src="data:image/png;base64,' in (root / "reports" / "index.html").read_text()
-    code = ("from vaectl import tracking; "
-            "r = tracking.find_runs('vaectl', \"tags.`vaectl.kind` = 'evaluate'\")[0]; "
-            "print(sorted(f.path for f in tracking.client().list_artifacts(r.info.run_id)))")
+    code = (
+        "from vaectl import tracking; "
+        "r = tracking.find_runs('vaectl', \"tags.`vaectl.kind` = 'evaluate'\")[0]; "
+        "print(sorted(f.path for f in tracking.client().list_artifacts(r.info.run_id)))"
+    )
     artifacts = sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1]
     assert "'index.html'" in artifacts and "'summary.json'" in artifacts
     registered = json.loads((root / "reports" / "registry.json").read_text())
     assert registered["vae"]["name"] == "vae-mnist" and registered["vae"]["version"] == "1"
-    code = ("from vaectl.tracking import registry_client; "
-            "print(registry_client.resolve_model('vae-mnist@candidate'))")
+    code = (
+        "from vaectl.tracking import registry_client; "
+        "print(registry_client.resolve_model('vae-mnist@candidate'))"
+    )
     assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "('vae-mnist', '1')"
 
 
@@ -113,9 +132,11 @@ def test_mlflow_itself_finds_the_registered_model_from_the_repo_root(pipeline_co
     """The store is where MLflow 3 looks when nothing is set: its own pyfunc loader, in a
     shell with no MLFLOW_TRACKING_URI, resolves the alias and scores an image."""
     root, env, _ = pipeline_copy
-    code = ("import mlflow, numpy as np; m = mlflow.pyfunc.load_model('models:/vae-mnist@candidate'); "
-            "out = m.predict(np.zeros((2, 784), np.float32), params={'mode': 'reconstruct'}); "
-            "print(mlflow.get_tracking_uri(), np.asarray(out).shape)")
+    code = (
+        "import mlflow, numpy as np; m = mlflow.pyfunc.load_model('models:/vae-mnist@candidate'); "
+        "out = m.predict(np.zeros((2, 784), np.float32), params={'mode': 'reconstruct'}); "
+        "print(mlflow.get_tracking_uri(), np.asarray(out).shape)"
+    )
     done = sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1]
     assert done == f"sqlite:///{root / 'mlflow.db'} (2, 784)"
 
@@ -124,8 +145,13 @@ def test_a_store_in_the_former_place_is_refused_with_the_command_that_moves_it(p
     root, env, _ = pipeline_copy
     (tmp_path / "mlruns").mkdir()
     shutil.copy2(root / "mlflow.db", tmp_path / "mlruns" / "mlflow.db")
-    done = subprocess.run([sys.executable, "-m", "vaectl", "pull", "vae-mnist@candidate", "--dest", "d"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "vaectl", "pull", "vae-mnist@candidate", "--dest", "d"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "run `mv mlruns/mlflow.db mlflow.db`" in done.stderr
     assert not (tmp_path / "mlflow.db").exists()
@@ -136,11 +162,18 @@ def test_a_store_in_the_former_place_is_refused_with_the_command_that_moves_it(p
 # own picks (AVX-512 where it has it), so each pin of numerics.mode portable that is missing
 # shows up as a changed dvc.lock under at least one of them, whatever this CPU is.
 OTHER_CPUS = {
-    "avx2-cpu-2-threads": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-                           "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR AVX512F AVX512_SKX",
-                           "OMP_NUM_THREADS": "2"},
-    "sse4-cpu-1-thread": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
-                          "NPY_DISABLE_CPU_FEATURES": NUMPY_DISPATCH_TARGETS, "OMP_NUM_THREADS": "1"},
+    "avx2-cpu-2-threads": {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR AVX512F AVX512_SKX",
+        "OMP_NUM_THREADS": "2",
+    },
+    "sse4-cpu-1-thread": {
+        "ATEN_CPU_CAPABILITY": "default",
+        "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+        "NPY_DISABLE_CPU_FEATURES": NUMPY_DISPATCH_TARGETS,
+        "OMP_NUM_THREADS": "1",
+    },
 }
 
 
@@ -166,28 +199,36 @@ def test_a_clone_that_pulls_from_the_remote_is_up_to_date(pipeline_copy, tmp_pat
     sh(*make_remote, cwd=clone, env=env)
     sh("dvc", "pull", cwd=clone, env=env)
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=clone, env=env)
-    tracked = ["data/prepared/train.npz", "models/vae/best.pt", "export/vae/reconstruct.onnx",
-               "reports/figures", "reports/data_docs"]
+    tracked = [
+        "data/prepared/train.npz",
+        "models/vae/best.pt",
+        "export/vae/reconstruct.onnx",
+        "reports/figures",
+        "reports/data_docs",
+    ]
     assert {n: _digest(clone / n) for n in tracked} == {n: _digest(root / n) for n in tracked}
     assert sh("git", "status", "--porcelain", cwd=clone, env=env) == ""
 
 
-VERSIONS = ("from vaectl.tracking import registry_client as r; "
-            "print(sorted(v.version for v in r.client().search_model_versions(\"name='vae-mnist'\")))")
+VERSIONS = (
+    "from vaectl.tracking import registry_client as r; "
+    "print(sorted(v.version for v in r.client().search_model_versions(\"name='vae-mnist'\")))"
+)
 
 
 def test_second_repro_is_a_no_op_and_a_latent_size_experiment_retrains_only_the_vae(pipeline_copy):
     root, env, _ = pipeline_copy
     assert "Data and pipelines are up to date" in sh("dvc", "repro", cwd=root, env=env)
-    log = sh("dvc", "exp", "run", "-S", "train.vae.latent_dim=3", "-n", "tiny-latent3",
-             cwd=root, env=env)
+    log = sh("dvc", "exp", "run", "-S", "train.vae.latent_dim=3", "-n", "tiny-latent3", cwd=root, env=env)
     assert "Running stage 'train@vae'" in log and "Running stage 'evaluate'" in log
     for untouched in ("fetch", "validate", "train@ae", "train2d-vae", "train2d-ae", "classifier", "holes"):
         assert f"Running stage '{untouched}'" not in log
     assert "vae-mnist: not registered: DVC experiments register nothing" in log
     assert "tiny-latent3" in sh("dvc", "exp", "show", "--json", cwd=root, env=env)
-    code = ("from vaectl import tracking; "
-            "print(len(tracking.find_runs('vaectl', \"tags.`dvc.exp_name` = 'tiny-latent3'\")))")
+    code = (
+        "from vaectl import tracking; "
+        "print(len(tracking.find_runs('vaectl', \"tags.`dvc.exp_name` = 'tiny-latent3'\")))"
+    )
     # its train-vae, evaluate and both export runs carry its name; the 2-D VAE does not depend
     # on train.vae.latent_dim (--latent-dim 2 replaces it), and the experiment registered nothing
     assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "4"
@@ -218,16 +259,24 @@ def test_study_runs_the_grid_as_dvc_experiments_and_summarises_across_seeds(pipe
     nll = rows[(1.0, 2)]["metrics"]["vae.iw_nll"]
     assert nll["seeds"][0] != nll["seeds"][1] and nll["ci"][0] < nll["mean"] < nll["ci"][1]
     # beta is the VAE's alone: both beta settings of a seed share one AE (DVC's run cache)
-    assert (rows[(1.0, 2)]["metrics"]["recon_bce.ae"]["seeds"]
-            == rows[(2.0, 2)]["metrics"]["recon_bce.ae"]["seeds"])
+    assert (
+        rows[(1.0, 2)]["metrics"]["recon_bce.ae"]["seeds"]
+        == rows[(2.0, 2)]["metrics"]["recon_bce.ae"]["seeds"]
+    )
     elbo = {s: rows[s]["metrics"]["vae.neg_elbo"]["seeds"] for s in [(1.0, 2), (2.0, 2)]}
     assert elbo[(1.0, 2)] != elbo[(2.0, 2)]
     assert sorted(p.name for p in (root / "reports" / "study").iterdir()) == [
-        "beta.png", "latent_dim.png", "study.json", "study.md"]
-    code = ("from vaectl import tracking; "
-            "p = tracking.find_runs('vaectl', \"tags.`vaectl.kind` = 'study'\")[0]; "
-            "kids = tracking.find_runs('vaectl', f\"tags.`mlflow.parentRunId` = '{p.info.run_id}'\"); "
-            "print(len(kids), sorted({r.data.params['study.beta'] for r in kids}))")
+        "beta.png",
+        "latent_dim.png",
+        "study.json",
+        "study.md",
+    ]
+    code = (
+        "from vaectl import tracking; "
+        "p = tracking.find_runs('vaectl', \"tags.`vaectl.kind` = 'study'\")[0]; "
+        "kids = tracking.find_runs('vaectl', f\"tags.`mlflow.parentRunId` = '{p.info.run_id}'\"); "
+        "print(len(kids), sorted({r.data.params['study.beta'] for r in kids}))"
+    )
     assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "6 ['1.0', '2.0']"
     # a rerun restores every trial from DVC's run cache and writes the same bytes
     before = (root / "reports" / "study" / "study.json").read_bytes()

@@ -24,9 +24,20 @@ def tracking_server(tmp_path):
     port, with this interpreter's venv (never reinstalled)."""
     port, store, venv = free_port(), tmp_path / "server", Path(sys.executable).parent.parent
     server = subprocess.Popen(
-        ["make", "-o", str(venv / ".installed"), "server", f"VENV={venv}", f"SERVER_DIR={store}",
-         f"SERVER_PORT={port}"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        [
+            "make",
+            "-o",
+            str(venv / ".installed"),
+            "server",
+            f"VENV={venv}",
+            f"SERVER_DIR={store}",
+            f"SERVER_PORT={port}",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_until_up(f"http://127.0.0.1:{port}/health", timeout_s=120)
         yield f"http://127.0.0.1:{port}", store
@@ -55,8 +66,13 @@ def test_every_stage_tracks_to_the_server(tmp_path, tracking_server, monkeypatch
     assert {"best.pt", "reconstruct.onnx", "MLmodel"} <= server_files  # the server holds artifacts
     assert not (root / "mlruns").exists()  # and the client kept no local store
 
-    pulled = subprocess.run([sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest",
-                             str(tmp_path / "pulled")], cwd=root, env=os.environ.copy(),
-                            capture_output=True, text=True, timeout=300)
+    pulled = subprocess.run(
+        [sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest", str(tmp_path / "pulled")],
+        cwd=root,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert pulled.returncode == 0, pulled.stderr
     assert "files verified" in pulled.stdout and (tmp_path / "pulled" / "artifacts" / "decoder.onnx").exists()

@@ -37,8 +37,13 @@ def test_same_distribution_intervals_cover_one_about_95_percent_of_the_time():
     """Independent samples of one distribution: the ratio's interval should contain 1 in about
     95% of datasets (a percentile bootstrap at n = 100 runs a little under)."""
     rng = np.random.default_rng(0)
-    covered = [compare_units("samples.entropy", rng.gamma(2.0, size=100), rng.gamma(2.0, size=100),
-                             False, rng)["better"] == "none" for _ in range(200)]
+    covered = [
+        compare_units("samples.entropy", rng.gamma(2.0, size=100), rng.gamma(2.0, size=100), False, rng)[
+            "better"
+        ]
+        == "none"
+        for _ in range(200)
+    ]
     assert 0.88 <= np.mean(covered) <= 0.99
 
 
@@ -51,10 +56,17 @@ def test_interval_of_a_mean_has_the_normal_width():
     assert low < values.mean() < high
 
 
-@pytest.mark.parametrize("name, lower", [
-    ("recon_bce", True), ("diff_class.ppl_normalized", True), ("same_class.midpoint_entropy", True),
-    ("samples.entropy", True), ("same_class.midpoint_max_prob", False), ("samples.max_prob", False),
-])
+@pytest.mark.parametrize(
+    "name, lower",
+    [
+        ("recon_bce", True),
+        ("diff_class.ppl_normalized", True),
+        ("same_class.midpoint_entropy", True),
+        ("samples.entropy", True),
+        ("same_class.midpoint_max_prob", False),
+        ("samples.max_prob", False),
+    ],
+)
 def test_which_way_is_better(name, lower):
     assert lower_is_better(name) is lower
 

@@ -22,22 +22,29 @@ def test_seed_interval_is_the_student_t_interval_of_the_mean():
 def test_default_grid_is_beta_sweep_then_latent_sweep_sharing_the_base_point():
     grid = trials(parse_params({}))
     settings = list(dict.fromkeys(t.setting for t in grid))
-    assert settings == [(0.25, 20), (0.5, 20), (1.0, 20), (2.0, 20), (4.0, 20),
-                        (1.0, 2), (1.0, 8), (1.0, 40)]
+    assert settings == [(0.25, 20), (0.5, 20), (1.0, 20), (2.0, 20), (4.0, 20), (1.0, 2), (1.0, 8), (1.0, 40)]
     assert len(grid) == 24 and len({t.name for t in grid}) == 24
     assert Trial(0.25, 20, 1).name == "study-b0.25-z20-s1"
     assert Trial(0.5, 8, 2).overrides(1000) == [
-        "train.vae.beta=0.5", "train.vae.latent_dim=8", "train.ae.latent_dim=8",
-        "train.vae.seed=2", "train.ae.seed=2", "eval.iw_samples=1000"]
+        "train.vae.beta=0.5",
+        "train.vae.latent_dim=8",
+        "train.ae.latent_dim=8",
+        "train.vae.seed=2",
+        "train.ae.seed=2",
+        "eval.iw_samples=1000",
+    ]
 
 
-@pytest.mark.parametrize("study, message", [
-    ({"seeds": [0]}, "at least 2 distinct seeds"),
-    ({"seeds": [1, 1]}, "at least 2 distinct seeds"),
-    ({"betas": []}, "study.betas"),
-    ({"latent_dims": [0]}, "study.latent_dims"),
-    ({"iw_samples": 0}, "study.iw_samples"),
-])
+@pytest.mark.parametrize(
+    "study, message",
+    [
+        ({"seeds": [0]}, "at least 2 distinct seeds"),
+        ({"seeds": [1, 1]}, "at least 2 distinct seeds"),
+        ({"betas": []}, "study.betas"),
+        ({"latent_dims": [0]}, "study.latent_dims"),
+        ({"iw_samples": 0}, "study.iw_samples"),
+    ],
+)
 def test_bad_study_params_are_one_line_errors(study, message):
     with pytest.raises(UserError, match=message):
         parse_params({"study": study})
@@ -46,19 +53,25 @@ def test_bad_study_params_are_one_line_errors(study, message):
 def fake_metrics(iw_nll: float, ratio: float, better: str) -> dict:
     compared = {"vae": ratio, "ae": 1.0, "difference": ratio - 1.0, "ratio": ratio, "better": better}
     holes = {"vae": 0.1, "ae": 0.0, "difference": 0.1, "ratio": None, "better": "ae"}
-    return {"vae": {"iw_nll": iw_nll, "iw_k": 1000, "diff_class": {"ppl": 2.0}},
-            "comparison": {"diff_class.ppl_normalized": compared, "samples.unrecognised": holes}}
+    return {
+        "vae": {"iw_nll": iw_nll, "iw_k": 1000, "diff_class": {"ppl": 2.0}},
+        "comparison": {"diff_class.ppl_normalized": compared, "samples.unrecognised": holes},
+    }
 
 
 def test_summary_gives_each_setting_its_seed_spread_and_verdict_counts():
-    results = {Trial(1.0, 20, 0): fake_metrics(100.0, 0.9, "vae"),
-               Trial(1.0, 20, 1): fake_metrics(102.0, 1.1, "ae"),
-               Trial(1.0, 20, 2): fake_metrics(104.0, 0.95, "vae"),
-               Trial(2.0, 20, 0): fake_metrics(110.0, 1.0, "none"),
-               Trial(2.0, 20, 1): fake_metrics(111.0, 1.0, "none")}
+    results = {
+        Trial(1.0, 20, 0): fake_metrics(100.0, 0.9, "vae"),
+        Trial(1.0, 20, 1): fake_metrics(102.0, 1.1, "ae"),
+        Trial(1.0, 20, 2): fake_metrics(104.0, 0.95, "vae"),
+        Trial(2.0, 20, 0): fake_metrics(110.0, 1.0, "none"),
+        Trial(2.0, 20, 1): fake_metrics(111.0, 1.0, "none"),
+    }
     rows = summarise(results)
-    assert [(r["beta"], r["latent_dim"], r["seeds"]) for r in rows] == [(1.0, 20, [0, 1, 2]),
-                                                                       (2.0, 20, [0, 1])]
+    assert [(r["beta"], r["latent_dim"], r["seeds"]) for r in rows] == [
+        (1.0, 20, [0, 1, 2]),
+        (2.0, 20, [0, 1]),
+    ]
     first = rows[0]["metrics"]
     assert first["vae.iw_nll"]["seeds"] == [100.0, 102.0, 104.0] and first["vae.iw_nll"]["mean"] == 102.0
     assert first["vae.iw_nll"]["ci"] == pytest.approx([102 - 2 * 2.484138, 102 + 2 * 2.484138], abs=1e-5)
@@ -73,8 +86,11 @@ def test_summary_gives_each_setting_its_seed_spread_and_verdict_counts():
 
 def test_reports_are_written_together(tmp_path):
     params = parse_params({"study": {"betas": [1.0, 2.0], "latent_dims": [20], "seeds": [0, 1]}})
-    results = {Trial(b, 20, s): fake_metrics(100.0 + b + s, 1.0 - 0.01 * s, "none")
-               for b in (1.0, 2.0) for s in (0, 1)}
+    results = {
+        Trial(b, 20, s): fake_metrics(100.0 + b + s, 1.0 - 0.01 * s, "none")
+        for b in (1.0, 2.0)
+        for s in (0, 1)
+    }
     out = tmp_path / "study"
     files = write_reports(summarise(results), params, out)
     assert [p.name for p in files] == ["beta.png", "study.json", "study.md"]  # one latent point: no plot
@@ -100,8 +116,12 @@ def flaky_dvc(tmp_path, monkeypatch):
     (tmp_path / "dvc").write_text(FLAKY_DVC)
     (tmp_path / "dvc").chmod(0o755)
     monkeypatch.setattr(study, "STATUS_RETRY_S", 0.0)
-    return lambda fails: {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}",
-                          "FAILS": str(fails), "COUNT": str(tmp_path / f"count{fails}")}
+    return lambda fails: {
+        **os.environ,
+        "PATH": f"{tmp_path}:{os.environ['PATH']}",
+        "FAILS": str(fails),
+        "COUNT": str(tmp_path / f"count{fails}"),
+    }
 
 
 def test_queue_poll_rides_out_a_transient_status_failure(flaky_dvc):

@@ -24,10 +24,14 @@ TINY = {"model": {"hidden": [16]}, "train": {"device": "cpu", "ae": {"latent_dim
 def train_ae(tmp_path, prepared, uri):
     (tmp_path / "params.yaml").write_text(json.dumps(TINY))
     began = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "vaectl", "train", "--model", "ae", "--prepared",
-                          str(prepared)], cwd=tmp_path, timeout=300,
-                         env={**os.environ, "MLFLOW_TRACKING_URI": uri,
-                              "VAECTL_ROOT": str(tmp_path)}, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "vaectl", "train", "--model", "ae", "--prepared", str(prepared)],
+        cwd=tmp_path,
+        timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri, "VAECTL_ROOT": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
     return out, time.monotonic() - began
 
 
@@ -103,7 +107,7 @@ def test_a_database_another_process_holds_is_one_line(tmp_path, prepared):
     assert_one_line(out, "is locked by another process")
 
 
-@pytest.mark.parametrize("value", ["/data/o'brien", '/data/say "hi"', "/data/it's \"odd\"", "C:\\runs\\a"])
+@pytest.mark.parametrize("value", ["/data/o'brien", '/data/say "hi"', '/data/it\'s "odd"', "C:\\runs\\a"])
 def test_a_run_is_found_by_a_tag_holding_quotes_or_backslashes(local_store, value):
     with tracking.start_run("quotes", "this", {"vaectl.out_dir": value, "k": "1"}) as run:
         pass

@@ -44,14 +44,18 @@ def test_learning_reduces_the_loss(tmp_path, prepared):
 
 @pytest.mark.parametrize("binarize", ["dynamic", "none"])
 def test_resume_equals_uninterrupted(tmp_path, prepared, binarize):
-    full = parse_params({**TINY, "train": {**TINY["train"], "vae": {
-        **TINY["train"]["vae"], "binarize": binarize}}})
-    short = parse_params({**TINY, "train": {**TINY["train"], "vae": {
-        **TINY["train"]["vae"], "binarize": binarize, "epochs": 2}}})
+    full = parse_params(
+        {**TINY, "train": {**TINY["train"], "vae": {**TINY["train"]["vae"], "binarize": binarize}}}
+    )
+    short = parse_params(
+        {
+            **TINY,
+            "train": {**TINY["train"], "vae": {**TINY["train"]["vae"], "binarize": binarize, "epochs": 2}},
+        }
+    )
     whole = train_stage.run("vae", full, prepared, tmp_path / "whole", tmp_path / "w.json")
     split = train_stage.run("vae", short, prepared, tmp_path / "split", tmp_path / "s.json")
-    resumed = train_stage.run("vae", full, prepared, tmp_path / "split", tmp_path / "s.json",
-                              resume=True)
+    resumed = train_stage.run("vae", full, prepared, tmp_path / "split", tmp_path / "s.json", resume=True)
     assert_same_weights(weights(tmp_path / "whole" / "last.pt"), weights(tmp_path / "split" / "last.pt"))
     assert resumed["best_val_loss"] == whole["best_val_loss"]
     losses = lambda p: [e["val_loss"] for e in json.loads(p.read_text())]  # noqa: E731
@@ -60,21 +64,47 @@ def test_resume_equals_uninterrupted(tmp_path, prepared, binarize):
 
 
 def test_early_stopping(tmp_path, prepared):
-    params = parse_params({**TINY, "train": {**TINY["train"], "ae": {
-        **TINY["train"]["ae"], "epochs": 50, "patience": 1, "lr": 0.5}}})
+    params = parse_params(
+        {
+            **TINY,
+            "train": {**TINY["train"], "ae": {**TINY["train"]["ae"], "epochs": 50, "patience": 1, "lr": 0.5}},
+        }
+    )
     summary = train_stage.run("ae", params, prepared, tmp_path / "m", tmp_path / "c.json")
     assert summary["stopped_early"] and summary["epochs_run"] < 50
 
 
 @pytest.mark.parametrize("nproc", ["1", "2"])
 def test_sigterm_leaves_a_usable_checkpoint_and_a_killed_run(tmp_path, prepared, nproc):
-    (tmp_path / "params.yaml").write_text(json.dumps({**TINY, "train": {**TINY["train"], "vae": {
-        **TINY["train"]["vae"], "epochs": 100000, "patience": 0}}}))
+    (tmp_path / "params.yaml").write_text(
+        json.dumps(
+            {
+                **TINY,
+                "train": {**TINY["train"], "vae": {**TINY["train"]["vae"], "epochs": 100000, "patience": 0}},
+            }
+        )
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vaectl", "train", "--model", "m", "--kind", "vae", "--prepared",
-         str(prepared), "--nproc", nproc],
-        cwd=tmp_path, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        [
+            sys.executable,
+            "-m",
+            "vaectl",
+            "train",
+            "--model",
+            "m",
+            "--kind",
+            "vae",
+            "--prepared",
+            str(prepared),
+            "--nproc",
+            nproc,
+        ],
+        cwd=tmp_path,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     last = tmp_path / "models" / "m" / "last.pt"
     deadline = time.time() + 120
     while not last.exists() and time.time() < deadline and proc.poll() is None:
@@ -93,13 +123,14 @@ def test_sigterm_leaves_a_usable_checkpoint_and_a_killed_run(tmp_path, prepared,
 
 def test_bad_model_and_missing_checkpoint(tmp_path, prepared):
     (tmp_path / "params.yaml").write_text("{}\n")
-    for args, message in [(["--model", "gan"], "--kind must be one of vae, ae, got 'gan' (from --model gan; "
-                                                "give --kind)"),
-                          (["--model", "m", "--kind", "vqvae"], "--kind must be one of vae, ae, got 'vqvae'"),
-                          (["--model", "ae", "--resume", "--prepared", str(prepared)],
-                           "no checkpoint to resume from")]:
-        out = subprocess.run([sys.executable, "-m", "vaectl", "train", *args], cwd=tmp_path,
-                             capture_output=True, text=True)
+    for args, message in [
+        (["--model", "gan"], "--kind must be one of vae, ae, got 'gan' (from --model gan; give --kind)"),
+        (["--model", "m", "--kind", "vqvae"], "--kind must be one of vae, ae, got 'vqvae'"),
+        (["--model", "ae", "--resume", "--prepared", str(prepared)], "no checkpoint to resume from"),
+    ]:
+        out = subprocess.run(
+            [sys.executable, "-m", "vaectl", "train", *args], cwd=tmp_path, capture_output=True, text=True
+        )
         assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr
 
 
@@ -117,9 +148,24 @@ def test_a_damaged_checkpoint_is_one_clear_line(tmp_path, prepared, content):
     last = tmp_path / "models" / "m" / "last.pt"
     last.write_bytes(last.read_bytes()[:1000] if content == "truncate" else content)
     (tmp_path / "params.yaml").write_text(json.dumps(TINY))
-    out = subprocess.run([sys.executable, "-m", "vaectl", "train", "--model", "m", "--kind", "vae",
-                          "--resume", "--prepared", str(prepared)],
-                         cwd=tmp_path, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vaectl",
+            "train",
+            "--model",
+            "m",
+            "--kind",
+            "vae",
+            "--resume",
+            "--prepared",
+            str(prepared),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.startswith("error: models/m/last.pt is not a readable vaectl checkpoint")
 
@@ -135,8 +181,9 @@ def test_a_signal_during_mlflow_logging_finishes_the_epoch_then_stops(tmp_path, 
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(tracking.Run, "log_metrics", log_then_signal)
-    params = parse_params({**TINY, "train": {**TINY["train"], "vae": {**TINY["train"]["vae"], "epochs": 50,
-                                                                      "patience": 0}}})
+    params = parse_params(
+        {**TINY, "train": {**TINY["train"], "vae": {**TINY["train"]["vae"], "epochs": 50, "patience": 0}}}
+    )
     with pytest.raises(KeyboardInterrupt):
         train_stage.run("vae", params, prepared, tmp_path / "m", tmp_path / "c.json")
     assert torch.load(tmp_path / "m" / "last.pt", weights_only=True)["epoch"] == 2
@@ -151,14 +198,17 @@ def test_resume_refuses_changed_params_and_records_the_allowed_ones(tmp_path, pr
 
     out = tmp_path / "m"
     first = train_stage.run("vae", params(epochs=2), prepared, out, tmp_path / "c.json")
-    for changed, named in [({"lr": 0.01}, "train.vae.lr 0.001 -> 0.01"),
-                           ({"batch_size": 32, "beta": 2.0},
-                            "train.vae.batch_size 64 -> 32, train.vae.beta 1.0 -> 2.0")]:
+    for changed, named in [
+        ({"lr": 0.01}, "train.vae.lr 0.001 -> 0.01"),
+        ({"batch_size": 32, "beta": 2.0}, "train.vae.batch_size 64 -> 32, train.vae.beta 1.0 -> 2.0"),
+    ]:
         with pytest.raises(UserError, match=f"cannot resume .* with other params \\({named}\\)"):
-            train_stage.run("vae", params(epochs=3, **changed), prepared, out, tmp_path / "c.json",
-                            resume=True)
-    resumed = train_stage.run("vae", params(epochs=3, patience=5), prepared, out, tmp_path / "c.json",
-                              resume=True)
+            train_stage.run(
+                "vae", params(epochs=3, **changed), prepared, out, tmp_path / "c.json", resume=True
+            )
+    resumed = train_stage.run(
+        "vae", params(epochs=3, patience=5), prepared, out, tmp_path / "c.json", resume=True
+    )
     assert resumed["run_id"] == first["run_id"] and resumed["epochs_run"] == 3
     tags = tracking.client().get_run(first["run_id"]).data.tags
     assert tags["vaectl.resumed_with"] == "train.vae.epochs: 2 -> 3; train.vae.patience: 10 -> 5"
@@ -169,20 +219,37 @@ def test_a_second_training_into_the_same_folder_is_refused(tmp_path, prepared):
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
     with exclusive_dir(tmp_path / "models" / "vae", "test"):  # as a first `vaectl train` would
-        out = subprocess.run([sys.executable, "-m", "vaectl", "train", "--model", "vae",
-                              "--prepared", str(prepared)], cwd=tmp_path, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "vaectl", "train", "--model", "vae", "--prepared", str(prepared)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert out.stderr.strip() == ("error: models/vae is in use by another `vaectl train`; wait for it "
-                                  "to finish, or write somewhere else")
+    assert out.stderr.strip() == (
+        "error: models/vae is in use by another `vaectl train`; wait for it "
+        "to finish, or write somewhere else"
+    )
     assert not (tmp_path / "models" / "vae" / "last.pt").exists()
     # no folder is left behind by a start that failed
-    out = subprocess.run([sys.executable, "-m", "vaectl", "train", "--model", "ae", "--resume",
-                          "--prepared", str(prepared)], cwd=tmp_path, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "vaectl", "train", "--model", "ae", "--resume", "--prepared", str(prepared)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 1 and not (tmp_path / "models" / "ae").exists()
 
 
-LOSS_METRICS = {"train/recon_nll", "val/recon_nll", "train/neg_elbo", "val/neg_elbo", "train/kl", "val/kl",
-                "kl_weight"}
+LOSS_METRICS = {
+    "train/recon_nll",
+    "val/recon_nll",
+    "train/neg_elbo",
+    "val/neg_elbo",
+    "train/kl",
+    "val/kl",
+    "kl_weight",
+}
 
 
 def test_epoch_lines_are_one_based_and_the_ae_shows_no_kl(tmp_path, prepared, capsys):
@@ -230,8 +297,15 @@ def test_gradients_are_normalised_per_tensor_and_the_cosine_schedule_ends_at_zer
 def test_warm_up_validates_at_the_full_kl_weight(tmp_path, prepared):
     """While the KL weight rises, the validation loss (checkpoint choice, early stopping) is
     still the full -ELBO: with the warm-up's weight an early epoch would look best."""
-    params = parse_params({**TINY, "train": {**TINY["train"], "vae": {
-        **TINY["train"]["vae"], "epochs": 3, "kl_warmup_epochs": 4, "patience": 1}}})
+    params = parse_params(
+        {
+            **TINY,
+            "train": {
+                **TINY["train"],
+                "vae": {**TINY["train"]["vae"], "epochs": 3, "kl_warmup_epochs": 4, "patience": 1},
+            },
+        }
+    )
     train_stage.run("vae", params, prepared, tmp_path / "m", tmp_path / "c.json")
     curve = json.loads((tmp_path / "c.json").read_text())
     assert [e["beta"] for e in curve] == [0.25, 0.5, 0.75] and len(curve) == 3  # no stop in warm-up
@@ -241,8 +315,20 @@ def test_warm_up_validates_at_the_full_kl_weight(tmp_path, prepared):
 
 def test_a_cosine_schedule_cannot_resume_with_other_epochs(tmp_path, prepared):
     def params(epochs):
-        return parse_params({**TINY, "train": {**TINY["train"], "vae": {
-            **TINY["train"]["vae"], "epochs": epochs, "lr_schedule": "cosine", "grad_norm": True}}})
+        return parse_params(
+            {
+                **TINY,
+                "train": {
+                    **TINY["train"],
+                    "vae": {
+                        **TINY["train"]["vae"],
+                        "epochs": epochs,
+                        "lr_schedule": "cosine",
+                        "grad_norm": True,
+                    },
+                },
+            }
+        )
 
     train_stage.run("vae", params(2), prepared, tmp_path / "m", tmp_path / "c.json")
     with pytest.raises(UserError, match="train.vae.epochs 2 -> 3.*only train.vae.patience"):
@@ -292,14 +378,27 @@ def alive(pid: int) -> bool:
 def test_training_under_dvc_stops_when_dvc_is_killed(tmp_path, prepared):
     """kill -9 of `dvc repro` once left its `vaectl train` running and writing: under DVC
     (DVC_STAGE set) the trainer asks the kernel for SIGTERM when its parent dies."""
-    (tmp_path / "params.yaml").write_text(json.dumps({**TINY, "train": {**TINY["train"], "vae": {
-        **TINY["train"]["vae"], "epochs": 100000, "patience": 0}}}))
-    parent = ("import subprocess, sys, time; "
-              f"p = subprocess.Popen([sys.executable, '-m', 'vaectl', 'train', '--model', 'vae', "
-              f"'--prepared', {str(prepared)!r}]); "
-              "print(p.pid, flush=True); time.sleep(600)")
-    dvc = subprocess.Popen([sys.executable, "-c", parent], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
-                           env={**os.environ, "DVC_STAGE": "train@vae"})
+    (tmp_path / "params.yaml").write_text(
+        json.dumps(
+            {
+                **TINY,
+                "train": {**TINY["train"], "vae": {**TINY["train"]["vae"], "epochs": 100000, "patience": 0}},
+            }
+        )
+    )
+    parent = (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-m', 'vaectl', 'train', '--model', 'vae', "
+        f"'--prepared', {str(prepared)!r}]); "
+        "print(p.pid, flush=True); time.sleep(600)"
+    )
+    dvc = subprocess.Popen(
+        [sys.executable, "-c", parent],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "DVC_STAGE": "train@vae"},
+    )
     trainer = int(dvc.stdout.readline())
     deadline = time.time() + 120
     while not (tmp_path / "models" / "vae" / "last.pt").exists() and time.time() < deadline:

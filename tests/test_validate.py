@@ -64,16 +64,19 @@ def _imbalance(s):
     s["val"] = (images, np.where(labels < 5, 0, labels).astype(np.uint8))
 
 
-@pytest.mark.parametrize("breaker, table, expectation, column", [
-    (_relabel, "test_images", "expect_column_values_to_be_in_set", "label"),
-    (_float_with_nan, "val_images", "expect_column_values_to_not_be_null", "pixel_mean"),
-    (_float_with_nan, "val_images", "expect_column_values_to_be_in_set", "dtype"),
-    (_too_bright, "test_images", "expect_column_values_to_be_between", "pixel_max"),
-    (_wrong_shape, "val_images", "expect_column_values_to_be_in_set", "shape"),
-    (_leak, "leakage", "expect_column_values_to_be_unique", "image_hash"),
-    (_drift, "splits", "expect_column_values_to_be_between", "mean_intensity"),
-    (_imbalance, "splits", "expect_column_values_to_be_between", "max_class_share"),
-])
+@pytest.mark.parametrize(
+    "breaker, table, expectation, column",
+    [
+        (_relabel, "test_images", "expect_column_values_to_be_in_set", "label"),
+        (_float_with_nan, "val_images", "expect_column_values_to_not_be_null", "pixel_mean"),
+        (_float_with_nan, "val_images", "expect_column_values_to_be_in_set", "dtype"),
+        (_too_bright, "test_images", "expect_column_values_to_be_between", "pixel_max"),
+        (_wrong_shape, "val_images", "expect_column_values_to_be_in_set", "shape"),
+        (_leak, "leakage", "expect_column_values_to_be_unique", "image_hash"),
+        (_drift, "splits", "expect_column_values_to_be_between", "mean_intensity"),
+        (_imbalance, "splits", "expect_column_values_to_be_between", "max_class_share"),
+    ],
+)
 def test_each_expectation_catches_a_broken_dataset(tmp_path, breaker, table, expectation, column):
     splits = good_splits()
     breaker(splits)
@@ -81,8 +84,9 @@ def test_each_expectation_catches_a_broken_dataset(tmp_path, breaker, table, exp
     outcome = validate.run(ValidateParams(), prepared, tmp_path / "v.json", tmp_path / "docs")
     assert not outcome.success
     failed = [e for e in outcome.report["tables"][table]["expectations"] if not e["success"]]
-    assert any(e["expectation"] == expectation and e["kwargs"].get("column") == column
-               for e in failed), failed
+    assert any(e["expectation"] == expectation and e["kwargs"].get("column") == column for e in failed), (
+        failed
+    )
     assert any(line.startswith(f"{table}: {expectation}") for line in outcome.failures)
 
 
@@ -96,8 +100,11 @@ def test_prepared_data_changed_after_fetch_is_refused(tmp_path, prepared):
     images[3, 10:18, 10:18] = 255 - images[3, 10:18, 10:18]
     labels[7] = (labels[7] + 1) % 10
     np.savez(prepared / "train.npz", images=images, labels=labels)
-    with pytest.raises(UserError, match=r"train.npz does not match manifest.json \(class_counts, "
-                                        r"images_sha256, labels_sha256 differ\)"):
+    with pytest.raises(
+        UserError,
+        match=r"train.npz does not match manifest.json \(class_counts, "
+        r"images_sha256, labels_sha256 differ\)",
+    ):
         validate.run(ValidateParams(), prepared, tmp_path / "v.json", tmp_path / "docs")
     assert not (tmp_path / "v.json").exists()
 

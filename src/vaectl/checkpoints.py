@@ -25,8 +25,9 @@ def read_checkpoint(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         reason = str(err).splitlines()[0][:120] if str(err) else err.__class__.__name__
-        raise UserError(f"{path} is not a readable vaectl checkpoint ({reason}); "
-                        "delete it and train again") from None
+        raise UserError(
+            f"{path} is not a readable vaectl checkpoint ({reason}); delete it and train again"
+        ) from None
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{path} is not a vaectl checkpoint (no model weights in it)")
     return state
@@ -38,31 +39,44 @@ def load_checkpoint(path: Path) -> dict:
     return read_checkpoint(path)
 
 
-def load_trained(model_dir: Path, expected_kind: str, data_sha: str,
-                 experiment: str) -> tuple[AutoEncoder, dict, tuple[str, dict]]:
+def load_trained(
+    model_dir: Path, expected_kind: str, data_sha: str, experiment: str
+) -> tuple[AutoEncoder, dict, tuple[str, dict]]:
     """(model in eval mode, training summary, (training run id, its tags)) from `vaectl train`'s
     best.pt and summary.json, each checked against the digests its training run recorded. The
     checkpoint's own config says what it is: a model of the other kind, or one trained on
     other data than `data_sha`, is refused."""
     best, summary_path = model_dir / "best.pt", model_dir / "summary.json"
     if not best.exists() or not summary_path.exists():
-        raise UserError(f"no trained model in {model_dir} (run `vaectl train --model {model_dir.name} "
-                        f"--kind {expected_kind}`)")
+        raise UserError(
+            f"no trained model in {model_dir} (run `vaectl train --model {model_dir.name} "
+            f"--kind {expected_kind}`)"
+        )
     state = read_checkpoint(best)
     config = state.get("model_config")
     found = config.get("kind") if isinstance(config, dict) else None
     if found != expected_kind:
-        raise UserError(f"{best} is {'a ' + repr(found) if found else 'no vaectl model'} checkpoint, not "
-                        f"a {expected_kind!r} one (`vaectl train --kind {expected_kind}` writes those)")
+        raise UserError(
+            f"{best} is {'a ' + repr(found) if found else 'no vaectl model'} checkpoint, not "
+            f"a {expected_kind!r} one (`vaectl train --kind {expected_kind}` writes those)"
+        )
     run = custody.recorded_run(best, custody.CHECKPOINT, experiment, expected_kind)
     custody.check_sibling(summary_path, custody.TRAINING_SUMMARY, *run, expected_kind)
-    summary = read_json(summary_path, "vaectl train", ("model_config", "data_sha256", "binarize",
-                                                      "best_val_loss"))
+    summary = read_json(
+        summary_path, "vaectl train", ("model_config", "data_sha256", "binarize", "best_val_loss")
+    )
     if summary["data_sha256"] != data_sha:
-        raise UserError(f"{model_dir} was trained on other data than {data_sha[:12]}… "
-                        "(retrain, or fetch the data it was trained on)")
-    model = restore(lambda: from_config(state["model_config"]), state, best,
-                    "its weights do not fit its own model config", "train again")
+        raise UserError(
+            f"{model_dir} was trained on other data than {data_sha[:12]}… "
+            "(retrain, or fetch the data it was trained on)"
+        )
+    model = restore(
+        lambda: from_config(state["model_config"]),
+        state,
+        best,
+        "its weights do not fit its own model config",
+        "train again",
+    )
     return model, summary, run
 
 

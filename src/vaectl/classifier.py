@@ -42,11 +42,11 @@ def run(params: ClassifierParams, prepared: Path, out_dir: Path, experiment: str
     with torch.no_grad():
         val_pred = model(to_unit(val_images, torch.device("cpu"))).argmax(-1).numpy()
     accuracy = float((val_pred == val_labels).mean())
-    summary = {"val_accuracy": accuracy, "hidden": params.hidden,
-               "epochs": params.epochs}
+    summary = {"val_accuracy": accuracy, "hidden": params.hidden, "epochs": params.epochs}
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tracking.start_run(experiment, "classifier",
-                            tracking.standard_tags("classifier", manifest_sha256(prepared))) as mlrun:
+    with tracking.start_run(
+        experiment, "classifier", tracking.standard_tags("classifier", manifest_sha256(prepared))
+    ) as mlrun:
         mlrun.log_params(flatten(params, "classifier"))
         mlrun.log_metrics({"val_accuracy": accuracy})
         save_checkpoint(out_dir / CLASSIFIER_FILE, {"model": model.state_dict(), "hidden": params.hidden})

@@ -76,11 +76,13 @@ def user_errors(command):
 
 
 # what the file system refused, and what the user can do about it
-PLACE_ERRORS = {errno.ENOSPC: "free some space or write elsewhere",
-                errno.EDQUOT: "free some of your quota or write elsewhere",
-                errno.EROFS: "write elsewhere",
-                errno.EACCES: "check its permissions or use another place",
-                errno.EPERM: "check its permissions or use another place"}
+PLACE_ERRORS = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some of your quota or write elsewhere",
+    errno.EROFS: "write elsewhere",
+    errno.EACCES: "check its permissions or use another place",
+    errno.EPERM: "check its permissions or use another place",
+}
 
 
 def _place_failure(err: Exception, kwargs: dict) -> str | None:
@@ -123,8 +125,12 @@ def interruptible(command):
         try:
             return command(*args, **kwargs)
         except KeyboardInterrupt as stop:
-            typer.secho(f"interrupted: `vaectl {command.__name__}` stopped; its previous outputs are "
-                        "as they were and nothing half-written is left", fg="yellow", err=True)
+            typer.secho(
+                f"interrupted: `vaectl {command.__name__}` stopped; its previous outputs are "
+                "as they were and nothing half-written is left",
+                fg="yellow",
+                err=True,
+            )
             raise typer.Exit(143 if isinstance(stop, Terminated) else 130) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -139,16 +145,21 @@ def print_version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: bool = typer.Option(False, "--version", callback=print_version, is_eager=True,
-                                      help="print vaectl's version and exit")):
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=print_version, is_eager=True, help="print vaectl's version and exit"
+    ),
+):
     """Train and compare a VAE and an AE baseline on MNIST-family images, tracked in MLflow,
     staged with DVC."""
 
 
 @app.command()
 @user_errors
-def doctor(params_path: Path = PARAMS,
-           lock: Path = typer.Option(Path("requirements.lock"), help="the lock `make setup` installs")):
+def doctor(
+    params_path: Path = PARAMS,
+    lock: Path = typer.Option(Path("requirements.lock"), help="the lock `make setup` installs"),
+):
     """What a result's bytes depend on here: package versions against the lock, the CPU's
     instruction sets, and the kernels and threads that params.yaml's numerics put in force.
     Exits 1 when the installed packages differ from the lock.
@@ -163,18 +174,23 @@ def doctor(params_path: Path = PARAMS,
     state = numerics.in_force()
     typer.echo(f"vaectl {__version__}, " + ", ".join(f"{k} {v}" for k, v in environment.versions().items()))
     typer.echo(f"cpu: {model}; {' '.join(flags) or 'none of the listed instruction sets'}")
-    typer.echo(f"numerics: {params.numerics.mode} ({params_path}): torch runs its "
-               f"{state['torch_cpu_capability']} kernels (its own pick here: {native}) on "
-               f"{state['torch_threads']} threads; "
-               + ", ".join(f"{k}={os.environ.get(k, '')!r}" for k in numerics.PORTABLE_ENV))
+    typer.echo(
+        f"numerics: {params.numerics.mode} ({params_path}): torch runs its "
+        f"{state['torch_cpu_capability']} kernels (its own pick here: {native}) on "
+        f"{state['torch_threads']} threads; "
+        + ", ".join(f"{k}={os.environ.get(k, '')!r}" for k in numerics.PORTABLE_ENV)
+    )
     if not lock.is_file():
         raise UserError(f"lock file not found: {lock} (`make lock` writes it)")
     drift = environment.lock_drift(lock)
     pins = len(environment.locked_versions(lock))
     if drift:
         for name, (locked, found) in drift.items():
-            typer.secho(f"differs from {lock}: {name} {found or 'not installed'} (locked {locked})",
-                        fg="red", err=True)
+            typer.secho(
+                f"differs from {lock}: {name} {found or 'not installed'} (locked {locked})",
+                fg="red",
+                err=True,
+            )
         raise UserError(f"{len(drift)} of {pins} packages differ from {lock}; `make setup` installs it")
     typer.echo(f"packages: all {pins} pins of {lock} installed exactly")
 
@@ -226,26 +242,35 @@ def validate(
             f"validation failed: {len(outcome.failures)} of "
             f"{outcome.report['expectations_evaluated']} expectations (details in {report})"
         )
-    typer.echo(f"validation passed: {outcome.report['expectations_evaluated']} expectations "
-               f"-> {report}, {docs}/index.html")
+    typer.echo(
+        f"validation passed: {outcome.report['expectations_evaluated']} expectations "
+        f"-> {report}, {docs}/index.html"
+    )
 
 
 @app.command()
 @user_errors
 def train(
     ctx: typer.Context,
-    model: str = typer.Option(..., "--model", "-m", metavar="NAME",
-                              help="its name: checkpoints go to models/NAME, curves to "
-                                   "reports/curves/NAME.json"),
-    kind: str = typer.Option(None, "--kind", metavar="vae|ae",
-                             help="which model to train", show_default="NAME up to its first '-'"),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        metavar="NAME",
+        help="its name: checkpoints go to models/NAME, curves to reports/curves/NAME.json",
+    ),
+    kind: str = typer.Option(
+        None, "--kind", metavar="vae|ae", help="which model to train", show_default="NAME up to its first '-'"
+    ),
     params_path: Path = PARAMS,
     prepared: Path = typer.Option(LAYOUT.prepared, help="prepared data from `vaectl fetch`"),
     resume: bool = typer.Option(False, "--resume", help="continue from models/NAME/last.pt"),
-    nproc: int = typer.Option(1, "--nproc", min=1,
-                              help="training processes (torch DDP via torchrun; gloo on CPU)"),
-    latent_dim: int = typer.Option(None, "--latent-dim", min=1,
-                                   help="instead of train.KIND.latent_dim (the 2-D experiment: 2)"),
+    nproc: int = typer.Option(
+        1, "--nproc", min=1, help="training processes (torch DDP via torchrun; gloo on CPU)"
+    ),
+    latent_dim: int = typer.Option(
+        None, "--latent-dim", min=1, help="instead of train.KIND.latent_dim (the 2-D experiment: 2)"
+    ),
 ):
     """Train the VAE or the AE baseline; checkpoints each epoch, logs the run to MLflow.
 
@@ -258,8 +283,10 @@ def train(
     """
     kind = kind or model.split("-")[0]
     if kind not in MODELS:  # a choice, checked here to keep the error on one line
-        raise UserError(f"--kind must be one of {', '.join(MODELS)}, got {kind!r}"
-                        + ("" if kind != model.split("-")[0] else f" (from --model {model}; give --kind)"))
+        raise UserError(
+            f"--kind must be one of {', '.join(MODELS)}, got {kind!r}"
+            + ("" if kind != model.split("-")[0] else f" (from --model {model}; give --kind)")
+        )
     params = load_computing(params_path)
     from vaectl import train as stage
 
@@ -275,13 +302,18 @@ def train(
         summary = stage.run_exclusive(kind, params, prepared, files, resume)
     except KeyboardInterrupt:
         if "WORLD_SIZE" not in os.environ:  # under a launcher, the launcher says it once
-            typer.secho(f"interrupted: last checkpoint kept in {files.dir}/last.pt; continue with "
-                        f"`{again}`", fg="yellow", err=True)
+            typer.secho(
+                f"interrupted: last checkpoint kept in {files.dir}/last.pt; continue with `{again}`",
+                fg="yellow",
+                err=True,
+            )
         raise typer.Exit(130) from None
     if summary is not None:
-        typer.echo(f"{model}: best val loss {summary['best_val_loss']:.2f} nats at epoch "
-                   f"{summary['best_epoch']} of {summary['epochs_run']} -> {files.dir} "
-                   f"(MLflow run {summary['run_id']})")
+        typer.echo(
+            f"{model}: best val loss {summary['best_val_loss']:.2f} nats at epoch "
+            f"{summary['best_epoch']} of {summary['epochs_run']} -> {files.dir} "
+            f"(MLflow run {summary['run_id']})"
+        )
 
 
 def given_options(ctx: typer.Context, drop: tuple[str, ...] = ()) -> list[str]:
@@ -338,14 +370,24 @@ def evaluate(
     params = load_computing(params_path)
     from vaectl import evaluate as stage
 
-    report, run_id = stage.run(params.eval, prepared, LAYOUT.model(model), LAYOUT.model(baseline),
-                               LAYOUT.classifier_checkpoint, reports, reports / "figures",
-                               params.tracking.experiment, echo=lambda m: typer.echo(m, err=True))
+    report, run_id = stage.run(
+        params.eval,
+        prepared,
+        LAYOUT.model(model),
+        LAYOUT.model(baseline),
+        LAYOUT.classifier_checkpoint,
+        reports,
+        reports / "figures",
+        params.tracking.experiment,
+        echo=lambda m: typer.echo(m, err=True),
+    )
     print_comparison(report)
     figures = sorted((reports / "figures").glob("*.png"))
-    typer.echo(f"wrote {reports / 'summary.json'}, {reports / 'metrics.json'}, {reports / 'latents.json'} "
-               f"and {len(figures)} figures "
-               f"in {reports / 'figures'}; MLflow run {run_id} (experiment {params.tracking.experiment})")
+    typer.echo(
+        f"wrote {reports / 'summary.json'}, {reports / 'metrics.json'}, {reports / 'latents.json'} "
+        f"and {len(figures)} figures "
+        f"in {reports / 'figures'}; MLflow run {run_id} (experiment {params.tracking.experiment})"
+    )
 
 
 def print_comparison(report: dict) -> None:
@@ -354,18 +396,21 @@ def print_comparison(report: dict) -> None:
 
     from vaectl.report import comparison_rows, headline_first
 
-    table = Table(title=f"VAE vs AE on {report['test_images']} test images and "
-                        f"{report['interp_pairs']} pairs of each kind (95% bootstrap intervals)",
-                  caption=report["protocol"])
+    table = Table(
+        title=f"VAE vs AE on {report['test_images']} test images and "
+        f"{report['interp_pairs']} pairs of each kind (95% bootstrap intervals)",
+        caption=report["protocol"],
+    )
     for column in ("metric", "VAE", "AE", "VAE/AE", "verdict"):
-        table.add_column(column, justify="left" if column in ("metric", "verdict") else "right",
-                         no_wrap=True)
+        table.add_column(column, justify="left" if column in ("metric", "verdict") else "right", no_wrap=True)
     for row in headline_first(comparison_rows(report)):
         table.add_row(*row)
     Console(width=160).print(table)
     real = report["real_images"]
-    typer.echo(f"real test images: classifier max-prob {real['max_prob']:.3f}, entropy "
-               f"{real['entropy']:.3f}, unrecognised {real['unrecognised']:.3f}")
+    typer.echo(
+        f"real test images: classifier max-prob {real['max_prob']:.3f}, entropy "
+        f"{real['entropy']:.3f}, unrecognised {real['unrecognised']:.3f}"
+    )
 
 
 @app.command()
@@ -389,12 +434,21 @@ def holes(
     from vaectl import holes as stage
     from vaectl.report import VERDICTS
 
-    result = stage.run(params.eval, prepared, LAYOUT.model(model).dir, LAYOUT.model(baseline).dir,
-                       LAYOUT.classifier_checkpoint,
-                       report, figures_dir, params.tracking.experiment)
+    result = stage.run(
+        params.eval,
+        prepared,
+        LAYOUT.model(model).dir,
+        LAYOUT.model(baseline).dir,
+        LAYOUT.classifier_checkpoint,
+        report,
+        figures_dir,
+        params.tracking.experiment,
+    )
     for name, c in result["comparison"].items():
-        typer.echo(f"{name}: VAE {c['vae']:.3f} [{c['vae_ci'][0]:.3f}, {c['vae_ci'][1]:.3f}], "
-                   f"AE {c['ae']:.3f} [{c['ae_ci'][0]:.3f}, {c['ae_ci'][1]:.3f}]: {VERDICTS[c['better']]}")
+        typer.echo(
+            f"{name}: VAE {c['vae']:.3f} [{c['vae_ci'][0]:.3f}, {c['vae_ci'][1]:.3f}], "
+            f"AE {c['ae']:.3f} [{c['ae_ci'][0]:.3f}, {c['ae_ci'][1]:.3f}]: {VERDICTS[c['better']]}"
+        )
 
 
 @app.command()
@@ -481,18 +535,22 @@ def study(
     from vaectl import study as grid
 
     result = grid.run(load_params(params_path), out, echo=typer.echo)
-    typer.echo(f"study: {len(result['rows'])} settings in {result['wall_s'] / 60:.1f} min -> {out} "
-               f"(MLflow run {result['run_id']})")
+    typer.echo(
+        f"study: {len(result['rows'])} settings in {result['wall_s'] / 60:.1f} min -> {out} "
+        f"(MLflow run {result['run_id']})"
+    )
 
 
 @app.command()
 @user_errors
 def overlay(
-    overlay_file: Path = typer.Argument(..., help="YAML naming only the keys that differ, e.g. "
-                                        "params/fashion-literature.yaml"),
+    overlay_file: Path = typer.Argument(
+        ..., help="YAML naming only the keys that differ, e.g. params/fashion-literature.yaml"
+    ),
     params_path: Path = PARAMS,
-    dvc_flags: bool = typer.Option(False, "--dvc-flags",
-                                   help="print `-S key=value` for `dvc exp run` instead"),
+    dvc_flags: bool = typer.Option(
+        False, "--dvc-flags", help="print `-S key=value` for `dvc exp run` instead"
+    ),
 ):
     """Print params.yaml with a preset's keys put in (checked), for `vaectl STAGE --params`.
 
@@ -523,17 +581,23 @@ def pull(
     from vaectl import registry
 
     summary = registry.pull(ref, dest)
-    typer.echo(f"pulled {summary['name']} v{summary['version']} to {dest}: "
-               f"{summary['files_verified']} files verified, smoke prediction ok")
+    typer.echo(
+        f"pulled {summary['name']} v{summary['version']} to {dest}: "
+        f"{summary['files_verified']} files verified, smoke prediction ok"
+    )
 
 
 @app.command()
 @user_errors
 def predict(
     ref: str = typer.Argument(..., help="NAME@alias, NAME/version, or NAME (= NAME@champion)"),
-    input_path: Path = typer.Option(None, "--input", help="an .npz (its one array, or x) or .npy of "
-                                    "N x 784 or N x 28 x 28 images (float in [0, 1], or uint8), "
-                                    "latents for decode, or a folder of 28 x 28 PNGs"),
+    input_path: Path = typer.Option(
+        None,
+        "--input",
+        help="an .npz (its one array, or x) or .npy of "
+        "N x 784 or N x 28 x 28 images (float in [0, 1], or uint8), "
+        "latents for decode, or a folder of 28 x 28 PNGs",
+    ),
     output: Path = typer.Option(Path("predictions.npz"), "--output", help=".npz to write (atomically)"),
     mode: str = typer.Option("reconstruct", metavar="reconstruct|encode|decode|sample"),
     n: int = typer.Option(16, help="sample mode: how many images"),
@@ -549,8 +613,10 @@ def predict(
     from vaectl import registry
 
     summary = registry.predict(ref, input_path, output, mode, n, seed)
-    typer.echo(f"{summary['name']} v{summary['version']}: {mode} of {summary['rows']} rows "
-               f"-> {output} (output {' x '.join(map(str, summary['shape']))})")
+    typer.echo(
+        f"{summary['name']} v{summary['version']}: {mode} of {summary['rows']} rows "
+        f"-> {output} (output {' x '.join(map(str, summary['shape']))})"
+    )
 
 
 @app.command()
@@ -559,17 +625,24 @@ def serve(
     ref: str = typer.Argument("vae-mnist@champion", help="NAME@alias or NAME/version"),
     host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
     port: int = typer.Option(5002, help="port (`make ui` takes 5000, `make server` 5001)"),
-    max_body: int = typer.Option(8 << 20, "--max-body", min=1,
-                                 help="largest request body in bytes; larger ones get 413"),
-    max_samples: int = typer.Option(1000, "--max-samples", min=1,
-                                    help="largest `n` of sample mode; larger ones get 400"),
-    max_connections: int = typer.Option(64, "--max-connections", min=1,
-                                        help="open connections and requests in flight; more get 503"),
-    header_timeout: float = typer.Option(10.0, "--header-timeout", min=0.1,
-                                         help="seconds a connection may take to send a request's "
-                                         "headers before it is closed"),
-    body_timeout: float = typer.Option(30.0, "--body-timeout", min=0.1,
-                                       help="seconds a request may take to send its body; slower get 408"),
+    max_body: int = typer.Option(
+        8 << 20, "--max-body", min=1, help="largest request body in bytes; larger ones get 413"
+    ),
+    max_samples: int = typer.Option(
+        1000, "--max-samples", min=1, help="largest `n` of sample mode; larger ones get 400"
+    ),
+    max_connections: int = typer.Option(
+        64, "--max-connections", min=1, help="open connections and requests in flight; more get 503"
+    ),
+    header_timeout: float = typer.Option(
+        10.0,
+        "--header-timeout",
+        min=0.1,
+        help="seconds a connection may take to send a request's headers before it is closed",
+    ),
+    body_timeout: float = typer.Option(
+        30.0, "--body-timeout", min=0.1, help="seconds a request may take to send its body; slower get 408"
+    ),
 ):
     """Serve a registered model over HTTP: MLflow's scoring server on a copy of the bundle
     verified file by file, with bounded requests and short error replies.
@@ -585,7 +658,14 @@ def serve(
 
     with tempfile.TemporaryDirectory(prefix="vaectl-serve-") as tmp:
         name, version, bundle, checked = registry.download_verified(ref, Path(tmp))
-        typer.echo(f"serving {name} v{version} ({checked} files verified) on http://{host}:{port}"
-                   f"/invocations (bodies up to {max_body} bytes, sample n up to {max_samples})", err=True)
-        serving.serve(bundle, host, port, serving.Limits(max_body, max_samples, max_connections,
-                                                         header_timeout, body_timeout))
+        typer.echo(
+            f"serving {name} v{version} ({checked} files verified) on http://{host}:{port}"
+            f"/invocations (bodies up to {max_body} bytes, sample n up to {max_samples})",
+            err=True,
+        )
+        serving.serve(
+            bundle,
+            host,
+            port,
+            serving.Limits(max_body, max_samples, max_connections, header_timeout, body_timeout),
+        )

@@ -22,6 +22,7 @@ from vaectl.files import sha256_file
 class Record:
     """A file some stage writes: the run tag that holds its sha256, the command that writes it,
     and how to get a genuine one back."""
+
     tag: str
     writer: str
     fix: str
@@ -37,8 +38,9 @@ LAST_CHECKPOINT = Record("vaectl.last_checkpoint_sha256", "vaectl train", "train
 TRAINING_SUMMARY = Record("vaectl.summary_sha256", "vaectl train", RETRAIN)
 CURVES = Record("vaectl.curves_sha256", "vaectl train", RETRAIN)
 # written by `vaectl classifier` (kind classifier)
-CLASSIFIER = Record("vaectl.classifier_sha256", "vaectl classifier",
-                    "`dvc checkout` it or `dvc repro -f classifier`")
+CLASSIFIER = Record(
+    "vaectl.classifier_sha256", "vaectl classifier", "`dvc checkout` it or `dvc repro -f classifier`"
+)
 # written by `vaectl evaluate` (kind evaluate); it also records what it scored
 METRICS = Record("vaectl.metrics_sha256", "vaectl evaluate", REEVALUATE)
 EVALUATE_SUMMARY = Record("vaectl.summary_json_sha256", "vaectl evaluate", REEVALUATE)
@@ -46,8 +48,9 @@ SCORED = {"vae": "vaectl.scored_vae_sha256", "ae": "vaectl.scored_ae_sha256"}  #
 SCORED_CLASSIFIER = "vaectl.scored_classifier_sha256"
 # written by `vaectl export` (kind export-KIND): the digest of checksums.json lives here,
 # outside the export folder, with the evaluate run whose numbers the model card carries
-CHECKSUMS = Record("vaectl.checksums_sha256", "vaectl export",
-                   "`dvc checkout export` or `dvc repro -f export`")
+CHECKSUMS = Record(
+    "vaectl.checksums_sha256", "vaectl export", "`dvc checkout export` or `dvc repro -f export`"
+)
 EXPORTED_CHECKPOINT = "vaectl.exported_checkpoint_sha256"
 EVALUATE_RUN = "vaectl.evaluate_run_id"
 
@@ -56,8 +59,9 @@ def fix_for(record: Record, kind: str) -> str:
     return record.fix.replace("KIND", kind)
 
 
-def recorded_run(path: Path, record: Record, experiment: str, kind: str,
-                 also: dict[str, str] | None = None, why: str = "") -> tuple[str, dict]:
+def recorded_run(
+    path: Path, record: Record, experiment: str, kind: str, also: dict[str, str] | None = None, why: str = ""
+) -> tuple[str, dict]:
     """(run id, its tags) of the newest run of `kind` that recorded `path`'s current sha256
     under `record.tag` (and carries the tags `also`); a missing file or a digest no such run
     recorded is a UserError (`why` says what `also` asks for)."""
@@ -65,14 +69,15 @@ def recorded_run(path: Path, record: Record, experiment: str, kind: str,
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path} not found; it is written by `{record.writer}` "
-                        f"({fix_for(record, kind)})")
+        raise UserError(f"{path} not found; it is written by `{record.writer}` ({fix_for(record, kind)})")
     digest = sha256_file(path)
     found = tracking.latest_run(experiment, {record.tag: digest, "vaectl.kind": kind, **(also or {})})
     if found is None:
-        raise UserError(f"{path} (sha256 {digest[:12]}…) is not what any `{record.writer}` run "
-                        f"of {kind}{why} recorded in the tracking store {tracking.tracking_uri()}: "
-                        f"it was changed or replaced after it was written; {fix_for(record, kind)}")
+        raise UserError(
+            f"{path} (sha256 {digest[:12]}…) is not what any `{record.writer}` run "
+            f"of {kind}{why} recorded in the tracking store {tracking.tracking_uri()}: "
+            f"it was changed or replaced after it was written; {fix_for(record, kind)}"
+        )
     return found
 
 
@@ -81,10 +86,11 @@ def check_sibling(path: Path, record: Record, run_id: str, tags: dict, kind: str
     written together with the one that found the run)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path} not found; it is written by `{record.writer}` "
-                        f"({fix_for(record, kind)})")
+        raise UserError(f"{path} not found; it is written by `{record.writer}` ({fix_for(record, kind)})")
     digest = sha256_file(path)
     if tags.get(record.tag) != digest:
-        raise UserError(f"{path} (sha256 {digest[:12]}…) is not the file MLflow run {run_id} of "
-                        f"`{record.writer}` wrote beside it; {fix_for(record, kind)}")
+        raise UserError(
+            f"{path} (sha256 {digest[:12]}…) is not the file MLflow run {run_id} of "
+            f"`{record.writer}` wrote beside it; {fix_for(record, kind)}"
+        )
     return digest

@@ -62,9 +62,11 @@ def leave(workers: Workers) -> None:
 def check_gpus(requested_device: str, nproc: int) -> None:
     """nccl wants one GPU per process."""
     if pick_device(requested_device).type == "cuda" and nproc > torch.cuda.device_count():
-        raise UserError(f"--nproc {nproc} on CUDA needs {nproc} GPUs, this machine has "
-                        f"{torch.cuda.device_count()}; set train.device: cpu to run "
-                        f"{nproc} processes on the CPU")
+        raise UserError(
+            f"--nproc {nproc} on CUDA needs {nproc} GPUs, this machine has "
+            f"{torch.cuda.device_count()}; set train.device: cpu to run "
+            f"{nproc} processes on the CPU"
+        )
 
 
 def launch(nproc: int, train_args: list[str]) -> int:
@@ -81,8 +83,15 @@ def launch(nproc: int, train_args: list[str]) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # we report failures
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+    )
     try:
         elastic_launch(config, sys.executable)("-m", "vaectl", "train", *train_args)
     except SignalException:

@@ -11,11 +11,33 @@ from pathlib import Path
 
 LOCK_FILE = Path("requirements.lock")  # `make lock` writes it, `make setup` installs it exactly
 # the packages whose version changes what the pipeline computes or writes
-KEY_PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "pillow", "onnx",
-                "onnxruntime", "mlflow", "dvc", "great-expectations")
+KEY_PACKAGES = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "scipy",
+    "pandas",
+    "matplotlib",
+    "pillow",
+    "onnx",
+    "onnxruntime",
+    "mlflow",
+    "dvc",
+    "great-expectations",
+)
 # CPU flags (as /proc/cpuinfo spells them) that decide which kernels a library picks
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-             "amx_tile", "amx_bf16")
+ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+)
 
 
 def canonical(name: str) -> str:
@@ -40,14 +62,19 @@ def lock_drift(lock: Path = LOCK_FILE) -> dict[str, tuple[str, str | None]]:
     """{name: (locked, installed)} for every pin the environment does not have exactly;
     packages installed beside the lock are not drift."""
     installed = {canonical(d.metadata["Name"]): d.version for d in metadata.distributions()}
-    return {name: (version, installed.get(name)) for name, version in locked_versions(lock).items()
-            if installed.get(name) != version}
+    return {
+        name: (version, installed.get(name))
+        for name, version in locked_versions(lock).items()
+        if installed.get(name) != version
+    }
 
 
 def versions() -> dict[str, str]:
     """Python's and the key packages' versions ("-" when one is missing)."""
-    return {"python": platform.python_version(),
-            **{name: installed_version(name) or "-" for name in KEY_PACKAGES}}
+    return {
+        "python": platform.python_version(),
+        **{name: installed_version(name) or "-" for name in KEY_PACKAGES},
+    }
 
 
 def cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]:
@@ -65,11 +92,14 @@ def cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]:
 def run_tags(lock: Path) -> dict[str, str]:
     """What an MLflow run records of the environment it ran in."""
     model, flags = cpu()
-    tags = {"vaectl.versions": ", ".join(f"{k} {v}" for k, v in versions().items()),
-            "vaectl.cpu": f"{model} ({' '.join(flags) or 'no listed ISA flags'})"}
+    tags = {
+        "vaectl.versions": ", ".join(f"{k} {v}" for k, v in versions().items()),
+        "vaectl.cpu": f"{model} ({' '.join(flags) or 'no listed ISA flags'})",
+    }
     if lock.is_file():
         drift = lock_drift(lock)
         tags["vaectl.lock_sha256"] = hashlib.sha256(lock.read_bytes()).hexdigest()
-        tags["vaectl.lock_drift"] = ", ".join(f"{n} {v[1] or 'missing'} (locked {v[0]})"
-                                              for n, v in drift.items()) or "none"
+        tags["vaectl.lock_drift"] = (
+            ", ".join(f"{n} {v[1] or 'missing'} (locked {v[0]})" for n, v in drift.items()) or "none"
+        )
     return tags

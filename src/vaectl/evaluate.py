@@ -47,8 +47,9 @@ GENERATED = ("samples", "standard_normal")
 
 
 @torch.no_grad()
-def expected_recon_nll(model: AutoEncoder, x: torch.Tensor, samples: int,
-                       generator: torch.Generator) -> torch.Tensor:
+def expected_recon_nll(
+    model: AutoEncoder, x: torch.Tensor, samples: int, generator: torch.Generator
+) -> torch.Tensor:
     """E_q(z|x)[-log p(x|z)] per image, Monte-Carlo over `samples` draws."""
     mu, logvar = model.encode(x)
     assert logvar is not None, "an expectation over q(z|x) is the VAE's alone"
@@ -92,9 +93,14 @@ class ImageProgress:
 
 
 @torch.no_grad()
-def likelihood_metrics(model: AutoEncoder, x: torch.Tensor, x_pixels: torch.Tensor,
-                       params: EvalParams, generator: torch.Generator,
-                       progress=lambda done: None) -> tuple[dict, dict, dict]:
+def likelihood_metrics(
+    model: AutoEncoder,
+    x: torch.Tensor,
+    x_pixels: torch.Tensor,
+    params: EvalParams,
+    generator: torch.Generator,
+    progress=lambda done: None,
+) -> tuple[dict, dict, dict]:
     """(metrics, latent statistics, per-image values) over the test set, batched; no
     per-image Python loop. The per-image values feed the bootstrap intervals.
     `progress(images done)` is called after every batch."""
@@ -121,8 +127,12 @@ def likelihood_metrics(model: AutoEncoder, x: torch.Tensor, x_pixels: torch.Tens
             add("elbo_recon", recon)
             add("elbo_kl", kl)
             add("neg_elbo", recon + kl)
-            add("iw_nll", -iwae_log_likelihood(iw_model, xb.to(iw_device), params.iw_samples,
-                                               params.iw_chunk, iw_generator, iw_dtype).cpu())
+            add(
+                "iw_nll",
+                -iwae_log_likelihood(
+                    iw_model, xb.to(iw_device), params.iw_samples, params.iw_chunk, iw_generator, iw_dtype
+                ).cpu(),
+            )
             if components is None:  # the KL splits over dims only against N(0, I)
                 kl_dims.append(0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar))
         progress(start + len(xb))
@@ -153,8 +163,9 @@ def pick_pairs(labels: np.ndarray, n: int, same_class: bool, rng: np.random.Gene
 
 
 @torch.no_grad()
-def interpolation_metrics(model: AutoEncoder, x: torch.Tensor, pairs: np.ndarray,
-                          params: EvalParams, classifier) -> tuple[dict, dict, torch.Tensor]:
+def interpolation_metrics(
+    model: AutoEncoder, x: torch.Tensor, pairs: np.ndarray, params: EvalParams, classifier
+) -> tuple[dict, dict, torch.Tensor]:
     """(means, per-pair values, decoded paths) of the smoothness metrics and the judge's
     scores of the midpoints, on paths between the encoder means of the pairs' images."""
     mu = model.encode(x)[0]
@@ -175,8 +186,11 @@ def compare_models(units: dict[str, dict[str, np.ndarray]], seed: int) -> tuple[
     independently per model, are resampled independently."""
     rng = np.random.default_rng(seed)
     vae, ae = units["vae"], units["ae"]
-    comparison = {name: compare_units(name, vae[name], ae[name], name.split(".")[0] not in GENERATED, rng)
-                  for name in vae if name in ae}
+    comparison = {
+        name: compare_units(name, vae[name], ae[name], name.split(".")[0] not in GENERATED, rng)
+        for name in vae
+        if name in ae
+    }
     own = {name: bootstrap_mean(values, rng) for name, values in vae.items() if name not in ae}
     return comparison, own
 
@@ -184,8 +198,17 @@ def compare_models(units: dict[str, dict[str, np.ndarray]], seed: int) -> tuple[
 REPORT_FILES = ("summary.json", "metrics.json", "latents.json")
 
 
-def run(params: EvalParams, prepared: Path, vae: ModelFiles, ae: ModelFiles, classifier_path: Path,
-        reports: Path, figures_dir: Path, tracking_experiment: str, echo=print) -> tuple[dict, str]:
+def run(
+    params: EvalParams,
+    prepared: Path,
+    vae: ModelFiles,
+    ae: ModelFiles,
+    classifier_path: Path,
+    reports: Path,
+    figures_dir: Path,
+    tracking_experiment: str,
+    echo=print,
+) -> tuple[dict, str]:
     """Evaluate, write the reports, and log it all in one MLflow run that spans the work.
     Every input is checked against its writer's record first; the reports and figures are
     replaced together at the end, or not at all. Returns (metrics.json's report, the run id)."""
@@ -197,33 +220,60 @@ def run(params: EvalParams, prepared: Path, vae: ModelFiles, ae: ModelFiles, cla
     files = {"vae": vae, "ae": ae}
     with shared_dir(vae.dir, "`vaectl train`"), shared_dir(ae.dir, "`vaectl train`"):
         loaded = {name: load_trained(f.dir, name, data_sha, tracking_experiment) for name, f in files.items()}
-        curves = {name: training_curves(files[name].curves, name, run)
-                  for name, (_, _, run) in loaded.items()}
+        curves = {
+            name: training_curves(files[name].curves, name, run) for name, (_, _, run) in loaded.items()
+        }
     models = {name: (model, summary) for name, (model, summary, _) in loaded.items()}
     protocols = {summary["binarize"] for _, summary in models.values()}
     if len(protocols) != 1:
-        raise UserError("the VAE and the AE were trained with different train.*.binarize settings; "
-                        "their test numbers would not be comparable")
+        raise UserError(
+            "the VAE and the AE were trained with different train.*.binarize settings; "
+            "their test numbers would not be comparable"
+        )
     classifier, classifier_sha = load_classifier(classifier_path, tracking_experiment)
     tags = {**tracking.standard_tags("evaluate", data_sha), custody.SCORED_CLASSIFIER: classifier_sha}
     for name, (_, _, (run_id, run_tags)) in loaded.items():  # what this run scored, and whose
         tags.update({f"vaectl.{name}_run_id": run_id, custody.SCORED[name]: run_tags[custody.CHECKPOINT.tag]})
     with tracking.start_run(tracking_experiment, "evaluate", tags) as mlrun:
-        mlrun.log_params({**flatten(params, "eval"), "test_images": len(test_images),
-                          **{f"{name}.{k}": v for name, (_, summary) in models.items()
-                             for k, v in summary["model_config"].items()}})
+        mlrun.log_params(
+            {
+                **flatten(params, "eval"),
+                "test_images": len(test_images),
+                **{
+                    f"{name}.{k}": v
+                    for name, (_, summary) in models.items()
+                    for k, v in summary["model_config"].items()
+                },
+            }
+        )
         with contextlib.ExitStack() as replace_together:
-            staged = {name: replace_together.enter_context(atomic_path(reports / name))
-                      for name in REPORT_FILES}
+            staged = {
+                name: replace_together.enter_context(atomic_path(reports / name)) for name in REPORT_FILES
+            }
             staged_figures = replace_together.enter_context(atomic_path(figures_dir))
-            report, written = _evaluate(params, models, protocols.pop(), classifier, test_images,
-                                        test_labels, train_images, staged, staged_figures, curves, echo)
+            report, written = _evaluate(
+                params,
+                models,
+                protocols.pop(),
+                classifier,
+                test_images,
+                test_labels,
+                train_images,
+                staged,
+                staged_figures,
+                curves,
+                echo,
+            )
             log_evaluation(mlrun, report, list(staged.values()), written)
             log_model_metrics(mlrun, report, loaded, test_images, test_labels, prepared)
             digests = {name: sha256_file(path) for name, path in staged.items()}
         # the record export, register and report check these files against (custody.py)
-        mlrun.set_tags({custody.METRICS.tag: digests["metrics.json"],
-                        custody.EVALUATE_SUMMARY.tag: digests["summary.json"]})
+        mlrun.set_tags(
+            {
+                custody.METRICS.tag: digests["metrics.json"],
+                custody.EVALUATE_SUMMARY.tag: digests["summary.json"],
+            }
+        )
     return report, mlrun.run_id
 
 
@@ -235,38 +285,59 @@ def training_curves(path: Path, kind: str, run: tuple[str, dict]) -> list[dict]:
     custody.check_sibling(path, custody.CURVES, *run, kind)
     history = read_json(path, "vaectl train", kind=list)
     if not all(isinstance(h, dict) and {"epoch", "val_loss", "train_loss"} <= h.keys() for h in history):
-        raise UserError(f"{path} is malformed (an epoch without epoch/train_loss/val_loss); "
-                        "it is written by `vaectl train`: run it again")
+        raise UserError(
+            f"{path} is malformed (an epoch without epoch/train_loss/val_loss); "
+            "it is written by `vaectl train`: run it again"
+        )
     return history
 
 
-def _evaluate(params: EvalParams, models: dict, protocol: str, classifier, test_images: np.ndarray,
-              test_labels: np.ndarray, train_images: np.ndarray, staged: dict[str, Path],
-              figures_dir: Path, curves: dict, echo) -> tuple[dict, list[Path]]:
+def _evaluate(
+    params: EvalParams,
+    models: dict,
+    protocol: str,
+    classifier,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    train_images: np.ndarray,
+    staged: dict[str, Path],
+    figures_dir: Path,
+    curves: dict,
+    echo,
+) -> tuple[dict, list[Path]]:
     from vaectl import figures
 
     x, x_pixels = test_inputs(test_images, protocol, params.seed)
     train_x = to_unit(train_images, torch.device("cpu"))
     rng = np.random.default_rng(params.seed)
-    pairs = {"same_class": pick_pairs(test_labels, params.interp_pairs, True, rng),
-             "diff_class": pick_pairs(test_labels, params.interp_pairs, False, rng)}
+    pairs = {
+        "same_class": pick_pairs(test_labels, params.interp_pairs, True, rng),
+        "diff_class": pick_pairs(test_labels, params.interp_pairs, False, rng),
+    }
 
     results, latents, paths, samples, units = {}, {}, {}, {}, {}
     for name, (model, _) in models.items():
         generator = torch.Generator().manual_seed(params.seed)
-        echo(f"evaluate: {name}: likelihoods of {len(x)} test images"
-             + (f" (IW-NLL, k={params.iw_samples})" if model.variational else ""))
+        echo(
+            f"evaluate: {name}: likelihoods of {len(x)} test images"
+            + (f" (IW-NLL, k={params.iw_samples})" if model.variational else "")
+        )
         metrics, latents[name], units[name] = likelihood_metrics(
-            model, x, x_pixels, params, generator, ImageProgress(f"evaluate: {name}:", len(x), echo))
-        echo(f"evaluate: {name}: {params.interp_pairs} same-class and {params.interp_pairs} "
-             f"different-class interpolations; {params.generated} samples judged")
+            model, x, x_pixels, params, generator, ImageProgress(f"evaluate: {name}:", len(x), echo)
+        )
+        echo(
+            f"evaluate: {name}: {params.interp_pairs} same-class and {params.interp_pairs} "
+            f"different-class interpolations; {params.generated} samples judged"
+        )
         for kind, kind_pairs in pairs.items():
             metrics[kind], per_pair, paths[(name, kind)] = interpolation_metrics(
-                model, x, kind_pairs, params, classifier)
+                model, x, kind_pairs, params, classifier
+            )
             units[name].update({f"{kind}.{k}": v for k, v in per_pair.items()})
         samples[name] = generate(model, train_x, params.generated, generator)
-        standard_normal = model.mean_image(torch.randn(params.generated, model.latent_dim,
-                                                       generator=generator))
+        standard_normal = model.mean_image(
+            torch.randn(params.generated, model.latent_dim, generator=generator)
+        )
         for source, images in (("samples", samples[name]), ("standard_normal", standard_normal)):
             judged = judge_images(classifier, images, params.hole_threshold)
             metrics[source] = {k: float(v.mean()) for k, v in judged.items()}
@@ -276,23 +347,31 @@ def _evaluate(params: EvalParams, models: dict, protocol: str, classifier, test_
     comparison, vae_intervals = compare_models(units, params.seed)
 
     report = {
-        "protocol": ("binarised test set (fixed seed), Bernoulli likelihood in nats/image"
-                     if protocol != "none" else
-                     "continuous [0,1] targets: BCE 'loss' in nats/image, not a likelihood"),
+        "protocol": (
+            "binarised test set (fixed seed), Bernoulli likelihood in nats/image"
+            if protocol != "none"
+            else "continuous [0,1] targets: BCE 'loss' in nats/image, not a likelihood"
+        ),
         "test_images": len(test_images),
-        "vae": results["vae"], "ae": results["ae"],
+        "vae": results["vae"],
+        "ae": results["ae"],
         "interp_pairs": params.interp_pairs,
-        "real_images": {k: float(v.mean()) for k, v in
-                        judge_images(classifier, x_pixels, params.hole_threshold).items()},
+        "real_images": {
+            k: float(v.mean()) for k, v in judge_images(classifier, x_pixels, params.hole_threshold).items()
+        },
         "comparison": comparison,
         "vae_intervals": vae_intervals,
         "bootstrap": {"resamples": RESAMPLES, "level": LEVEL, "seed": params.seed},
     }
-    for name, content in (("metrics.json", report), ("summary.json", headline(report)),
-                          ("latents.json", latents)):
+    for name, content in (
+        ("metrics.json", report),
+        ("summary.json", headline(report)),
+        ("latents.json", latents),
+    ):
         write_json(staged[name], content)
-    written = figures.evaluation_figures(figures_dir, models, x_pixels, test_labels, paths, pairs,
-                                         samples, curves)
+    written = figures.evaluation_figures(
+        figures_dir, models, x_pixels, test_labels, paths, pairs, samples, curves
+    )
     return report, written
 
 
@@ -304,22 +383,28 @@ def headline(report: dict) -> dict:
     for c in report["comparison"].values():
         wins[c["better"]] += 1
     numbers = {kind: {k: report[kind][k] for k in metric_table.headline(kind)} for kind in ("vae", "ae")}
-    return {**numbers,
-            "comparisons": {"vae_better": wins["vae"], "ae_better": wins["ae"],
-                            "no_difference": wins["none"]}}
+    return {
+        **numbers,
+        "comparisons": {"vae_better": wins["vae"], "ae_better": wins["ae"], "no_difference": wins["none"]},
+    }
 
 
 def comparison_markdown(report: dict) -> str:
     """The evaluate table as markdown (an MLflow artifact beside metrics.json)."""
-    lines = [f"VAE vs AE on {report['test_images']} test images and {report['interp_pairs']} pairs "
-             f"of each kind; 95% bootstrap intervals. {report['protocol']}.", "",
-             "| metric | VAE | AE | VAE/AE | verdict |", "|---|---|---|---|---|"]
+    lines = [
+        f"VAE vs AE on {report['test_images']} test images and {report['interp_pairs']} pairs "
+        f"of each kind; 95% bootstrap intervals. {report['protocol']}.",
+        "",
+        "| metric | VAE | AE | VAE/AE | verdict |",
+        "|---|---|---|---|---|",
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in comparison_rows(report)]
     return "\n".join(lines) + "\n"
 
 
-def log_model_metrics(mlrun, report: dict, loaded: dict, test_images: np.ndarray,
-                      test_labels: np.ndarray, prepared: Path) -> None:
+def log_model_metrics(
+    mlrun, report: dict, loaded: dict, test_images: np.ndarray, test_labels: np.ndarray, prepared: Path
+) -> None:
     """Each model's test numbers on its training run's LoggedModel, against the test set, so
     that MLflow's Models tab compares the models by them."""
     from vaectl import tracking
@@ -336,13 +421,21 @@ def log_model_metrics(mlrun, report: dict, loaded: dict, test_images: np.ndarray
 def log_evaluation(mlrun, report: dict, reports: list[Path], figure_paths: list[Path]) -> None:
     """Metrics with readable nested names (vae.diff_class.ppl, vae_over_ae.recon_bce and its
     interval), the reports and the table as artifacts, the figures."""
-    metrics = {f"{name}.{k}": v for name in ("vae", "ae")
-               for k, v in flatten_model_metrics(report[name]).items() if k != "iw_k"}
+    metrics = {
+        f"{name}.{k}": v
+        for name in ("vae", "ae")
+        for k, v in flatten_model_metrics(report[name]).items()
+        if k != "iw_k"
+    }
     for name, c in report["comparison"].items():
         if c["ratio"] is not None:
-            metrics.update({f"vae_over_ae.{name}": c["ratio"],
-                            f"vae_over_ae.{name}.ci_low": c["ratio_ci"][0],
-                            f"vae_over_ae.{name}.ci_high": c["ratio_ci"][1]})
+            metrics.update(
+                {
+                    f"vae_over_ae.{name}": c["ratio"],
+                    f"vae_over_ae.{name}.ci_low": c["ratio_ci"][0],
+                    f"vae_over_ae.{name}.ci_high": c["ratio_ci"][1],
+                }
+            )
     mlrun.log_metrics(metrics)
     mlrun.set_tags({"vaectl.protocol": report["protocol"]})
     mlrun.log_text(comparison_markdown(report), "comparison.md")

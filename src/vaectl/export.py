@@ -88,31 +88,40 @@ def export_graphs(model: AutoEncoder, out: Path, probe: torch.Tensor) -> dict[st
         save_program(module, example, out / f"{name}.pt2")
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the ONNX exporter's deprecation notices
-            torch.onnx.export(module, (example,), str(out / f"{name}.onnx"), input_names=inputs,
-                              output_names=outputs, dynamo=False,
-                              dynamic_axes={n: {0: "batch"} for n in inputs + outputs})
+            torch.onnx.export(
+                module,
+                (example,),
+                str(out / f"{name}.onnx"),
+                input_names=inputs,
+                output_names=outputs,
+                dynamo=False,
+                dynamic_axes={n: {0: "batch"} for n in inputs + outputs},
+            )
             expected = module(example)
-        session = onnxruntime.InferenceSession(str(out / f"{name}.onnx"),
-                                               providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(out / f"{name}.onnx"), providers=["CPUExecutionProvider"])
         got = session.run(None, {inputs[0]: example.numpy()})
         expected = expected if isinstance(expected, tuple) else (expected,)
-        parity[name] = max(float(np.abs(g - e.numpy()).max())
-                           for g, e in zip(got, expected, strict=True))
+        parity[name] = max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected, strict=True))
     return parity
 
 
-def model_card(kind: str, summary: dict, metrics: dict, manifest_sha: str,
-               checkpoint_sha: str) -> tuple[dict, str]:
+def model_card(
+    kind: str, summary: dict, metrics: dict, manifest_sha: str, checkpoint_sha: str
+) -> tuple[dict, str]:
     """(card JSON, card markdown): only what the inputs determine (no run ids, commits or
     dates, so the export is byte-identical wherever it is rebuilt); MLflow holds the rest.
     ONNX Runtime's parity is the tolerance it passed: its exact difference from torch depends
     on the kernels ONNX Runtime picks for the CPU, so `vaectl export` prints it instead."""
     rows = comparison_rows(metrics)
     card = {
-        "model": kind, "architecture": summary["model_config"], "binarize": summary["binarize"],
-        "checkpoint_sha256": checkpoint_sha, "best_val_loss": summary["best_val_loss"],
+        "model": kind,
+        "architecture": summary["model_config"],
+        "binarize": summary["binarize"],
+        "checkpoint_sha256": checkpoint_sha,
+        "best_val_loss": summary["best_val_loss"],
         "data_manifest_sha256": manifest_sha,
-        "test_metrics": flatten_model_metrics(metrics[kind]), "protocol": metrics["protocol"],
+        "test_metrics": flatten_model_metrics(metrics[kind]),
+        "protocol": metrics["protocol"],
         "onnx_parity_max_abs_diff_below": PARITY_TOLERANCE,
         "inputs": "float N x 784 or N x 28 x 28 pixels in [0, 1] (decode: N x latent_dim latents)",
         "modes": list(PREDICT_MODES),
@@ -121,14 +130,14 @@ def model_card(kind: str, summary: dict, metrics: dict, manifest_sha: str,
     arch = summary["model_config"]
     text = f"""# {kind.upper()} model card
 
-- Architecture: {arch['arch']}, hidden {arch['hidden']}, latent {arch['latent_dim']}
-- Training: best validation loss {summary['best_val_loss']:.2f} nats/image, binarisation
-  `{summary['binarize']}`; checkpoint sha256 `{checkpoint_sha}` (the MLflow training run carries
+- Architecture: {arch["arch"]}, hidden {arch["hidden"]}, latent {arch["latent_dim"]}
+- Training: best validation loss {summary["best_val_loss"]:.2f} nats/image, binarisation
+  `{summary["binarize"]}`; checkpoint sha256 `{checkpoint_sha}` (the MLflow training run carries
   it as tag `vaectl.checkpoint_sha256`; the registered version, the run id and git commit)
 - Data manifest sha256: `{manifest_sha}`
 - ONNX Runtime vs torch: max abs difference below {PARITY_TOLERANCE:g} on 64 test images
 
-## Test metrics, VAE vs AE ({metrics['protocol']}; 95% bootstrap intervals)
+## Test metrics, VAE vs AE ({metrics["protocol"]}; 95% bootstrap intervals)
 
 | metric | VAE | AE | VAE/AE | verdict |
 | --- | --- | --- | --- | --- |
@@ -146,23 +155,32 @@ decode (x = N x latent_dim latents), sample (params n, seed).
 def scored_metrics(metrics_path: Path, trained: dict, experiment: str) -> tuple[dict, str]:
     """(metrics.json, its evaluate run id): the report of an evaluate run that scored exactly
     these checkpoints, as that run recorded it."""
-    scored = {custody.SCORED[kind]: tags[custody.CHECKPOINT.tag]
-              for kind, (_, _, (_, tags)) in trained.items()}
-    run_id, _ = custody.recorded_run(metrics_path, custody.METRICS, experiment, "evaluate", scored,
-                                     " of the checkpoints in models/")
+    scored = {
+        custody.SCORED[kind]: tags[custody.CHECKPOINT.tag] for kind, (_, _, (_, tags)) in trained.items()
+    }
+    run_id, _ = custody.recorded_run(
+        metrics_path, custody.METRICS, experiment, "evaluate", scored, " of the checkpoints in models/"
+    )
     return read_json(metrics_path, "vaectl evaluate", ("protocol", "vae", "ae", "comparison")), run_id
 
 
-def run(kinds: tuple[str, ...], prepared: Path, models_root: Path, metrics_path: Path,
-        out_root: Path, experiment: str) -> dict[str, dict[str, float]]:
+def run(
+    kinds: tuple[str, ...],
+    prepared: Path,
+    models_root: Path,
+    metrics_path: Path,
+    out_root: Path,
+    experiment: str,
+) -> dict[str, dict[str, float]]:
     """Export each of `kinds` into out_root/<kind> (replaced whole) and record, in an MLflow
     run of kind export-<kind>, the digest of its checksums.json and the evaluate run its card
     quotes. Returns ONNX Runtime's max abs difference from torch per part."""
     from vaectl import tracking
 
     manifest_sha = manifest_sha256(prepared)
-    trained = {kind: load_trained(models_root / kind, kind, manifest_sha, experiment)
-               for kind in ("vae", "ae")}
+    trained = {
+        kind: load_trained(models_root / kind, kind, manifest_sha, experiment) for kind in ("vae", "ae")
+    }
     metrics, evaluate_run = scored_metrics(metrics_path, trained, experiment)
     train_x = to_unit(load_split(prepared, "train")[0], torch.device("cpu"))
     probe = to_unit(load_split(prepared, "test")[0][:64], torch.device("cpu"))
@@ -174,26 +192,39 @@ def run(kinds: tuple[str, ...], prepared: Path, models_root: Path, metrics_path:
             checkpoint_sha = training_tags[custody.CHECKPOINT.tag]
             with atomic_path(out_root / kind) as out:
                 out.mkdir()
-                parities[kind] = export_model(kind, model, summary, metrics, manifest_sha,
-                                              checkpoint_sha, train_x, probe, out)
-            tags = {**tracking.standard_tags(f"export-{kind}", manifest_sha),
-                    custody.CHECKSUMS.tag: sha256_file(out_root / kind / "checksums.json"),
-                    custody.EXPORTED_CHECKPOINT: checkpoint_sha, custody.EVALUATE_RUN: evaluate_run,
-                    "vaectl.training_run_id": training_run}
+                parities[kind] = export_model(
+                    kind, model, summary, metrics, manifest_sha, checkpoint_sha, train_x, probe, out
+                )
+            tags = {
+                **tracking.standard_tags(f"export-{kind}", manifest_sha),
+                custody.CHECKSUMS.tag: sha256_file(out_root / kind / "checksums.json"),
+                custody.EXPORTED_CHECKPOINT: checkpoint_sha,
+                custody.EVALUATE_RUN: evaluate_run,
+                "vaectl.training_run_id": training_run,
+            }
             with tracking.start_run(experiment, f"export-{kind}", tags) as mlrun:
                 mlrun.log_metrics({f"onnx_parity.{part}": value for part, value in parities[kind].items()})
     return parities
 
 
-def export_model(kind: str, model: AutoEncoder, summary: dict, metrics: dict, manifest_sha: str,
-                 checkpoint_sha: str, train_x: torch.Tensor, probe: torch.Tensor,
-                 out: Path) -> dict[str, float]:
+def export_model(
+    kind: str,
+    model: AutoEncoder,
+    summary: dict,
+    metrics: dict,
+    manifest_sha: str,
+    checkpoint_sha: str,
+    train_x: torch.Tensor,
+    probe: torch.Tensor,
+    out: Path,
+) -> dict[str, float]:
     """Every file of one export into `out`, checksums.json last; returns the ONNX parities."""
     parity = export_graphs(model, out, probe)
     worst = max(parity.values())
     if worst >= PARITY_TOLERANCE:
-        raise UserError(f"{kind}: ONNX Runtime differs from torch by {worst:.2e} "
-                        f"(>= {PARITY_TOLERANCE}); export aborted")
+        raise UserError(
+            f"{kind}: ONNX Runtime differs from torch by {worst:.2e} (>= {PARITY_TOLERANCE}); export aborted"
+        )
     means, chols = latent_prior(model, train_x)
     np.savez(out / "prior.npz", means=means.numpy(), chols=chols.numpy())
     card, text = model_card(kind, summary, metrics, manifest_sha, checkpoint_sha)

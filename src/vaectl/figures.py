@@ -28,8 +28,12 @@ def _rows_figure(rows: list[tuple[str, np.ndarray]], ncol: int, title: str, path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(rows), 1, figsize=(ncol * 0.6, 0.75 * sum(
-        -(-len(images) // ncol) for _, images in rows) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows),
+        1,
+        figsize=(ncol * 0.6, 0.75 * sum(-(-len(images) // ncol) for _, images in rows) + 0.6),
+        squeeze=False,
+    )
     for ax, (label, images) in zip(axes[:, 0], rows, strict=True):
         ax.imshow(image_grid(images, ncol), cmap="gray", vmin=0, vmax=255)
         ax.set_xticks([])
@@ -48,8 +52,16 @@ def one_per_class(labels: np.ndarray) -> np.ndarray:
     return np.array([np.flatnonzero(labels == c)[0] for c in np.unique(labels)])
 
 
-def evaluation_figures(out_dir: Path, models: dict, x_pixels, labels: np.ndarray, paths: dict,
-                       pairs: dict, samples: dict, curves: dict[str, list[dict]]) -> list[Path]:
+def evaluation_figures(
+    out_dir: Path,
+    models: dict,
+    x_pixels,
+    labels: np.ndarray,
+    paths: dict,
+    pairs: dict,
+    samples: dict,
+    curves: dict[str, list[dict]],
+) -> list[Path]:
     """reconstructions (one test image per class), samples, interpolation grids (for the same
     pairs, the real end images beside the VAE row and the AE row), a 2-D map of test latents
     coloured by label, training curves (the per-epoch history of each model that has one)."""
@@ -64,23 +76,38 @@ def evaluation_figures(out_dir: Path, models: dict, x_pixels, labels: np.ndarray
     with torch.no_grad():
         recon = {n: m.reconstruct(originals).numpy() for n, (m, _) in models.items()}
     written.append(out_dir / "reconstructions.png")
-    _rows_figure([("input\n(test)", originals.numpy()), ("VAE", recon["vae"]), ("AE", recon["ae"])],
-                 len(originals), "Reconstructions of test images (posterior mean / AE code)", written[-1])
+    _rows_figure(
+        [("input\n(test)", originals.numpy()), ("VAE", recon["vae"]), ("AE", recon["ae"])],
+        len(originals),
+        "Reconstructions of test images (posterior mean / AE code)",
+        written[-1],
+    )
     written.append(out_dir / "samples.png")
-    _rows_figure([("VAE prior", samples["vae"][:32].numpy()),
-                  ("AE fitted\nGaussian", samples["ae"][:32].numpy())], 16,
-                 "Generated samples", written[-1])
+    _rows_figure(
+        [("VAE prior", samples["vae"][:32].numpy()), ("AE fitted\nGaussian", samples["ae"][:32].numpy())],
+        16,
+        "Generated samples",
+        written[-1],
+    )
     for kind in ("same_class", "diff_class"):
         rows = []
         for p in range(min(3, len(pairs[kind]))):
             first, last = (x_pixels[i].numpy()[None] for i in pairs[kind][p])
             for name in ("vae", "ae"):
-                rows.append((f"pair {p + 1} {name.upper()}",
-                             np.concatenate([first, paths[(name, kind)][p].numpy(), last])))
+                rows.append(
+                    (
+                        f"pair {p + 1} {name.upper()}",
+                        np.concatenate([first, paths[(name, kind)][p].numpy(), last]),
+                    )
+                )
         written.append(out_dir / f"interpolation_{kind}.png")
-        _rows_figure(rows, paths[("vae", kind)].shape[1] + 2,
-                     f"Latent interpolation, {kind.replace('_', '-')} test pairs "
-                     "(outer columns: the real test images)", written[-1])
+        _rows_figure(
+            rows,
+            paths[("vae", kind)].shape[1] + 2,
+            f"Latent interpolation, {kind.replace('_', '-')} test pairs "
+            "(outer columns: the real test images)",
+            written[-1],
+        )
 
     written.append(out_dir / "latent_map.png")
     _latent_map_figure(written[-1], models, x_pixels, labels)
@@ -109,8 +136,9 @@ def _latent_map_figure(path: Path, models: dict, x_pixels, labels: np.ndarray) -
             coords = centred @ directions[:2].T
             axis_names = [f"PC{i + 1} ({share[i]:.0%} of variance)" for i in range(2)]
         for c in np.unique(labels):  # a categorical legend, not a colour bar
-            ax.scatter(coords[labels == c, 0], coords[labels == c, -1], color=colours(int(c) % 10),
-                       s=4, label=str(c))
+            ax.scatter(
+                coords[labels == c, 0], coords[labels == c, -1], color=colours(int(c) % 10), s=4, label=str(c)
+            )
         ax.set_xlabel(axis_names[0], fontsize=8)
         ax.set_ylabel(axis_names[-1], fontsize=8)
         ax.set_title(f"{name.upper()} encoder means of the test images", fontsize=9)
@@ -118,7 +146,6 @@ def _latent_map_figure(path: Path, models: dict, x_pixels, labels: np.ndarray) -
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-
 
 
 def _curves_figure(path: Path, curves: dict[str, list[dict]]) -> None:
@@ -131,8 +158,9 @@ def _curves_figure(path: Path, curves: dict[str, list[dict]]) -> None:
         if history:
             epochs = [h["epoch"] for h in history]
             ax.plot(epochs, [h["val_loss"] for h in history], label=f"{name.upper()} val {losses[name]}")
-            ax.plot(epochs, [h["train_loss"] for h in history], "--",
-                    label=f"{name.upper()} train {losses[name]}")
+            ax.plot(
+                epochs, [h["train_loss"] for h in history], "--", label=f"{name.upper()} train {losses[name]}"
+            )
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats/image")
     ax.set_title("training curves: the VAE's loss includes the KL term, the AE's does not", fontsize=9)
@@ -187,17 +215,30 @@ def latent_2d_figures(out_dir: Path, pictures: dict, labels: np.ndarray, grid: i
 
 
 STUDY_PANELS = (  # (title, [(metric key, label)], reference line)
-    ("likelihood (nats, lower is better)",
-     [("vae.iw_nll", "VAE IW-NLL"), ("vae.neg_elbo", "VAE −ELBO")], None),
+    (
+        "likelihood (nats, lower is better)",
+        [("vae.iw_nll", "VAE IW-NLL"), ("vae.neg_elbo", "VAE −ELBO")],
+        None,
+    ),
     ("reconstruction BCE (nats)", [("recon_bce.vae", "VAE"), ("recon_bce.ae", "AE")], None),
-    ("smoothness VAE/AE (< 1: VAE smoother)",
-     [("diff_class.ppl_normalized.ratio", "PPL/d², different class"),
-      ("same_class.ppl_normalized.ratio", "PPL/d², same class"),
-      ("diff_class.path_length_ratio.ratio", "path-length ratio, different class")], 1.0),
-    ("holes: share of samples unrecognised",
-     [("samples.unrecognised.vae", "VAE, prior samples"),
-      ("samples.unrecognised.ae", "AE, Gaussian fitted to codes"),
-      ("standard_normal.unrecognised.ae", "AE, N(0, I)")], None),
+    (
+        "smoothness VAE/AE (< 1: VAE smoother)",
+        [
+            ("diff_class.ppl_normalized.ratio", "PPL/d², different class"),
+            ("same_class.ppl_normalized.ratio", "PPL/d², same class"),
+            ("diff_class.path_length_ratio.ratio", "path-length ratio, different class"),
+        ],
+        1.0,
+    ),
+    (
+        "holes: share of samples unrecognised",
+        [
+            ("samples.unrecognised.vae", "VAE, prior samples"),
+            ("samples.unrecognised.ae", "AE, Gaussian fitted to codes"),
+            ("standard_normal.unrecognised.ae", "AE, N(0, I)"),
+        ],
+        None,
+    ),
 )
 
 
@@ -228,8 +269,11 @@ def study_figure(rows: list[dict], sweep: str, path: Path) -> None:
         if present:
             ax.legend(fontsize=7)
     seeds = len(rows[0]["seeds"])
-    fig.suptitle(f"VAE vs AE against {'beta' if sweep == 'beta' else 'latent size'}: "
-                 f"mean of {seeds} training seeds, bars = 95% t-interval over seeds", fontsize=10)
+    fig.suptitle(
+        f"VAE vs AE against {'beta' if sweep == 'beta' else 'latent size'}: "
+        f"mean of {seeds} training seeds, bars = 95% t-interval over seeds",
+        fontsize=10,
+    )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -60,8 +60,9 @@ def exclusive_dir(path: Path, holder: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"{path} is in use by another {holder}; wait for it to finish, "
-                            f"or write somewhere else") from None
+            raise UserError(
+                f"{path} is in use by another {holder}; wait for it to finish, or write somewhere else"
+            ) from None
         yield
     except BaseException:
         if created and not any(path.iterdir()):  # a failed start leaves no empty folder
@@ -101,12 +102,14 @@ def read_json(path: Path, writer: str, keys: tuple[str, ...] = (), kind: type = 
     try:
         value = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON ({str(err)[:80]}); it is written by `{writer}`: "
-                        "run it again") from None
+        raise UserError(
+            f"{path} is not valid JSON ({str(err)[:80]}); it is written by `{writer}`: run it again"
+        ) from None
     missing = [k for k in keys if k not in value] if isinstance(value, dict) else []
     if not isinstance(value, kind) or missing:
-        what = (f"no {', '.join(missing)}" if missing
-                else f"a JSON {type(value).__name__}, not a {kind.__name__}")
+        what = (
+            f"no {', '.join(missing)}" if missing else f"a JSON {type(value).__name__}, not a {kind.__name__}"
+        )
         raise UserError(f"{path} is malformed ({what}); it is written by `{writer}`: run it again")
     return value
 
@@ -130,5 +133,6 @@ def sha256_file(path: Path) -> str:
 
 def tree_listing(root: Path) -> dict[str, str]:
     """{relative path: sha256} of every file under `root`."""
-    return {p.relative_to(root).as_posix(): sha256_file(p)
-            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(Path(root).rglob("*")) if p.is_file()
+    }

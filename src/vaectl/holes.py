@@ -44,8 +44,16 @@ def quantile_grid(size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run(params: EvalParams, prepared: Path, vae_dir: Path, ae_dir: Path, classifier_path: Path,
-        report_path: Path, figures_dir: Path, experiment: str) -> dict:
+def run(
+    params: EvalParams,
+    prepared: Path,
+    vae_dir: Path,
+    ae_dir: Path,
+    classifier_path: Path,
+    report_path: Path,
+    figures_dir: Path,
+    experiment: str,
+) -> dict:
     from vaectl import figures
 
     data_sha = manifest_sha256(prepared)
@@ -53,13 +61,17 @@ def run(params: EvalParams, prepared: Path, vae_dir: Path, ae_dir: Path, classif
     train_x = to_unit(load_split(prepared, "train")[0], torch.device("cpu"))
     x = to_unit(test_images, torch.device("cpu"))
     with shared_dir(vae_dir, "`vaectl train`"), shared_dir(ae_dir, "`vaectl train`"):
-        models = {"vae": load_trained(vae_dir, "vae", data_sha, experiment)[0],
-                  "ae": load_trained(ae_dir, "ae", data_sha, experiment)[0]}
+        models = {
+            "vae": load_trained(vae_dir, "vae", data_sha, experiment)[0],
+            "ae": load_trained(ae_dir, "ae", data_sha, experiment)[0],
+        }
     for name, model in models.items():
         if model.latent_dim != 2:
-            raise UserError(f"the 2-D experiment needs latent_dim 2; the {name} in "
-                            f"{vae_dir if name == 'vae' else ae_dir} has {model.latent_dim} "
-                            f"(train one with `vaectl train --model {name}-2d --latent-dim 2`)")
+            raise UserError(
+                f"the 2-D experiment needs latent_dim 2; the {name} in "
+                f"{vae_dir if name == 'vae' else ae_dir} has {model.latent_dim} "
+                f"(train one with `vaectl train --model {name}-2d --latent-dim 2`)"
+            )
     classifier, _ = load_classifier(classifier_path, experiment)
     generator = torch.Generator().manual_seed(params.seed)
     units, pictures = {}, {}
@@ -69,19 +81,27 @@ def run(params: EvalParams, prepared: Path, vae_dir: Path, ae_dir: Path, classif
         grid_images = model.mean_image(mean + quantile_grid(params.hole_grid) @ chol.T)
         own = model.mean_image(sample_latents(means, chols, params.generated, generator))
         standard = model.mean_image(torch.randn(params.generated, 2, generator=generator))
-        units[name] = {f"{source}.unrecognised":
-                       judge_images(classifier, images, params.hole_threshold)["unrecognised"]
-                       for source, images in zip(SOURCES, (grid_images, own, standard), strict=True)}
-        pictures[name] = {"latents": model.encode(x)[0].numpy(), "mean": mean.numpy(),
-                          "chol": chol.numpy(), "grid": grid_images.numpy()}
+        units[name] = {
+            f"{source}.unrecognised": judge_images(classifier, images, params.hole_threshold)["unrecognised"]
+            for source, images in zip(SOURCES, (grid_images, own, standard), strict=True)
+        }
+        pictures[name] = {
+            "latents": model.encode(x)[0].numpy(),
+            "mean": mean.numpy(),
+            "chol": chol.numpy(),
+            "grid": grid_images.numpy(),
+        }
     rng = np.random.default_rng(params.seed)
     comparison = {m: compare_units(m, units["vae"][m], units["ae"][m], False, rng) for m in units["vae"]}
     report = {
-        "latent_dim": 2, "grid": params.hole_grid, "hole_threshold": params.hole_threshold,
+        "latent_dim": 2,
+        "grid": params.hole_grid,
+        "hole_threshold": params.hole_threshold,
         "vae": {m: float(v.mean()) for m, v in units["vae"].items()},
         "ae": {m: float(v.mean()) for m, v in units["ae"].items()},
-        "real_images": {"unrecognised": float(
-            judge_images(classifier, x, params.hole_threshold)["unrecognised"].mean())},
+        "real_images": {
+            "unrecognised": float(judge_images(classifier, x, params.hole_threshold)["unrecognised"].mean())
+        },
         "comparison": comparison,
         "bootstrap": {"resamples": RESAMPLES, "level": LEVEL, "seed": params.seed},
     }

@@ -30,8 +30,14 @@ CAPTIONS = {  # figure file name -> what it shows
     "latents_2d.png": "2-D latents of the test images (VAE and AE trained with latent_dim 2)",
     "manifold_2d.png": "Images decoded from a grid over each 2-D latent space (holes: unrecognisable ones)",
 }
-LINKS = ("summary.json", "metrics.json", "latents.json", "holes.json", "validation.json",
-         "data_docs/index.html")
+LINKS = (
+    "summary.json",
+    "metrics.json",
+    "latents.json",
+    "holes.json",
+    "validation.json",
+    "data_docs/index.html",
+)
 
 
 def read_report(path: Path, stage: str) -> dict:
@@ -45,8 +51,9 @@ def read_report(path: Path, stage: str) -> dict:
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], css_class: str = "numbers") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows
+    )
     return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -64,16 +71,25 @@ def validation_rows(validation: dict) -> list[tuple[str, str, str, str, str]]:
     for table, checks in sorted(validation["tables"].items()):
         for check in checks["expectations"]:
             rule = ", ".join(f"{k}={v}" for k, v in sorted(check["kwargs"].items()))
-            rows.append((table, check["expectation"].removeprefix("expect_"), rule,
-                         _observed(check["result"]), "pass" if check["success"] else "FAIL"))
+            rows.append(
+                (
+                    table,
+                    check["expectation"].removeprefix("expect_"),
+                    rule,
+                    _observed(check["result"]),
+                    "pass" if check["success"] else "FAIL",
+                )
+            )
     return rows
 
 
 def figure_html(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     caption = html.escape(CAPTIONS.get(path.name, path.stem.replace("_", " ")))
-    return (f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{caption} (<code>{html.escape(path.name)}</code>)</figcaption></figure>")
+    return (
+        f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{caption} (<code>{html.escape(path.name)}</code>)</figcaption></figure>"
+    )
 
 
 STYLE = """body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
@@ -104,18 +120,22 @@ def page(metrics: dict, summary: dict, holes: dict, validation: dict, figures: l
         f"not recognise (max probability under {holes['hole_threshold']}), for a "
         f"{holes['grid']}×{holes['grid']} grid and for samples.</p>"
         + _table(compare_header, compared_rows(holes["comparison"])),
-        f"<h2>Data checks</h2><p class=\"{'ok' if data_ok else 'bad'}\">"
+        f'<h2>Data checks</h2><p class="{"ok" if data_ok else "bad"}">'
         f"{validation['expectations_evaluated'] - validation['expectations_failed']} of "
         f"{validation['expectations_evaluated']} passed.</p>"
         + _table(("table", "check", "rule", "observed", "result"), validation_rows(validation), "checks"),
         "<h2>Figures</h2>" + "".join(figure_html(path) for path in figures),
-        "<h2>Files</h2><ul>" + "".join(f'<li><a href="{name}">{name}</a></li>' for name in LINKS)
+        "<h2>Files</h2><ul>"
+        + "".join(f'<li><a href="{name}">{name}</a></li>' for name in LINKS)
         + "</ul><p>The great-expectations Data Docs load their scripts and styles from a CDN; "
         "this page and the JSON reports need no network.</p>",
     ]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>vaectl report</title><style>{STYLE}</style></head><body>\n"
-            + "\n".join(sections) + "\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>vaectl report</title><style>{STYLE}</style></head><body>\n"
+        + "\n".join(sections)
+        + "\n</body></html>\n"
+    )
 
 
 def run(reports: Path, figure_dirs: list[Path], experiment: str) -> str:

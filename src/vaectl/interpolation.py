@@ -37,8 +37,9 @@ def path(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor, mode: str = "lerp"
 
 
 @torch.no_grad()
-def decode_path(decode: Decoder, z0: torch.Tensor, z1: torch.Tensor, steps: int,
-                mode: str = "lerp") -> torch.Tensor:
+def decode_path(
+    decode: Decoder, z0: torch.Tensor, z1: torch.Tensor, steps: int, mode: str = "lerp"
+) -> torch.Tensor:
     """Images along the path: (P, steps + 1, 784)."""
     zs = path(z0, z1, torch.linspace(0, 1, steps + 1, dtype=z0.dtype, device=z0.device), mode)
     return decode(zs.reshape(-1, zs.shape[-1])).reshape(len(z0), steps + 1, -1)
@@ -55,8 +56,14 @@ def path_metrics(images: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def path_ppl(decode: Decoder, z0: torch.Tensor, z1: torch.Tensor, epsilon: float,
-             points_per_pair: int, mode: str = "lerp") -> dict[str, torch.Tensor]:
+def path_ppl(
+    decode: Decoder,
+    z0: torch.Tensor,
+    z1: torch.Tensor,
+    epsilon: float,
+    points_per_pair: int,
+    mode: str = "lerp",
+) -> dict[str, torch.Tensor]:
     """Per-pair PPL, the mean of |G(z(u)) - G(z(u + eps))|^2 / eps^2 over the midpoint grid
     u_k = (k + 1/2) (1 - eps) / K, k < K, and the same divided by |G(z1) - G(z0)|^2."""
     k = points_per_pair

@@ -44,6 +44,11 @@ def load_classifier(path: Path, experiment: str) -> tuple[nn.Module, str]:
         raise UserError(f"classifier not found: {path} (run `vaectl classifier`)")
     _, tags = custody.recorded_run(path, custody.CLASSIFIER, experiment, "classifier")
     state = read_checkpoint(path)
-    model = restore(lambda: build_classifier(state["hidden"]), state, path,
-                    "not a classifier of `vaectl classifier`", "run it again")
+    model = restore(
+        lambda: build_classifier(state["hidden"]),
+        state,
+        path,
+        "not a classifier of `vaectl classifier`",
+        "run it again",
+    )
     return model, tags[custody.CLASSIFIER.tag]  # the digest recorded_run has just matched

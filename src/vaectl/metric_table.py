@@ -59,5 +59,6 @@ def measure(name: str) -> Measure:
 
 def headline(kind: str | None = None) -> tuple[str, ...]:
     """The headline metrics (of model `kind`, or of either), in MEASURES' order."""
-    return tuple(name for name, m in MEASURES.items()
-                 if m.headline_for and (kind is None or kind in m.headline_for))
+    return tuple(
+        name for name, m in MEASURES.items() if m.headline_for and (kind is None or kind in m.headline_for)
+    )

@@ -48,8 +48,14 @@ class AutoEncoder(nn.Module):
         return "vae" if self.variational else "ae"
 
     def config(self) -> dict:
-        return {"kind": self.kind, "arch": self.arch, "hidden": self.hidden, "latent_dim": self.latent_dim,
-                "logvar_clip": self.logvar_clip, "pseudo_inputs": self.pseudo_inputs}
+        return {
+            "kind": self.kind,
+            "arch": self.arch,
+            "hidden": self.hidden,
+            "latent_dim": self.latent_dim,
+            "logvar_clip": self.logvar_clip,
+            "pseudo_inputs": self.pseudo_inputs,
+        }
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mean, log-variance) of q(z|x) for the VAE; (z, None) for the AE."""
@@ -97,8 +103,7 @@ def mixture_log_density(z: torch.Tensor, means: torch.Tensor, logvars: torch.Ten
     expansion loses nothing to cancellation."""
     z64, m, lv = z.double(), means.double(), logvars.double()
     precision = torch.exp(-lv)
-    squared = (z64.pow(2) @ precision.T - 2.0 * (z64 @ (m * precision).T)
-               + (m.pow(2) * precision).sum(-1))
+    squared = z64.pow(2) @ precision.T - 2.0 * (z64 @ (m * precision).T) + (m.pow(2) * precision).sum(-1)
     log_components = -0.5 * (squared + lv.sum(-1) + z.shape[-1] * LOG_2PI)
     return (torch.logsumexp(log_components, dim=-1) - math.log(len(means))).to(z.dtype)
 
@@ -115,7 +120,10 @@ def build_model(kind: str, model: ModelParams, latent_dim: int) -> AutoEncoder:
 
 def from_config(config: dict) -> AutoEncoder:
     # keys absent in checkpoints from before their option: its default
-    model = ModelParams(arch=config["arch"], hidden=config["hidden"],
-                        logvar_clip=config.get("logvar_clip", []),
-                        pseudo_inputs=config.get("pseudo_inputs", 0))
+    model = ModelParams(
+        arch=config["arch"],
+        hidden=config["hidden"],
+        logvar_clip=config.get("logvar_clip", []),
+        pseudo_inputs=config.get("pseudo_inputs", 0),
+    )
     return build_model(config["kind"], model, config["latent_dim"])

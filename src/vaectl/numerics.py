@@ -27,8 +27,10 @@ from vaectl.params import NumericsParams
 
 # numpy's x86 dispatch targets above its baseline: 2.x names, then 1.x names (unknown names
 # are ignored, so one list serves both)
-NUMPY_DISPATCH_TARGETS = ("X86_V3 X86_V4 AVX512_ICL AVX512_SPR AVX F16C FMA3 AVX2 AVX512F "
-                          "AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL")
+NUMPY_DISPATCH_TARGETS = (
+    "X86_V3 X86_V4 AVX512_ICL AVX512_SPR AVX F16C FMA3 AVX2 AVX512F "
+    "AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL"
+)
 
 PORTABLE_ENV = {
     "ATEN_CPU_CAPABILITY": "default",  # ATen's baseline x86-64 kernels, on every CPU
@@ -46,9 +48,11 @@ def apply(numerics: NumericsParams) -> None:
         late = sorted(m for m in ("numpy", "torch") if m in sys.modules)
         unset = [k for k, v in PORTABLE_ENV.items() if os.environ.get(k) != v]
         if late and unset:
-            raise UserError(f"numerics.mode portable: {' and '.join(late)} loaded before "
-                            f"{', '.join(unset)} could be set; run the stage as its own "
-                            f"`vaectl` command")
+            raise UserError(
+                f"numerics.mode portable: {' and '.join(late)} loaded before "
+                f"{', '.join(unset)} could be set; run the stage as its own "
+                f"`vaectl` command"
+            )
         os.environ.update(PORTABLE_ENV)
     if numerics.threads:
         os.environ["OMP_NUM_THREADS"] = str(numerics.threads)
@@ -57,9 +61,11 @@ def apply(numerics: NumericsParams) -> None:
     if numerics.threads:
         torch.set_num_threads(numerics.threads)
     if numerics.mode == "portable" and torch.backends.cpu.get_cpu_capability() != "DEFAULT":
-        raise UserError(f"numerics.mode portable: torch runs its "
-                        f"{torch.backends.cpu.get_cpu_capability()} kernels, not the baseline ones "
-                        f"(ATEN_CPU_CAPABILITY was set after torch loaded)")
+        raise UserError(
+            f"numerics.mode portable: torch runs its "
+            f"{torch.backends.cpu.get_cpu_capability()} kernels, not the baseline ones "
+            f"(ATEN_CPU_CAPABILITY was set after torch loaded)"
+        )
 
 
 def native_capability() -> str:
@@ -78,6 +84,7 @@ def in_force() -> dict[str, str]:
     return {
         "numerics": "portable" if pinned else "fast",
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability() if torch else "torch not loaded",
-        "torch_threads": (str(torch.get_num_threads()) if torch
-                          else os.environ.get("OMP_NUM_THREADS", "default")),
+        "torch_threads": (
+            str(torch.get_num_threads()) if torch else os.environ.get("OMP_NUM_THREADS", "default")
+        ),
     }

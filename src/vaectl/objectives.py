@@ -40,8 +40,12 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
 
 
-def log_prior_over_posterior(z: torch.Tensor, eps: torch.Tensor, logvar: torch.Tensor,
-                             components: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+def log_prior_over_posterior(
+    z: torch.Tensor,
+    eps: torch.Tensor,
+    logvar: torch.Tensor,
+    components: tuple[torch.Tensor, torch.Tensor] | None,
+) -> torch.Tensor:
     """log p(z) - log q(z|x) per sample, for z = mu + eps * sigma; `components` are the
     VampPrior's (means, log-variances), None for N(0, I), where log 2 pi cancels."""
     if components is None:
@@ -67,8 +71,13 @@ def loss_terms(model, x: torch.Tensor, beta: float = 1.0):
     return recon + beta * kl, recon, kl
 
 
-def kl_to_prior(components: tuple[torch.Tensor, torch.Tensor] | None, mu: torch.Tensor,
-                logvar: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
+def kl_to_prior(
+    components: tuple[torch.Tensor, torch.Tensor] | None,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    samples: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """KL(q(z|x) || p(z)) per image, p given by the model's `prior_components()`: closed form
     for N(0, I) (None; no draws), else the mean of log q - log p over `samples` draws from q."""
     if components is None:
@@ -79,9 +88,14 @@ def kl_to_prior(components: tuple[torch.Tensor, torch.Tensor] | None, mu: torch.
 
 
 @torch.no_grad()
-def iwae_log_likelihood(model, x: torch.Tensor, k: int, chunk: int = 25,
-                        generator: torch.Generator | None = None,
-                        decoder_dtype: torch.dtype | None = None) -> torch.Tensor:
+def iwae_log_likelihood(
+    model,
+    x: torch.Tensor,
+    k: int,
+    chunk: int = 25,
+    generator: torch.Generator | None = None,
+    decoder_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Importance-weighted estimate of log p(x) per image (Burda et al. 2015):
     log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x), p(z) the model's prior (for a
     VampPrior, the whole mixture). k = 1 is the ELBO.

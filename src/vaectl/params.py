@@ -124,9 +124,14 @@ class RegistryParams:
     min_improvement: float = 0.0  # nats a new champion must beat the current one by
     require_smoother_than_baseline: bool = True  # VAE only: VAE/AE ratio's interval below 1
     smoothness_metric: Literal[
-        "diff_class.ppl_normalized", "diff_class.ppl", "diff_class.path_length_ratio",
-        "diff_class.step_unevenness", "same_class.ppl_normalized", "same_class.ppl",
-        "same_class.path_length_ratio", "same_class.step_unevenness",
+        "diff_class.ppl_normalized",
+        "diff_class.ppl",
+        "diff_class.path_length_ratio",
+        "diff_class.step_unevenness",
+        "same_class.ppl_normalized",
+        "same_class.ppl",
+        "same_class.path_length_ratio",
+        "same_class.step_unevenness",
     ] = "diff_class.ppl_normalized"
 
 
@@ -209,23 +214,31 @@ def _check_ranges(p: Params) -> None:
         (p.data.seed >= 0, "data.seed must be >= 0"),
         (p.eval.seed >= 0, "eval.seed must be >= 0"),
         (p.numerics.threads >= 0, "numerics.threads must be >= 0 (0 keeps torch's default)"),
-        (p.numerics.mode == "fast" or p.numerics.threads >= 1,
-         "numerics.mode portable needs numerics.threads >= 1: torch's default is the machine's core "
-         "count, and the thread count changes the bytes"),
-        (p.numerics.mode == "fast" or p.eval.iw_precision == "float32",
-         "numerics.mode portable needs eval.iw_precision: float32 (bfloat16 matmuls round "
-         "differently on AMX, AVX512-BF16 and other CPUs)"),
-        (p.numerics.mode == "fast" or p.train.device != "cuda",
-         "numerics.mode portable computes on the CPU (a GPU's kernels are its own); "
-         "train.device: cuda needs numerics.mode: fast"),
+        (
+            p.numerics.mode == "fast" or p.numerics.threads >= 1,
+            "numerics.mode portable needs numerics.threads >= 1: torch's default is the machine's core "
+            "count, and the thread count changes the bytes",
+        ),
+        (
+            p.numerics.mode == "fast" or p.eval.iw_precision == "float32",
+            "numerics.mode portable needs eval.iw_precision: float32 (bfloat16 matmuls round "
+            "differently on AMX, AVX512-BF16 and other CPUs)",
+        ),
+        (
+            p.numerics.mode == "fast" or p.train.device != "cuda",
+            "numerics.mode portable computes on the CPU (a GPU's kernels are its own); "
+            "train.device: cuda needs numerics.mode: fast",
+        ),
         (len(p.model.hidden) >= 1, "model.hidden needs at least one layer size"),
         (0 < p.data.val_fraction < 1, "data.val_fraction must be in (0, 1)"),
         (0 < p.data.test_fraction < 1, "data.test_fraction must be in (0, 1)"),
         (p.data.val_fraction + p.data.test_fraction < 1, "data val + test fractions must be < 1"),
         (all(h > 0 for h in p.model.hidden), "model.hidden sizes must be positive"),
-        (not p.model.logvar_clip or (len(p.model.logvar_clip) == 2
-                                     and p.model.logvar_clip[0] < p.model.logvar_clip[1]),
-         "model.logvar_clip must be [] or [low, high] with low < high"),
+        (
+            not p.model.logvar_clip
+            or (len(p.model.logvar_clip) == 2 and p.model.logvar_clip[0] < p.model.logvar_clip[1]),
+            "model.logvar_clip must be [] or [low, high] with low < high",
+        ),
         (p.model.pseudo_inputs >= 0, "model.pseudo_inputs must be >= 0 (0: the N(0, I) prior)"),
         (p.validate.min_rows >= 1, "validate.min_rows must be >= 1"),
     ]
@@ -242,36 +255,49 @@ def _check_ranges(p: Params) -> None:
     checks.append((p.train.vae.beta >= 0, "train.vae.beta must be >= 0"))
     e = p.eval
     checks += [
-        (e.iw_samples >= 1 and e.iw_chunk >= 1 and e.batch_size >= 1,
-         "eval.iw_samples, eval.iw_chunk and eval.batch_size must be >= 1"),
+        (
+            e.iw_samples >= 1 and e.iw_chunk >= 1 and e.batch_size >= 1,
+            "eval.iw_samples, eval.iw_chunk and eval.batch_size must be >= 1",
+        ),
         (e.interp_pairs >= 1 and e.interp_steps >= 2, "eval needs interp_pairs >= 1, interp_steps >= 2"),
         (0 < e.ppl_epsilon < 1 and e.ppl_samples >= 1, "eval.ppl_epsilon must be in (0, 1)"),
         (e.generated >= 2, "eval.generated must be >= 2"),
         (0 < e.hole_threshold < 1, "eval.hole_threshold must be in (0, 1)"),
         (e.hole_grid >= 2, "eval.hole_grid must be >= 2"),
-        (e.classifier.epochs >= 1 and all(h > 0 for h in e.classifier.hidden),
-         "eval.classifier needs epochs >= 1 and positive hidden sizes"),
+        (
+            e.classifier.epochs >= 1 and all(h > 0 for h in e.classifier.hidden),
+            "eval.classifier needs epochs >= 1 and positive hidden sizes",
+        ),
         (e.classifier.batch_size >= 1, "eval.classifier.batch_size must be >= 1"),
         (e.classifier.lr > 0, "eval.classifier.lr must be > 0"),
         (e.classifier.seed >= 0, "eval.classifier.seed must be >= 0"),
     ]
     r = p.registry
     checks += [
-        (all(MODEL_NAME.fullmatch(n) for n in (r.vae_name, r.ae_name)),
-         f"registry.vae_name and ae_name must be 1-100 letters, digits, '.', '_' or '-', starting "
-         f"with a letter or digit (no '/' or '@': they separate versions and aliases), got "
-         f"{r.vae_name!r} and {r.ae_name!r}"),
-        (r.vae_name != r.ae_name, "registry.vae_name and ae_name must differ: each name's @champion "
-                                  "is chosen on its own model's metric"),
+        (
+            all(MODEL_NAME.fullmatch(n) for n in (r.vae_name, r.ae_name)),
+            f"registry.vae_name and ae_name must be 1-100 letters, digits, '.', '_' or '-', starting "
+            f"with a letter or digit (no '/' or '@': they separate versions and aliases), got "
+            f"{r.vae_name!r} and {r.ae_name!r}",
+        ),
+        (
+            r.vae_name != r.ae_name,
+            "registry.vae_name and ae_name must differ: each name's @champion "
+            "is chosen on its own model's metric",
+        ),
         (r.min_improvement >= 0, "registry.min_improvement must be >= 0 (nats a new champion must win by)"),
     ]
     s = p.study
     checks += [
         (len(s.betas) >= 1 and all(b >= 0 for b in s.betas), "study.betas needs values >= 0"),
-        (len(s.latent_dims) >= 1 and all(d >= 1 for d in s.latent_dims),
-         "study.latent_dims needs values >= 1"),
-        (len(set(s.seeds)) == len(s.seeds) >= 2 and all(x >= 0 for x in s.seeds),
-         "study.seeds needs at least 2 distinct seeds >= 0 (intervals come from the spread)"),
+        (
+            len(s.latent_dims) >= 1 and all(d >= 1 for d in s.latent_dims),
+            "study.latent_dims needs values >= 1",
+        ),
+        (
+            len(set(s.seeds)) == len(s.seeds) >= 2 and all(x >= 0 for x in s.seeds),
+            "study.seeds needs at least 2 distinct seeds >= 0 (intervals come from the spread)",
+        ),
         (s.iw_samples >= 1, "study.iw_samples must be >= 1"),
     ]
     for ok, message in checks:
@@ -310,8 +336,12 @@ CAPS: dict[str, int] = {
     "study.iw_samples": 100_000,
     "*seed*": 2**32 - 1,  # numpy's legacy seeding takes < 2**32; torch's < 2**64
 }
-LIST_CAPS: dict[str, int] = {"model.hidden": 16, "eval.classifier.hidden": 16,
-                             "data.mirrors": 20, "study.*": 20}
+LIST_CAPS: dict[str, int] = {
+    "model.hidden": 16,
+    "eval.classifier.hidden": 16,
+    "data.mirrors": 20,
+    "study.*": 20,
+}
 TEXT_CAP = 2000  # characters of any one string (a mirror, a name)
 STUDY_MAX_TRIALS = 200  # `vaectl study` trains two models per trial
 
@@ -331,8 +361,9 @@ def _check_caps(p: Params) -> None:
                 raise UserError(f"params: {key} has {len(value)} entries, more than its cap {cap}")
         for item in items:
             if isinstance(item, str) and len(item) > TEXT_CAP:
-                raise UserError(f"params: {key} holds a string of {len(item)} characters, "
-                                f"more than {TEXT_CAP}")
+                raise UserError(
+                    f"params: {key} holds a string of {len(item)} characters, more than {TEXT_CAP}"
+                )
         for pattern, cap in CAPS.items():
             big = [v for v in items if isinstance(v, int) and v > cap]
             if fnmatch.fnmatchcase(key, pattern) and big:
@@ -368,16 +399,21 @@ def memory_estimates(p: Params) -> dict[str, tuple[int, str]]:
         pseudo = m.pseudo_inputs if kind == "vae" else 0  # encoded beside every batch
         out[f"the {kind.upper()}'s training step"] = (
             weights + (t.batch_size + pseudo) * image_bytes(m, t.latent_dim, backward=True),
-            f"train.{kind}.batch_size, train.{kind}.latent_dim, model.hidden, model.pseudo_inputs")
+            f"train.{kind}.batch_size, train.{kind}.latent_dim, model.hidden, model.pseudo_inputs",
+        )
         images_per_pair = 2 * e.ppl_samples + 2 + e.interp_steps + 1
         out[f"the {kind.upper()}'s interpolations"] = (
             e.interp_pairs * images_per_pair * image_bytes(m, t.latent_dim, False),
-            "eval.interp_pairs x (eval.ppl_samples, eval.interp_steps), model.hidden")
+            "eval.interp_pairs x (eval.ppl_samples, eval.interp_steps), model.hidden",
+        )
         out[f"the {kind.upper()}'s generated set"] = (
-            e.generated * image_bytes(m, t.latent_dim, False), "eval.generated, model.hidden")
+            e.generated * image_bytes(m, t.latent_dim, False),
+            "eval.generated, model.hidden",
+        )
     out["the VAE's likelihood batch"] = (
         e.batch_size * max(e.iw_chunk, ELBO_SAMPLES) * image_bytes(m, p.train.vae.latent_dim, False),
-        f"eval.batch_size x eval.iw_chunk (at least the ELBO's {ELBO_SAMPLES} draws), model.hidden")
+        f"eval.batch_size x eval.iw_chunk (at least the ELBO's {ELBO_SAMPLES} draws), model.hidden",
+    )
     judge = [PIXELS, *e.classifier.hidden, 10]  # vaectl.judge's MLP over the ten classes
     judge_step = 16 * dense_count(judge) + e.classifier.batch_size * 4 * 3 * sum(judge)
     out["the judge's training step"] = (judge_step, "eval.classifier.batch_size, eval.classifier.hidden")
@@ -399,8 +435,10 @@ def _check_memory(p: Params) -> None:
     budget = memory_budget_bytes()
     for what, (estimate, keys) in memory_estimates(p).items():
         if estimate > budget:
-            raise UserError(f"params: {what} would need about {estimate / 2**30:.1f} GiB ({keys}), past "
-                            f"the {budget / 2**30:g} GiB budget (raise it with {MEMORY_BUDGET_ENV})")
+            raise UserError(
+                f"params: {what} would need about {estimate / 2**30:.1f} GiB ({keys}), past "
+                f"the {budget / 2**30:g} GiB budget (raise it with {MEMORY_BUDGET_ENV})"
+            )
 
 
 def parse_params(raw: dict | None) -> Params:
@@ -546,5 +584,3 @@ def flatten(obj: object, prefix: str = "") -> dict[str, object]:
         else:
             out[name] = value
     return out
-
-

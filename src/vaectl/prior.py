@@ -25,8 +25,9 @@ def latent_prior(model: AutoEncoder, train_x: torch.Tensor) -> tuple[torch.Tenso
     return latents.mean(0)[None], torch.linalg.cholesky(cov + 1e-6 * torch.eye(d))[None]
 
 
-def sample_latents(means: torch.Tensor, chols: torch.Tensor, n: int,
-                   generator: torch.Generator) -> torch.Tensor:
+def sample_latents(
+    means: torch.Tensor, chols: torch.Tensor, n: int, generator: torch.Generator
+) -> torch.Tensor:
     """n draws from the mixture: a uniformly chosen component, then its Gaussian. One
     component draws no index, so a single Gaussian's samples stay those it always gave."""
     eps = torch.randn(n, means.shape[-1], generator=generator).to(means.device)

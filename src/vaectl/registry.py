@@ -37,8 +37,9 @@ class Decision:
     reason: str
 
 
-def promotion_decision(kind: str, metrics: dict, champion_value: float | None,
-                       rule: RegistryParams) -> Decision:
+def promotion_decision(
+    kind: str, metrics: dict, champion_value: float | None, rule: RegistryParams
+) -> Decision:
     """The promotion rule: beat the current champion's primary metric by more than
     `rule.min_improvement` nats (any value beats no champion) and, for the VAE when
     `rule.require_smoother_than_baseline`, interpolate significantly more smoothly than the
@@ -48,19 +49,26 @@ def promotion_decision(kind: str, metrics: dict, champion_value: float | None,
     if kind == "vae" and rule.require_smoother_than_baseline:
         c = metrics["comparison"][rule.smoothness_metric]
         if c["better"] != "vae":
-            return Decision(False, f"VAE/AE {rule.smoothness_metric} = {c['ratio']:.3f} (95% interval "
-                                   f"{c['ratio_ci'][0]:.3f}-{c['ratio_ci'][1]:.3f}): the VAE is not "
-                                   "significantly smoother")
+            return Decision(
+                False,
+                f"VAE/AE {rule.smoothness_metric} = {c['ratio']:.3f} (95% interval "
+                f"{c['ratio_ci'][0]:.3f}-{c['ratio_ci'][1]:.3f}): the VAE is not "
+                "significantly smoother",
+            )
     if champion_value is None:
         return Decision(True, f"no champion yet; {metric} {value:.3f}")
     better = value < champion_value - rule.min_improvement
     # six significant digits, so that close values show where they differ (0.0004 nats, say)
-    return Decision(better, f"{metric} {value:.6g} {'beats' if better else 'does not beat'} champion's "
-                            f"{champion_value:.6g} by more than {rule.min_improvement}")
+    return Decision(
+        better,
+        f"{metric} {value:.6g} {'beats' if better else 'does not beat'} champion's "
+        f"{champion_value:.6g} by more than {rule.min_improvement}",
+    )
 
 
-def version_description(kind: str, metrics: dict, decision: Decision, training_run: str | None,
-                        evaluate_run: str | None) -> str:
+def version_description(
+    kind: str, metrics: dict, decision: Decision, training_run: str | None, evaluate_run: str | None
+) -> str:
     """What the registry UI shows for a version: its headline test numbers (every number is on
     its logged model), the promotion decision and where the evidence is (the training and
     evaluate runs)."""
@@ -69,8 +77,12 @@ def version_description(kind: str, metrics: dict, decision: Decision, training_r
     for name in headline(kind):
         m = measure(name)
         lines.append(f"- {m.label} (`{name}`): {own[name]:.4g}{' ' + m.unit if m.unit else ''}")
-    lines += ["", "Every test number is on this version's logged model (the experiment's Models tab).",
-              "", f"@champion: {'promoted' if decision.promote else 'not promoted'}: {decision.reason}."]
+    lines += [
+        "",
+        "Every test number is on this version's logged model (the experiment's Models tab).",
+        "",
+        f"@champion: {'promoted' if decision.promote else 'not promoted'}: {decision.reason}.",
+    ]
     if training_run:
         lines.append(f"Training run: {training_run}.")
     if evaluate_run:
@@ -81,16 +93,21 @@ def version_description(kind: str, metrics: dict, decision: Decision, training_r
 def exported_model(export_dir: Path, kind: str, experiment: str) -> tuple[dict, dict]:
     """(model card, the export run's tags) of export_dir, after checking its checksums.json
     against the digest the export run recorded and every file against checksums.json."""
-    _, export_tags = custody.recorded_run(export_dir / "checksums.json", custody.CHECKSUMS,
-                                          experiment, f"export-{kind}")
+    _, export_tags = custody.recorded_run(
+        export_dir / "checksums.json", custody.CHECKSUMS, experiment, f"export-{kind}"
+    )
     verify_export(export_dir)  # before anything of it is read, the card included
-    card = read_json(export_dir / "model_card.json", "vaectl export",
-                     ("model", "checkpoint_sha256", "data_manifest_sha256", "architecture", "binarize",
-                      "best_val_loss"))
+    card = read_json(
+        export_dir / "model_card.json",
+        "vaectl export",
+        ("model", "checkpoint_sha256", "data_manifest_sha256", "architecture", "binarize", "best_val_loss"),
+    )
     if card["model"] != kind or card["checkpoint_sha256"] != export_tags[custody.EXPORTED_CHECKPOINT]:
-        raise UserError(f"{export_dir} holds a {card['model']} export of checkpoint "
-                        f"{str(card['checkpoint_sha256'])[:12]}…, not the {kind} its export run recorded; "
-                        f"{custody.CHECKSUMS.fix}")
+        raise UserError(
+            f"{export_dir} holds a {card['model']} export of checkpoint "
+            f"{str(card['checkpoint_sha256'])[:12]}…, not the {kind} its export run recorded; "
+            f"{custody.CHECKSUMS.fix}"
+        )
     return card, export_tags
 
 
@@ -101,18 +118,23 @@ def evaluated_metrics(evaluate_run: str, kind: str, checkpoint_sha: str) -> dict
 
     tags = tracking.run_tags(evaluate_run)
     if tags.get(custody.SCORED[kind]) != checkpoint_sha:
-        raise UserError(f"evaluate run {evaluate_run} did not score the exported {kind} checkpoint "
-                        f"{checkpoint_sha[:12]}…; run `vaectl evaluate` and `vaectl export` again")
+        raise UserError(
+            f"evaluate run {evaluate_run} did not score the exported {kind} checkpoint "
+            f"{checkpoint_sha[:12]}…; run `vaectl evaluate` and `vaectl export` again"
+        )
     with tempfile.TemporaryDirectory(prefix="vaectl-metrics-") as tmp:
         path = tracking.run_artifact(evaluate_run, "metrics.json", Path(tmp))
         if sha256_file(path) != tags.get(custody.METRICS.tag):
-            raise UserError(f"the metrics.json stored with evaluate run {evaluate_run} is not the one it "
-                            "recorded; run `vaectl evaluate` again")
+            raise UserError(
+                f"the metrics.json stored with evaluate run {evaluate_run} is not the one it "
+                "recorded; run `vaectl evaluate` again"
+            )
         return read_json(path, "vaectl evaluate", ("protocol", "test_images", "vae", "ae", "comparison"))
 
 
-def _registration(kind: str, name: str, export: tuple[dict, dict], export_dir: Path,
-                  example: np.ndarray, test_data: tuple):
+def _registration(
+    kind: str, name: str, export: tuple[dict, dict], export_dir: Path, example: np.ndarray, test_data: tuple
+):
     """(the Registration of one export, without its description; the evaluate run's metrics):
     a few headline test numbers as version tags, all of them on the logged model."""
     from vaectl import tracking
@@ -121,31 +143,43 @@ def _registration(kind: str, name: str, export: tuple[dict, dict], export_dir: P
     card, export_tags = export
     evaluate_run, training_run = export_tags[custody.EVALUATE_RUN], export_tags["vaectl.training_run_id"]
     metrics = evaluated_metrics(evaluate_run, kind, card["checkpoint_sha256"])
-    tags = {**tracking.standard_tags(f"register-{kind}", card["data_manifest_sha256"]),
-            "vaectl.training_run_id": training_run, "vaectl.evaluate_run_id": evaluate_run}
+    tags = {
+        **tracking.standard_tags(f"register-{kind}", card["data_manifest_sha256"]),
+        "vaectl.training_run_id": training_run,
+        "vaectl.evaluate_run_id": evaluate_run,
+    }
     test_metrics = flatten_model_metrics(metrics[kind])
     version_tags = {
         **{f"metric.{k}": str(test_metrics[k]) for k in headline(kind)},
-        "data_sha256": card["data_manifest_sha256"], "git_commit": tags["mlflow.source.git.commit"],
-        "checkpoint_sha256": card["checkpoint_sha256"], "protocol": metrics["protocol"],
-        "training_run_id": training_run, "evaluate_run_id": evaluate_run,
+        "data_sha256": card["data_manifest_sha256"],
+        "git_commit": tags["mlflow.source.git.commit"],
+        "checkpoint_sha256": card["checkpoint_sha256"],
+        "protocol": metrics["protocol"],
+        "training_run_id": training_run,
+        "evaluate_run_id": evaluate_run,
         **({"dvc_exp_name": tags["dvc.exp_name"]} if "dvc.exp_name" in tags else {}),
     }
-    evidence = {"params": {**card["architecture"], "binarize": card["binarize"]},
-                "metrics": {f"test.{k}": float(v) for k, v in test_metrics.items() if k != "iw_k"}
-                | {"best_val_loss": card["best_val_loss"]}}
-    return registry_client.Registration(name, kind, export_dir, example, training_run, test_data, tags,
-                                        version_tags, evidence, ""), metrics
+    evidence = {
+        "params": {**card["architecture"], "binarize": card["binarize"]},
+        "metrics": {f"test.{k}": float(v) for k, v in test_metrics.items() if k != "iw_k"}
+        | {"best_val_loss": card["best_val_loss"]},
+    }
+    return registry_client.Registration(
+        name, kind, export_dir, example, training_run, test_data, tags, version_tags, evidence, ""
+    ), metrics
 
 
 # Registering is the workspace pipeline's job: a `dvc exp run` or a study trial that made a
 # version per run would fill the registry with models nobody chose (and an unchanged AE again).
-IN_EXPERIMENT = ("not registered: DVC experiments register nothing; `dvc exp apply NAME && dvc repro "
-                 "-f register` registers an experiment's models")
+IN_EXPERIMENT = (
+    "not registered: DVC experiments register nothing; `dvc exp apply NAME && dvc repro "
+    "-f register` registers an experiment's models"
+)
 
 
-def register(rule: RegistryParams, export_root: Path, prepared: Path, experiment: str,
-             report_path: Path) -> dict:
+def register(
+    rule: RegistryParams, export_root: Path, prepared: Path, experiment: str, report_path: Path
+) -> dict:
     """Register each export as a new version, its promotion decided on the test metrics of the
     evaluate run that scored that very checkpoint, read from MLflow (custody.py); inside a DVC
     experiment, check the exports and register nothing (IN_EXPERIMENT)."""
@@ -156,28 +190,44 @@ def register(rule: RegistryParams, export_root: Path, prepared: Path, experiment
     exports = {kind: exported_model(export_root / kind, kind, experiment) for kind in ("vae", "ae")}
     if tracking.dvc_experiment():  # the exports were still checked: a broken one fails the trial
         names = {"vae": rule.vae_name, "ae": rule.ae_name}
-        report: dict[str, dict] = {kind: {"name": name, "version": None, "aliases": [], "promoted": False,
-                         "reason": IN_EXPERIMENT} for kind, name in names.items()}
+        report: dict[str, dict] = {
+            kind: {"name": name, "version": None, "aliases": [], "promoted": False, "reason": IN_EXPERIMENT}
+            for kind, name in names.items()
+        }
         write_json(report_path, report)
         return report
     test_data = (*load_split(prepared, "test"), *split_label(prepared, "test"))
     example = test_data[0][:2].reshape(2, -1).astype(np.float32) / 255
     report = {}
     for kind, name in (("vae", rule.vae_name), ("ae", rule.ae_name)):
-        registration, metrics = _registration(kind, name, exports[kind], export_root / kind, example,
-                                              test_data)
+        registration, metrics = _registration(
+            kind, name, exports[kind], export_root / kind, example, test_data
+        )
         with registry_client.registration_lock():
             champion_value = registry_client.champion_metric(name, PROMOTION[kind])
             decision = promotion_decision(kind, metrics, champion_value, rule)
             version = registry_client.register_model(
-                dataclasses.replace(registration, description=version_description(
-                    kind, metrics, decision, registration.training_run,
-                    registration.tags["vaectl.evaluate_run_id"])), experiment)
+                dataclasses.replace(
+                    registration,
+                    description=version_description(
+                        kind,
+                        metrics,
+                        decision,
+                        registration.training_run,
+                        registration.tags["vaectl.evaluate_run_id"],
+                    ),
+                ),
+                experiment,
+            )
             if decision.promote:
                 registry_client.set_alias(name, "champion", version)
-        report[kind] = {"name": name, "version": version, "aliases": ["candidate"] +
-                        (["champion"] if decision.promote else []), "promoted": decision.promote,
-                        "reason": decision.reason}
+        report[kind] = {
+            "name": name,
+            "version": version,
+            "aliases": ["candidate"] + (["champion"] if decision.promote else []),
+            "promoted": decision.promote,
+            "reason": decision.reason,
+        }
     write_json(report_path, report)
     return report
 
@@ -189,8 +239,9 @@ def verify_export(export_dir: Path) -> None:
     present = {p.name for p in export_dir.iterdir() if p.name != "checksums.json"}
     unlisted = sorted(present - set(listed))
     if unlisted or not listed:
-        raise UserError(f"{export_dir}/checksums.json does not list {', '.join(unlisted) or 'any file'}; "
-                        "export again")
+        raise UserError(
+            f"{export_dir}/checksums.json does not list {', '.join(unlisted) or 'any file'}; export again"
+        )
     for filename, digest in listed.items():
         path = export_dir / filename
         if not path.is_file() or sha256_file(path) != digest:
@@ -203,13 +254,16 @@ def verify_bundle(root: Path, recorded: str | None, ref: str) -> int:
     if not recorded:
         raise UserError(f"{ref} was registered without bundle checksums; register it again")
     expected, found = json.loads(recorded), tree_listing(root)
-    problems = ([f"missing {p}" for p in sorted(set(expected) - set(found))]
-                + [f"unexpected {p}" for p in sorted(set(found) - set(expected))]
-                + [f"changed {p}" for p in sorted(set(found) & set(expected)) if found[p] != expected[p]])
+    problems = (
+        [f"missing {p}" for p in sorted(set(expected) - set(found))]
+        + [f"unexpected {p}" for p in sorted(set(found) - set(expected))]
+        + [f"changed {p}" for p in sorted(set(found) & set(expected)) if found[p] != expected[p]]
+    )
     if problems:
         shown = ", ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise UserError(f"{ref}: the stored bundle differs from what was registered ({shown}); "
-                        f"refusing to load it")
+        raise UserError(
+            f"{ref}: the stored bundle differs from what was registered ({shown}); refusing to load it"
+        )
     return len(found)
 
 
@@ -241,8 +295,14 @@ def pull(ref: str, dest: Path) -> dict:
             raise UserError(f"{name}/{version} loaded but its smoke prediction is malformed")
         with atomic_path(dest) as staged:
             shutil.copytree(downloaded, staged)
-    summary = {"name": name, "version": version, "dest": str(dest), "files_verified": checked,
-               "model": card["model"], "test_metrics": card["test_metrics"]}
+    summary = {
+        "name": name,
+        "version": version,
+        "dest": str(dest),
+        "files_verified": checked,
+        "model": card["model"],
+        "test_metrics": card["test_metrics"],
+    }
     write_json(dest / "pulled.json", summary)
     return summary
 
@@ -264,8 +324,9 @@ def read_inputs(path: Path, mode: str) -> tuple[np.ndarray, list[str] | None]:
         raise UserError(f"input not found: {path}")
     x = _read_array(path, _regular_file(path).st_size)
     if x.dtype.kind != "f" and x.dtype != np.uint8:  # float pixels or latents, or uint8 pixels
-        raise UserError(f"{path}: {x.dtype} values; give floats (pixels in [0, 1] or latents) "
-                        "or uint8 pixels (0-255)")
+        raise UserError(
+            f"{path}: {x.dtype} values; give floats (pixels in [0, 1] or latents) or uint8 pixels (0-255)"
+        )
     if x.dtype == np.uint8 and mode == "decode":  # a latent is a real vector, never a byte image
         raise UserError(f"{path}: uint8 latents; decode takes float latents")
     return x, None  # uint8 pixels are divided by 255 batch by batch, as the rows are scored
@@ -294,8 +355,10 @@ def _read_array(path: Path, size: int) -> np.ndarray:
         if isinstance(err, OSError) and err.errno is not None:
             raise  # the file system's own refusal: the CLI names the place
         hint = "; JSON is what `vaectl serve` takes" if path.suffix.lower() == ".json" else ""
-        raise UserError(f"{path}: not an .npz or .npy file ({str(err).splitlines()[0][:200]}); predict "
-                        f"reads those or a folder of 28 x 28 PNGs{hint}") from None
+        raise UserError(
+            f"{path}: not an .npz or .npy file ({str(err).splitlines()[0][:200]}); predict "
+            f"reads those or a folder of 28 x 28 PNGs{hint}"
+        ) from None
 
 
 def _read_npz_member(path: Path) -> np.ndarray:
@@ -316,14 +379,17 @@ def _read_npz_member(path: Path) -> np.ndarray:
 def _npy_header(handle, path: Path) -> tuple[tuple[int, ...], np.dtype]:
     version = np.lib.format.read_magic(handle)
     if version not in ((1, 0), (2, 0)):
-        raise UserError(f"{path}: .npy format version {version[0]}.{version[1]}; save it with numpy's "
-                        "default format")
-    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                   else np.lib.format.read_array_header_2_0)
+        raise UserError(
+            f"{path}: .npy format version {version[0]}.{version[1]}; save it with numpy's default format"
+        )
+    read_header = (
+        np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    )
     shape, _, dtype = read_header(handle)  # numpy bounds the header's own size
     if dtype.hasobject:
-        raise UserError(f"{path} holds Python objects (pickles), which predict never loads; "
-                        "save a numeric array")
+        raise UserError(
+            f"{path} holds Python objects (pickles), which predict never loads; save a numeric array"
+        )
     return shape, dtype
 
 
@@ -332,11 +398,15 @@ def _check_rows(path: Path, shape: tuple[int, ...], dtype: np.dtype, stored_byte
     if rows > PREDICT_MAX_ROWS:
         raise UserError(f"{path} holds {rows:,} rows, more than {PREDICT_MAX_ROWS:,}; split it")
     if rows * row_values > PREDICT_MAX_ROWS * PIXELS:
-        raise UserError(f"{path}: {rows:,} rows of shape {shape[1:]}, more than "
-                        f"{PREDICT_MAX_ROWS:,} rows of {PIXELS} values")
+        raise UserError(
+            f"{path}: {rows:,} rows of shape {shape[1:]}, more than "
+            f"{PREDICT_MAX_ROWS:,} rows of {PIXELS} values"
+        )
     if rows * row_values * dtype.itemsize > stored_bytes:
-        raise UserError(f"{path} declares {rows:,} x {shape[1:]} {dtype} values but holds only "
-                        f"{stored_bytes:,} bytes (truncated)")
+        raise UserError(
+            f"{path} declares {rows:,} x {shape[1:]} {dtype} values but holds only "
+            f"{stored_bytes:,} bytes (truncated)"
+        )
 
 
 def read_pngs(folder: Path) -> tuple[np.ndarray, list[str]]:
@@ -391,8 +461,10 @@ def _intensities(file: Path, image) -> np.ndarray:
         return grey
     if grey.min() == grey.max():
         return alpha
-    raise UserError(f"{file}: its digit is in both its colour and its transparency; save it "
-                    "opaque (a light digit on a dark background)")
+    raise UserError(
+        f"{file}: its digit is in both its colour and its transparency; save it "
+        "opaque (a light digit on a dark background)"
+    )
 
 
 def _scaled(file: Path, pixels: np.ndarray, full_scale: int) -> np.ndarray:

@@ -39,8 +39,7 @@ def bootstrap_mean(values: np.ndarray, rng: np.random.Generator) -> list[float]:
     return interval(values[rng.integers(0, len(values), (RESAMPLES, len(values)))].mean(1))
 
 
-def compare_units(name: str, vae: np.ndarray, ae: np.ndarray, paired: bool,
-                  rng: np.random.Generator) -> dict:
+def compare_units(name: str, vae: np.ndarray, ae: np.ndarray, paired: bool, rng: np.random.Generator) -> dict:
     """Means and their intervals, the VAE - AE difference and the VAE/AE ratio of the means
     with theirs, and the verdict: the difference's interval excluding 0 (for positive means,
     the same as the ratio's excluding 1; it also holds when the AE's mean can be 0, as for
@@ -60,12 +59,19 @@ def compare_units(name: str, vae: np.ndarray, ae: np.ndarray, paired: bool,
     else:
         better = "none"
     has_ratio = bool((means_ae > 0).all())
-    return {"vae": float(vae.mean()), "vae_ci": interval(means_vae),
-            "ae": float(ae.mean()), "ae_ci": interval(means_ae),
-            "difference": float(vae.mean() - ae.mean()), "difference_ci": difference_ci,
-            "ratio": float(vae.mean() / ae.mean()) if has_ratio else None,
-            "ratio_ci": interval(means_vae / means_ae) if has_ratio else None,
-            "better": better, "paired": paired, "units": [len(vae), len(ae)]}
+    return {
+        "vae": float(vae.mean()),
+        "vae_ci": interval(means_vae),
+        "ae": float(ae.mean()),
+        "ae_ci": interval(means_ae),
+        "difference": float(vae.mean() - ae.mean()),
+        "difference_ci": difference_ci,
+        "ratio": float(vae.mean() / ae.mean()) if has_ratio else None,
+        "ratio_ci": interval(means_vae / means_ae) if has_ratio else None,
+        "better": better,
+        "paired": paired,
+        "units": [len(vae), len(ae)],
+    }
 
 
 def flatten_model_metrics(m: dict) -> dict:
@@ -84,9 +90,16 @@ def _fmt(value: float, ci: list[float] | None = None) -> str:
 def compared_rows(comparison: dict) -> list[tuple[str, str, str, str, str]]:
     """Text rows (metric, VAE [interval], AE [interval], VAE/AE [interval], verdict) of a
     report's `comparison` (evaluate's or the 2-D experiment's)."""
-    return [(name, _fmt(c["vae"], c["vae_ci"]), _fmt(c["ae"], c["ae_ci"]),
-             _fmt(c["ratio"], c["ratio_ci"]) if c["ratio"] is not None else "—", VERDICTS[c["better"]])
-            for name, c in comparison.items()]
+    return [
+        (
+            name,
+            _fmt(c["vae"], c["vae_ci"]),
+            _fmt(c["ae"], c["ae_ci"]),
+            _fmt(c["ratio"], c["ratio_ci"]) if c["ratio"] is not None else "—",
+            VERDICTS[c["better"]],
+        )
+        for name, c in comparison.items()
+    ]
 
 
 def headline_first(rows: Sequence[tuple[str, ...]]) -> list[tuple[str, ...]]:
@@ -98,6 +111,7 @@ def headline_first(rows: Sequence[tuple[str, ...]]) -> list[tuple[str, ...]]:
     def rank(row: tuple[str, ...]) -> int:
         name = row[0].split(" ")[0]
         return first.index(name) if name in first else len(first)
+
     return sorted(rows, key=rank)
 
 

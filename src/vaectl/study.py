@@ -61,9 +61,14 @@ class Trial:
 
     def overrides(self, iw_samples: int) -> list[str]:
         """`-S` values: the VAE and its AE baseline share latent size and seed."""
-        return [f"train.vae.beta={self.beta!r}", f"train.vae.latent_dim={self.latent_dim}",
-                f"train.ae.latent_dim={self.latent_dim}", f"train.vae.seed={self.seed}",
-                f"train.ae.seed={self.seed}", f"eval.iw_samples={iw_samples}"]
+        return [
+            f"train.vae.beta={self.beta!r}",
+            f"train.vae.latent_dim={self.latent_dim}",
+            f"train.ae.latent_dim={self.latent_dim}",
+            f"train.vae.seed={self.seed}",
+            f"train.ae.seed={self.seed}",
+            f"eval.iw_samples={iw_samples}",
+        ]
 
 
 def trials(params: Params) -> list[Trial]:
@@ -78,11 +83,15 @@ def trials(params: Params) -> list[Trial]:
 def trial_values(metrics: dict) -> dict[str, float]:
     """One trial's metrics.json -> flat numbers: the VAE's own ('vae.iw_nll') and each
     comparison's 'NAME.vae', 'NAME.ae', 'NAME.ratio', 'NAME.difference'."""
-    values = {f"vae.{k}": float(v) for k, v in flatten_model_metrics(metrics["vae"]).items()
-              if isinstance(v, int | float)}
+    values = {
+        f"vae.{k}": float(v)
+        for k, v in flatten_model_metrics(metrics["vae"]).items()
+        if isinstance(v, int | float)
+    }
     for name, c in metrics["comparison"].items():
-        values.update({f"{name}.{part}": float(c[part]) for part in ("vae", "ae", "difference")
-                       if c[part] is not None})
+        values.update(
+            {f"{name}.{part}": float(c[part]) for part in ("vae", "ae", "difference") if c[part] is not None}
+        )
         if c["ratio"] is not None:
             values[f"{name}.ratio"] = float(c["ratio"])
     return values
@@ -111,16 +120,26 @@ def summarise(results: dict[Trial, dict]) -> list[dict]:
         metrics = {}
         for key in common:
             per_seed = [v[key] for v in values]
-            metrics[key] = {"mean": float(np.mean(per_seed)), "ci": seed_interval(per_seed),
-                            "seeds": per_seed}
+            metrics[key] = {
+                "mean": float(np.mean(per_seed)),
+                "ci": seed_interval(per_seed),
+                "seeds": per_seed,
+            }
         verdicts = {}
         for name in results[group[0]]["comparison"]:
             counts = {"vae": 0, "ae": 0, "none": 0}
             for t in group:
                 counts[results[t]["comparison"][name]["better"]] += 1
             verdicts[name] = counts
-        rows.append({"beta": beta, "latent_dim": dim, "seeds": [t.seed for t in group],
-                     "metrics": metrics, "seed_verdicts": verdicts})
+        rows.append(
+            {
+                "beta": beta,
+                "latent_dim": dim,
+                "seeds": [t.seed for t in group],
+                "metrics": metrics,
+                "seed_verdicts": verdicts,
+            }
+        )
     return rows
 
 
@@ -141,11 +160,16 @@ def sweeps(rows: list[dict], params: Params) -> dict[str, list[dict]]:
     """The rows of the beta sweep (at the base latent size) and of the latent sweep (at the
     base beta), each sorted along its axis."""
     beta, dim = params.train.vae.beta, params.train.vae.latent_dim
-    return {"beta": sorted((r for r in rows if r["latent_dim"] == dim and r["beta"] in params.study.betas),
-                           key=lambda r: r["beta"]),
-            "latent_dim": sorted((r for r in rows if r["beta"] == beta
-                                  and r["latent_dim"] in params.study.latent_dims),
-                                 key=lambda r: r["latent_dim"])}
+    return {
+        "beta": sorted(
+            (r for r in rows if r["latent_dim"] == dim and r["beta"] in params.study.betas),
+            key=lambda r: r["beta"],
+        ),
+        "latent_dim": sorted(
+            (r for r in rows if r["beta"] == beta and r["latent_dim"] in params.study.latent_dims),
+            key=lambda r: r["latent_dim"],
+        ),
+    }
 
 
 def write_reports(rows: list[dict], params: Params, out_dir: Path) -> list[Path]:
@@ -154,14 +178,22 @@ def write_reports(rows: list[dict], params: Params, out_dir: Path) -> list[Path]
     from vaectl.figures import study_figure
 
     by_sweep = sweeps(rows, params)
-    doc = {"level": LEVEL, "interval": "Student-t over training seeds",
-           "iw_samples": params.study.iw_samples, "seeds": params.study.seeds,
-           "base": {"beta": params.train.vae.beta, "latent_dim": params.train.vae.latent_dim},
-           "settings": rows}
-    text = [f"# VAE vs AE across beta and latent size ({len(params.study.seeds)} training seeds "
-            f"each; mean [{LEVEL:.0%} t-interval over seeds]; IW-NLL k={params.study.iw_samples})"]
-    for sweep, label in (("beta", f"beta (latent_dim {params.train.vae.latent_dim})"),
-                         ("latent_dim", f"latent size (beta {params.train.vae.beta:g})")):
+    doc = {
+        "level": LEVEL,
+        "interval": "Student-t over training seeds",
+        "iw_samples": params.study.iw_samples,
+        "seeds": params.study.seeds,
+        "base": {"beta": params.train.vae.beta, "latent_dim": params.train.vae.latent_dim},
+        "settings": rows,
+    }
+    text = [
+        f"# VAE vs AE across beta and latent size ({len(params.study.seeds)} training seeds "
+        f"each; mean [{LEVEL:.0%} t-interval over seeds]; IW-NLL k={params.study.iw_samples})"
+    ]
+    for sweep, label in (
+        ("beta", f"beta (latent_dim {params.train.vae.latent_dim})"),
+        ("latent_dim", f"latent size (beta {params.train.vae.beta:g})"),
+    ):
         text += ["", f"## {label}", "", markdown_table(by_sweep[sweep], sweep)]
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -212,8 +244,12 @@ def queue_status(env: dict, retries: int = 0) -> tuple[dict[str, str], bool]:
 def start_worker(env: dict) -> None:
     """One queue worker (both cores to one trial). Its output goes nowhere: the worker
     outlives `dvc queue start`, and would hold a pipe open until the queue is empty."""
-    started = subprocess.run(["dvc", "queue", "start", "--jobs", "1"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = subprocess.run(
+        ["dvc", "queue", "start", "--jobs", "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     if started.returncode != 0:
         raise UserError("`dvc queue start` failed; see `dvc queue status`")
 
@@ -230,8 +266,17 @@ def run_trials(todo: list[Trial], iw_samples: int, env: dict, echo) -> None:
     if stale:
         dvc("exp", "remove", *stale, env=env)
     for trial in todo:
-        dvc("exp", "run", "--queue", "--quiet", "--name", trial.name,
-            *(a for o in trial.overrides(iw_samples) for a in ("-S", o)), "evaluate", env=env)
+        dvc(
+            "exp",
+            "run",
+            "--queue",
+            "--quiet",
+            "--name",
+            trial.name,
+            *(a for o in trial.overrides(iw_samples) for a in ("-S", o)),
+            "evaluate",
+            env=env,
+        )
     start_worker(env)
     names, done, start = [t.name for t in todo], set(), time.monotonic()
     while True:
@@ -241,15 +286,19 @@ def run_trials(todo: list[Trial], iw_samples: int, env: dict, echo) -> None:
         for name in names:
             if name not in done and status.get(name) in ("Success", "Failed"):
                 done.add(name)
-                echo(f"[{len(done)}/{len(names)}] {name}: {status[name].lower()} "
-                     f"({time.monotonic() - start:.0f} s)")
+                echo(
+                    f"[{len(done)}/{len(names)}] {name}: {status[name].lower()} "
+                    f"({time.monotonic() - start:.0f} s)"
+                )
         if len(done) == len(names):
             break
         time.sleep(2)
     failed = [n for n in names if status.get(n) == "Failed"]
     if failed:
-        raise UserError(f"study: {len(failed)} of {len(names)} experiments failed "
-                        f"({', '.join(failed)}); see `dvc queue logs {failed[0]}`")
+        raise UserError(
+            f"study: {len(failed)} of {len(names)} experiments failed "
+            f"({', '.join(failed)}); see `dvc queue logs {failed[0]}`"
+        )
 
 
 def experiment_metrics(names: list[str], baseline_rev: str, env: dict) -> dict[str, dict]:
@@ -264,8 +313,9 @@ def experiment_metrics(names: list[str], baseline_rev: str, env: dict) -> dict[s
                     commits[rev["name"]] = rev["rev"]
     found = {}
     for name, commit in commits.items():
-        shown = subprocess.run(["git", "show", f"{commit}:reports/metrics.json"], capture_output=True,
-                               text=True, env=env)
+        shown = subprocess.run(
+            ["git", "show", f"{commit}:reports/metrics.json"], capture_output=True, text=True, env=env
+        )
         if shown.returncode == 0:
             found[name] = json.loads(shown.stdout)
     missing = [n for n in names if n not in found]
@@ -280,13 +330,19 @@ def run(params: Params, out_dir: Path, echo=print) -> dict:
     from vaectl import tracking
 
     todo = trials(params)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           # the queue runs each trial in a temporary copy of the repo: log to this one's store
-           "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
-    echo(f"study: {len(todo)} experiments ({len({t.setting for t in todo})} settings x "
-         f"{len(params.study.seeds)} seeds), IW-NLL k={params.study.iw_samples}")
-    baseline_rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                  env=env).stdout.strip()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        # the queue runs each trial in a temporary copy of the repo: log to this one's store
+        "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+    }
+    echo(
+        f"study: {len(todo)} experiments ({len({t.setting for t in todo})} settings x "
+        f"{len(params.study.seeds)} seeds), IW-NLL k={params.study.iw_samples}"
+    )
+    baseline_rev = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, env=env
+    ).stdout.strip()
     if not baseline_rev:
         raise UserError("study: DVC experiments need a git repository with a commit")
     # A trial reproduces only up to `evaluate`, but DVC then collects every output dvc.lock
@@ -302,9 +358,15 @@ def run(params: Params, out_dir: Path, echo=print) -> dict:
     files = write_reports(rows, params, out_dir)
     experiment = params.tracking.experiment
     with tracking.start_run(experiment, "study", {"vaectl.kind": "study"}) as parent:
-        parent.log_params({"betas": params.study.betas, "latent_dims": params.study.latent_dims,
-                           "seeds": params.study.seeds, "iw_samples": params.study.iw_samples,
-                           "experiments": len(todo)})
+        parent.log_params(
+            {
+                "betas": params.study.betas,
+                "latent_dims": params.study.latent_dims,
+                "seeds": params.study.seeds,
+                "iw_samples": params.study.iw_samples,
+                "experiments": len(todo),
+            }
+        )
         parent.log_metrics({"wall_s": wall_s})
         for path in files:
             parent.log_artifact(path, "study")
@@ -312,10 +374,15 @@ def run(params: Params, out_dir: Path, echo=print) -> dict:
         for t in todo:
             run_id = tracking.latest_run_id(experiment, {"vaectl.kind": "evaluate", "dvc.exp_name": t.name})
             if run_id:
-                children[run_id] = {"study.beta": t.beta, "study.latent_dim": t.latent_dim,
-                                    "study.seed": t.seed}
+                children[run_id] = {
+                    "study.beta": t.beta,
+                    "study.latent_dim": t.latent_dim,
+                    "study.seed": t.seed,
+                }
         tracking.nest_runs(parent.run_id, children)
     if len(children) < len(todo):
-        echo(f"note: {len(todo) - len(children)} trials' evaluate runs were not found in MLflow "
-             f"(run by an older queue worker with another tracking store?)")
+        echo(
+            f"note: {len(todo) - len(children)} trials' evaluate runs were not found in MLflow "
+            f"(run by an older queue worker with another tracking store?)"
+        )
     return {"rows": rows, "files": files, "wall_s": wall_s, "run_id": parent.run_id}

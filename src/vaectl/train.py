@@ -48,8 +48,7 @@ from vaectl.prior import generate
 RESUMABLE_CHANGES = ("epochs", "patience", "sample_every")  # train.<kind>.* a resume may change
 
 
-def preflight(kind: str, params: Params, prepared: Path, out_dir: Path, resume: bool,
-              nproc: int) -> None:
+def preflight(kind: str, params: Params, prepared: Path, out_dir: Path, resume: bool, nproc: int) -> None:
     """The user mistakes worth catching before N processes start: no data, nothing to resume
     (or a resume with other params), fewer GPUs than processes (nccl wants one per process)."""
     load_manifest(prepared)
@@ -58,8 +57,9 @@ def preflight(kind: str, params: Params, prepared: Path, out_dir: Path, resume: 
         resume_state(out_dir, nproc, kind, params, manifest_sha256(prepared))
 
 
-def run_processes(kind: str, params: Params, prepared: Path, out_dir: Path, resume: bool, nproc: int,
-                  train_args: list[str]) -> None:
+def run_processes(
+    kind: str, params: Params, prepared: Path, out_dir: Path, resume: bool, nproc: int, train_args: list[str]
+) -> None:
     """`vaectl train --nproc N`: the user mistakes checked once, `out_dir` held against a
     second writer, then N processes of `vaectl train TRAIN_ARGS` (vaectl.distributed.launch).
     An interrupted launch raises KeyboardInterrupt; a failed process, a UserError."""
@@ -89,25 +89,36 @@ def resume_state(out_dir: Path, world: int, kind: str, params: Params, data_sha:
     path = out_dir / "last.pt"
     state = load_checkpoint(path)
     if len(state["rng"]) != world:
-        raise UserError(f"{path} was written by {len(state['rng'])} training "
-                        f"process(es); resume with --nproc {len(state['rng'])}")
+        raise UserError(
+            f"{path} was written by {len(state['rng'])} training "
+            f"process(es); resume with --nproc {len(state['rng'])}"
+        )
     if state.get("data_sha256") != data_sha:
-        raise UserError(f"{path} was trained on other data (data manifest sha256 differs); "
-                        f"train again without --resume")
+        raise UserError(
+            f"{path} was trained on other data (data manifest sha256 differs); train again without --resume"
+        )
     # data.* is covered by the data's own hash above (and data.mirrors changes nothing)
-    saved, now = ({k: v for k, v in flat.items() if not k.startswith("data.")}
-                  for flat in (state.get("params", {}), _flat(params, kind)))
-    changed = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
-               if saved.get(k) != now.get(k)}
+    saved, now = (
+        {k: v for k, v in flat.items() if not k.startswith("data.")}
+        for flat in (state.get("params", {}), _flat(params, kind))
+    )
+    changed = {
+        k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)
+    }
     # a cosine schedule is laid over `epochs`: changing them would bend the lr curve mid-run
-    resumable = [n for n in RESUMABLE_CHANGES
-                 if not (n == "epochs" and getattr(params.train, kind).lr_schedule != "constant")]
+    resumable = [
+        n
+        for n in RESUMABLE_CHANGES
+        if not (n == "epochs" and getattr(params.train, kind).lr_schedule != "constant")
+    ]
     refused = [k for k in changed if k not in {f"train.{kind}.{name}" for name in resumable}]
     if refused:
         listed = ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
-        raise UserError(f"cannot resume {path} with other params ({listed}); only "
-                        f"{', '.join(f'train.{kind}.{n}' for n in resumable)} may change. "
-                        f"Restore them, or train again without --resume")
+        raise UserError(
+            f"cannot resume {path} with other params ({listed}); only "
+            f"{', '.join(f'train.{kind}.{n}' for n in resumable)} may change. "
+            f"Restore them, or train again without --resume"
+        )
     return state, changed
 
 
@@ -188,16 +199,22 @@ class Progress:
 
     def step(self, epoch: int, done: int, loss: float, rate: float) -> None:
         if self.bar is not None:
-            self.bar.update(self.task, completed=done,
-                            description=f"{self.label} epoch {epoch}/{self.epochs} loss {loss:8.2f} "
-                                        f"{rate:8.0f} samples/s")
+            self.bar.update(
+                self.task,
+                completed=done,
+                description=f"{self.label} epoch {epoch}/{self.epochs} loss {loss:8.2f} "
+                f"{rate:8.0f} samples/s",
+            )
 
     def epoch(self, stats: EpochStats, samples_per_s: float) -> None:
         if self.bar is not None:
             self.bar.reset(self.task)
         terms = f" (recon {stats.val_recon:.2f} kl {stats.val_kl:.2f})" if self.shows_kl else ""
-        print(f"[{self.label}] epoch {stats.epoch}/{self.epochs} train {stats.train_loss:.2f} "
-              f"val {stats.val_loss:.2f}{terms} {samples_per_s:.0f} samples/s", flush=True)
+        print(
+            f"[{self.label}] epoch {stats.epoch}/{self.epochs} train {stats.train_loss:.2f} "
+            f"val {stats.val_loss:.2f}{terms} {samples_per_s:.0f} samples/s",
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -254,8 +271,7 @@ def log_images(run, model: AutoEncoder, x_val: torch.Tensor, epoch: int, seed: i
     originals = x_val[torch.linspace(0, len(x_val) - 1, 16).long()]
     recon = model.reconstruct(originals)  # at the posterior mean: no RNG draw
     grid = torch.cat([originals, recon]).cpu().numpy()
-    run.log_image(readable(image_grid(grid, ncol=16)), "reconstructions_top-input_bottom-output",
-                  epoch + 1)
+    run.log_image(readable(image_grid(grid, ncol=16)), "reconstructions_top-input_bottom-output", epoch + 1)
     if model.variational:
         if model.pseudo_inputs:  # from the VampPrior's mixture
             samples = generate(model, x_val, 64, torch.Generator().manual_seed(seed)).cpu().numpy()
@@ -266,8 +282,9 @@ def log_images(run, model: AutoEncoder, x_val: torch.Tensor, epoch: int, seed: i
     model.train()
 
 
-def run(kind: str, params: Params, prepared: Path, out_dir: Path, curves_path: Path,
-        resume: bool = False) -> dict | None:
+def run(
+    kind: str, params: Params, prepared: Path, out_dir: Path, curves_path: Path, resume: bool = False
+) -> dict | None:
     """Train `kind` on the prepared train split with early stopping on val.
 
     Writes out_dir/{last,best}.pt and out_dir/summary.json, and the per-epoch curves (a DVC
@@ -340,8 +357,9 @@ def _load_data(job: Job, prepared: Path, generator: torch.Generator) -> Training
         x_val = binarize(x_val, torch.Generator(device=device).manual_seed(VAL_BINARIZE_SEED))
     if t.binarize == "static":
         x_train = binarize(x_train, generator)
-    return TrainingData(train_images, train_labels, x_train, x_val, manifest, data_sha,
-                        prepared / "train.npz")
+    return TrainingData(
+        train_images, train_labels, x_train, x_val, manifest, data_sha, prepared / "train.npz"
+    )
 
 
 def _build_loop(job: Job, generator: torch.Generator) -> Loop:
@@ -360,8 +378,10 @@ def _resume(job: Job, loop: Loop, data_sha: str) -> tuple[str | None, dict]:
     kind, params, out_dir, workers = job.kind, job.params, job.out_dir, job.workers
     state, resumed_with = resume_state(out_dir, workers.world, kind, params, data_sha)
     if state["model_config"] != loop.model.config():
-        raise UserError(f"{out_dir / 'last.pt'} holds a {state['model_config']} model; params ask for "
-                        f"{loop.model.config()}")
+        raise UserError(
+            f"{out_dir / 'last.pt'} holds a {state['model_config']} model; params ask for "
+            f"{loop.model.config()}"
+        )
     loop.model.load_state_dict(state["model"])
     loop.optimizer.load_state_dict(state["optimizer"])
     _restore_rng(state["rng"][workers.rank], loop.generator, job.device)
@@ -369,8 +389,9 @@ def _resume(job: Job, loop: Loop, data_sha: str) -> tuple[str | None, dict]:
     loop.history = state["history"]
     run_id = None
     if workers.main:  # continue the MLflow run that wrote this last.pt, and only that
-        run_id, _ = custody.recorded_run(out_dir / "last.pt", custody.LAST_CHECKPOINT,
-                                         params.tracking.experiment, kind)
+        run_id, _ = custody.recorded_run(
+            out_dir / "last.pt", custody.LAST_CHECKPOINT, params.tracking.experiment, kind
+        )
     return run_id, resumed_with
 
 
@@ -379,8 +400,9 @@ def steps_per_epoch(n: int, batch: int, world: int) -> int:
     return n // batch + (n % batch >= world)
 
 
-def run_epoch(job: Job, loop: Loop, epoch: int, x_train: torch.Tensor, progress: Progress,
-              stop: StopRequest) -> tuple[torch.Tensor, int]:
+def run_epoch(
+    job: Job, loop: Loop, epoch: int, x_train: torch.Tensor, progress: Progress, stop: StopRequest
+) -> tuple[torch.Tensor, int]:
     """One pass over the training split: (the mean loss, recon and KL over the images used, on
     every process; how many images that was)."""
     t, workers = job.t, job.workers
@@ -418,8 +440,9 @@ def run_epoch(job: Job, loop: Loop, epoch: int, x_train: torch.Tensor, progress:
     return sum_over_workers(sizes @ terms, workers) / n_used, n_used
 
 
-def close_epoch(job: Job, loop: Loop, epoch: int, train: torch.Tensor,
-                x_val: torch.Tensor) -> tuple[EpochStats, bool]:
+def close_epoch(
+    job: Job, loop: Loop, epoch: int, train: torch.Tensor, x_val: torch.Tensor
+) -> tuple[EpochStats, bool]:
     """Validate, refuse a diverged loss, update early stopping and the history; (the epoch's
     stats, whether validation improved)."""
     kind, t, workers = job.kind, job.t, job.workers
@@ -430,9 +453,11 @@ def close_epoch(job: Job, loop: Loop, epoch: int, train: torch.Tensor,
     train_loss, train_recon, train_kl = train.tolist()
     stats = EpochStats(epoch + 1, train_loss, train_recon, train_kl, *val, kl_weight(t, epoch))  # 1-based
     if not (math.isfinite(stats.train_loss) and math.isfinite(stats.val_loss)):
-        raise UserError(f"training diverged in epoch {epoch + 1}: loss {stats.train_loss} "
-                        f"(validation {stats.val_loss}); lower train.{kind}.lr ({t.lr}) "
-                        "(the checkpoints hold the last finite epoch, if any)")
+        raise UserError(
+            f"training diverged in epoch {epoch + 1}: loss {stats.train_loss} "
+            f"(validation {stats.val_loss}); lower train.{kind}.lr ({t.lr}) "
+            "(the checkpoints hold the last finite epoch, if any)"
+        )
     improved = stats.val_loss < loop.best_val
     loop.best_val = min(loop.best_val, stats.val_loss)
     # no early stopping while the KL weight still rises (as in the published code)
@@ -450,27 +475,53 @@ def tracked_metrics(stats: EpochStats, variational: bool) -> dict[str, float]:
     KL weight."""
     tracked = {"train/recon_nll": stats.train_recon, "val/recon_nll": stats.val_recon}
     if variational:
-        tracked |= {"train/neg_elbo": stats.train_loss, "val/neg_elbo": stats.val_loss,
-                    "train/kl": stats.train_kl, "val/kl": stats.val_kl, "kl_weight": stats.beta}
+        tracked |= {
+            "train/neg_elbo": stats.train_loss,
+            "val/neg_elbo": stats.val_loss,
+            "train/kl": stats.train_kl,
+            "val/kl": stats.val_kl,
+            "kl_weight": stats.beta,
+        }
     return tracked
 
 
-def record_epoch(mlrun, job: Job, loop: Loop, data: TrainingData, stats: EpochStats, improved: bool,
-                 rng: list[dict], timing: dict[str, float]) -> None:
+def record_epoch(
+    mlrun,
+    job: Job,
+    loop: Loop,
+    data: TrainingData,
+    stats: EpochStats,
+    improved: bool,
+    rng: list[dict],
+    timing: dict[str, float],
+) -> None:
     """Rank 0: the epoch's metrics and timings to MLflow, best.pt when it improved, last.pt
     (recorded on the run for custody), and image series every `sample_every` epochs."""
     t, out_dir = job.t, job.out_dir
-    mlrun.log_metrics({**tracked_metrics(stats, job.kind == "vae"),
-                       "lr": loop.optimizer.param_groups[0]["lr"], **timing}, step=stats.epoch)
+    mlrun.log_metrics(
+        {**tracked_metrics(stats, job.kind == "vae"), "lr": loop.optimizer.param_groups[0]["lr"], **timing},
+        step=stats.epoch,
+    )
     if improved:
-        save_checkpoint(out_dir / "best.pt", {"model": loop.model.state_dict(),
-                                              "model_config": loop.model.config(), "epoch": stats.epoch})
-    save_checkpoint(out_dir / "last.pt", {
-        "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
-        "model_config": loop.model.config(), "rng": rng,
-        "epoch": stats.epoch, "best_val": loop.best_val, "bad_epochs": loop.bad_epochs,
-        "history": loop.history, "params": _flat(job.params, job.kind), "data_sha256": data.data_sha,
-    })
+        save_checkpoint(
+            out_dir / "best.pt",
+            {"model": loop.model.state_dict(), "model_config": loop.model.config(), "epoch": stats.epoch},
+        )
+    save_checkpoint(
+        out_dir / "last.pt",
+        {
+            "model": loop.model.state_dict(),
+            "optimizer": loop.optimizer.state_dict(),
+            "model_config": loop.model.config(),
+            "rng": rng,
+            "epoch": stats.epoch,
+            "best_val": loop.best_val,
+            "bad_epochs": loop.bad_epochs,
+            "history": loop.history,
+            "params": _flat(job.params, job.kind),
+            "data_sha256": data.data_sha,
+        },
+    )
     mlrun.set_tags({custody.LAST_CHECKPOINT.tag: sha256_file(out_dir / "last.pt")})
     if stats.epoch % t.sample_every == 0 or stats.epoch == t.epochs or loop.stopped_early:
         log_images(mlrun, loop.model, data.x_val, stats.epoch - 1, t.seed)
@@ -481,26 +532,33 @@ def finish(mlrun, job: Job, loop: Loop, data: TrainingData, curves_path: Path) -
     later stage checks these files against (custody.py). Returns the summary."""
     history, out_dir = loop.history, job.out_dir
     summary = {
-        "model": job.kind, "epochs_run": len(history),
+        "model": job.kind,
+        "epochs_run": len(history),
         "best_val_loss": loop.best_val,
         "best_epoch": int(np.argmin([h["val_loss"] for h in history])) + 1,
         "final_train_loss": history[-1]["train_loss"],
         "stopped_early": history[-1]["stopped_early"],
-        "data_sha256": data.data_sha, "model_config": loop.model.config(),
+        "data_sha256": data.data_sha,
+        "model_config": loop.model.config(),
         "binarize": job.t.binarize,
     }
     best_path = out_dir / "best.pt"
     mlrun.log_metrics({"best_val_loss": loop.best_val})
     write_json(out_dir / "summary.json", summary)
     write_json(curves_path, history)
-    digests = {custody.CHECKPOINT.tag: sha256_file(best_path),
-               custody.TRAINING_SUMMARY.tag: sha256_file(out_dir / "summary.json"),
-               custody.CURVES.tag: sha256_file(curves_path)}
+    digests = {
+        custody.CHECKPOINT.tag: sha256_file(best_path),
+        custody.TRAINING_SUMMARY.tag: sha256_file(out_dir / "summary.json"),
+        custody.CURVES.tag: sha256_file(curves_path),
+    }
     model_id = mlrun.log_trained_model(
-        out_dir.name, [best_path, out_dir / "summary.json"],
+        out_dir.name,
+        [best_path, out_dir / "summary.json"],
         {**summary["model_config"], "binarize": job.t.binarize, "data_sha256": data.data_sha},
         {"vaectl.kind": job.kind, custody.CHECKPOINT.tag: digests[custody.CHECKPOINT.tag]},
-        {"best_val_loss": loop.best_val}, mlrun.training_set)
+        {"best_val_loss": loop.best_val},
+        mlrun.training_set,
+    )
     mlrun.set_tags({**digests, custody.LOGGED_MODEL: model_id})
     return {**summary, "run_id": mlrun.run_id}
 
@@ -515,21 +573,37 @@ def _open_run(job: Job, data: TrainingData, run_id: str | None, resumed_with: di
     if not job.workers.main:
         yield None
         return
-    tags = {**tracking.standard_tags(kind, data.data_sha), "vaectl.kind": kind,
-            "vaectl.out_dir": str(out_dir.resolve())}
+    tags = {
+        **tracking.standard_tags(kind, data.data_sha),
+        "vaectl.kind": kind,
+        "vaectl.out_dir": str(out_dir.resolve()),
+    }
     with tracking.start_run(job.params.tracking.experiment, f"train-{out_dir.name}", tags, run_id) as mlrun:
         if resumed_with:  # MLflow params are immutable: say what changed
-            mlrun.set_tags({"vaectl.resumed_with": "; ".join(
-                f"{k}: {old} -> {new}" for k, (old, new) in resumed_with.items())})
+            mlrun.set_tags(
+                {
+                    "vaectl.resumed_with": "; ".join(
+                        f"{k}: {old} -> {new}" for k, (old, new) in resumed_with.items()
+                    )
+                }
+            )
         if run_id is None:
             # this model's settings under shared keys too (latent_dim, lr, ...), so that the
             # UI's compare view lines the VAE and AE runs up
-            mlrun.log_params({**_flat(job.params, kind), **flatten(job.t), "kind": kind,
-                              "device": job.device.type, "threads": torch.get_num_threads(),
-                              "processes": job.workers.world})
+            mlrun.log_params(
+                {
+                    **_flat(job.params, kind),
+                    **flatten(job.t),
+                    "kind": kind,
+                    "device": job.device.type,
+                    "threads": torch.get_num_threads(),
+                    "processes": job.workers.world,
+                }
+            )
         # logged again on a resume: MLflow keeps one input per dataset; finish() needs it
-        mlrun.training_set = mlrun.dataset(data.train_images, data.train_labels,
-                                           *split_label(data.source.parent, "train"))
+        mlrun.training_set = mlrun.dataset(
+            data.train_images, data.train_labels, *split_label(data.source.parent, "train")
+        )
         mlrun.log_input(mlrun.training_set, context="training")
         yield mlrun
 
@@ -546,8 +620,13 @@ def _train(job: Job, prepared: Path, curves_path: Path, resume: bool) -> dict | 
         run_id, resumed_with = _resume(job, loop, data.data_sha)
     elif workers.main:  # the previous best.pt stays until this run has a better one
         job.out_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(job.kind, steps_per_epoch(len(data.x_train), t.batch_size, workers.world),
-                        t.epochs, shows_kl=job.kind == "vae", live=workers.main)
+    progress = Progress(
+        job.kind,
+        steps_per_epoch(len(data.x_train), t.batch_size, workers.world),
+        t.epochs,
+        shows_kl=job.kind == "vae",
+        live=workers.main,
+    )
     stop = StopRequest()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -572,12 +651,23 @@ def _epochs(job: Job, loop: Loop, data: TrainingData, progress: Progress, stop: 
         stats, improved = close_epoch(job, loop, epoch, train, data.x_val)
         rng = _rng_state(loop.generator, job.device, job.workers)  # every process takes part
         if job.workers.main:
-            record_epoch(mlrun, job, loop, data, stats, improved, rng,
-                         {"samples_per_s": samples_per_s, "epoch_time_s": time.perf_counter() - began})
+            record_epoch(
+                mlrun,
+                job,
+                loop,
+                data,
+                stats,
+                improved,
+                rng,
+                {"samples_per_s": samples_per_s, "epoch_time_s": time.perf_counter() - began},
+            )
             progress.epoch(stats, samples_per_s)
 
 
 def _flat(params: Params, kind: str) -> dict:
     """The params that shape this run: data, model and this model's train group."""
-    return {**flatten(params.data, "data"), **flatten(params.model, "model"),
-            **flatten(getattr(params.train, kind), f"train.{kind}")}
+    return {
+        **flatten(params.data, "data"),
+        **flatten(params.model, "model"),
+        **flatten(getattr(params.train, kind), f"train.{kind}"),
+    }

@@ -41,15 +41,17 @@ def image_table(images: np.ndarray, labels: np.ndarray):
 
     flat = images.reshape(len(images), -1)
     as_float = flat.astype(np.float64)
-    return pd.DataFrame({
-        "label": labels.astype(np.int64),
-        "pixel_min": as_float.min(axis=1) if len(flat) else [],
-        "pixel_max": as_float.max(axis=1) if len(flat) else [],
-        "pixel_mean": as_float.mean(axis=1) if len(flat) else [],  # NaN if any pixel is NaN
-        "dtype": str(images.dtype),
-        "shape": "x".join(map(str, images.shape[1:])),
-        "image_hash": [hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in flat],
-    })
+    return pd.DataFrame(
+        {
+            "label": labels.astype(np.int64),
+            "pixel_min": as_float.min(axis=1) if len(flat) else [],
+            "pixel_max": as_float.max(axis=1) if len(flat) else [],
+            "pixel_mean": as_float.mean(axis=1) if len(flat) else [],  # NaN if any pixel is NaN
+            "dtype": str(images.dtype),
+            "shape": "x".join(map(str, images.shape[1:])),
+            "image_hash": [hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in flat],
+        }
+    )
 
 
 def split_table(tables: dict):
@@ -59,12 +61,14 @@ def split_table(tables: dict):
     rows = []
     for split, table in tables.items():
         shares = table["label"].value_counts(normalize=True)
-        rows.append({
-            "split": split,
-            "mean_intensity": float(table["pixel_mean"].mean()),
-            "min_class_share": float(shares.min()) if len(shares) else 0.0,
-            "max_class_share": float(shares.max()) if len(shares) else 0.0,
-        })
+        rows.append(
+            {
+                "split": split,
+                "mean_intensity": float(table["pixel_mean"].mean()),
+                "min_class_share": float(shares.min()) if len(shares) else 0.0,
+                "max_class_share": float(shares.max()) if len(shares) else 0.0,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -72,10 +76,12 @@ def hash_table(tables: dict):
     """Each split's distinct image hashes stacked: a repeated hash is a cross-split leak."""
     import pandas as pd
 
-    return pd.DataFrame({
-        "image_hash": np.concatenate([t["image_hash"].unique() for t in tables.values()]),
-        "split": np.concatenate([[s] * t["image_hash"].nunique() for s, t in tables.items()]),
-    })
+    return pd.DataFrame(
+        {
+            "image_hash": np.concatenate([t["image_hash"].unique() for t in tables.values()]),
+            "split": np.concatenate([[s] * t["image_hash"].nunique() for s, t in tables.items()]),
+        }
+    )
 
 
 def build_suites(params: ValidateParams, manifest: dict, tables: dict) -> list[tuple]:
@@ -86,33 +92,51 @@ def build_suites(params: ValidateParams, manifest: dict, tables: dict) -> list[t
     suites = []
     for split, table in tables.items():
         expected_rows = manifest["splits"][split]["count"]
-        suites.append((f"{split}_images", table, [
-            gxe.ExpectTableRowCountToEqual(value=expected_rows),
-            gxe.ExpectTableRowCountToBeBetween(min_value=params.min_rows),
-            gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(10))),
-            gxe.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=0, max_value=255),
-            gxe.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=0, max_value=255),
-            gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=["uint8"]),
-            gxe.ExpectColumnValuesToBeInSet(column="shape", value_set=["28x28"]),
-            gxe.ExpectColumnValuesToNotBeNull(column="pixel_mean"),
-            gxe.ExpectColumnValuesToNotBeNull(column="label"),
-        ]))
+        suites.append(
+            (
+                f"{split}_images",
+                table,
+                [
+                    gxe.ExpectTableRowCountToEqual(value=expected_rows),
+                    gxe.ExpectTableRowCountToBeBetween(min_value=params.min_rows),
+                    gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(10))),
+                    gxe.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=0, max_value=255),
+                    gxe.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=0, max_value=255),
+                    gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=["uint8"]),
+                    gxe.ExpectColumnValuesToBeInSet(column="shape", value_set=["28x28"]),
+                    gxe.ExpectColumnValuesToNotBeNull(column="pixel_mean"),
+                    gxe.ExpectColumnValuesToNotBeNull(column="label"),
+                ],
+            )
+        )
     per_split = split_table(tables)
     n_classes = max(1, int(tables["train"]["label"].nunique()))
     train_mean = float(per_split.loc[per_split["split"] == "train", "mean_intensity"].iloc[0])
     tol = params.class_balance_tolerance
-    suites.append(("splits", per_split, [
-        gxe.ExpectColumnValuesToBeBetween(
-            column="mean_intensity",
-            min_value=train_mean * (1 - params.drift_tolerance),
-            max_value=train_mean * (1 + params.drift_tolerance),
-        ),
-        gxe.ExpectColumnValuesToBeBetween(column="min_class_share", min_value=(1 - tol) / n_classes),
-        gxe.ExpectColumnValuesToBeBetween(column="max_class_share", max_value=(1 + tol) / n_classes),
-    ]))
-    suites.append(("leakage", hash_table(tables), [
-        gxe.ExpectColumnValuesToBeUnique(column="image_hash"),
-    ]))
+    suites.append(
+        (
+            "splits",
+            per_split,
+            [
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="mean_intensity",
+                    min_value=train_mean * (1 - params.drift_tolerance),
+                    max_value=train_mean * (1 + params.drift_tolerance),
+                ),
+                gxe.ExpectColumnValuesToBeBetween(column="min_class_share", min_value=(1 - tol) / n_classes),
+                gxe.ExpectColumnValuesToBeBetween(column="max_class_share", max_value=(1 + tol) / n_classes),
+            ],
+        )
+    )
+    suites.append(
+        (
+            "leakage",
+            hash_table(tables),
+            [
+                gxe.ExpectColumnValuesToBeUnique(column="image_hash"),
+            ],
+        )
+    )
     return suites
 
 
@@ -120,11 +144,18 @@ def _describe(result) -> dict:
     config = result.expectation_config
     kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
     observed = dict(result.result or {})
-    summary = {k: observed[k] for k in ("observed_value", "unexpected_count", "unexpected_percent",
-                                         "partial_unexpected_list", "element_count")
-               if k in observed}
-    return {"expectation": config.type, "kwargs": kwargs, "success": bool(result.success),
-            "result": summary}
+    summary = {
+        k: observed[k]
+        for k in (
+            "observed_value",
+            "unexpected_count",
+            "unexpected_percent",
+            "partial_unexpected_list",
+            "element_count",
+        )
+        if k in observed
+    }
+    return {"expectation": config.type, "kwargs": kwargs, "success": bool(result.success), "result": summary}
 
 
 def run_suites(suites: list[tuple], docs_dir: Path) -> dict:
@@ -151,9 +182,13 @@ def run_suites(suites: list[tuple], docs_dir: Path) -> dict:
             definition = context.validation_definitions.add(
                 gx.ValidationDefinition(name=name, data=batch, suite=suite)
             )
-            checkpoint = context.checkpoints.add(gx.Checkpoint(
-                name=name, validation_definitions=[definition], result_format="SUMMARY",
-            ))
+            checkpoint = context.checkpoints.add(
+                gx.Checkpoint(
+                    name=name,
+                    validation_definitions=[definition],
+                    result_format="SUMMARY",
+                )
+            )
             outcome = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
             (validation,) = outcome.run_results.values()
             results[name] = {

@@ -12,8 +12,10 @@ KERNEL, STRIDE, PADDING = 4, 2, 1  # each layer halves (encoder) or doubles (dec
 
 def check(hidden: list[int]) -> str | None:
     if not 2 <= len(hidden) <= 3:
-        return ("model.arch conv needs model.hidden = [channels, features] or [channels, channels, "
-                f"features] (one or two convolutions), got {len(hidden)} sizes")
+        return (
+            "model.arch conv needs model.hidden = [channels, features] or [channels, channels, "
+            f"features] (one or two convolutions), got {len(hidden)} sizes"
+        )
     return None
 
 
@@ -34,8 +36,12 @@ def _conv_count(channels: list[int]) -> int:
 
 def parameter_count(hidden: list[int], latent_dim: int) -> int:
     channels, _, flat = _shape(hidden)
-    return (_conv_count([1, *channels]) + dense_count([flat, hidden[-1]])
-            + dense_count([latent_dim, hidden[-1], flat]) + _conv_count([*reversed(channels), 1]))
+    return (
+        _conv_count([1, *channels])
+        + dense_count([flat, hidden[-1]])
+        + dense_count([latent_dim, hidden[-1], flat])
+        + _conv_count([*reversed(channels), 1])
+    )
 
 
 def activation_floats(hidden: list[int], latent_dim: int) -> int:
@@ -59,8 +65,13 @@ def build(hidden: list[int], latent_dim: int):
         return nn.Sequential(*modules, nn.Flatten(), nn.Linear(flat, hidden[-1]), nn.ReLU())
 
     def decoder() -> nn.Module:
-        modules: list[nn.Module] = [nn.Linear(latent_dim, hidden[-1]), nn.ReLU(), nn.Linear(hidden[-1], flat),
-                                    nn.ReLU(), nn.Unflatten(1, (channels[-1], side, side))]
+        modules: list[nn.Module] = [
+            nn.Linear(latent_dim, hidden[-1]),
+            nn.ReLU(),
+            nn.Linear(hidden[-1], flat),
+            nn.ReLU(),
+            nn.Unflatten(1, (channels[-1], side, side)),
+        ]
         back = [*reversed(channels), 1]
         for c_in, c_out in zip(back[:-1], back[1:], strict=True):
             modules += [nn.ConvTranspose2d(c_in, c_out, KERNEL, STRIDE, PADDING), nn.ReLU()]

@@ -16,8 +16,11 @@ def features(hidden: list[int]) -> int:
 
 
 def parameter_count(hidden: list[int], latent_dim: int) -> int:
-    return (dense_count([PIXELS, *hidden], gate=2) + dense_count([latent_dim, *reversed(hidden)], gate=2)
-            + dense_count([hidden[0], PIXELS]))
+    return (
+        dense_count([PIXELS, *hidden], gate=2)
+        + dense_count([latent_dim, *reversed(hidden)], gate=2)
+        + dense_count([hidden[0], PIXELS])
+    )
 
 
 def activation_floats(hidden: list[int], latent_dim: int) -> int:
@@ -32,8 +35,10 @@ def build(hidden: list[int], latent_dim: int):
     def gated(sizes: list[int]) -> list[nn.Module]:
         return [GatedDense(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)]
 
-    return (lambda: nn.Sequential(*gated([PIXELS, *hidden])),
-            lambda: nn.Sequential(*gated([latent_dim, *reversed(hidden)]), nn.Linear(hidden[0], PIXELS)))
+    return (
+        lambda: nn.Sequential(*gated([PIXELS, *hidden])),
+        lambda: nn.Sequential(*gated([latent_dim, *reversed(hidden)]), nn.Linear(hidden[0], PIXELS)),
+    )
 
 
 def initialise(model) -> None:

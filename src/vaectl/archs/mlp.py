@@ -37,8 +37,10 @@ def layers(sizes: list[int]):
 def build(hidden: list[int], latent_dim: int):
     from torch import nn
 
-    return (lambda: nn.Sequential(layers([PIXELS, *hidden]), nn.ReLU()),
-            lambda: layers([latent_dim, *reversed(hidden), PIXELS]))
+    return (
+        lambda: nn.Sequential(layers([PIXELS, *hidden]), nn.ReLU()),
+        lambda: layers([latent_dim, *reversed(hidden), PIXELS]),
+    )
 
 
 def initialise(model) -> None:

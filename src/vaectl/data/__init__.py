@@ -52,8 +52,10 @@ def load_split(prepared: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     found = describe(images, labels)
     changed = [key for key in expected if found.get(key) != expected[key]]
     if changed:
-        raise UserError(f"{path} does not match manifest.json ({', '.join(changed)} differ): "
-                        f"the prepared data was changed after `vaectl fetch`; {REFETCH}")
+        raise UserError(
+            f"{path} does not match manifest.json ({', '.join(changed)} differ): "
+            f"the prepared data was changed after `vaectl fetch`; {REFETCH}"
+        )
     return images, labels
 
 
@@ -76,8 +78,9 @@ def load_manifest(prepared: Path) -> dict:
     except (ValueError, UnicodeDecodeError):
         raise UserError(f"{path}: not valid JSON; {REFETCH}") from None
     if not isinstance(manifest, dict) or manifest.get("self_sha256") != self_sha256(manifest):
-        raise UserError(f"{path} was edited after `vaectl fetch` (its self_sha256 does not "
-                        f"match its content); {REFETCH}")
+        raise UserError(
+            f"{path} was edited after `vaectl fetch` (its self_sha256 does not match its content); {REFETCH}"
+        )
     return manifest
 
 

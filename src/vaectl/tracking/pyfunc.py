@@ -13,16 +13,32 @@ from vaectl.params import PREDICT_MODES
 
 # The vaectl files a registered version needs to load (this module and what it imports),
 # bundled with it as code: the deployment depends on nothing else of the package.
-BUNDLED_FILES = ("__init__.py", "archs/__init__.py", "archs/conv.py", "archs/gated_mlp.py", "archs/layers.py",
-                 "archs/mlp.py", "environment.py", "numerics.py", "params.py", "tracking/__init__.py",
-                 "tracking/pyfunc.py")
+BUNDLED_FILES = (
+    "__init__.py",
+    "archs/__init__.py",
+    "archs/conv.py",
+    "archs/gated_mlp.py",
+    "archs/layers.py",
+    "archs/mlp.py",
+    "environment.py",
+    "numerics.py",
+    "params.py",
+    "tracking/__init__.py",
+    "tracking/pyfunc.py",
+)
 PREDICT_DEFAULTS = {"mode": "reconstruct", "n": 16, "seed": 0}
 MAX_SAMPLES_ENV, MAX_SAMPLES_DEFAULT = "VAECTL_SERVE_MAX_SAMPLES", 1000  # bound on `n` (sample mode)
 ARTIFACTS = {  # pyfunc artifact key -> file written by `vaectl export`
-    "encoder": "encoder.pt2", "decoder": "decoder.pt2", "reconstruct": "reconstruct.pt2",
-    "encoder_onnx": "encoder.onnx", "decoder_onnx": "decoder.onnx",
-    "reconstruct_onnx": "reconstruct.onnx", "prior": "prior.npz", "model_card": "model_card.json",
-    "model_card_md": "model_card.md", "checksums": "checksums.json",
+    "encoder": "encoder.pt2",
+    "decoder": "decoder.pt2",
+    "reconstruct": "reconstruct.pt2",
+    "encoder_onnx": "encoder.onnx",
+    "decoder_onnx": "decoder.onnx",
+    "reconstruct_onnx": "reconstruct.onnx",
+    "prior": "prior.npz",
+    "model_card": "model_card.json",
+    "model_card_md": "model_card.md",
+    "checksums": "checksums.json",
 }
 
 
@@ -42,8 +58,9 @@ with contextlib.redirect_stderr(io.StringIO()):
             import torch
 
             art = context.artifacts
-            self.parts = {part: torch.export.load(art[part]).module()
-                          for part in ("encoder", "decoder", "reconstruct")}
+            self.parts = {
+                part: torch.export.load(art[part]).module() for part in ("encoder", "decoder", "reconstruct")
+            }
             prior = np.load(art["prior"])  # K equally weighted Gaussians (vaectl.prior)
             self.means, self.chols = prior["means"], prior["chols"]
             self.latent_dim = self.means.shape[1]
@@ -114,5 +131,11 @@ def signature():
 
     return ModelSignature(
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1))]),
-        params=ParamSchema([ParamSpec("mode", "string", "reconstruct"), ParamSpec("n", "long", 16),
-                            ParamSpec("seed", "long", 0)]))
+        params=ParamSchema(
+            [
+                ParamSpec("mode", "string", "reconstruct"),
+                ParamSpec("n", "long", 16),
+                ParamSpec("seed", "long", 0),
+            ]
+        ),
+    )

@@ -53,6 +53,7 @@ class Registration:
     `evidence` = {'params': training settings, 'metrics': test numbers}; `test_data` =
     (images, labels, name, source) of the test set those numbers were measured on; `tags`
     go on the register run, `version_tags` on the version."""
+
     name: str
     kind: str
     export_dir: Path
@@ -78,20 +79,34 @@ def register_model(r: Registration, experiment: str) -> str:
 
     mlflow = mlflow_module()
     artifacts = {key: str(r.export_dir / filename) for key, filename in ARTIFACTS.items()}
-    requirements = [f"mlflow=={mlflow.__version__}", f"torch>={torch.__version__.split('+')[0]}",
-                    f"numpy>={np.__version__}", "pyyaml"]
+    requirements = [
+        f"mlflow=={mlflow.__version__}",
+        f"torch>={torch.__version__.split('+')[0]}",
+        f"numpy>={np.__version__}",
+        "pyyaml",
+    ]
     params = {k: str(v) for k, v in r.evidence["params"].items()}
     version = model_id = None
     try:
-        with start_run(experiment, f"register-{r.name}", r.tags) as run, \
-                tempfile.TemporaryDirectory(prefix="vaectl-code-") as code:
+        with (
+            start_run(experiment, f"register-{r.name}", r.tags) as run,
+            tempfile.TemporaryDirectory(prefix="vaectl-code-") as code,
+        ):
             model_file = _stage_model_code(Path(code))
-            model_id = mlflow.initialize_logged_model(name=r.name, source_run_id=r.training_run,
-                                                      params=params, model_type=r.kind).model_id
+            model_id = mlflow.initialize_logged_model(
+                name=r.name, source_run_id=r.training_run, params=params, model_type=r.kind
+            ).model_id
             info = mlflow.pyfunc.log_model(
-                name=r.name, python_model=str(model_file), artifacts=artifacts, signature=signature(),
-                input_example=r.example, registered_model_name=r.name, pip_requirements=requirements,
-                code_paths=[str(Path(code) / "vaectl")], model_id=model_id)
+                name=r.name,
+                python_model=str(model_file),
+                artifacts=artifacts,
+                signature=signature(),
+                input_example=r.example,
+                registered_model_name=r.name,
+                pip_requirements=requirements,
+                code_paths=[str(Path(code) / "vaectl")],
+                model_id=model_id,
+            )
             version = str(info.registered_model_version)
             client().log_outputs(r.training_run, [LoggedModelOutput(model_id, step=0)])
             run.log_params(r.evidence["params"])
@@ -128,8 +143,10 @@ def _stage_model_code(code: Path) -> Path:
 def _log_bundle_listing(run, name: str, version: str) -> str:
     """{relative path: sha256} of the version's files as the artifact store holds them, logged
     as this run's LISTING_ARTIFACT; returns the listing's own sha256 (the version's tag)."""
-    with tempfile.TemporaryDirectory(prefix="vaectl-bundle-") as tmp, \
-            tempfile.TemporaryDirectory(prefix="vaectl-listing-") as out:
+    with (
+        tempfile.TemporaryDirectory(prefix="vaectl-bundle-") as tmp,
+        tempfile.TemporaryDirectory(prefix="vaectl-listing-") as out,
+    ):
         listing = tree_listing(download_model(name, version, Path(tmp)))
         path = Path(out) / LISTING_ARTIFACT
         path.write_text(json.dumps(listing, sort_keys=True, indent=1))
@@ -150,15 +167,20 @@ def bundle_listing(name: str, version: str) -> str | None:
         except Exception:  # noqa: BLE001 - any store error: the listing is not there
             path = None
         if path is None or sha256_file(path) != recorded:
-            raise UserError(f"{name}/{version}: the bundle checksums stored with register run {run_id} "
-                            "are missing or not the ones its version recorded; refusing to load it")
+            raise UserError(
+                f"{name}/{version}: the bundle checksums stored with register run {run_id} "
+                "are missing or not the ones its version recorded; refusing to load it"
+            )
         return path.read_text()
 
 
 def complete_versions(name: str) -> list[int]:
     """Versions of `name` that carry their bundle checksums (registration finished)."""
-    return sorted(int(v.version) for v in client().search_model_versions(f"name='{name}'")
-                  if BUNDLE_TAG in (v.tags or {}))
+    return sorted(
+        int(v.version)
+        for v in client().search_model_versions(f"name='{name}'")
+        if BUNDLE_TAG in (v.tags or {})
+    )
 
 
 def point_candidate(name: str) -> None:
@@ -170,8 +192,9 @@ def point_candidate(name: str) -> None:
         c.set_registered_model_alias(name, "candidate", newest)
         if str(complete_versions(name)[-1]) == newest:
             return
-    raise UserError(f"{name}: @candidate kept moving under concurrent registrations; "
-                    "run `vaectl register` again")
+    raise UserError(
+        f"{name}: @candidate kept moving under concurrent registrations; run `vaectl register` again"
+    )
 
 
 @contextlib.contextmanager
@@ -194,8 +217,10 @@ def registration_lock(timeout_s: float = 300) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() - waited > timeout_s:
-                    raise UserError(f"another `vaectl register` has held {lock} for {timeout_s:.0f} s; "
-                                    "wait for it, or remove the file if no register runs") from None
+                    raise UserError(
+                        f"another `vaectl register` has held {lock} for {timeout_s:.0f} s; "
+                        "wait for it, or remove the file if no register runs"
+                    ) from None
                 time.sleep(0.5)
         yield
 
@@ -235,8 +260,10 @@ def resolve_model(ref: str) -> tuple[str, str]:
     if version is None:
         aliases = dict(model.aliases)
         if alias not in aliases:
-            raise UserError(f"{name} has no alias {alias!r}; aliases: "
-                            f"{', '.join(f'@{a} (v{v})' for a, v in sorted(aliases.items())) or 'none'}")
+            raise UserError(
+                f"{name} has no alias {alias!r}; aliases: "
+                f"{', '.join(f'@{a} (v{v})' for a, v in sorted(aliases.items())) or 'none'}"
+            )
         version = str(aliases[alias])
     if version not in versions:
         raise UserError(f"{name} has no version {version!r}; versions: {', '.join(versions)}")
@@ -248,8 +275,11 @@ def resolve_model(ref: str) -> tuple[str, str]:
 
 
 def download_model(name: str, version: str, dest: Path) -> Path:
-    return Path(mlflow_module().artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
-                                                        dst_path=str(dest)))
+    return Path(
+        mlflow_module().artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=str(dest)
+        )
+    )
 
 
 def load_pyfunc(uri: str):

@@ -30,11 +30,16 @@ class Limits:
 
 
 async def _reply(send, status: int, message: str) -> None:
-    body = json.dumps({"error_code": "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR",
-                       "message": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    body = json.dumps(
+        {"error_code": "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR", "message": message}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -71,8 +76,12 @@ def with_sample_placeholder(request: object, body: bytes) -> bytes:
     """`{"params": {"mode": "sample", ...}}` (`request`, parsed from `body`) as the scoring
     server takes it: with a placeholder input that sample mode ignores. Any other request's
     body is returned as it is."""
-    if (isinstance(request, dict) and isinstance(request.get("params"), dict)
-            and request["params"].get("mode") == "sample" and not set(MLFLOW_INPUT_KEYS) & set(request)):
+    if (
+        isinstance(request, dict)
+        and isinstance(request.get("params"), dict)
+        and request["params"].get("mode") == "sample"
+        and not set(MLFLOW_INPUT_KEYS) & set(request)
+    ):
         return json.dumps({**request, "inputs": [[0.0]]}).encode()
     return body
 
@@ -94,8 +103,12 @@ class Guard:
             request, reason = parsed_json(body)
             refusal = (400, reason) if reason is not None else None
             body = with_sample_placeholder(request, body)
-            scope = {**scope, "headers": [(k, str(len(body)).encode() if k == b"content-length" else v)
-                                          for k, v in scope["headers"]]}
+            scope = {
+                **scope,
+                "headers": [
+                    (k, str(len(body)).encode() if k == b"content-length" else v) for k, v in scope["headers"]
+                ],
+            }
         if refusal is not None:
             return await _reply(send, *refusal)
         if body is None:  # the client went away
@@ -113,8 +126,10 @@ class Guard:
             async with asyncio.timeout(self.body_timeout_s):
                 body = await self._body(receive)
         except TimeoutError:
-            return None, (408, f"request body not complete within {self.body_timeout_s:g} s "
-                               "(vaectl serve --body-timeout)")
+            return None, (
+                408,
+                f"request body not complete within {self.body_timeout_s:g} s (vaectl serve --body-timeout)",
+            )
         if body is not None and len(body) > self.max_body:
             return None, too_large
         return (None if body is None else bytes(body)), None
@@ -201,6 +216,12 @@ def serve(model_dir: Path, host: str, port: int, limits: Limits) -> None:
 
     os.environ[MAX_SAMPLES_ENV] = str(limits.max_samples)  # read by the pyfunc's predict
     app = scoring_server.init(scoring_server.load_model_with_mlflow_config(str(model_dir)))
-    uvicorn.run(Guard(app, limits.max_body, limits.body_timeout_s), host=host, port=port,
-                log_level="warning", http=header_deadline_protocol(limits.header_timeout_s),
-                limit_concurrency=limits.max_connections, timeout_keep_alive=KEEP_ALIVE_S)
+    uvicorn.run(
+        Guard(app, limits.max_body, limits.body_timeout_s),
+        host=host,
+        port=port,
+        log_level="warning",
+        http=header_deadline_protocol(limits.header_timeout_s),
+        limit_concurrency=limits.max_connections,
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
