@@ -47,11 +47,14 @@ lock: setup ## Re-resolve requirements.lock from pyproject.toml; UPGRADE=pkg mov
 		--custom-compile-command "make lock" $(if $(PIP_CAP),--constraint $(PIP_CAP)) \
 		$(if $(UPGRADE),--upgrade-package $(UPGRADE)) --output-file $(LOCK)
 
-test: setup ## Run the test suite (unit tests + one tiny end-to-end dvc repro)
-	$(BIN)/pytest -q
+# one worker per core (pytest-xdist); PYTEST_WORKERS=0 runs them in this process, one by one
+PYTEST_WORKERS ?= auto
+
+test: setup ## Run the test suite (unit tests + one tiny end-to-end dvc repro), a worker per core
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
 
 test-fast: setup ## The edit loop: every test but the e2e ones (processes, servers, pipelines)
-	$(BIN)/pytest -q -m "not e2e"
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not e2e"
 
 lint: setup ## Ruff lint and format check, mypy on src/
 	$(BIN)/ruff check src tests benchmarks

@@ -217,19 +217,8 @@ def run(
     data_sha = manifest_sha256(prepared)
     test_images, test_labels = load_split(prepared, "test")
     train_images, _ = load_split(prepared, "train")
-    files = {"vae": vae, "ae": ae}
-    with shared_dir(vae.dir, "`vaectl train`"), shared_dir(ae.dir, "`vaectl train`"):
-        loaded = {name: load_trained(f.dir, name, data_sha, tracking_experiment) for name, f in files.items()}
-        curves = {
-            name: training_curves(files[name].curves, name, run) for name, (_, _, run) in loaded.items()
-        }
+    loaded, curves = load_both({"vae": vae, "ae": ae}, data_sha, tracking_experiment)
     models = {name: (model, summary) for name, (model, summary, _) in loaded.items()}
-    protocols = {summary["binarize"] for _, summary in models.values()}
-    if len(protocols) != 1:
-        raise UserError(
-            "the VAE and the AE were trained with different train.*.binarize settings; "
-            "their test numbers would not be comparable"
-        )
     classifier, classifier_sha = load_classifier(classifier_path, tracking_experiment)
     tags = {**tracking.standard_tags("evaluate", data_sha), custody.SCORED_CLASSIFIER: classifier_sha}
     for name, (_, _, (run_id, run_tags)) in loaded.items():  # what this run scored, and whose
@@ -254,7 +243,7 @@ def run(
             report, written = _evaluate(
                 params,
                 models,
-                protocols.pop(),
+                models["vae"][1]["binarize"],
                 classifier,
                 test_images,
                 test_labels,
@@ -277,6 +266,25 @@ def run(
     return report, mlrun.run_id
 
 
+def load_both(files: dict[str, ModelFiles], data_sha: str, experiment: str) -> tuple[dict, dict]:
+    """({kind: (model, training summary, its training run)}, {kind: training curves}), each
+    file checked against its training run's record, read while no training writes them; the
+    two must share one binarisation protocol for their test numbers to compare."""
+    with contextlib.ExitStack() as reading:
+        for f in files.values():
+            reading.enter_context(shared_dir(f.dir, "`vaectl train`"))
+        loaded = {name: load_trained(f.dir, name, data_sha, experiment) for name, f in files.items()}
+        curves = {
+            name: training_curves(files[name].curves, name, run) for name, (_, _, run) in loaded.items()
+        }
+    if len({summary["binarize"] for _, summary, _ in loaded.values()}) != 1:
+        raise UserError(
+            "the VAE and the AE were trained with different train.*.binarize settings; "
+            "their test numbers would not be comparable"
+        )
+    return loaded, curves
+
+
 def training_curves(path: Path, kind: str, run: tuple[str, dict]) -> list[dict]:
     """The per-epoch history `vaectl train` wrote beside a checkpoint, checked against its
     training run's record; none when the file is not there (the figure leaves it out)."""
@@ -290,6 +298,34 @@ def training_curves(path: Path, kind: str, run: tuple[str, dict]) -> list[dict]:
             "it is written by `vaectl train`: run it again"
         )
     return history
+
+
+def score_model(name, model, x, x_pixels, train_x, pairs, params: EvalParams, classifier, echo) -> tuple:
+    """One model's test numbers: (metrics, latents, per-unit values, samples, interpolation
+    paths by pair kind), all drawn from one generator seeded by the eval seed."""
+    generator = torch.Generator().manual_seed(params.seed)
+    echo(
+        f"evaluate: {name}: likelihoods of {len(x)} test images"
+        + (f" (IW-NLL, k={params.iw_samples})" if model.variational else "")
+    )
+    metrics, latents, units = likelihood_metrics(
+        model, x, x_pixels, params, generator, ImageProgress(f"evaluate: {name}:", len(x), echo)
+    )
+    echo(
+        f"evaluate: {name}: {params.interp_pairs} same-class and {params.interp_pairs} "
+        f"different-class interpolations; {params.generated} samples judged"
+    )
+    paths = {}
+    for kind, kind_pairs in pairs.items():
+        metrics[kind], per_pair, paths[kind] = interpolation_metrics(model, x, kind_pairs, params, classifier)
+        units.update({f"{kind}.{k}": v for k, v in per_pair.items()})
+    samples = generate(model, train_x, params.generated, generator)
+    standard_normal = model.mean_image(torch.randn(params.generated, model.latent_dim, generator=generator))
+    for source, images in (("samples", samples), ("standard_normal", standard_normal)):
+        judged = judge_images(classifier, images, params.hole_threshold)
+        metrics[source] = {k: float(v.mean()) for k, v in judged.items()}
+        units.update({f"{source}.{k}": v for k, v in judged.items()})
+    return metrics, latents, units, samples, paths
 
 
 def _evaluate(
@@ -317,32 +353,9 @@ def _evaluate(
 
     results, latents, paths, samples, units = {}, {}, {}, {}, {}
     for name, (model, _) in models.items():
-        generator = torch.Generator().manual_seed(params.seed)
-        echo(
-            f"evaluate: {name}: likelihoods of {len(x)} test images"
-            + (f" (IW-NLL, k={params.iw_samples})" if model.variational else "")
-        )
-        metrics, latents[name], units[name] = likelihood_metrics(
-            model, x, x_pixels, params, generator, ImageProgress(f"evaluate: {name}:", len(x), echo)
-        )
-        echo(
-            f"evaluate: {name}: {params.interp_pairs} same-class and {params.interp_pairs} "
-            f"different-class interpolations; {params.generated} samples judged"
-        )
-        for kind, kind_pairs in pairs.items():
-            metrics[kind], per_pair, paths[(name, kind)] = interpolation_metrics(
-                model, x, kind_pairs, params, classifier
-            )
-            units[name].update({f"{kind}.{k}": v for k, v in per_pair.items()})
-        samples[name] = generate(model, train_x, params.generated, generator)
-        standard_normal = model.mean_image(
-            torch.randn(params.generated, model.latent_dim, generator=generator)
-        )
-        for source, images in (("samples", samples[name]), ("standard_normal", standard_normal)):
-            judged = judge_images(classifier, images, params.hole_threshold)
-            metrics[source] = {k: float(v.mean()) for k, v in judged.items()}
-            units[name].update({f"{source}.{k}": v for k, v in judged.items()})
-        results[name] = metrics
+        scored = score_model(name, model, x, x_pixels, train_x, pairs, params, classifier, echo)
+        results[name], latents[name], units[name], samples[name] = scored[:4]
+        paths.update({(name, kind): kind_paths for kind, kind_paths in scored[4].items()})
     echo(f"evaluate: {RESAMPLES}-resample bootstrap intervals; figures")
     comparison, vae_intervals = compare_models(units, params.seed)
 

@@ -210,7 +210,19 @@ def _check_ranges(p: Params) -> None:
     for key, value in flatten(p).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"params: '{key}' must be a finite number, got {value!r}")
-    checks = [
+    checks = (
+        _setup_checks(p) + _training_checks(p) + _evaluation_checks(p.eval) + _registry_and_study_checks(p)
+    )
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"params: {message}")
+
+
+Checks = list[tuple[bool, str]]  # (holds, what the params must be when it does not)
+
+
+def _setup_checks(p: Params) -> Checks:
+    return [
         (p.data.seed >= 0, "data.seed must be >= 0"),
         (p.eval.seed >= 0, "eval.seed must be >= 0"),
         (p.numerics.threads >= 0, "numerics.threads must be >= 0 (0 keeps torch's default)"),
@@ -242,6 +254,10 @@ def _check_ranges(p: Params) -> None:
         (p.model.pseudo_inputs >= 0, "model.pseudo_inputs must be >= 0 (0: the N(0, I) prior)"),
         (p.validate.min_rows >= 1, "validate.min_rows must be >= 1"),
     ]
+
+
+def _training_checks(p: Params) -> Checks:
+    checks: Checks = []
     for name, t in (("vae", p.train.vae), ("ae", p.train.ae)):
         checks += [
             (t.latent_dim >= 1, f"train.{name}.latent_dim must be >= 1"),
@@ -253,8 +269,11 @@ def _check_ranges(p: Params) -> None:
             (t.seed >= 0, f"train.{name}.seed must be >= 0"),
         ]
     checks.append((p.train.vae.beta >= 0, "train.vae.beta must be >= 0"))
-    e = p.eval
-    checks += [
+    return checks
+
+
+def _evaluation_checks(e: EvalParams) -> Checks:
+    return [
         (
             e.iw_samples >= 1 and e.iw_chunk >= 1 and e.batch_size >= 1,
             "eval.iw_samples, eval.iw_chunk and eval.batch_size must be >= 1",
@@ -272,8 +291,11 @@ def _check_ranges(p: Params) -> None:
         (e.classifier.lr > 0, "eval.classifier.lr must be > 0"),
         (e.classifier.seed >= 0, "eval.classifier.seed must be >= 0"),
     ]
+
+
+def _registry_and_study_checks(p: Params) -> Checks:
     r = p.registry
-    checks += [
+    checks: Checks = [
         (
             all(MODEL_NAME.fullmatch(n) for n in (r.vae_name, r.ae_name)),
             f"registry.vae_name and ae_name must be 1-100 letters, digits, '.', '_' or '-', starting "
@@ -300,9 +322,7 @@ def _check_ranges(p: Params) -> None:
         ),
         (s.iw_samples >= 1, "study.iw_samples must be >= 1"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(f"params: {message}")
+    return checks
 
 
 # Hard caps: a value past one is a typo or an attack, not a study. Each sits 10-100x past
