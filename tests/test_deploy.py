@@ -1,6 +1,7 @@
 """Export parity, registry (promotion both ways), pull in a fresh process, pyfunc input
 checks, and a serve smoke test on loopback."""
 
+import contextlib
 import http.client
 import json
 import os
@@ -370,22 +371,12 @@ def _post(port: int, body: bytes) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-def test_serve_smoke_on_loopback(deployed):
+@contextlib.contextmanager
+def serving(deployed, *options):
+    """`vaectl serve vae-mnist@champion OPTIONS` on a free loopback port, for the block."""
     port = free_port()
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vaectl",
-            "serve",
-            "vae-mnist@champion",
-            "--port",
-            str(port),
-            "--max-body",
-            "100000",
-            "--max-samples",
-            "50",
-        ],
+        [sys.executable, "-m", "vaectl", "serve", "vae-mnist@champion", "--port", str(port), *options],
         cwd=deployed["root"],
         env=deployed["env"],
         stdout=subprocess.DEVNULL,
@@ -393,6 +384,14 @@ def test_serve_smoke_on_loopback(deployed):
         start_new_session=True,
     )
     try:
+        yield port
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def test_serve_smoke_on_loopback(deployed):
+    with serving(deployed, "--max-body", "100000", "--max-samples", "50") as port:
         wait_until_up(f"http://127.0.0.1:{port}/ping")
         status, body = _post(port, json.dumps({"inputs": [[0.5] * 784]}).encode())
         assert status == 200 and np.array(body["predictions"]).shape == (1, 784)
@@ -437,9 +436,6 @@ def test_serve_smoke_on_loopback(deployed):
         assert status == 200  # still up after the bad requests
         status, _ = _post(port, json.dumps({"inputs": [[0] * 392 + [1] * 392]}).encode())
         assert status == 200  # integer pixels: a binarised image
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
 
 
 def _raw(port: int, data: bytes) -> socket.socket:
@@ -480,33 +476,18 @@ def _whole_reply(conn: socket.socket) -> bytes:
 
 
 def test_serve_cuts_slow_clients_and_refuses_json_it_cannot_parse(deployed):
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vaectl",
-            "serve",
-            "vae-mnist@champion",
-            "--port",
-            str(port),
-            "--max-body",
-            "1000000",
-            "--max-connections",
-            "6",
-            "--header-timeout",
-            "2",
-            "--body-timeout",
-            "2",
-        ],
-        cwd=deployed["root"],
-        env=deployed["env"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-    try:
+    with serving(
+        deployed,
+        "--max-body",
+        "1000000",
+        "--max-connections",
+        "6",
+        "--header-timeout",
+        "2",
+        "--body-timeout",
+        "2",
+    ) as port:
         wait_until_up(f"http://127.0.0.1:{port}/ping")
         slowloris = [_raw(port, b"POST /invocations HTTP/1.1\r\nX-A: ") for _ in range(6)]
         request = urllib.request.Request(
@@ -527,9 +508,6 @@ def test_serve_cuts_slow_clients_and_refuses_json_it_cannot_parse(deployed):
         status, body = _post(port, b'{"inputs": [[0.123456, 0.654321 oops')
         assert status == 400 and body["message"].startswith("request body is not valid JSON")
         assert "0.123456" not in body["message"] and "oops" not in body["message"]
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
 
 
 def test_pull_into_a_file_is_one_clear_line(deployed):

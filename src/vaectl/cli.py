@@ -281,14 +281,16 @@ def train(
     Example: vaectl train --model vae --nproc 2   (same as `torchrun --standalone
     --nproc-per-node 2 -m vaectl train --model vae`; the global batch is split between them)
     """
+    named_kind = kind is None
     kind = kind or model.split("-")[0]
     if kind not in MODELS:  # a choice, checked here to keep the error on one line
         raise UserError(
             f"--kind must be one of {', '.join(MODELS)}, got {kind!r}"
-            + ("" if kind != model.split("-")[0] else f" (from --model {model}; give --kind)")
+            + (f" (from --model {model}; give --kind)" if named_kind else "")
         )
     params = load_computing(params_path)
     from vaectl import train as stage
+    from vaectl.distributed import launched
 
     if latent_dim is not None:
         params = stage.with_latent_dim(params, kind, latent_dim)
@@ -301,7 +303,7 @@ def train(
             return
         summary = stage.run_exclusive(kind, params, prepared, files, resume)
     except KeyboardInterrupt:
-        if "WORLD_SIZE" not in os.environ:  # under a launcher, the launcher says it once
+        if not launched():  # under a launcher, the launcher says it once
             typer.secho(
                 f"interrupted: last checkpoint kept in {files.dir}/last.pt; continue with `{again}`",
                 fg="yellow",

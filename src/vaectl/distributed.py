@@ -36,6 +36,11 @@ class Workers:
         return self.rank == 0
 
 
+def launched() -> bool:
+    """Whether a launcher (torchrun, or `vaectl train --nproc`'s) started this process."""
+    return "WORLD_SIZE" in os.environ
+
+
 def join_workers(requested_device: str) -> tuple[Workers, torch.device]:
     """Under torchrun (WORLD_SIZE > 1) join the process group: gloo on CPU, nccl on CUDA
     with one GPU per process. Alone, just pick the device."""

@@ -353,9 +353,10 @@ def _evaluate(
 
     results, latents, paths, samples, units = {}, {}, {}, {}, {}
     for name, (model, _) in models.items():
-        scored = score_model(name, model, x, x_pixels, train_x, pairs, params, classifier, echo)
-        results[name], latents[name], units[name], samples[name] = scored[:4]
-        paths.update({(name, kind): kind_paths for kind, kind_paths in scored[4].items()})
+        results[name], latents[name], units[name], samples[name], model_paths = score_model(
+            name, model, x, x_pixels, train_x, pairs, params, classifier, echo
+        )
+        paths.update({(name, kind): kind_paths for kind, kind_paths in model_paths.items()})
     echo(f"evaluate: {RESAMPLES}-resample bootstrap intervals; figures")
     comparison, vae_intervals = compare_models(units, params.seed)
 

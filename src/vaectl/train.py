@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import signal
 import sys
 import threading
@@ -33,6 +32,7 @@ from vaectl.distributed import (
     gather,
     join_workers,
     launch,
+    launched,
     leave,
     peers_stopping_as_interrupt,
     sum_over_workers,
@@ -63,7 +63,7 @@ def run_processes(
     """`vaectl train --nproc N`: the user mistakes checked once, `out_dir` held against a
     second writer, then N processes of `vaectl train TRAIN_ARGS` (vaectl.distributed.launch).
     An interrupted launch raises KeyboardInterrupt; a failed process, a UserError."""
-    if "WORLD_SIZE" in os.environ:
+    if launched():
         raise UserError("--nproc launches torchrun; under torchrun the process count is its own")
     preflight(kind, params, prepared, out_dir, resume, nproc)
     with exclusive_dir(out_dir, "`vaectl train`"):
@@ -76,9 +76,8 @@ def run_processes(
 
 def run_exclusive(kind: str, params: Params, prepared: Path, files: ModelFiles, resume: bool) -> dict | None:
     """`run` holding the model's folder against a second writer; a process that vaectl's own
-    launcher started (WORLD_SIZE set) trains in the folder its launcher holds."""
-    launched = "WORLD_SIZE" in os.environ
-    with contextlib.nullcontext() if launched else exclusive_dir(files.dir, "`vaectl train`"):
+    launcher started trains in the folder its launcher holds."""
+    with contextlib.nullcontext() if launched() else exclusive_dir(files.dir, "`vaectl train`"):
         return run(kind, params, prepared, files.dir, files.curves, resume=resume)
 
 

@@ -101,7 +101,8 @@ class Guard:
         body, refusal = await self._admit(headers, receive)
         if refusal is None and body and b"json" in headers.get(b"content-type", b""):
             request, reason = parsed_json(body)
-            refusal = (400, reason) if reason is not None else None
+            if reason is not None:
+                return await _reply(send, 400, reason)
             body = with_sample_placeholder(request, body)
             scope = {
                 **scope,
