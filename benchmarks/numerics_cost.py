@@ -45,8 +45,8 @@ def worker(args) -> None:
     from vaectl.data import load_split
     from vaectl.data.tensors import to_unit
     from vaectl.models import build_model
+    from vaectl.numerics import adam
     from vaectl.objectives import iwae_log_likelihood, loss_terms
-    from vaectl.train import adam
 
     params = load_params(args.params)
     t, m = params.train.vae, params.model

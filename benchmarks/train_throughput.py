@@ -25,9 +25,9 @@ import torch
 from vaectl.data import load_split
 from vaectl.data.tensors import to_unit
 from vaectl.models import build_model
+from vaectl.numerics import adam
 from vaectl.objectives import loss_terms
 from vaectl.params import load_params
-from vaectl.train import adam
 from vaectl.train import run as vaectl_run
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vaectl import custody
+from vaectl import custody, numerics
 from vaectl.checkpoints import save_checkpoint
 from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import to_unit
@@ -30,7 +30,7 @@ def run(params: ClassifierParams, prepared: Path, out_dir: Path, experiment: str
     val_images, val_labels = load_split(prepared, "val")
     x, y = to_unit(images, torch.device("cpu")), torch.from_numpy(labels.astype(np.int64))
     model = build_classifier(params.hidden)
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
+    optimizer = numerics.adam(model.parameters(), params.lr)
     for _ in range(params.epochs):
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), params.batch_size):

@@ -10,7 +10,9 @@ code path by the CPU it finds, and the paths round differently:
 - the thread count splits reductions differently, and torch's default is the number of cores;
 - bfloat16 matmuls round differently on AMX, AVX512-BF16 and emulated paths (params allow
   `eval.iw_precision: bfloat16` in fast mode only);
-- a GPU has its own kernels, so portable mode hides any GPU and computes on the CPU.
+- a GPU has its own kernels, so portable mode hides any GPU and computes on the CPU;
+- MKL's vector maths (VML), behind some of ATen's elementwise ops, follows the CPU's vendor
+  whatever the pins say: those ops are kept out of every stage (`VENDOR_DEPENDENT_OPS`).
 These are read when the library loads: `apply` sets them before torch or numpy
 is imported, which is why the CLI calls it before importing a stage; training processes
 launched for `--nproc` inherit them.
@@ -21,9 +23,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 from vaectl import UserError
 from vaectl.params import NumericsParams
+
+if TYPE_CHECKING:
+    import torch
 
 # numpy's x86 dispatch targets above its baseline: 2.x names, then 1.x names (unknown names
 # are ignored, so one list serves both)
@@ -38,6 +44,23 @@ PORTABLE_ENV = {
     "NPY_DISABLE_CPU_FEATURES": NUMPY_DISPATCH_TARGETS,  # numpy's baseline loops
     "CUDA_VISIBLE_DEVICES": "",  # no GPU: train.device auto and the IW-NLL stay on the CPU
 }
+
+# ATen ops whose float32 bytes differ between an Intel Xeon and an AMD EPYC under every pin
+# above (benchmarks/numerics_fingerprint.py on both): ATen hands them to MKL's vector maths,
+# which takes its own code by vendor (on the EPYC 15% of float32 roots are not the correctly
+# rounded ones, and they differ from the Xeon's). Torch's default Adam reaches them; no stage
+# may (tests/test_numerics.py records every op of a tiny training and evaluation).
+VENDOR_DEPENDENT_OPS = frozenset({"aten.sqrt", "aten._foreach_sqrt"})
+
+
+def adam(parameters, lr: float) -> torch.optim.Adam:
+    """The optimiser every stage trains with: Adam's fused kernel (CPU since torch 2.4, CUDA).
+    Its square root is the CPU's IEEE instruction, the same bytes on any x86-64 CPU, where
+    torch's default Adam takes MKL's vendor-dependent one (`VENDOR_DEPENDENT_OPS`); and one
+    pass over the weights instead of several, a quarter more steps per second on 2 cores."""
+    import torch
+
+    return torch.optim.Adam(parameters, lr=lr, fused=True)
 
 
 def apply(numerics: NumericsParams) -> None:
