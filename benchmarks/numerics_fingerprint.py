@@ -8,12 +8,13 @@ default Adam takes its square root from MKL's vector maths, whose code follows t
 (`sqrt`, `adam_single_tensor`, `adam_foreach` below differ). The judge now trains with the
 fused Adam the autoencoders use. The entries are the kernel families the stages reach:
 elementwise maths, log-softmax cross-entropy and its backward, each Adam, the matrix
-products at the judge's shapes, then the judge's first steps on synthetic digits.
+products at the judge's shapes, Cholesky factors, then the judge's first steps on
+synthetic digits.
 Committed fingerprints, one per CPU kind: docs/fingerprints/.
 
     python benchmarks/numerics_fingerprint.py                  # print the JSON
     python benchmarks/numerics_fingerprint.py --out FILE       # write it
-    python benchmarks/numerics_fingerprint.py --compare docs/fingerprints/xeon-avx512.json
+    python benchmarks/numerics_fingerprint.py --compare docs/fingerprints   # exit 1 on a difference
 """
 
 from __future__ import annotations
@@ -67,7 +68,18 @@ def elementwise() -> dict[str, str]:
         "softplus": digest(nn.functional.softplus(x)),
         "lerp": digest(torch.lerp(x, x.flip(0), 0.1)),
         "addcdiv": digest(x.addcdiv(x.flip(0), positive, value=-1e-3)),
+        "logsumexp": digest(x[:999_000].reshape(-1, 999).logsumexp(dim=-1)),
     }
+
+
+def cholesky() -> dict[str, str]:
+    """LAPACK's factorisation, as `vaectl.prior` fits the AE's Gaussian and the latent prior."""
+    gen = torch.Generator().manual_seed(5)
+    out = {}
+    for d in (2, 16, 64):
+        a = torch.randn(4 * d, d, generator=gen)
+        out[f"cholesky_{d}"] = digest(torch.linalg.cholesky(a.T @ a / (4 * d) + 1e-6 * torch.eye(d)))
+    return out
 
 
 def softmax_family() -> dict[str, str]:
@@ -167,15 +179,46 @@ def fingerprint() -> dict[str, str]:
         **elementwise(),
         **softmax_family(),
         **matmuls(),
+        **cholesky(),
         **adam_steps(),
         **judge_training(),
     }
 
 
+def load_records(paths: list[Path]) -> dict[str, dict[str, str]]:
+    """Committed fingerprints by file name, from files or the directories that hold them."""
+    files = [f for p in paths for f in (sorted(p.glob("*.json")) if p.is_dir() else [p])]
+    return {f.name: json.loads(f.read_text()) for f in files}
+
+
+def compare(found: dict[str, str], records: dict[str, dict[str, str]]) -> tuple[list[str], list[str]]:
+    """(failures, unconfirmed) for this machine's fingerprints against `records` of the same
+    torch. A failure: two records of a kernel disagree though it is not a known
+    vendor-dependent one, or this machine differs from a kernel's bytes that CPUs of two
+    vendors recorded alike. Unconfirmed: it differs from bytes one vendor alone recorded."""
+    same_torch = [r for r in records.values() if r.get("torch") == found["torch"]]
+    failures, unconfirmed = [], []
+    for key in [k for k in found if k not in DIAGNOSTIC and k not in VENDOR_DEPENDENT]:
+        recorded = {r[key]: r.get("vendor", "unknown") for r in same_torch if key in r}
+        vendors = {r.get("vendor", "unknown") for r in same_torch if key in r}
+        if len(recorded) > 1:
+            failures.append(
+                f"{key}: the recorded fingerprints disagree and it is not a known vendor-dependent kernel"
+            )
+        elif recorded and found[key] not in recorded:
+            line = (
+                f"{key}: here {found[key]}, recorded {next(iter(recorded))} on {', '.join(sorted(vendors))}"
+            )
+            (failures if len(vendors) > 1 else unconfirmed).append(line)
+    return failures, unconfirmed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the fingerprints here (JSON)")
-    parser.add_argument("--compare", type=Path, help="another CPU's fingerprints: list what differs")
+    parser.add_argument(
+        "--compare", type=Path, nargs="+", help="fingerprint files or folders: list what differs"
+    )
     args = parser.parse_args()
     found = {
         "torch": torch.__version__,
@@ -188,17 +231,15 @@ def main() -> int:
     if not args.compare:
         print(text, end="") if not args.out else None
         return 0
-    other = json.loads(args.compare.read_text())
-    shared = [k for k in found if k in other and k not in DIAGNOSTIC]
-    differ = [k for k in shared if other[k] != found[k]]
-    for key in differ:
-        known = " (known vendor-dependent; no stage uses it)" if key in VENDOR_DEPENDENT else ""
-        print(f"differs: {key} (here {found[key]}, {args.compare.name} {other[key]}){known}")
-    unmatched = sorted(set(found) - set(other))
-    if unmatched:
-        print(f"not in {args.compare.name} (recorded before these entries existed): {', '.join(unmatched)}")
-    print(f"{len(shared) - len(differ)} of {len(shared)} shared kernel entries agree with {args.compare}")
-    return 1 if set(differ) - VENDOR_DEPENDENT else 0
+    records = load_records(args.compare)
+    failures, unconfirmed = compare(found, records)
+    for line in failures:
+        print(f"differs: {line}")
+    for line in unconfirmed:
+        print(f"unconfirmed: {line} (one vendor's bytes: run this on the other vendor and commit its file)")
+    against = ", ".join(records)
+    print(f"{found['vendor']}: {len(failures)} failures, {len(unconfirmed)} unconfirmed against {against}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

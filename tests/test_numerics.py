@@ -1,15 +1,26 @@
 """numerics.apply: the portable pins are set before torch and numpy load and checked after,
 and each pin makes its library compute the same bytes whatever the CPU asks for. The
-whole-pipeline proof is in test_pipeline.py (fresh clones under simulated CPUs)."""
+whole-pipeline proof is in test_pipeline.py (fresh clones under simulated CPUs). What no
+pin reaches, the CPU's vendor, is checked by the ops the stages call and by the committed
+kernel fingerprints of Intel and AMD CPUs."""
 
+import json
 import os
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vaectl import UserError, numerics
 from vaectl.params import NumericsParams
+
+from .tiny import registered_on_a_local_store
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = """
 import hashlib, sys
@@ -91,3 +102,72 @@ def test_apply_sets_the_threads_and_reports_what_is_in_force(monkeypatch):
         assert numerics.in_force()["numerics"] == "fast"
     finally:
         torch.set_num_threads(before)
+
+
+class OpRecorder(TorchDispatchMode):
+    """The name of every ATen op called below autograd (backward passes and optimisers too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def test_no_stage_reaches_a_vendor_dependent_op(tmp_path):
+    """Train (VAE, AE), the realism judge, evaluate, export and register, tiny, with every op
+    recorded: none may be one whose bytes follow the CPU's vendor. Torch's default Adam
+    reaches `aten._foreach_sqrt`; the judge trained with it until this test."""
+    recorder = OpRecorder()
+    with recorder, registered_on_a_local_store(tmp_path):
+        pass
+    assert {"aten._fused_adam_", "aten.linalg_cholesky_ex", "aten.addmm"} <= recorder.ops  # it saw the stages
+    reached = sorted(recorder.ops & numerics.VENDOR_DEPENDENT_OPS)
+    assert not reached, f"a stage calls {reached}"
+
+
+def test_the_recorder_sees_torchs_default_adam_take_the_vendor_dependent_root():
+    weight = torch.ones(3, requires_grad=True)
+    weight.grad = torch.ones(3)
+    recorder = OpRecorder()
+    with recorder:
+        torch.optim.Adam([weight]).step()
+    assert recorder.ops & numerics.VENDOR_DEPENDENT_OPS
+
+
+FINGERPRINT = [sys.executable, str(ROOT / "benchmarks" / "numerics_fingerprint.py"), "--compare"]
+
+
+def fingerprint_against(folder: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENV}
+    return subprocess.run([*FINGERPRINT, str(folder)], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_this_cpu_computes_every_kernel_two_vendors_recorded_alike():
+    """Each committed fingerprint (docs/fingerprints/) is one CPU kind's bytes for the kernels
+    the stages use: this CPU must give the bytes an Intel and an AMD CPU agree on, and the
+    records may differ only in the known vendor-dependent kernels. Bytes that one vendor
+    alone recorded are compared too, reported as a warning (CI's output then says whether
+    another vendor reproduces them)."""
+    done = fingerprint_against(ROOT / "docs" / "fingerprints")
+    assert done.returncode == 0, done.stdout + done.stderr
+    unconfirmed = [line for line in done.stdout.splitlines() if line.startswith("unconfirmed")]
+    if unconfirmed:
+        warnings.warn("numerics fingerprint: " + "; ".join(unconfirmed), stacklevel=1)
+
+
+@pytest.mark.parametrize("planted", ["records disagree", "this cpu differs"])
+def test_the_fingerprint_check_fails_on_a_kernel_that_follows_the_cpu(tmp_path, planted):
+    records = {f.name: json.loads(f.read_text()) for f in (ROOT / "docs" / "fingerprints").glob("*.json")}
+    intel = [name for name, r in records.items() if r["vendor"] == "GenuineIntel"]
+    for name in intel if planted == "this cpu differs" else intel[:1]:
+        records[name]["exp"] = "0" * 16
+    if planted == "this cpu differs":  # every vendor agrees on bytes this CPU does not give
+        for record in records.values():
+            record["exp"] = "0" * 16
+    for name, record in records.items():
+        (tmp_path / name).write_text(json.dumps(record))
+    done = fingerprint_against(tmp_path)
+    assert done.returncode == 1 and "differs: exp" in done.stdout, done.stdout
