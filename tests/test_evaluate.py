@@ -84,9 +84,11 @@ def test_with_the_exact_posterior_the_elbo_is_the_likelihood():
 
 
 def test_active_units_count_latent_dims_whose_mean_moves_across_images():
-    """Dim 0's encoder mean varies with the image (variance ~1), dim 1's barely (~0.0025 <
-    0.01), dims 2-4 not at all: one active unit. Across the wrong axis it would count images."""
-    model = QuadraticModel([0.0] * 5, [0.0] * 5, varying_dims=[(0, 2.0), (1, 0.1)])
+    """Active: the encoder mean's variance across images above 0.01 (Burda et al. 2016).
+    Dim 0 varies with the image (variance ~1), dim 2 a little (~0.04), dim 1 barely
+    (~0.0025), dims 3-4 not at all: two active units. Threshold 0.1 would count one, 0.001
+    three, and across the wrong axis it would count images."""
+    model = QuadraticModel([0.0] * 5, [0.0] * 5, varying_dims=[(0, 2.0), (1, 0.1), (2, 0.4)])
     params = parse_params(
         {"eval": {"iw_samples": 2, "iw_chunk": 2, "batch_size": 50, "iw_precision": "float32"}}
     ).eval
@@ -95,8 +97,10 @@ def test_active_units_count_latent_dims_whose_mean_moves_across_images():
     metrics, latents, _ = evaluate_stage.likelihood_metrics(
         model, x, x, params, torch.Generator().manual_seed(0)
     )
-    assert metrics["active_units"] == 1
-    assert latents["encoder_mean_variance"][:2] == pytest.approx([200 / 199, 0.0025 * 200 / 199])
+    assert metrics["active_units"] == 2
+    unbiased = 200 / 199
+    expected = [unbiased, 0.0025 * unbiased, 0.04 * unbiased]
+    assert latents["encoder_mean_variance"][:3] == pytest.approx(expected)
 
 
 def test_evaluation_scores_the_binarised_test_set(trained, monkeypatch):
@@ -350,6 +354,21 @@ def test_a_hole_is_an_image_the_judge_cannot_place():
     with torch.no_grad():
         judge.bias[3] = 10.0  # certain it is a 3
     assert holes(judge, images, 0.5).tolist() == [0.0] * 7
+
+
+def test_an_image_judged_exactly_at_the_threshold_is_not_a_hole():
+    """Holes are max-probability strictly below `hole_threshold`: two classes tied, the rest
+    impossible, give max-probability 0.5 exactly (in float32 too)."""
+    from vaectl.judge import judge_images
+
+    judge = torch.nn.Linear(784, 10)
+    torch.nn.init.zeros_(judge.weight)
+    with torch.no_grad():
+        judge.bias.copy_(torch.tensor([0.0, 0.0] + [-200.0] * 8))
+    judged = judge_images(judge, torch.rand(3, 784), 0.5)
+    assert judged["max_prob"].tolist() == [0.5] * 3
+    assert judged["unrecognised"].tolist() == [0.0] * 3
+    assert judge_images(judge, torch.rand(3, 784), 0.5001)["unrecognised"].tolist() == [1.0] * 3
 
 
 def test_holes_stage_on_2d_models(trained):

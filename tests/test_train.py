@@ -294,6 +294,16 @@ def test_gradients_are_normalised_per_tensor_and_the_cosine_schedule_ends_at_zer
     assert train_stage.learning_rate(parse_params({}).train.vae, 0.9) == 0.001
 
 
+def test_the_kl_weight_rises_linearly_to_beta_over_the_warm_up():
+    """Epoch e (0-based) of a W-epoch warm-up trains at beta * min(1, (e + 1) / W); no
+    warm-up is beta throughout, and the AE (no beta) is 0."""
+    warm = parse_params({"train": {"vae": {"beta": 2.0, "kl_warmup_epochs": 4}}}).train.vae
+    assert [train_stage.kl_weight(warm, e) for e in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    cold = parse_params({"train": {"vae": {"beta": 2.0}}}).train
+    assert [train_stage.kl_weight(cold.vae, e) for e in range(2)] == [2.0, 2.0]
+    assert train_stage.kl_weight(cold.ae, 0) == 0.0
+
+
 def test_warm_up_validates_at_the_full_kl_weight(tmp_path, prepared):
     """While the KL weight rises, the validation loss (checkpoint choice, early stopping) is
     still the full -ELBO: with the warm-up's weight an early epoch would look best."""
