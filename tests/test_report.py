@@ -90,7 +90,7 @@ def test_every_metric_a_table_names_is_declared():
     def declared(column: str) -> str:  # 'vae.iw_nll', 'recon_bce.ae', 'diff_class.ppl.ratio'
         for model in ("vae.", "ae."):
             column = column.removeprefix(model)
-        for part in (".vae", ".ae", ".ratio"):
+        for part in (".vae", ".ae", ".ratio", ".difference"):
             column = column.removesuffix(part)
         return column
 

@@ -23,7 +23,7 @@ def test_default_grid_is_beta_sweep_then_latent_sweep_sharing_the_base_point():
     grid = trials(parse_params({}))
     settings = list(dict.fromkeys(t.setting for t in grid))
     assert settings == [(0.25, 20), (0.5, 20), (1.0, 20), (2.0, 20), (4.0, 20), (1.0, 2), (1.0, 8), (1.0, 40)]
-    assert len(grid) == 24 and len({t.name for t in grid}) == 24
+    assert len(grid) == 40 and len({t.name for t in grid}) == 40
     assert Trial(0.25, 20, 1).name == "study-b0.25-z20-s1"
     assert Trial(0.5, 8, 2).overrides(1000) == [
         "train.vae.beta=0.5",
@@ -31,6 +31,7 @@ def test_default_grid_is_beta_sweep_then_latent_sweep_sharing_the_base_point():
         "train.ae.latent_dim=8",
         "train.vae.seed=2",
         "train.ae.seed=2",
+        "eval.seed=2",
         "eval.iw_samples=1000",
     ]
 
@@ -50,12 +51,28 @@ def test_bad_study_params_are_one_line_errors(study, message):
         parse_params({"study": study})
 
 
-def fake_metrics(iw_nll: float, ratio: float, better: str) -> dict:
-    compared = {"vae": ratio, "ae": 1.0, "difference": ratio - 1.0, "ratio": ratio, "better": better}
-    holes = {"vae": 0.1, "ae": 0.0, "difference": 0.1, "ratio": None, "better": "ae"}
+def comparison(vae: float, ae: float, better: str, halfwidth: float = 0.0) -> dict:
+    """A comparison as evaluate writes it, each interval `halfwidth` either side (0: none)."""
+    ratio = vae / ae if ae else None
+
+    def ci(x):
+        return [x - halfwidth, x + halfwidth]
+
+    return {
+        **{"vae": vae, "vae_ci": ci(vae), "ae": ae, "ae_ci": ci(ae), "difference": vae - ae},
+        **{"difference_ci": ci(vae - ae), "ratio": ratio, "ratio_ci": ci(ratio) if ratio else None},
+        **{"better": better, "paired": True, "units": [500, 500]},
+    }
+
+
+def fake_metrics(iw_nll: float, ratio: float, better: str, halfwidth: float = 0.0) -> dict:
     return {
         "vae": {"iw_nll": iw_nll, "iw_k": 1000, "diff_class": {"ppl": 2.0}},
-        "comparison": {"diff_class.ppl_normalized": compared, "samples.unrecognised": holes},
+        "vae_intervals": {"iw_nll": [iw_nll - halfwidth, iw_nll + halfwidth]} if halfwidth else {},
+        "comparison": {
+            "diff_class.ppl_normalized": comparison(ratio, 1.0, better, halfwidth),
+            "samples.unrecognised": comparison(0.1, 0.0, "ae"),
+        },
     }
 
 
@@ -77,11 +94,31 @@ def test_summary_gives_each_setting_its_seed_spread_and_verdict_counts():
     assert first["vae.iw_nll"]["ci"] == pytest.approx([102 - 2 * 2.484138, 102 + 2 * 2.484138], abs=1e-5)
     assert first["diff_class.ppl_normalized.ratio"]["mean"] == pytest.approx(0.983333, abs=1e-6)
     assert "samples.unrecognised.ratio" not in first  # the AE's share can be 0: no ratio
-    assert first["samples.unrecognised.ae"]["ci"] == [0.0, 0.0]
+    # no hole in 500 images, three times: a share's interval stays inside (0, 1)
+    assert 0 < first["samples.unrecognised.ae"]["ci"][0] < first["samples.unrecognised.ae"]["ci"][1] < 0.02
     assert rows[0]["seed_verdicts"]["diff_class.ppl_normalized"] == {"vae": 2, "ae": 1, "none": 0}
+    assert rows[0]["verdicts"]["diff_class.ppl_normalized"]["verdict"] == "inconclusive"
+    assert rows[1]["verdicts"]["diff_class.ppl_normalized"] == {
+        "verdict": "equivalent",  # exactly 1 twice, no evaluation error
+        "margin": "VAE/AE within ×1.05",
+        "equivalence_ci": [1.0, 1.0],
+    }
+    assert rows[0]["verdicts"]["samples.unrecognised"]["verdict"] == "worse"  # 10 points more holes
     assert rows[1]["seed_verdicts"]["diff_class.ppl_normalized"] == {"vae": 0, "ae": 0, "none": 2}
     table = markdown_table(rows, "beta").splitlines()
     assert table[2].startswith("| 1 | 102 [97.03, 107] |") and len(table) == 4
+    assert "| 0.9833 [" in table[2] and "] inconclusive |" in table[2]
+
+
+def test_each_trials_evaluation_error_widens_the_setting_interval():
+    def rows(halfwidth):
+        results = {Trial(1.0, 20, s): fake_metrics(100.0 + s, 0.9, "vae", halfwidth) for s in (0, 1, 2)}
+        return summarise(results)[0]["metrics"]
+
+    seeds_only, both = rows(0.0)["vae.iw_nll"], rows(5.0)["vae.iw_nll"]
+    assert seeds_only["ci"] == pytest.approx(seed_interval([100.0, 101.0, 102.0]))
+    assert both["ci"][0] < seeds_only["ci"][0] and both["ci"][1] > seeds_only["ci"][1]
+    assert both["evaluation_se"] == pytest.approx([5.0 / 1.959964] * 3, rel=1e-6)
 
 
 def test_reports_are_written_together(tmp_path):

@@ -244,7 +244,7 @@ STUDY_PANELS = (  # (title, [(metric key, label)], reference line)
 
 def study_figure(rows: list[dict], sweep: str, path: Path) -> None:
     """The study's four panels against one sweep axis ('beta' or 'latent_dim'): per-setting
-    means with their intervals across training seeds as error bars."""
+    means with their intervals (seeds and evaluation, `vaectl.inference`) as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,7 +257,8 @@ def study_figure(rows: list[dict], sweep: str, path: Path) -> None:
         for key, label in present:
             m = [r["metrics"][key] for r in rows]
             mean = np.array([v["mean"] for v in m])
-            err = np.array([[v["mean"] - v["ci"][0] for v in m], [v["ci"][1] - v["mean"] for v in m]])
+            # a share's or ratio's interval comes from another scale: it can miss the plain mean
+            err = np.clip([[v["mean"] - v["ci"][0] for v in m], [v["ci"][1] - v["mean"] for v in m]], 0, None)
             ax.errorbar(x, mean, yerr=err, marker="o", capsize=3, label=label)
         if reference is not None:
             ax.axhline(reference, color="grey", lw=0.8, ls="--")
@@ -271,7 +272,7 @@ def study_figure(rows: list[dict], sweep: str, path: Path) -> None:
     seeds = len(rows[0]["seeds"])
     fig.suptitle(
         f"VAE vs AE against {'beta' if sweep == 'beta' else 'latent size'}: "
-        f"mean of {seeds} training seeds, bars = 95% t-interval over seeds",
+        f"mean of {seeds} training seeds, bars = 95% interval (seeds and evaluation)",
         fontsize=10,
     )
     fig.tight_layout()

@@ -15,11 +15,28 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class Margin:
+    """The study's equivalence margin for a VAE-vs-AE comparison: a difference smaller than
+    this is declared irrelevant. On the VAE/AE ratio (inside [1/(1 + size), 1 + size]) or on
+    the difference (inside [-size, size], in the metric's unit)."""
+
+    scale: str  # "ratio" | "difference"
+    size: float
+
+    def __str__(self) -> str:
+        return f"VAE/AE within ×{1 + self.size:g}" if self.scale == "ratio" else f"within ±{self.size:g}"
+
+
+RELATIVE_5 = Margin("ratio", 0.05)  # a 5% change in a path length or an error is the least that matters
+
+
+@dataclass(frozen=True)
 class Measure:
     lower_is_better: bool
     label: str
     unit: str = ""
     headline_for: tuple[str, ...] = ()  # the models whose headline it is (summary, version tags)
+    margin: Margin = RELATIVE_5
 
 
 MEASURES = {  # the headline ones first, in the order the tables put them on top
@@ -42,7 +59,9 @@ MEASURES = {  # the headline ones first, in the order the tables put them on top
     # decoded samples, judged by the classifier
     "entropy": Measure(True, "judge's entropy", "nats"),
     "max_prob": Measure(False, "judge's confidence"),
-    "unrecognised": Measure(True, "share the judge does not recognise, holes", "share"),
+    "unrecognised": Measure(
+        True, "share the judge does not recognise, holes", "share", margin=Margin("difference", 0.03)
+    ),
 }
 WHERE = ("same_class", "diff_class", "samples", "standard_normal", "grid")
 # the metric whose improvement moves @champion, per model (lower is better for both)

@@ -146,7 +146,7 @@ class StudyParams:
 
     betas: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])  # VAE only
     latent_dims: list[int] = field(default_factory=lambda: [2, 8, 20, 40])  # both models
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # training seeds
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # training and evaluation seeds
     iw_samples: int = 1000  # eval.iw_samples in the trials
 
 

@@ -4,10 +4,12 @@ with several seeds, so that a claim about the latent space rests on more than on
 Not a pipeline stage: it drives DVC experiments. Each trial is `dvc exp run --queue` of the
 pipeline up to `evaluate` with its params (`-S`), run one at a time by `dvc queue start`
 (both cores to one trial); DVC's run cache restores whatever an earlier trial or `dvc repro`
-already trained. It then reads every trial's metrics.json back from its experiment commit
-and summarises each setting across its seeds: mean and a 95% Student-t interval over the
-seeds (training-seed variance, which the per-run bootstrap over test images cannot see),
-and how many seeds' own verdicts went each way.
+already trained. Each trial evaluates with its own seed (`eval.seed` = the
+training seed). It then reads every trial's metrics.json back from its experiment commit
+and summarises each setting across its seeds: the mean and a 95% interval that carries both
+the seeds' spread and each trial's evaluation error (`vaectl.inference`), each comparison's
+verdict (better / worse / equivalent within its declared margin / inconclusive), and how
+many seeds' own verdicts went each way.
 """
 
 from __future__ import annotations
@@ -22,25 +24,32 @@ from pathlib import Path
 
 import numpy as np
 
-from vaectl import UserError
+from vaectl import UserError, inference
 from vaectl.files import atomic_path, write_json
+from vaectl.inference import Estimate
+from vaectl.metric_table import measure
 from vaectl.params import Params
 from vaectl.report import LEVEL, flatten_model_metrics
 
-# (column, what it is) for the table: comparisons are VAE/AE ratios or both models' values
+# (column, what it is) for the table: comparisons are VAE/AE ratios, VAE - AE differences
+# (with the comparison's verdict) or both models' values
 TABLE = (
     ("vae.iw_nll", "VAE IW-NLL (nats)"),
     ("vae.neg_elbo", "VAE −ELBO"),
     ("vae.active_units", "VAE active units"),
     ("recon_bce.vae", "VAE recon BCE"),
     ("recon_bce.ae", "AE recon BCE"),
+    ("recon_bce.ratio", "recon BCE VAE/AE"),
     ("diff_class.ppl_normalized.ratio", "PPL/d² VAE/AE (diff. class)"),
     ("same_class.ppl_normalized.ratio", "PPL/d² VAE/AE (same class)"),
     ("diff_class.path_length_ratio.ratio", "path-length VAE/AE (diff. class)"),
     ("samples.unrecognised.vae", "VAE samples unrecognised"),
     ("samples.unrecognised.ae", "AE samples (fitted Gaussian) unrecognised"),
+    ("samples.unrecognised.difference", "unrecognised VAE − AE (fitted Gaussian)"),
     ("standard_normal.unrecognised.ae", "AE N(0, I) samples unrecognised"),
+    ("standard_normal.unrecognised.difference", "unrecognised VAE − AE N(0, I)"),
 )
+VERDICT_PARTS = (".ratio", ".difference")  # the columns that carry their comparison's verdict
 
 
 @dataclass(frozen=True)
@@ -60,13 +69,16 @@ class Trial:
         return f"study-b{self.beta:g}-z{self.latent_dim}-s{self.seed}"
 
     def overrides(self, iw_samples: int) -> list[str]:
-        """`-S` values: the VAE and its AE baseline share latent size and seed."""
+        """`-S` values: the VAE and its AE baseline share latent size and seed, and the seed
+        is also the evaluation's (test binarisation, pairs, samples), so that evaluation
+        noise varies between trials instead of being shared by all."""
         return [
             f"train.vae.beta={self.beta!r}",
             f"train.vae.latent_dim={self.latent_dim}",
             f"train.ae.latent_dim={self.latent_dim}",
             f"train.vae.seed={self.seed}",
             f"train.ae.seed={self.seed}",
+            f"eval.seed={self.seed}",
             f"eval.iw_samples={iw_samples}",
         ]
 
@@ -80,21 +92,27 @@ def trials(params: Params) -> list[Trial]:
     return [Trial(b, d, s) for b, d in settings for s in params.study.seeds]
 
 
-def trial_values(metrics: dict) -> dict[str, float]:
-    """One trial's metrics.json -> flat numbers: the VAE's own ('vae.iw_nll') and each
-    comparison's 'NAME.vae', 'NAME.ae', 'NAME.ratio', 'NAME.difference'."""
-    values = {
-        f"vae.{k}": float(v)
-        for k, v in flatten_model_metrics(metrics["vae"]).items()
-        if isinstance(v, int | float)
-    }
+def trial_estimates(metrics: dict) -> dict[str, tuple[float, str, Estimate]]:
+    """One trial's metrics.json -> {key: (value, scale, estimate with its evaluation error)}:
+    the VAE's own numbers ('vae.iw_nll', with evaluate's interval where it has one) and each
+    comparison's 'NAME.vae', 'NAME.ae', 'NAME.difference' and 'NAME.ratio' (where the ratio
+    and its interval are positive). Shares go on the logit scale, ratios on the log scale."""
+    found: dict[str, tuple[str, float, list | None, int]] = {}
+    intervals = metrics.get("vae_intervals", {})
+    for k, v in flatten_model_metrics(metrics["vae"]).items():
+        if isinstance(v, int | float) and k not in metrics["comparison"]:  # those are NAME.vae
+            found[f"vae.{k}"] = ("identity", v, intervals.get(k), 0)
     for name, c in metrics["comparison"].items():
-        values.update(
-            {f"{name}.{part}": float(c[part]) for part in ("vae", "ae", "difference") if c[part] is not None}
-        )
-        if c["ratio"] is not None:
-            values[f"{name}.ratio"] = float(c["ratio"])
-    return values
+        share = measure(name).unit == "share"
+        for part, units in zip(("vae", "ae"), c["units"], strict=True):
+            found[f"{name}.{part}"] = ("logit" if share else "identity", c[part], c[f"{part}_ci"], units)
+        found[f"{name}.difference"] = ("identity", c["difference"], c["difference_ci"], 0)
+        if c["ratio"] is not None and c["ratio"] > 0 and c["ratio_ci"][0] > 0:
+            found[f"{name}.ratio"] = ("log", c["ratio"], c["ratio_ci"], 0)
+    return {
+        key: (float(value), scale, inference.estimate(scale, value, ci, units))
+        for key, (scale, value, ci, units) in found.items()
+    }
 
 
 def seed_interval(values: list[float]) -> list[float]:
@@ -107,40 +125,68 @@ def seed_interval(values: list[float]) -> list[float]:
 
 
 def summarise(results: dict[Trial, dict]) -> list[dict]:
-    """Per setting: every metric's per-seed values, mean and interval across seeds, and per
-    comparison the count of seeds whose own (bootstrap) verdict was VAE / AE / neither."""
+    """Per setting: every metric's per-seed values and evaluation errors, mean and interval
+    (both sources of noise), each comparison's verdict, and the count of seeds whose own
+    (bootstrap) verdict was VAE / AE / neither."""
     by_setting: dict[tuple[float, int], list[Trial]] = {}
     for trial in results:
         by_setting.setdefault(trial.setting, []).append(trial)
     rows = []
     for (beta, dim), group in by_setting.items():
         group = sorted(group, key=lambda t: t.seed)
-        values = [trial_values(results[t]) for t in group]
-        common = sorted(set.intersection(*(set(v) for v in values)))
-        metrics = {}
-        for key in common:
-            per_seed = [v[key] for v in values]
-            metrics[key] = {
-                "mean": float(np.mean(per_seed)),
-                "ci": seed_interval(per_seed),
-                "seeds": per_seed,
-            }
-        verdicts = {}
-        for name in results[group[0]]["comparison"]:
-            counts = {"vae": 0, "ae": 0, "none": 0}
-            for t in group:
-                counts[results[t]["comparison"][name]["better"]] += 1
-            verdicts[name] = counts
+        found = [trial_estimates(results[t]) for t in group]
+        metrics = {
+            key: summarise_metric([f[key] for f in found])
+            for key in sorted(set.intersection(*map(set, found)))
+        }
+        comparisons = results[group[0]]["comparison"]
         rows.append(
             {
                 "beta": beta,
                 "latent_dim": dim,
                 "seeds": [t.seed for t in group],
                 "metrics": metrics,
-                "seed_verdicts": verdicts,
+                "verdicts": {name: compare_across_seeds(name, found) for name in comparisons},
+                "seed_verdicts": {
+                    name: seed_verdicts(name, [results[t] for t in group]) for name in comparisons
+                },
             }
         )
     return rows
+
+
+def summarise_metric(per_seed: list[tuple[float, str, Estimate]]) -> dict:
+    scale = per_seed[0][1]
+    estimates = [e for _, _, e in per_seed]
+    return {
+        "mean": float(np.mean([v for v, _, _ in per_seed])),
+        "ci": inference.interval(scale, estimates),
+        "seeds": [v for v, _, _ in per_seed],
+        "evaluation_se": [e.standard_error for e in estimates],  # on `scale`
+        "scale": scale,
+    }
+
+
+def compare_across_seeds(name: str, found: list[dict[str, tuple[float, str, Estimate]]]) -> dict:
+    """A comparison's verdict from every seed's difference (and ratio), with its margin and
+    the equivalence interval it was tested on."""
+    declared = measure(name)
+    difference = [f[f"{name}.difference"][2] for f in found]
+    ratios = [f[f"{name}.ratio"][2] for f in found if f"{name}.ratio" in f]
+    ratio = ratios if len(ratios) == len(found) else None
+    equivalence, _ = inference.equivalence_interval(difference, ratio, declared.margin)
+    return {
+        "verdict": inference.verdict(difference, ratio, declared.margin, declared.lower_is_better),
+        "margin": str(declared.margin),
+        "equivalence_ci": equivalence,
+    }
+
+
+def seed_verdicts(name: str, trial_metrics: list[dict]) -> dict[str, int]:
+    counts = {"vae": 0, "ae": 0, "none": 0}
+    for m in trial_metrics:
+        counts[m["comparison"][name]["better"]] += 1
+    return counts
 
 
 def markdown_table(rows: list[dict], sweep: str) -> str:
@@ -151,7 +197,9 @@ def markdown_table(rows: list[dict], sweep: str) -> str:
         cells = [f"{row[sweep]:g}"]
         for key, _ in TABLE:
             m = row["metrics"].get(key)
-            cells.append(f"{m['mean']:.4g} [{m['ci'][0]:.4g}, {m['ci'][1]:.4g}]" if m else "—")
+            name, _, part = key.rpartition(".")
+            word = row["verdicts"][name]["verdict"] if m and f".{part}" in VERDICT_PARTS else ""
+            cells.append(f"{m['mean']:.4g} [{m['ci'][0]:.4g}, {m['ci'][1]:.4g}] {word}".strip() if m else "—")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -180,7 +228,8 @@ def write_reports(rows: list[dict], params: Params, out_dir: Path) -> list[Path]
     by_sweep = sweeps(rows, params)
     doc = {
         "level": LEVEL,
-        "interval": "Student-t over training seeds",
+        "interval": "seeds' spread and each trial's evaluation error (vaectl.inference)",
+        "verdicts": "better / worse / equivalent (90% interval inside the margin) / inconclusive",
         "iw_samples": params.study.iw_samples,
         "seeds": params.study.seeds,
         "base": {"beta": params.train.vae.beta, "latent_dim": params.train.vae.latent_dim},
@@ -188,7 +237,11 @@ def write_reports(rows: list[dict], params: Params, out_dir: Path) -> list[Path]
     }
     text = [
         f"# VAE vs AE across beta and latent size ({len(params.study.seeds)} training seeds "
-        f"each; mean [{LEVEL:.0%} t-interval over seeds]; IW-NLL k={params.study.iw_samples})"
+        f"each; mean [{LEVEL:.0%} interval: seeds and evaluation]; IW-NLL k={params.study.iw_samples})",
+        "",
+        "A ratio or difference column ends in the VAE's verdict against the AE: better, worse, "
+        "equivalent (the 90% interval inside the metric's margin: VAE/AE within ×1.05; "
+        "unrecognised shares within ±0.03) or inconclusive.",
     ]
     for sweep, label in (
         ("beta", f"beta (latent_dim {params.train.vae.latent_dim})"),
