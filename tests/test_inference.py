@@ -76,6 +76,10 @@ def test_a_ratio_margin_is_tested_on_the_ratio_and_needs_one():
     assert verdict(diff, near_one, RATIO_5, lower_is_better=True) == "equivalent"
     interval_, inside = equivalence_interval(diff, near_one, RATIO_5)
     assert inside and 1 / 1.05 < interval_[0] < 1 < interval_[1] < 1.05
+    # outside the margin, significance is read on the ratio too: the cell the table shows
+    below_one = [estimate("log", r, [r * 0.95, r / 0.95]) for r in (0.6, 0.7, 0.8)]
+    assert verdict(diff, below_one, RATIO_5, lower_is_better=True) == "better"
+    assert verdict(diff, None, RATIO_5, lower_is_better=True) == "inconclusive"  # the difference's
     # no ratio (the AE's mean can be 0): no equivalence claim, whatever the difference
     assert equivalence_interval(diff, None, RATIO_5) == ([], False)
     assert verdict(differences(0.0, 0.001, 0.001), None, RATIO_5, lower_is_better=True) == "inconclusive"

@@ -114,12 +114,15 @@ def verdict(
     difference: Sequence[Estimate], ratio: Sequence[Estimate] | None, margin: Margin, lower_is_better: bool
 ) -> str:
     """The VAE against the AE: 'equivalent' when the equivalence interval lies inside the
-    margin, else 'better' or 'worse' when the 95% interval of the VAE - AE difference
-    excludes 0, else 'inconclusive'. Equivalence is tested first: the margin declares
-    smaller effects irrelevant, however significant."""
+    margin, else 'better' or 'worse' when the 95% interval on the margin's scale excludes no
+    difference (the VAE/AE ratio's excludes 1, or where the margin is on the difference or
+    there is no ratio, the VAE - AE difference's excludes 0), else 'inconclusive'. The
+    table shows that same interval, so a cell and its verdict agree. Equivalence is tested
+    first: the margin declares smaller effects irrelevant, however significant."""
     if equivalence_interval(difference, ratio, margin)[1]:
         return "equivalent"
-    _, low, high = combined(difference, LEVEL)
-    if high < 0 or low > 0:
+    on_ratio = margin.scale == "ratio" and ratio is not None
+    _, low, high = combined(ratio if on_ratio and ratio is not None else difference, LEVEL)
+    if high < 0 or low > 0:  # a log ratio below 0 is a VAE/AE ratio below 1
         return "better" if (high < 0) == lower_is_better else "worse"
     return "inconclusive"
