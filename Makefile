@@ -76,7 +76,7 @@ exps: setup ## dvc exp show on the headline: the metrics of summary.json and the
 repro: setup ## Run the whole DVC pipeline on params.yaml (cached stages are skipped)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 
-study: setup ## The VAE-vs-AE study over beta and latent size, 3 seeds each (24 DVC experiments; 38 min)
+study: setup ## The VAE-vs-AE study over beta and latent size, 5 seeds each (40 DVC experiments; 1 h 50 min)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/vaectl study
 
 literature: setup ## The published VAE protocol on full Fashion-MNIST as DVC experiment fashion-literature (hours)
