@@ -199,7 +199,7 @@ def compare(found: dict[str, str], records: dict[str, dict[str, str]]) -> tuple[
     same_torch = [r for r in records.values() if r.get("torch") == found["torch"]]
     failures, unconfirmed = [], []
     for key in [k for k in found if k not in DIAGNOSTIC and k not in VENDOR_DEPENDENT]:
-        recorded = {r[key]: r.get("vendor", "unknown") for r in same_torch if key in r}
+        recorded = {r[key] for r in same_torch if key in r}
         vendors = {r.get("vendor", "unknown") for r in same_torch if key in r}
         if len(recorded) > 1:
             failures.append(

@@ -32,7 +32,6 @@ from vaectl.metric_table import Margin
 from vaectl.report import LEVEL
 
 EQUIVALENCE_LEVEL = 0.90  # two one-sided tests at 5% each: the 90% interval inside the margin
-WORDS = ("better", "worse", "equivalent", "inconclusive")  # the VAE against the AE
 
 
 @dataclass(frozen=True)
@@ -121,8 +120,8 @@ def verdict(
     first: the margin declares smaller effects irrelevant, however significant."""
     if equivalence_interval(difference, ratio, margin)[1]:
         return "equivalent"
-    on_ratio = margin.scale == "ratio" and ratio is not None
-    _, low, high = combined(ratio if on_ratio and ratio is not None else difference, LEVEL)
+    tested = ratio if margin.scale == "ratio" and ratio is not None else difference
+    _, low, high = combined(tested, LEVEL)
     if high < 0 or low > 0:  # a log ratio below 0 is a VAE/AE ratio below 1
         return "better" if (high < 0) == lower_is_better else "worse"
     return "inconclusive"

@@ -50,7 +50,7 @@ PORTABLE_ENV = {
 # which takes its own code by vendor (on the EPYC 15% of float32 roots are not the correctly
 # rounded ones, and they differ from the Xeon's). Torch's default Adam reaches them; no stage
 # may (tests/test_numerics.py records every op of a tiny training and evaluation).
-VENDOR_DEPENDENT_OPS = frozenset({"aten.sqrt", "aten._foreach_sqrt"})
+VENDOR_DEPENDENT_OPS = frozenset({"aten.sqrt", "aten.sqrt_", "aten._foreach_sqrt", "aten._foreach_sqrt_"})
 
 
 def adam(parameters, lr: float) -> torch.optim.Adam:

@@ -27,7 +27,7 @@ import numpy as np
 from vaectl import UserError, inference
 from vaectl.files import atomic_path, write_json
 from vaectl.inference import Estimate
-from vaectl.metric_table import measure
+from vaectl.metric_table import MEASURES, RELATIVE_5, measure
 from vaectl.params import Params
 from vaectl.report import LEVEL, flatten_model_metrics
 
@@ -116,12 +116,9 @@ def trial_estimates(metrics: dict) -> dict[str, tuple[float, str, Estimate]]:
 
 
 def seed_interval(values: list[float]) -> list[float]:
-    """The Student-t LEVEL interval of the mean of per-seed values (n >= 2)."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=np.float64)
-    half = stats.t.ppf(0.5 + LEVEL / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return [float(x.mean() - half), float(x.mean() + half)]
+    """The Student-t LEVEL interval of the mean of per-seed values (n >= 2): the seeds'
+    spread alone, `inference.interval` with no evaluation error."""
+    return inference.interval("identity", [Estimate(float(v), 0.0) for v in values])
 
 
 def summarise(results: dict[Trial, dict]) -> list[dict]:
@@ -240,8 +237,8 @@ def write_reports(rows: list[dict], params: Params, out_dir: Path) -> list[Path]
         f"each; mean [{LEVEL:.0%} interval: seeds and evaluation]; IW-NLL k={params.study.iw_samples})",
         "",
         "A ratio or difference column ends in the VAE's verdict against the AE: better, worse, "
-        "equivalent (the 90% interval inside the metric's margin: VAE/AE within ×1.05; "
-        "unrecognised shares within ±0.03) or inconclusive.",
+        f"equivalent (the 90% interval inside the metric's margin: {RELATIVE_5}; "
+        f"unrecognised shares {MEASURES['unrecognised'].margin}) or inconclusive.",
     ]
     for sweep, label in (
         ("beta", f"beta (latent_dim {params.train.vae.latent_dim})"),
