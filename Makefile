@@ -8,7 +8,7 @@ SERVER_DIR ?= $(CURDIR)/mlflow-server
 SERVER_PORT ?= 5001
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-cpu lock test test-fast lint quickstart exps repro study literature ui screenshots server remote bench clean
+.PHONY: help setup setup-cpu lock test test-fast lint quickstart exps repro study study-full literature ui screenshots server remote bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -76,8 +76,11 @@ exps: setup ## dvc exp show on the headline: the metrics of summary.json and the
 repro: setup ## Run the whole DVC pipeline on params.yaml (cached stages are skipped)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 
-study: setup ## The VAE-vs-AE study over beta and latent size, 5 seeds each (40 DVC experiments; 1 h 50 min)
+study: setup ## The VAE-vs-AE study, fast grid: 4 settings x 5 seeds (20 DVC experiments; see docs/results.md)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/vaectl study
+
+study-full: setup ## The full grid: 8 settings x 5 seeds (40 DVC experiments; 1 h 50 min) -> reports/study-full
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/vaectl study --overlay params/study-full.yaml --out reports/study-full
 
 literature: setup ## The published VAE protocol on full Fashion-MNIST as DVC experiment fashion-literature (hours)
 	flags="$$($(BIN)/vaectl overlay --dvc-flags params/fashion-literature.yaml)" && \

@@ -184,14 +184,14 @@ def test_inside_a_dvc_experiment_register_checks_the_exports_and_registers_nothi
     ],
 )
 def test_promotion_rule_both_ways(value, champion, smooth_ci, require_smooth, promote):
-    better = "vae" if smooth_ci[1] < 1 else "ae" if smooth_ci[0] > 1 else "none"
+    verdict = "better" if smooth_ci[1] < 1 else "worse" if smooth_ci[0] > 1 else "inconclusive"
     metrics = {
         "vae": {"iw_nll": value},
         "comparison": {
             "diff_class.ppl_normalized": {
                 "ratio": sum(smooth_ci) / 2,
                 "ratio_ci": smooth_ci,
-                "better": better,
+                "verdict": verdict,
             }
         },
     }

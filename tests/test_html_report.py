@@ -23,7 +23,7 @@ PIXEL = base64.b64decode(
 
 
 def reports_with_known_answers(root):
-    """Four comparisons whose verdicts are known (two VAE wins, one AE win, one tie), a
+    """Four comparisons whose verdicts are known (two VAE wins, one AE win, one equivalent), a
     validation report with one failed check, and one figure in each figure folder."""
     rng, units = np.random.default_rng(0), np.random.default_rng(1).gamma(2.0, size=300)
     compared = {
@@ -32,7 +32,7 @@ def reports_with_known_answers(root):
         "same_class.ppl": compare_units("same_class.ppl", 0.5 * units, units, True, rng),
         "samples.entropy": compare_units("samples.entropy", units, units.copy(), True, rng),
     }
-    assert [c["better"] for c in compared.values()] == ["ae", "vae", "vae", "none"]
+    assert [c["verdict"] for c in compared.values()] == ["worse", "better", "better", "equivalent"]
     metrics = {
         "protocol": "binarised test set",
         "test_images": 300,
@@ -108,7 +108,7 @@ def test_summary_holds_the_headline_numbers_and_the_verdict_counts(reports):
     assert json.loads((reports / "summary.json").read_text()) == {
         "vae": {"iw_nll": 101.25, "neg_elbo": 108.5, "recon_bce": 83.0, "active_units": 7},
         "ae": {"recon_bce": 41.5},
-        "comparisons": {"vae_better": 2, "ae_better": 1, "no_difference": 1},
+        "comparisons": {"vae_better": 2, "ae_better": 1, "equivalent": 1, "inconclusive": 0},
     }
 
 
@@ -119,7 +119,7 @@ def test_page_is_self_contained_and_shows_the_evidence(reports):
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing fetched from a network
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert [base64.b64decode(i) for i in images] == [PIXEL, PIXEL]
-    assert "the VAE is better on 2, the AE on 1, and 1 show no significant difference" in page
+    assert "the VAE is better on 2, the AE on 1, 1 are equivalent and 0 inconclusive" in page
     assert "<td>499</td><td>FAIL</td>" in page  # a failed check, with what was observed
     assert "<td>3 of 10 rows break it</td><td>pass</td>" in page
     assert "1 of 2 passed" in page
@@ -135,7 +135,7 @@ def test_page_is_self_contained_and_shows_the_evidence(reports):
         "same_class.ppl",
         "samples.entropy",
     ]
-    assert "the interval of the VAE/AE ratio shown excludes 1" in page
+    assert "A verdict is 'equivalent' when the 90% interval lies inside the metric's declared margin" in page
     first = (reports / "index.html").read_bytes()
     run(reports, [reports / "figures", reports / "holes"], "vaectl")
     assert (reports / "index.html").read_bytes() == first  # nothing that differs between runs

@@ -6,11 +6,11 @@ import pytest
 from vaectl.report import bootstrap_mean, compare_units, lower_is_better
 
 
-def test_identical_models_show_no_difference():
+def test_identical_models_are_equivalent():
     values = np.random.default_rng(0).gamma(2.0, size=300)
     result = compare_units("ppl", values, values.copy(), True, np.random.default_rng(1))
     assert result["ratio"] == 1 and result["ratio_ci"] == pytest.approx([1, 1])
-    assert result["better"] == "none"
+    assert result["verdict"] == "equivalent" and result["margin"] == "VAE/AE within ×1.05"
 
 
 def test_half_the_value_is_better_for_a_cost_and_worse_for_a_confidence():
@@ -19,18 +19,18 @@ def test_half_the_value_is_better_for_a_cost_and_worse_for_a_confidence():
     vae = 0.5 * ae * rng.uniform(0.9, 1.1, size=300)  # paired: per unit about half the AE's
     cost = compare_units("diff_class.ppl", vae, ae, True, np.random.default_rng(1))
     assert cost["ratio_ci"][0] < 0.5 < cost["ratio_ci"][1] and cost["ratio_ci"][1] < 0.52
-    assert cost["better"] == "vae"
-    assert compare_units("samples.max_prob", vae, ae, True, np.random.default_rng(1))["better"] == "ae"
+    assert cost["verdict"] == "better"
+    assert compare_units("samples.max_prob", vae, ae, True, np.random.default_rng(1))["verdict"] == "worse"
 
 
 def test_pairing_removes_the_shared_spread():
-    """Per-pair values that vary a lot between pairs but by 2% between models: paired, the
-    2% is significant; resampled independently, the spread between pairs swamps it."""
+    """Per-pair values that vary a lot between pairs but by 10% between models: paired, the
+    10% is significant; resampled independently, the spread between pairs swamps it."""
     rng = np.random.default_rng(0)
     ae = rng.lognormal(0, 1, size=400)
-    vae = 0.98 * ae
-    assert compare_units("ppl", vae, ae, True, np.random.default_rng(1))["better"] == "vae"
-    assert compare_units("ppl", vae, ae, False, np.random.default_rng(1))["better"] == "none"
+    vae = 0.9 * ae
+    assert compare_units("ppl", vae, ae, True, np.random.default_rng(1))["verdict"] == "better"
+    assert compare_units("ppl", vae, ae, False, np.random.default_rng(1))["verdict"] == "inconclusive"
 
 
 def test_same_distribution_intervals_cover_one_about_95_percent_of_the_time():
@@ -39,9 +39,9 @@ def test_same_distribution_intervals_cover_one_about_95_percent_of_the_time():
     rng = np.random.default_rng(0)
     covered = [
         compare_units("samples.entropy", rng.gamma(2.0, size=100), rng.gamma(2.0, size=100), False, rng)[
-            "better"
+            "verdict"
         ]
-        == "none"
+        in ("equivalent", "inconclusive")
         for _ in range(200)
     ]
     assert 0.88 <= np.mean(covered) <= 0.99
@@ -107,4 +107,41 @@ def test_a_share_that_is_zero_for_the_ae_still_gets_a_verdict():
     vae = np.r_[np.ones(40), np.zeros(460)]  # 8% unrecognisable
     result = compare_units("samples.unrecognised", vae, np.zeros(500), False, np.random.default_rng(0))
     assert result["ratio"] is None and result["ratio_ci"] is None
-    assert result["difference_ci"][0] > 0 and result["better"] == "ae"
+    assert result["difference_ci"][0] > 0 and result["verdict"] == "worse"
+
+
+@pytest.mark.parametrize(
+    "factor, noise, expected",
+    [
+        (0.98, 0.0, "equivalent"),  # significant, but inside the 5% margin: equivalence first
+        (1.01, 0.05, "equivalent"),  # the 90% ratio interval about [1.00, 1.02]
+        (0.94, 0.0, "better"),  # significant and past the margin
+        (1.06, 0.0, "worse"),
+        (1.03, 0.6, "inconclusive"),  # the interval reaches past 1.05 and below 1
+    ],
+)
+def test_the_four_verdicts_on_a_ratio_margin(factor, noise, expected):
+    """Per unit the VAE's value is `factor` times the AE's, times log-normal noise of mean 1
+    and log-spread `noise`."""
+    rng = np.random.default_rng(0)
+    ae = rng.gamma(4.0, size=400)
+    vae = factor * ae * np.exp(noise * rng.standard_normal(400) - noise**2 / 2)
+    assert compare_units("ppl", vae, ae, True, np.random.default_rng(1))["verdict"] == expected
+
+
+def test_equivalence_on_a_difference_margin_needs_the_90_percent_interval_inside_it():
+    """Shares (margin +-0.03): 2,000 judged samples each, 10% against 10.5%, are equivalent
+    (the difference's 90% interval about +-0.016 around +0.005); 100 each are inconclusive
+    (about +-0.07), however close the means."""
+
+    def share(p, n):
+        return (np.arange(n) < round(p * n)).astype(float)
+
+    many = compare_units(
+        "samples.unrecognised", share(0.105, 2000), share(0.10, 2000), False, np.random.default_rng(0)
+    )
+    few = compare_units(
+        "samples.unrecognised", share(0.10, 100), share(0.10, 100), False, np.random.default_rng(0)
+    )
+    assert (many["verdict"], many["margin"]) == ("equivalent", "within ±0.03")
+    assert few["verdict"] == "inconclusive"

@@ -3,12 +3,26 @@ in test_pipeline.py)."""
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
 from vaectl import UserError, study
-from vaectl.params import parse_params
+from vaectl.params import parse_params, study_grid
 from vaectl.study import Trial, markdown_table, seed_interval, summarise, trials, write_reports
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_study_overlay_may_set_only_the_grid(tmp_path):
+    """The trials run the workspace's params.yaml: an overlay changing training would be a
+    grid whose summary does not describe its experiments."""
+    overlay = tmp_path / "grid.yaml"
+    overlay.write_text("study: {seeds: [0, 1]}\ntrain: {vae: {epochs: 3}}\n")
+    with pytest.raises(UserError, match=r"grid.yaml: a study overlay may set only study.\* keys, not train$"):
+        study_grid(REPO / "params.yaml", overlay)
+    overlay.write_text("study: {seeds: [0, 1], latent_dims: [3]}\n")
+    assert study_grid(REPO / "params.yaml", overlay).study.latent_dims == [3]
 
 
 def test_seed_interval_is_the_student_t_interval_of_the_mean():
@@ -22,8 +36,12 @@ def test_seed_interval_is_the_student_t_interval_of_the_mean():
 def test_default_grid_is_beta_sweep_then_latent_sweep_sharing_the_base_point():
     grid = trials(parse_params({}))
     settings = list(dict.fromkeys(t.setting for t in grid))
+    assert settings == [(0.5, 20), (1.0, 20), (4.0, 20), (1.0, 2)]  # the fast default
+    assert len(grid) == 20 and len({t.name for t in grid}) == 20
+    full = trials(study_grid(REPO / "params.yaml", REPO / "params" / "study-full.yaml"))
+    settings = list(dict.fromkeys(t.setting for t in full))
     assert settings == [(0.25, 20), (0.5, 20), (1.0, 20), (2.0, 20), (4.0, 20), (1.0, 2), (1.0, 8), (1.0, 40)]
-    assert len(grid) == 40 and len({t.name for t in grid}) == 40
+    assert len(full) == 40 and len({t.name for t in full}) == 40
     assert Trial(0.25, 20, 1).name == "study-b0.25-z20-s1"
     assert Trial(0.5, 8, 2).overrides(1000) == [
         "train.vae.beta=0.5",
@@ -51,7 +69,7 @@ def test_bad_study_params_are_one_line_errors(study, message):
         parse_params({"study": study})
 
 
-def comparison(vae: float, ae: float, better: str, halfwidth: float = 0.0) -> dict:
+def comparison(vae: float, ae: float, verdict: str, halfwidth: float = 0.0) -> dict:
     """A comparison as evaluate writes it, each interval `halfwidth` either side (0: none)."""
     ratio = vae / ae if ae else None
 
@@ -61,28 +79,28 @@ def comparison(vae: float, ae: float, better: str, halfwidth: float = 0.0) -> di
     return {
         **{"vae": vae, "vae_ci": ci(vae), "ae": ae, "ae_ci": ci(ae), "difference": vae - ae},
         **{"difference_ci": ci(vae - ae), "ratio": ratio, "ratio_ci": ci(ratio) if ratio else None},
-        **{"better": better, "paired": True, "units": [500, 500]},
+        **{"verdict": verdict, "margin": "VAE/AE within ×1.05", "paired": True, "units": [500, 500]},
     }
 
 
-def fake_metrics(iw_nll: float, ratio: float, better: str, halfwidth: float = 0.0) -> dict:
+def fake_metrics(iw_nll: float, ratio: float, verdict: str, halfwidth: float = 0.0) -> dict:
     return {
         "vae": {"iw_nll": iw_nll, "iw_k": 1000, "diff_class": {"ppl": 2.0}},
         "vae_intervals": {"iw_nll": [iw_nll - halfwidth, iw_nll + halfwidth]} if halfwidth else {},
         "comparison": {
-            "diff_class.ppl_normalized": comparison(ratio, 1.0, better, halfwidth),
-            "samples.unrecognised": comparison(0.1, 0.0, "ae"),
+            "diff_class.ppl_normalized": comparison(ratio, 1.0, verdict, halfwidth),
+            "samples.unrecognised": comparison(0.1, 0.0, "worse"),
         },
     }
 
 
 def test_summary_gives_each_setting_its_seed_spread_and_verdict_counts():
     results = {
-        Trial(1.0, 20, 0): fake_metrics(100.0, 0.9, "vae"),
-        Trial(1.0, 20, 1): fake_metrics(102.0, 1.1, "ae"),
-        Trial(1.0, 20, 2): fake_metrics(104.0, 0.95, "vae"),
-        Trial(2.0, 20, 0): fake_metrics(110.0, 1.0, "none"),
-        Trial(2.0, 20, 1): fake_metrics(111.0, 1.0, "none"),
+        Trial(1.0, 20, 0): fake_metrics(100.0, 0.9, "better"),
+        Trial(1.0, 20, 1): fake_metrics(102.0, 1.1, "worse"),
+        Trial(1.0, 20, 2): fake_metrics(104.0, 0.95, "better"),
+        Trial(2.0, 20, 0): fake_metrics(110.0, 1.0, "equivalent"),
+        Trial(2.0, 20, 1): fake_metrics(111.0, 1.0, "equivalent"),
     }
     rows = summarise(results)
     assert [(r["beta"], r["latent_dim"], r["seeds"]) for r in rows] == [
@@ -96,7 +114,12 @@ def test_summary_gives_each_setting_its_seed_spread_and_verdict_counts():
     assert "samples.unrecognised.ratio" not in first  # the AE's share can be 0: no ratio
     # no hole in 500 images, three times: a share's interval stays inside (0, 1)
     assert 0 < first["samples.unrecognised.ae"]["ci"][0] < first["samples.unrecognised.ae"]["ci"][1] < 0.02
-    assert rows[0]["seed_verdicts"]["diff_class.ppl_normalized"] == {"vae": 2, "ae": 1, "none": 0}
+    assert rows[0]["seed_verdicts"]["diff_class.ppl_normalized"] == {
+        "better": 2,
+        "worse": 1,
+        "equivalent": 0,
+        "inconclusive": 0,
+    }
     assert rows[0]["verdicts"]["diff_class.ppl_normalized"]["verdict"] == "inconclusive"
     assert rows[1]["verdicts"]["diff_class.ppl_normalized"] == {
         "verdict": "equivalent",  # exactly 1 twice, no evaluation error
@@ -104,7 +127,12 @@ def test_summary_gives_each_setting_its_seed_spread_and_verdict_counts():
         "equivalence_ci": [1.0, 1.0],
     }
     assert rows[0]["verdicts"]["samples.unrecognised"]["verdict"] == "worse"  # 10 points more holes
-    assert rows[1]["seed_verdicts"]["diff_class.ppl_normalized"] == {"vae": 0, "ae": 0, "none": 2}
+    assert rows[1]["seed_verdicts"]["diff_class.ppl_normalized"] == {
+        "better": 0,
+        "worse": 0,
+        "equivalent": 2,
+        "inconclusive": 0,
+    }
     table = markdown_table(rows, "beta").splitlines()
     assert table[2].startswith("| 1 | 102 [97.03, 107] |") and len(table) == 4
     assert "| 0.9833 [" in table[2] and "] inconclusive |" in table[2]
@@ -112,7 +140,7 @@ def test_summary_gives_each_setting_its_seed_spread_and_verdict_counts():
 
 def test_each_trials_evaluation_error_widens_the_setting_interval():
     def rows(halfwidth):
-        results = {Trial(1.0, 20, s): fake_metrics(100.0 + s, 0.9, "vae", halfwidth) for s in (0, 1, 2)}
+        results = {Trial(1.0, 20, s): fake_metrics(100.0 + s, 0.9, "better", halfwidth) for s in (0, 1, 2)}
         return summarise(results)[0]["metrics"]
 
     seeds_only, both = rows(0.0)["vae.iw_nll"], rows(5.0)["vae.iw_nll"]
@@ -124,7 +152,7 @@ def test_each_trials_evaluation_error_widens_the_setting_interval():
 def test_reports_are_written_together(tmp_path):
     params = parse_params({"study": {"betas": [1.0, 2.0], "latent_dims": [20], "seeds": [0, 1]}})
     results = {
-        Trial(b, 20, s): fake_metrics(100.0 + b + s, 1.0 - 0.01 * s, "none")
+        Trial(b, 20, s): fake_metrics(100.0 + b + s, 1.0 - 0.01 * s, "equivalent")
         for b in (1.0, 2.0)
         for s in (0, 1)
     }

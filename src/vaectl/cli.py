@@ -434,7 +434,7 @@ def holes(
     """
     params = load_computing(params_path)
     from vaectl import holes as stage
-    from vaectl.report import VERDICTS
+    from vaectl.report import verdict_word
 
     result = stage.run(
         params.eval,
@@ -449,7 +449,7 @@ def holes(
     for name, c in result["comparison"].items():
         typer.echo(
             f"{name}: VAE {c['vae']:.3f} [{c['vae_ci'][0]:.3f}, {c['vae_ci'][1]:.3f}], "
-            f"AE {c['ae']:.3f} [{c['ae_ci'][0]:.3f}, {c['ae_ci'][1]:.3f}]: {VERDICTS[c['better']]}"
+            f"AE {c['ae']:.3f} [{c['ae_ci'][0]:.3f}, {c['ae_ci'][1]:.3f}]: {verdict_word(c)}"
         )
 
 
@@ -526,6 +526,9 @@ def register(
 @user_errors
 def study(
     params_path: Path = PARAMS,
+    overlay_file: Path | None = typer.Option(
+        None, "--overlay", help="another grid: a YAML naming only study.* keys, e.g. params/study-full.yaml"
+    ),
     out: Path = typer.Option(LAYOUT.study, help="tables and figures (replaced together)"),
 ):
     """Run the study grid in params.yaml (study.*) as queued DVC experiments, one seed per
@@ -535,8 +538,10 @@ def study(
     Example: vaectl study && cat reports/study/study.md && dvc exp show
     """
     from vaectl import study as grid
+    from vaectl.params import study_grid
 
-    result = grid.run(load_params(params_path), out, echo=typer.echo)
+    params = study_grid(params_path, overlay_file) if overlay_file else load_params(params_path)
+    result = grid.run(params, out, echo=typer.echo)
     typer.echo(
         f"study: {len(result['rows'])} settings in {result['wall_s'] / 60:.1f} min -> {out} "
         f"(MLflow run {result['run_id']})"

@@ -34,6 +34,7 @@ from vaectl.prior import generate
 from vaectl.report import (
     LEVEL,
     RESAMPLES,
+    VERDICT_WORDS,
     bootstrap_mean,
     compare_units,
     comparison_rows,
@@ -392,14 +393,20 @@ def _evaluate(
 def headline(report: dict) -> dict:
     """summary.json, the DVC metric: the numbers `dvc metrics show` and `dvc exp show` lead
     with (the VAE's likelihood, both models' reconstruction, how many compared metrics each
-    model wins at 95%). Every number with its interval is in metrics.json."""
-    wins = {"vae": 0, "ae": 0, "none": 0}
+    model wins at 95%, how many are equivalent within their margins and how many are
+    inconclusive). Every number with its interval is in metrics.json."""
+    counts = {word: 0 for word in VERDICT_WORDS}
     for c in report["comparison"].values():
-        wins[c["better"]] += 1
+        counts[c["verdict"]] += 1
     numbers = {kind: {k: report[kind][k] for k in metric_table.headline(kind)} for kind in ("vae", "ae")}
     return {
         **numbers,
-        "comparisons": {"vae_better": wins["vae"], "ae_better": wins["ae"], "no_difference": wins["none"]},
+        "comparisons": {
+            "vae_better": counts["better"],
+            "ae_better": counts["worse"],
+            "equivalent": counts["equivalent"],
+            "inconclusive": counts["inconclusive"],
+        },
     }
 
 

@@ -110,11 +110,12 @@ def page(metrics: dict, summary: dict, holes: dict, validation: dict, figures: l
         f"<h1>vaectl: VAE vs AE</h1><p>{html.escape(metrics['protocol'])}; "
         f"{metrics['test_images']} test images, {metrics['interp_pairs']} interpolation pairs of each kind. "
         f"Values are means with {level} bootstrap intervals "
-        f"({metrics['bootstrap']['resamples']} resamples); a verdict names a model only when the "
-        f"interval of the VAE − AE difference excludes 0, which for these positive means is when "
-        f"the interval of the VAE/AE ratio shown excludes 1. Of {sum(top.values())} compared metrics, "
-        f"the VAE is better on {top['vae_better']}, the AE on {top['ae_better']}, and "
-        f"{top['no_difference']} show no significant difference.</p>",
+        f"({metrics['bootstrap']['resamples']} resamples). A verdict is 'equivalent' when the 90% "
+        f"interval lies inside the metric's declared margin, names a model when the interval of "
+        f"the VAE − AE difference excludes 0 (for these positive means, when the VAE/AE ratio's "
+        f"shown excludes 1), and is 'inconclusive' otherwise. Of {sum(top.values())} compared "
+        f"metrics, the VAE is better on {top['vae_better']}, the AE on {top['ae_better']}, "
+        f"{top['equivalent']} are equivalent and {top['inconclusive']} inconclusive.</p>",
         "<h2>Test metrics</h2>" + _table(compare_header, headline_first(comparison_rows(metrics))),
         f"<h2>2-D latent experiment: holes</h2><p>Share of decoded images the classifier does "
         f"not recognise (max probability under {holes['hole_threshold']}), for a "

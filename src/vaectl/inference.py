@@ -29,9 +29,7 @@ from statistics import NormalDist
 import numpy as np
 
 from vaectl.metric_table import Margin
-from vaectl.report import LEVEL
-
-EQUIVALENCE_LEVEL = 0.90  # two one-sided tests at 5% each: the 90% interval inside the margin
+from vaectl.report import EQUIVALENCE_LEVEL, LEVEL
 
 
 @dataclass(frozen=True)

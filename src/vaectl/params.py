@@ -142,10 +142,11 @@ class TrackingParams:
 
 @dataclass(frozen=True)
 class StudyParams:
-    """`vaectl study` (DVC experiments, not a pipeline stage)."""
+    """`vaectl study` (DVC experiments, not a pipeline stage). The default grid is the fast
+    one (20 trials, under an hour on 2 cores); params/study-full.yaml is the full one."""
 
-    betas: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])  # VAE only
-    latent_dims: list[int] = field(default_factory=lambda: [2, 8, 20, 40])  # both models
+    betas: list[float] = field(default_factory=lambda: [0.5, 1.0, 4.0])  # VAE only
+    latent_dims: list[int] = field(default_factory=lambda: [2, 20])  # both models
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # training and evaluation seeds
     iw_samples: int = 1000  # eval.iw_samples in the trials
 
@@ -579,6 +580,15 @@ def apply_overlay(base_path: Path, overlay_path: Path) -> tuple[dict, list[str]]
     except UserError as err:
         raise UserError(f"{overlay_path} on {base_path}: {err}") from None
     return merged, [f"{key}={_override_value(value)}" for key, value in flatten(overlay).items()]
+
+
+def study_grid(base_path: Path, overlay_path: Path) -> Params:
+    """params.yaml with another study grid: the overlay may name only study.* keys, because
+    the trials are DVC experiments of the workspace's params.yaml (their -S overrides aside)."""
+    others = sorted(set(read_mapping(overlay_path) or {}) - {"study"})
+    if others:
+        raise UserError(f"{overlay_path}: a study overlay may set only study.* keys, not {', '.join(others)}")
+    return parse_params(apply_overlay(base_path, overlay_path)[0])
 
 
 def _override_value(value: object) -> str:

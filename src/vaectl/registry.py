@@ -48,7 +48,7 @@ def promotion_decision(
     value = metrics[kind][metric]
     if kind == "vae" and rule.require_smoother_than_baseline:
         c = metrics["comparison"][rule.smoothness_metric]
-        if c["better"] != "vae":
+        if c["verdict"] != "better":
             return Decision(
                 False,
                 f"VAE/AE {rule.smoothness_metric} = {c['ratio']:.3f} (95% interval "

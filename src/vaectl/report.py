@@ -5,7 +5,9 @@ Every compared metric is a mean over units (test images, interpolation pairs, ge
 samples). Its 95% interval, and that of the VAE/AE ratio of the means, come from a seeded
 percentile bootstrap: paired (the same resampled units for both models) where both models
 were measured on the same units, independent where they were not (generated samples). The
-verdict says which model is better only when the interval of the difference excludes 0.
+verdict, from the VAE's side, is one of four: 'equivalent' when the 90% interval (two one-sided
+tests at 5%) lies inside the metric's declared margin (metric_table.py), else 'better' or
+'worse' when the 95% interval of the difference excludes 0, else 'inconclusive'.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from vaectl.metric_table import headline, measure
 
 RESAMPLES = 2000
 LEVEL = 0.95
-VERDICTS = {"vae": "VAE better", "ae": "AE better", "none": "no significant difference"}
+EQUIVALENCE_LEVEL = 0.90  # two one-sided tests at 5% each: the 90% interval inside the margin
+VERDICT_WORDS = ("better", "worse", "equivalent", "inconclusive")  # the VAE against the AE
 
 
 def lower_is_better(name: str) -> bool:
@@ -27,9 +30,9 @@ def lower_is_better(name: str) -> bool:
     return measure(name).lower_is_better
 
 
-def interval(values: np.ndarray) -> list[float]:
-    """The central LEVEL percentile interval of bootstrap statistics."""
-    tail = (1 - LEVEL) / 2 * 100
+def interval(values: np.ndarray, level: float = LEVEL) -> list[float]:
+    """The central `level` percentile interval of bootstrap statistics."""
+    tail = (1 - level) / 2 * 100
     return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
 
 
@@ -39,36 +42,60 @@ def bootstrap_mean(values: np.ndarray, rng: np.random.Generator) -> list[float]:
     return interval(values[rng.integers(0, len(values), (RESAMPLES, len(values)))].mean(1))
 
 
+def verdict_word(c: dict) -> str:
+    """'VAE better', 'AE better', 'equivalent (VAE/AE within ×1.05)' or 'inconclusive'."""
+    if c["verdict"] == "equivalent":
+        return f"equivalent ({c['margin']})"
+    return {"better": "VAE better", "worse": "AE better"}.get(c["verdict"], c["verdict"])
+
+
+def _verdict(name: str, differences: np.ndarray, ratios: np.ndarray | None) -> tuple[str, str]:
+    """(verdict, margin) from bootstrap statistics: equivalence is tested first, as in the
+    study (inference.verdict): the margin declares smaller effects irrelevant."""
+    declared = measure(name)
+    margin = declared.margin
+    if margin.scale == "ratio" and ratios is not None:
+        low, high = interval(ratios, EQUIVALENCE_LEVEL)
+        inside = 1 / (1 + margin.size) < low and high < 1 + margin.size
+    elif margin.scale == "difference":
+        low, high = interval(differences, EQUIVALENCE_LEVEL)
+        inside = -margin.size < low and high < margin.size
+    else:  # a ratio margin with no ratio (the AE's mean can be 0): equivalence is untestable
+        inside = False
+    if inside:
+        return "equivalent", str(margin)
+    low, high = interval(differences)
+    if high < 0 or low > 0:
+        return ("better" if (high < 0) == declared.lower_is_better else "worse"), str(margin)
+    return "inconclusive", str(margin)
+
+
 def compare_units(name: str, vae: np.ndarray, ae: np.ndarray, paired: bool, rng: np.random.Generator) -> dict:
     """Means and their intervals, the VAE - AE difference and the VAE/AE ratio of the means
-    with theirs, and the verdict: the difference's interval excluding 0 (for positive means,
-    the same as the ratio's excluding 1; it also holds when the AE's mean can be 0, as for
-    a share of unrecognisable images, where the ratio is left out)."""
-    lower = lower_is_better(name)  # an undeclared metric fails here, whatever the data
+    with theirs, and the verdict (module docstring; significance from the difference's
+    interval, the same as the ratio's for positive means, and defined when the AE's mean
+    can be 0, as for a share of unrecognisable images, where the ratio is left out)."""
+    measure(name)  # an undeclared metric fails here, whatever the data
     vae, ae = np.asarray(vae, dtype=np.float64), np.asarray(ae, dtype=np.float64)
     if paired and len(vae) != len(ae):
         raise ValueError(f"{name}: paired comparison of {len(vae)} and {len(ae)} units")
     picks_vae = rng.integers(0, len(vae), (RESAMPLES, len(vae)))
     picks_ae = picks_vae if paired else rng.integers(0, len(ae), (RESAMPLES, len(ae)))
     means_vae, means_ae = vae[picks_vae].mean(1), ae[picks_ae].mean(1)
-    difference_ci = interval(means_vae - means_ae)
-    if difference_ci[1] < 0:
-        better = "vae" if lower else "ae"
-    elif difference_ci[0] > 0:
-        better = "ae" if lower else "vae"
-    else:
-        better = "none"
     has_ratio = bool((means_ae > 0).all())
+    ratios = means_vae / means_ae if has_ratio else None
+    verdict, margin = _verdict(name, means_vae - means_ae, ratios)
     return {
         "vae": float(vae.mean()),
         "vae_ci": interval(means_vae),
         "ae": float(ae.mean()),
         "ae_ci": interval(means_ae),
         "difference": float(vae.mean() - ae.mean()),
-        "difference_ci": difference_ci,
+        "difference_ci": interval(means_vae - means_ae),
         "ratio": float(vae.mean() / ae.mean()) if has_ratio else None,
-        "ratio_ci": interval(means_vae / means_ae) if has_ratio else None,
-        "better": better,
+        "ratio_ci": interval(ratios) if ratios is not None else None,
+        "verdict": verdict,
+        "margin": margin,
         "paired": paired,
         "units": [len(vae), len(ae)],
     }
@@ -96,7 +123,7 @@ def compared_rows(comparison: dict) -> list[tuple[str, str, str, str, str]]:
             _fmt(c["vae"], c["vae_ci"]),
             _fmt(c["ae"], c["ae_ci"]),
             _fmt(c["ratio"], c["ratio_ci"]) if c["ratio"] is not None else "—",
-            VERDICTS[c["better"]],
+            verdict_word(c),
         )
         for name, c in comparison.items()
     ]

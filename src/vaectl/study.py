@@ -29,7 +29,7 @@ from vaectl.files import atomic_path, write_json
 from vaectl.inference import Estimate
 from vaectl.metric_table import MEASURES, RELATIVE_5, measure
 from vaectl.params import Params
-from vaectl.report import LEVEL, flatten_model_metrics
+from vaectl.report import LEVEL, VERDICT_WORDS, flatten_model_metrics
 
 # (column, what it is) for the table: comparisons are VAE/AE ratios, VAE - AE differences
 # (with the comparison's verdict) or both models' values
@@ -180,9 +180,9 @@ def compare_across_seeds(name: str, found: list[dict[str, tuple[float, str, Esti
 
 
 def seed_verdicts(name: str, trial_metrics: list[dict]) -> dict[str, int]:
-    counts = {"vae": 0, "ae": 0, "none": 0}
+    counts = {word: 0 for word in VERDICT_WORDS}
     for m in trial_metrics:
-        counts[m["comparison"][name]["better"]] += 1
+        counts[m["comparison"][name]["verdict"]] += 1
     return counts
 
 
