@@ -552,3 +552,52 @@ def test_sigterm_during_evaluate_keeps_the_previous_reports_and_ends_the_run_kil
     assert evaluated_reports(root) == before
     assert not [p for p in (root / "reports").iterdir() if p.name.endswith(".tmp")]
     assert tracking.find_runs("vaectl", "tags.`vaectl.kind` = 'evaluate'")[0].info.status == "KILLED"
+
+
+def test_ood_stage_scores_every_set_and_writes_report_and_figures(trained):
+    """The tiny models, the test split against the four shifts: every score's detection
+    metrics with intervals (percentile ones: at 40 images AUPRC's can miss its value), the
+    VAE-vs-AE verdicts, two figures, one MLflow run. Uniform noise is far from any digit:
+    the AE's reconstruction error must flag it."""
+    from vaectl import ood as ood_stage
+    from vaectl import tracking
+
+    params, prepared, root = trained  # TINY_EVAL: 40 images per set, k = 5
+    report = ood_stage.run(
+        params.ood,
+        params.eval,
+        [],
+        prepared,
+        root / "models" / "vae",
+        root / "models" / "ae",
+        root / "ood.json",
+        root / "ood",
+        params.tracking.experiment,
+    )
+    assert list(report["sets"]) == ["noise", "constant", "inverted", "flipped"]
+    for found in report["sets"].values():
+        assert found["images"] == min(40, report["normal"]["images"])
+        assert set(found["scores"]) == set(ood_stage.SCORE_NAMES)
+        for metrics in found["scores"].values():
+            for m in metrics.values():
+                assert 0 <= m["ci"][0] <= m["ci"][1] <= 1 and 0 <= m["value"] <= 1
+        assert set(found["comparisons"]) == {f"vae.{s} - ae.reconstruction" for s in ood_stage.VAE_SCORES}
+    assert report["sets"]["noise"]["scores"]["ae.reconstruction"]["auroc"]["value"] > 0.9
+    assert sorted(p.name for p in (root / "ood").iterdir()) == ["roc.png", "scores.png"]
+    assert json.loads((root / "ood.json").read_text()) == report
+    runs = tracking.find_runs(params.tracking.experiment, "tags.`vaectl.kind` = 'ood'")
+    assert len(runs) == 1 and runs[0].data.metrics["noise.ae.reconstruction.auroc"] > 0.9
+
+
+def test_shifted_sets_are_what_their_names_say():
+    from vaectl.ood import shifted
+
+    pixels = torch.rand(6, 784, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    assert torch.equal(shifted(pixels, "inverted", 4, gen), 1 - pixels[:4])
+    upside_down = shifted(pixels, "flipped", 6, gen).reshape(6, 28, 28)
+    assert torch.equal(upside_down[:, 0], pixels.reshape(6, 28, 28)[:, 27])
+    constant = shifted(pixels, "constant", 6, gen)
+    assert (constant == constant[:, :1]).all() and constant[:, 0].unique().numel() == 6
+    noise = shifted(pixels, "noise", 3, gen)
+    assert noise.shape == (3, 784) and 0.4 < float(noise.mean()) < 0.6

@@ -90,7 +90,7 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
     runs = sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1]
     assert runs == (
         "[('classifier', 'FINISHED'), ('evaluate', 'FINISHED'), ('export-ae', 'FINISHED'), "
-        "('export-vae', 'FINISHED'), ('holes-2d', 'FINISHED'), "
+        "('export-vae', 'FINISHED'), ('holes-2d', 'FINISHED'), ('ood', 'FINISHED'), "
         "('register-ae-mnist', 'FINISHED'), ('register-vae-mnist', 'FINISHED'), "
         "('train-ae', 'FINISHED'), ('train-ae-2d', 'FINISHED'), "
         "('train-vae', 'FINISHED'), ('train-vae-2d', 'FINISHED')]"
@@ -105,6 +105,9 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
         "latents_2d.png",
         "manifold_2d.png",
     ]
+    ood = json.loads((root / "reports" / "ood.json").read_text())
+    assert list(ood["sets"]) == ["noise", "constant", "inverted", "flipped"]
+    assert sorted(p.name for p in (root / "reports" / "ood").iterdir()) == ["roc.png", "scores.png"]
     assert (root / "mlflow.db").exists() and (root / "mlruns" / "artifacts").is_dir()
     # the headline is the one DVC metric; the page went to the evaluate run as well
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=root, env=env))

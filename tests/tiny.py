@@ -54,6 +54,7 @@ TINY_EVAL = {
         "generated": 20,
         "classifier": {"hidden": [16], "epochs": 2},
     },
+    "ood": {"images": 40, "iw_samples": 5, "elbo_samples": 2},
     "study": {"betas": [1.0, 2.0], "latent_dims": [2, 3], "seeds": [0, 1], "iw_samples": 20},
 }
 

@@ -279,3 +279,65 @@ def study_figure(rows: list[dict], sweep: str, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def _roc(normal: np.ndarray, novel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false-positive rates, true-positive rates) over every threshold, highest first."""
+    thresholds = np.unique(np.concatenate([normal, novel]))[::-1]
+    fpr = np.r_[0.0, [(normal >= t).mean() for t in thresholds]]
+    tpr = np.r_[0.0, [(novel >= t).mean() for t in thresholds]]
+    return fpr, tpr
+
+
+def ood_figures(out_dir: Path, scores: dict[str, dict[str, np.ndarray]]) -> list[Path]:
+    """`vaectl ood`: each score's histogram per set (bits/dim, the test split filled), and
+    per novel set the ROC curve of each score against the test split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    normal_name = next(iter(scores))
+    names = list(scores[normal_name])
+    to_bpd = 1 / (784 * np.log(2))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4))
+    for ax, score in zip(axes, names, strict=True):
+        pooled = np.concatenate([s[score] for s in scores.values()]) * to_bpd
+        low, high = np.percentile(pooled, [0.5, 99.5])
+        bins = np.linspace(float(low), float(high), 60)
+        for set_name, s in scores.items():
+            style = (
+                {"histtype": "stepfilled", "alpha": 0.35} if set_name == normal_name else {"histtype": "step"}
+            )
+            ax.hist(
+                np.clip(s[score] * to_bpd, bins[0], bins[-1]),
+                bins=bins,
+                density=True,
+                label=set_name,
+                **style,
+            )
+        ax.set_title(score, fontsize=9)
+        ax.set_xlabel("bits/dim (higher = more novel)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    written = [out_dir / "scores.png", out_dir / "roc.png"]
+    with atomic_path(written[0]) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    novel = [n for n in scores if n != normal_name]
+    fig, axes = plt.subplots(1, len(novel), figsize=(3.6 * len(novel), 3.6), squeeze=False)
+    for ax, set_name in zip(axes[0], novel, strict=True):
+        for score in names:
+            fpr, tpr = _roc(scores[normal_name][score], scores[set_name][score])
+            ax.plot(fpr, tpr, label=score)
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls="--")
+        ax.set_title(f"{normal_name} vs {set_name}", fontsize=9)
+        ax.set_xlabel("false-positive rate")
+    axes[0][0].set_ylabel("true-positive rate")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(written[1]) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return written

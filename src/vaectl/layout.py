@@ -79,6 +79,14 @@ class Layout:
         return self.reports / "holes"
 
     @property
+    def ood(self) -> Path:
+        return self.reports / "ood.json"
+
+    @property
+    def ood_figures(self) -> Path:
+        return self.reports / "ood"
+
+    @property
     def registry(self) -> Path:
         return self.reports / "registry.json"
 

@@ -141,6 +141,21 @@ class TrackingParams:
 
 
 @dataclass(frozen=True)
+class OodParams:
+    """`vaectl ood`: the test split against novel sets, scored by the VAE and the AE."""
+
+    other: Literal["none", "mnist", "fashion-mnist", "kmnist"] = (
+        "none"  # that dataset's test set as a novel set
+    )
+    shifts: list[Literal["noise", "constant", "inverted", "flipped"]] = field(
+        default_factory=lambda: ["noise", "constant", "inverted", "flipped"]
+    )
+    images: int = 2000  # at most this many images per novel set (the first of the other test set)
+    iw_samples: int = 100  # k of the IW-NLL score (cheap; 1 = the one-sample ELBO)
+    elbo_samples: int = 16  # Monte-Carlo draws of the -ELBO score
+
+
+@dataclass(frozen=True)
 class StudyParams:
     """`vaectl study` (DVC experiments, not a pipeline stage). The default grid is the fast
     one (20 trials, under an hour on 2 cores); params/study-full.yaml is the full one."""
@@ -161,6 +176,7 @@ class Params:
     eval: EvalParams = field(default_factory=EvalParams)
     registry: RegistryParams = field(default_factory=RegistryParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
+    ood: OodParams = field(default_factory=OodParams)
     study: StudyParams = field(default_factory=StudyParams)
 
 
@@ -310,6 +326,13 @@ def _registry_and_study_checks(p: Params) -> Checks:
         ),
         (r.min_improvement >= 0, "registry.min_improvement must be >= 0 (nats a new champion must win by)"),
     ]
+    o = p.ood
+    checks += [
+        (o.images >= 2, "ood.images must be >= 2 (a detection metric needs images on both sides)"),
+        (o.iw_samples >= 1 and o.elbo_samples >= 1, "ood.iw_samples and ood.elbo_samples must be >= 1"),
+        (len(set(o.shifts)) == len(o.shifts), "ood.shifts names a shift twice"),
+        (bool(o.shifts) or o.other != "none", "ood needs a novel set: ood.shifts or ood.other"),
+    ]
     s = p.study
     checks += [
         (len(s.betas) >= 1 and all(b >= 0 for b in s.betas), "study.betas needs values >= 0"),
@@ -353,6 +376,9 @@ CAPS: dict[str, int] = {
     "eval.classifier.epochs": 10_000,
     "eval.classifier.batch_size": 65_536,
     "validate.min_rows": 10_000_000,
+    "ood.images": 100_000,
+    "ood.iw_samples": 100_000,
+    "ood.elbo_samples": 10_000,
     "study.latent_dims": 1024,
     "study.iw_samples": 100_000,
     "*seed*": 2**32 - 1,  # numpy's legacy seeding takes < 2**32; torch's < 2**64

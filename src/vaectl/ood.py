@@ -1,0 +1,175 @@
+"""`vaectl ood`: does a score tell the test split from images unlike the training data, and
+does the VAE's likelihood do it better than the AE's reconstruction error?
+
+The normal set is the test split, binarised with eval.seed as every evaluation does. Novel
+sets (at most ood.images each), binarised the same way:
+- `other`: another MNIST-family dataset's official test set (ood.other; Fashion-MNIST for an
+  MNIST model, MNIST for a Fashion-MNIST one: the published benchmark pair);
+- `noise`: every pixel's intensity uniform in [0, 1] (as many images as the test split);
+- `constant`: one grey level per image, uniform in [0, 1] (after binarisation, dots at that
+  density; a level near 0 is a blank page, the classic input a likelihood loves);
+- `inverted`: 1 - each test image's intensities;
+- `flipped`: each test image upside down.
+
+Scores (novelty.py): the VAE's -ELBO, IW-NLL (k = ood.iw_samples) and the IW-NLL corrected
+for input complexity, and the AE's reconstruction NLL. Per novel set: AUROC, AUPRC and FPR
+at 95% TPR of each score, with 95% bootstrap intervals, and each VAE score against the AE's
+(paired: the same images) with its verdict. Writes reports/ood.json and reports/ood/ (score
+histograms and ROC curves), and logs an MLflow run with both.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaectl import novelty
+from vaectl.checkpoints import load_trained
+from vaectl.data import load_split, manifest_sha256
+from vaectl.data.tensors import binarize, to_unit
+from vaectl.files import atomic_path, shared_dir, write_json
+from vaectl.params import EvalParams, OodParams
+from vaectl.report import LEVEL, RESAMPLES
+
+VAE_SCORES = ("neg_elbo", "iw_nll", "complexity_corrected")
+AE_SCORE = "reconstruction"
+SCORE_NAMES = tuple(f"vae.{s}" for s in VAE_SCORES) + (f"ae.{AE_SCORE}",)
+
+
+def shifted(pixels: torch.Tensor, shift: str, count: int, generator: torch.Generator) -> torch.Tensor:
+    """A novel set in [0, 1] (before binarisation) as large as the test split (`pixels`,
+    N x 784), at most `count` images: made from those images, or drawn beside them."""
+    base = pixels[:count]
+    if shift == "noise":
+        return torch.rand(len(base), 784, generator=generator)
+    if shift == "constant":
+        return torch.rand(len(base), 1, generator=generator).expand(len(base), 784).clone()
+    if shift == "inverted":
+        return 1 - base
+    if shift == "flipped":
+        return base.reshape(-1, 28, 28).flip(1).reshape(-1, 784)
+    raise ValueError(f"unknown shift {shift!r}")
+
+
+def other_test_set(dataset: str, mirrors: list[str]) -> np.ndarray:
+    """The official test images of `dataset`, fetched and checked as `vaectl fetch` does."""
+    import torchvision.datasets
+
+    from vaectl.data.fetch import SPLIT_SIZES, TORCHVISION_CLASSES, download_resources
+    from vaectl.data.idx import read_images_labels
+
+    cls = getattr(torchvision.datasets, TORCHVISION_CLASSES[dataset])
+    resources = [(name, md5) for name, md5 in cls.resources if name.startswith("t10k")]
+    with tempfile.TemporaryDirectory(prefix="vaectl-ood-") as workdir:
+        download_resources(dataset, resources, list(mirrors) + list(cls.mirrors), Path(workdir))
+        images, _ = read_images_labels(
+            Path(workdir) / "t10k-images-idx3-ubyte.gz",
+            Path(workdir) / "t10k-labels-idx1-ubyte.gz",
+            SPLIT_SIZES["test"],
+        )
+    return images
+
+
+def score_set(
+    models: dict, x: torch.Tensor, params: OodParams, batch: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Every score of every image of `x` (binary), batched, each score with its own seeded
+    generator so that adding a score changes no other."""
+    vae, ae = models["vae"], models["ae"]
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in SCORE_NAMES}
+    elbo_gen, iw_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    for start in range(0, len(x), batch):
+        xb = x[start : start + batch]
+        iw = novelty.iw_nll(vae, xb, params.iw_samples, iw_gen).numpy()
+        parts["vae.neg_elbo"].append(novelty.neg_elbo(vae, xb, params.elbo_samples, elbo_gen).numpy())
+        parts["vae.iw_nll"].append(iw)
+        parts["vae.complexity_corrected"].append(novelty.complexity_corrected(iw, xb))
+        parts["ae.reconstruction"].append(novelty.reconstruction(ae, xb).numpy())
+    return {name: np.concatenate(values).astype(np.float64) for name, values in parts.items()}
+
+
+def novel_sets(
+    pixels: torch.Tensor, params: OodParams, mirrors: list[str], seed: int
+) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    sets: dict[str, torch.Tensor] = {}
+    if params.other != "none":
+        sets[params.other] = to_unit(
+            other_test_set(params.other, mirrors)[: params.images], torch.device("cpu")
+        )
+    for shift in params.shifts:
+        sets[shift] = shifted(pixels, shift, params.images, generator)
+    return sets
+
+
+def run(
+    params: OodParams,
+    evaluation: EvalParams,
+    mirrors: list[str],
+    prepared: Path,
+    vae_dir: Path,
+    ae_dir: Path,
+    report_path: Path,
+    figures_dir: Path,
+    experiment: str,
+) -> dict:
+    from vaectl import figures
+
+    data_sha = manifest_sha256(prepared)
+    with shared_dir(vae_dir, "`vaectl train`"), shared_dir(ae_dir, "`vaectl train`"):
+        models = {
+            "vae": load_trained(vae_dir, "vae", data_sha, experiment)[0],
+            "ae": load_trained(ae_dir, "ae", data_sha, experiment)[0],
+        }
+    pixels = to_unit(load_split(prepared, "test")[0], torch.device("cpu"))
+    binarise = torch.Generator().manual_seed(evaluation.seed)
+    normal = score_set(models, binarize(pixels, binarise), params, evaluation.batch_size, evaluation.seed)
+    report: dict = {
+        "normal": {"set": "test split", "images": len(pixels)},
+        "scores": {name: "nats per image; higher = more novel" for name in SCORE_NAMES},
+        "sets": {},
+        "bootstrap": {"resamples": RESAMPLES, "level": LEVEL, "seed": evaluation.seed},
+        "equivalence_margin": novelty.MARGIN,
+    }
+    all_scores = {"test split": normal}
+    pairs = [(f"vae.{s}", f"ae.{AE_SCORE}") for s in VAE_SCORES]
+    rng = np.random.default_rng(evaluation.seed)
+    for name, images in novel_sets(pixels, params, mirrors, evaluation.seed).items():
+        scores = score_set(models, binarize(images, binarise), params, evaluation.batch_size, evaluation.seed)
+        all_scores[name] = scores
+        report["sets"][name] = {
+            "images": len(images),
+            "mean_bits_per_dim": {s: float(novelty.bits_per_dim(v.mean())) for s, v in scores.items()},
+            **novelty.detection(normal, scores, pairs, RESAMPLES, rng),
+        }
+    report["normal"]["mean_bits_per_dim"] = {
+        s: float(novelty.bits_per_dim(v.mean())) for s, v in normal.items()
+    }
+    with atomic_path(report_path) as staged_report, atomic_path(figures_dir) as staged_figures:
+        write_json(staged_report, report)  # the report and its figures replaced together
+        written = figures.ood_figures(staged_figures, all_scores)
+        log_ood(report, params, written, experiment, data_sha)
+    return report
+
+
+def log_ood(
+    report: dict, params: OodParams, figure_paths: list[Path], experiment: str, data_sha: str
+) -> None:
+    from vaectl import tracking
+
+    with tracking.start_run(experiment, "ood", tracking.standard_tags("ood", data_sha)) as run:
+        run.log_params({f"ood.{k}": v for k, v in vars(params).items()})
+        for name, found in report["sets"].items():
+            key = name.replace(" ", "_")
+            run.log_metrics(
+                {
+                    f"{key}.{score}.{m}": v["value"]
+                    for score, ms in found["scores"].items()
+                    for m, v in ms.items()
+                }
+            )
+        for path in figure_paths:
+            run.log_artifact(path, "figures")

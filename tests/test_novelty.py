@@ -1,0 +1,111 @@
+"""Novelty scores and detection metrics on cases whose answers are known."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vaectl import novelty
+from vaectl.models import AutoEncoder
+from vaectl.objectives import bernoulli_nll
+from vaectl.params import ModelParams
+
+RNG = np.random.default_rng(0)
+
+
+def test_perfectly_separated_sets_score_one_and_no_false_positives():
+    normal, novel = RNG.normal(0, 1, 300), RNG.normal(10, 1, 200)
+    assert novelty.auroc(normal, novel) == 1.0
+    assert novelty.average_precision(normal, novel) == 1.0
+    assert novelty.fpr_at_tpr(normal, novel) == 0.0
+    # the other way round, every novel image below every normal one
+    assert novelty.auroc(novel, normal) == 0.0
+    assert novelty.fpr_at_tpr(novel, normal) == 1.0
+
+
+def test_identical_sets_are_chance():
+    """The same scores twice: AUROC 1/2 exactly (ties count half), average precision the
+    novel share, and flagging 95% of the novel images flags 95% of the normal ones."""
+    scores = RNG.normal(0, 1, 400)
+    assert novelty.auroc(scores, scores.copy()) == 0.5
+    assert novelty.average_precision(scores, scores.copy()) == pytest.approx(0.5, abs=0.06)
+    assert novelty.fpr_at_tpr(scores, scores.copy()) == 0.95
+    tied = np.zeros(300)
+    assert novelty.auroc(tied, np.zeros(100)) == 0.5
+    assert novelty.average_precision(tied, np.zeros(100)) == 0.25  # all flagged at once
+
+
+def test_auroc_is_the_mann_whitney_probability_on_a_small_case():
+    # pairs (novel above normal): 2 > {1}, 4 > {1, 3}, 3 > {1} and 3 = 3 a tie: (1 + 2 + 1.5) / (3 * 2)
+    assert novelty.auroc(np.array([1.0, 3.0]), np.array([2.0, 4.0, 3.0])) == pytest.approx(4.5 / 6)
+
+
+def test_average_precision_on_a_small_case():
+    """Scores 4 (novel), 3 (normal), 2 (novel), 1 (normal): precision 1 at recall 1/2, 2/3 at
+    recall 1: AP = 1/2 * 1 + 1/2 * 2/3."""
+    assert novelty.average_precision(np.array([3.0, 1.0]), np.array([4.0, 2.0])) == pytest.approx(5 / 6)
+
+
+def test_fpr_at_tpr_reads_the_threshold_that_flags_95_percent():
+    novel = np.arange(100, dtype=float)  # flagging >= 5 flags 95 of 100
+    normal = np.array([4.0, 5.0, 6.0, 7.0])
+    assert novelty.fpr_at_tpr(normal, novel) == 0.75
+
+
+def test_bits_per_dim_of_a_coin_flip_per_pixel_is_one():
+    assert novelty.bits_per_dim(np.array([784 * math.log(2)])) == pytest.approx([1.0])
+
+
+def test_png_length_grows_with_the_image_and_is_deterministic():
+    blank, stripes = torch.zeros(1, 784), (torch.arange(784) % 2).float().reshape(1, 784)
+    noise = torch.bernoulli(torch.full((1, 784), 0.5), generator=torch.Generator().manual_seed(0))
+    bits = novelty.png_bits(torch.cat([blank, stripes, noise]))
+    assert bits[0] < bits[1] < bits[2]
+    assert bits[2] > 784  # 784 random bits do not compress
+    assert np.array_equal(bits, novelty.png_bits(torch.cat([blank, stripes, noise])))
+
+
+def test_complexity_correction_subtracts_the_code_length_in_nats():
+    x = torch.zeros(2, 784)
+    corrected = novelty.complexity_corrected(np.array([100.0, 50.0]), x)
+    png = novelty.png_bits(x)
+    assert corrected == pytest.approx(np.array([100.0, 50.0]) - png * math.log(2))
+
+
+def tiny(variational: bool) -> AutoEncoder:
+    torch.manual_seed(0)
+    return AutoEncoder(ModelParams(hidden=[16]), 3, variational).eval()
+
+
+def test_reconstruction_is_the_bernoulli_nll_at_the_encoder_mean():
+    model = tiny(False)
+    x = torch.bernoulli(torch.full((5, 784), 0.3), generator=torch.Generator().manual_seed(1))
+    expected = bernoulli_nll(model.decode(model.encode(x)[0]), x)
+    assert torch.equal(novelty.reconstruction(model, x), expected)
+
+
+def test_iw_nll_tightens_toward_the_likelihood_below_the_elbo():
+    """-ELBO >= IW-NLL(k = 1) in expectation and IW-NLL decreases in k (Burda et al. 2016)."""
+    model = tiny(True)
+    x = torch.bernoulli(torch.full((20, 784), 0.3), generator=torch.Generator().manual_seed(1))
+    elbo = novelty.neg_elbo(model, x, 2000, torch.Generator().manual_seed(2)).mean()
+    k1 = novelty.iw_nll(model, x.repeat(100, 1), 1, torch.Generator().manual_seed(3)).mean()
+    k500 = novelty.iw_nll(model, x, 500, torch.Generator().manual_seed(3)).mean()
+    assert abs(float(elbo - k1)) < 1.0  # the same bound, estimated two ways
+    assert k500 < elbo
+
+
+def test_detection_intervals_cover_and_verdicts_follow_them():
+    normal = {"good": RNG.normal(0, 1, 300), "chance": RNG.normal(0, 1, 300)}
+    novel = {"good": RNG.normal(3, 1, 300), "chance": RNG.normal(0, 1, 300)}
+    out = novelty.detection(
+        normal, novel, [("good", "chance"), ("chance", "chance")], 500, np.random.default_rng(0)
+    )
+    good, chance = out["scores"]["good"]["auroc"], out["scores"]["chance"]["auroc"]
+    assert good["ci"][0] < good["value"] < good["ci"][1] and good["ci"][0] > 0.95
+    assert chance["ci"][0] < 0.5 < chance["ci"][1]
+    assert out["comparisons"]["good - chance"]["auroc"]["verdict"] == "better"
+    assert out["comparisons"]["good - chance"]["fpr_at_95_tpr"]["verdict"] == "better"  # lower FPR
+    same = out["comparisons"]["chance - chance"]["auroc"]
+    assert same["value"] == 0 and same["ci"] == [0, 0] and same["verdict"] == "equivalent"
