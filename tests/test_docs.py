@@ -44,3 +44,38 @@ def test_the_readme_is_one_screen_of_entry_with_docs_behind_it():
     readme = (REPO / "README.md").read_text()
     assert len(readme.splitlines()) <= 200
     assert {f"docs/{p.name}" for p in (REPO / "docs").glob("*.md")} <= set(links(REPO / "README.md"))
+
+
+def test_the_readme_headline_is_what_the_full_study_measured():
+    """Each study number the README's headline states, formatted from reports/study-full/
+    study.json (the default setting, beta 1 at 20 dimensions) with its verdict word: a rerun
+    of the study that moves a number or flips a verdict fails here until the README says so."""
+    import json
+
+    study = json.loads((REPO / "reports" / "study-full" / "study.json").read_text())
+    row = next(s for s in study["settings"] if s["beta"] == 1.0 and s["latent_dim"] == 20)
+    m, verdict = row["metrics"], {name: v["verdict"] for name, v in row["verdicts"].items()}
+
+    def cell(key: str, scale: float = 1.0, digits: int = 1, sign: str = "", unit: str = "") -> str:
+        mean, (low, high) = m[key]["mean"] * scale, m[key]["ci"]
+        low, high = (f"{v * scale:{sign}.{digits}f}{unit}" for v in (low, high))
+        return f"{mean:{sign}.{digits}f}{unit} [{low}, {high}]"
+
+    claims = [
+        cell("samples.unrecognised.vae", 100, unit="%"),
+        cell("standard_normal.unrecognised.ae", 100, unit="%"),
+        f"{cell('standard_normal.unrecognised.difference', 100, sign='+').replace(' [', ' points [', 1)}"
+        f" (**{verdict['standard_normal.unrecognised']}**)",
+        f"{cell('samples.unrecognised.difference', 100, sign='+').replace(' [', ' points [', 1)}"
+        f" (**{verdict['samples.unrecognised']}**",
+        f"{cell('recon_bce.ratio', digits=2)}, {cell('recon_bce.difference', sign='+')} nats "
+        f"(**{verdict['recon_bce']}**)",
+        f"{cell('same_class.ppl_normalized.ratio', digits=3)} within a class and "
+        f"{cell('diff_class.ppl_normalized.ratio', digits=3)} across classes",
+        cell("vae.iw_nll"),
+    ]
+    assert verdict["same_class.ppl_normalized"] == verdict["diff_class.ppl_normalized"] == "better"
+    readme = (REPO / "README.md").read_text().replace("−", "-")
+    readme = re.sub(r"\s+", " ", readme)
+    missing = [c for c in claims if c not in readme]
+    assert not missing, missing

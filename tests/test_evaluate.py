@@ -601,3 +601,14 @@ def test_shifted_sets_are_what_their_names_say():
     assert (constant == constant[:, :1]).all() and constant[:, 0].unique().numel() == 6
     noise = shifted(pixels, "noise", 3, gen)
     assert noise.shape == (3, 784) and 0.4 < float(noise.mean()) < 0.6
+
+
+def test_the_shifts_ood_makes_are_the_ones_params_accept():
+    import typing
+
+    from vaectl.ood import CATALOGUE, SHIFTS
+    from vaectl.params import OodParams
+
+    hints = typing.get_type_hints(OodParams)
+    assert typing.get_args(typing.get_args(hints["shifts"])[0]) == SHIFTS
+    assert set(typing.get_args(hints["other"])) - {"none"} | set(SHIFTS) == set(CATALOGUE)

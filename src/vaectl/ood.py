@@ -34,6 +34,8 @@ from vaectl.files import atomic_path, shared_dir, write_json
 from vaectl.params import EvalParams, OodParams
 from vaectl.report import LEVEL, RESAMPLES
 
+SHIFTS = ("noise", "constant", "inverted", "flipped")
+CATALOGUE = ("mnist", "fashion-mnist", "kmnist", *SHIFTS)  # every novel set there can be
 VAE_SCORES = ("neg_elbo", "iw_nll", "complexity_corrected")
 AE_SCORE = "reconstruction"
 SCORE_NAMES = tuple(f"vae.{s}" for s in VAE_SCORES) + (f"ae.{AE_SCORE}",)
@@ -91,17 +93,26 @@ def score_set(
     return {name: np.concatenate(values).astype(np.float64) for name, values in parts.items()}
 
 
+def set_seed(seed: int, name: str) -> int:
+    """Each novel set's own seed (its shift, its binarisation, its bootstrap), so that a set's
+    numbers do not depend on which other sets the params name."""
+    return int(np.random.SeedSequence([seed, CATALOGUE.index(name)]).generate_state(1)[0])
+
+
 def novel_sets(
     pixels: torch.Tensor, params: OodParams, mirrors: list[str], seed: int
 ) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
+    """Each novel set, binarised: the other dataset's test images (ood.other), then the
+    shifts, each at most ood.images."""
     sets: dict[str, torch.Tensor] = {}
-    if params.other != "none":
-        sets[params.other] = to_unit(
-            other_test_set(params.other, mirrors)[: params.images], torch.device("cpu")
-        )
-    for shift in params.shifts:
-        sets[shift] = shifted(pixels, shift, params.images, generator)
+    names = ([params.other] if params.other != "none" else []) + list(params.shifts)
+    for name in names:
+        generator = torch.Generator().manual_seed(set_seed(seed, name))
+        if name in SHIFTS:
+            images = shifted(pixels, name, params.images, generator)
+        else:
+            images = to_unit(other_test_set(name, mirrors)[: params.images], torch.device("cpu"))
+        sets[name] = binarize(images, generator)
     return sets
 
 
@@ -125,8 +136,8 @@ def run(
             "ae": load_trained(ae_dir, "ae", data_sha, experiment)[0],
         }
     pixels = to_unit(load_split(prepared, "test")[0], torch.device("cpu"))
-    binarise = torch.Generator().manual_seed(evaluation.seed)
-    normal = score_set(models, binarize(pixels, binarise), params, evaluation.batch_size, evaluation.seed)
+    x = binarize(pixels, torch.Generator().manual_seed(evaluation.seed))  # evaluate's test x
+    normal = score_set(models, x, params, evaluation.batch_size, evaluation.seed)
     report: dict = {
         "normal": {"set": "test split", "images": len(pixels)},
         "scores": {name: "nats per image; higher = more novel" for name in SCORE_NAMES},
@@ -136,12 +147,12 @@ def run(
     }
     all_scores = {"test split": normal}
     pairs = [(f"vae.{s}", f"ae.{AE_SCORE}") for s in VAE_SCORES]
-    rng = np.random.default_rng(evaluation.seed)
-    for name, images in novel_sets(pixels, params, mirrors, evaluation.seed).items():
-        scores = score_set(models, binarize(images, binarise), params, evaluation.batch_size, evaluation.seed)
+    for name, x in novel_sets(pixels, params, mirrors, evaluation.seed).items():
+        scores = score_set(models, x, params, evaluation.batch_size, evaluation.seed)
         all_scores[name] = scores
+        rng = np.random.default_rng(set_seed(evaluation.seed, name))
         report["sets"][name] = {
-            "images": len(images),
+            "images": len(x),
             "mean_bits_per_dim": {s: float(novelty.bits_per_dim(v.mean())) for s, v in scores.items()},
             **novelty.detection(normal, scores, pairs, RESAMPLES, rng),
         }
