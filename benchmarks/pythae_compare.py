@@ -38,12 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaectl import inference
+from vaectl import inference, novelty
 from vaectl.data import load_split
 from vaectl.data.tensors import binarize, to_unit
 from vaectl.metric_table import measure
 from vaectl.models import AutoEncoder, from_config
-from vaectl.objectives import iwae_log_likelihood
 from vaectl.params import Params, load_params
 from vaectl.report import compare_units
 from vaectl.train import run as vaectl_train
@@ -124,11 +123,10 @@ def train_vaectl(params: Params, prepared: Path, out: Path) -> tuple[AutoEncoder
     return model.eval(), seconds
 
 
-@torch.no_grad()
 def per_image_nll(model: AutoEncoder, x: torch.Tensor, k: int, batch: int) -> np.ndarray:
     gen = torch.Generator().manual_seed(0)
     return np.concatenate(
-        [-iwae_log_likelihood(model, x[s : s + batch], k, 25, gen).numpy() for s in range(0, len(x), batch)]
+        [novelty.iw_nll(model, x[s : s + batch], k, gen).numpy() for s in range(0, len(x), batch)]
     )
 
 

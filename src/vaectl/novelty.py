@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from vaectl.archs import PIXELS
+from vaectl.metric_table import Margin
 from vaectl.objectives import bernoulli_nll, iwae_log_likelihood, kl_to_prior
 
 NATS_PER_BIT = math.log(2)
@@ -116,22 +117,7 @@ def fpr_at_tpr(normal: np.ndarray, novel: np.ndarray, tpr: float = TPR) -> float
 
 DETECTION = {"auroc": auroc, "auprc": average_precision, "fpr_at_95_tpr": fpr_at_tpr}
 HIGHER_IS_BETTER = {"auroc": True, "auprc": True, "fpr_at_95_tpr": False}
-MARGIN = 0.02  # two scores whose detection metrics differ by less are equivalent
-
-
-def _verdict(differences: np.ndarray, higher_is_better: bool) -> str:
-    """The first score against the second from bootstrap differences, as everywhere in
-    vaectl: equivalent (90% interval inside +-MARGIN), better / worse (95% excludes 0),
-    else inconclusive."""
-    from vaectl.report import EQUIVALENCE_LEVEL, interval
-
-    low, high = interval(differences, EQUIVALENCE_LEVEL)
-    if -MARGIN < low and high < MARGIN:
-        return "equivalent"
-    low, high = interval(differences)
-    if low > 0 or high < 0:
-        return "better" if (low > 0) == higher_is_better else "worse"
-    return "inconclusive"
+MARGIN = Margin("difference", 0.02)  # detection metrics closer than this are equivalent
 
 
 def detection(
@@ -145,7 +131,7 @@ def detection(
     (first, second) score pair their difference with its interval and verdict. Every score
     was computed on the same images, so one draw of images (normal and novel resampled
     independently, each set its own units) serves all scores: the differences are paired."""
-    from vaectl.report import interval
+    from vaectl.report import bootstrap_verdict, interval
 
     n, m = len(next(iter(normal.values()))), len(next(iter(novel.values())))
     picks = [(rng.integers(0, n, n), rng.integers(0, m, m)) for _ in range(resamples)]
@@ -163,6 +149,6 @@ def detection(
         for name in DETECTION:
             difference = boots[first, name] - boots[second, name]
             value = out["scores"][first][name]["value"] - out["scores"][second][name]["value"]
-            verdict = _verdict(difference, HIGHER_IS_BETTER[name])
+            verdict = bootstrap_verdict(difference, None, MARGIN, not HIGHER_IS_BETTER[name])
             out["comparisons"][key][name] = {"value": value, "ci": interval(difference), "verdict": verdict}
     return out

@@ -143,7 +143,7 @@ def run(
         "scores": {name: "nats per image; higher = more novel" for name in SCORE_NAMES},
         "sets": {},
         "bootstrap": {"resamples": RESAMPLES, "level": LEVEL, "seed": evaluation.seed},
-        "equivalence_margin": novelty.MARGIN,
+        "equivalence_margin": novelty.MARGIN.size,
     }
     all_scores = {"test split": normal}
     pairs = [(f"vae.{s}", f"ae.{AE_SCORE}") for s in VAE_SCORES]

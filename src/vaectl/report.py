@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vaectl.metric_table import headline, measure
+from vaectl.metric_table import Margin, headline, measure
 
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -49,11 +49,12 @@ def verdict_word(c: dict) -> str:
     return {"better": "VAE better", "worse": "AE better"}.get(c["verdict"], c["verdict"])
 
 
-def _verdict(name: str, differences: np.ndarray, ratios: np.ndarray | None) -> tuple[str, str]:
-    """(verdict, margin) from bootstrap statistics: equivalence is tested first, as in the
-    study (inference.verdict): the margin declares smaller effects irrelevant."""
-    declared = measure(name)
-    margin = declared.margin
+def bootstrap_verdict(
+    differences: np.ndarray, ratios: np.ndarray | None, margin: Margin, lower_is_better: bool
+) -> str:
+    """The first against the second from paired bootstrap statistics (their differences, and
+    ratios where there are any): equivalence is tested first, as in the study
+    (inference.verdict), since the margin declares smaller effects irrelevant."""
     if margin.scale == "ratio" and ratios is not None:
         low, high = interval(ratios, EQUIVALENCE_LEVEL)
         inside = 1 / (1 + margin.size) < low and high < 1 + margin.size
@@ -63,11 +64,11 @@ def _verdict(name: str, differences: np.ndarray, ratios: np.ndarray | None) -> t
     else:  # a ratio margin with no ratio (the AE's mean can be 0): equivalence is untestable
         inside = False
     if inside:
-        return "equivalent", str(margin)
+        return "equivalent"
     low, high = interval(differences)
     if high < 0 or low > 0:
-        return ("better" if (high < 0) == declared.lower_is_better else "worse"), str(margin)
-    return "inconclusive", str(margin)
+        return "better" if (high < 0) == lower_is_better else "worse"
+    return "inconclusive"
 
 
 def compare_units(name: str, vae: np.ndarray, ae: np.ndarray, paired: bool, rng: np.random.Generator) -> dict:
@@ -75,7 +76,7 @@ def compare_units(name: str, vae: np.ndarray, ae: np.ndarray, paired: bool, rng:
     with theirs, and the verdict (module docstring; significance from the difference's
     interval, the same as the ratio's for positive means, and defined when the AE's mean
     can be 0, as for a share of unrecognisable images, where the ratio is left out)."""
-    measure(name)  # an undeclared metric fails here, whatever the data
+    declared = measure(name)  # an undeclared metric fails here, whatever the data
     vae, ae = np.asarray(vae, dtype=np.float64), np.asarray(ae, dtype=np.float64)
     if paired and len(vae) != len(ae):
         raise ValueError(f"{name}: paired comparison of {len(vae)} and {len(ae)} units")
@@ -84,7 +85,7 @@ def compare_units(name: str, vae: np.ndarray, ae: np.ndarray, paired: bool, rng:
     means_vae, means_ae = vae[picks_vae].mean(1), ae[picks_ae].mean(1)
     has_ratio = bool((means_ae > 0).all())
     ratios = means_vae / means_ae if has_ratio else None
-    verdict, margin = _verdict(name, means_vae - means_ae, ratios)
+    verdict = bootstrap_verdict(means_vae - means_ae, ratios, declared.margin, declared.lower_is_better)
     return {
         "vae": float(vae.mean()),
         "vae_ci": interval(means_vae),
@@ -95,7 +96,7 @@ def compare_units(name: str, vae: np.ndarray, ae: np.ndarray, paired: bool, rng:
         "ratio": float(vae.mean() / ae.mean()) if has_ratio else None,
         "ratio_ci": interval(ratios) if ratios is not None else None,
         "verdict": verdict,
-        "margin": margin,
+        "margin": str(declared.margin),
         "paired": paired,
         "units": [len(vae), len(ae)],
     }
