@@ -34,9 +34,8 @@ from train_throughput import examples_loader  # a sibling script in benchmarks/
 from vaectl import tracking
 from vaectl.data import load_split
 from vaectl.data.tensors import binarize, to_unit
-from vaectl.evaluate import expected_recon_nll
 from vaectl.models import from_config
-from vaectl.objectives import gaussian_kl, iwae_log_likelihood
+from vaectl.objectives import expected_bernoulli_nll, gaussian_kl, iwae_log_likelihood
 from vaectl.params import load_params
 from vaectl.train import run as vaectl_train
 
@@ -88,7 +87,9 @@ def score(model, x_binary: torch.Tensor, x_pixels: torch.Tensor, k: int) -> dict
         xb, pb = x_binary[s : s + 100], x_pixels[s : s + 100]
         for target, key in ((xb, "neg_elbo_binarised"), (pb, "neg_elbo_continuous")):
             mu, logvar = model.encode(target)
-            out[key] += float((expected_recon_nll(model, target, 100, gen) + gaussian_kl(mu, logvar)).sum())
+            out[key] += float(
+                (expected_bernoulli_nll(model, target, 100, gen) + gaussian_kl(mu, logvar)).sum()
+            )
         out["iw_nll_binarised"] += float(-iwae_log_likelihood(model, xb, k, 250, gen).sum())
     return {key: value / len(x_binary) for key, value in out.items()}
 

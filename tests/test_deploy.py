@@ -1,6 +1,7 @@
 """Export parity, registry (promotion both ways), pull in a fresh process, pyfunc input
 checks, and a serve smoke test on loopback."""
 
+import bz2
 import contextlib
 import http.client
 import json
@@ -49,9 +50,16 @@ def test_export_parity_files_and_dynamic_batch(deployed):
             == 1e-4
         )
         files = json.loads((root / "export" / kind / "checksums.json").read_text())
-        assert {"encoder.onnx", "decoder.pt2", "reconstruct.onnx", "model_card.md"} <= set(files)
+        assert {
+            "encoder.onnx",
+            "decoder.pt2",
+            "reconstruct.onnx",
+            "score.pt2",
+            "score.json",
+            "model_card.md",
+        } <= set(files)
     archives = list((root / "export").glob("*/*.pt2"))
-    assert len(archives) == 6
+    assert len(archives) == 8  # encoder, decoder, reconstruct, score; for each model
     for archive in archives:  # no trace of where it was built, no test images
         with zipfile.ZipFile(archive) as z:
             assert not any(
@@ -637,3 +645,106 @@ def test_the_gated_skeleton_exports_with_parity(tmp_path):
 
     session = onnxruntime.InferenceSession(str(tmp_path / "encoder.onnx"), providers=["CPUExecutionProvider"])
     assert np.all(session.run(None, {"x": probe.numpy()})[1] == 2.0)
+
+
+def independent_scores(model, pixels: np.ndarray) -> np.ndarray:
+    """The served score of each image recomputed from the checkpoint by torch.distributions
+    (tests/test_novelty.py), on the images binarised against the served fixed uniforms."""
+    from torch.distributions import Bernoulli, Independent
+
+    from vaectl import scoring
+
+    from .test_novelty import independent_iw_nll
+
+    uniforms, eps = scoring.fixed_draws(model.latent_dim)
+    x = torch.from_numpy((uniforms < pixels.reshape(len(pixels), 784)).astype(np.float32))
+    with torch.no_grad():
+        if not model.variational:
+            logits = model.decode(model.encode(x)[0])
+            return -Independent(Bernoulli(logits=logits), 1).log_prob(x).double().numpy()
+        nll = independent_iw_nll(model, x, torch.from_numpy(eps)).double().numpy()
+    bits = [8 * len(bz2.compress(np.packbits(image.astype(bool)).tobytes(), 9)) for image in x.numpy()]
+    return nll - np.array(bits) * np.log(2)
+
+
+def checkpoint(root: Path, kind: str):
+    from vaectl.models import from_config
+
+    state = torch.load(root / "models" / kind / "best.pt", weights_only=True)
+    model = from_config(state["model_config"])
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def test_the_served_threshold_is_the_validation_quantile_recorded_with_the_version(deployed):
+    """score.json's threshold is the 0.99 quantile of the validation images' scores,
+    recomputed here from the checkpoint; the card and the registered version carry it."""
+    from vaectl.data import load_split
+    from vaectl.tracking import registry_client
+
+    root = deployed["root"]
+    validation = load_split(deployed["prepared"], "val")[0].astype(np.float32) / 255
+    for kind, name in (("vae", "vae-mnist"), ("ae", "ae-mnist")):
+        calibration = json.loads((root / "export" / kind / "score.json").read_text())
+        expected = np.quantile(independent_scores(checkpoint(root, kind), validation), 0.99)
+        assert calibration["threshold"] == pytest.approx(expected, abs=1e-3)
+        assert calibration["calibration"] == f"validation split, {len(validation)} images"
+        assert deployed["cards"][kind]["score"] == calibration
+        assert "score" in deployed["cards"][kind]["modes"]
+        version = deployed["first"][kind]["version"]
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in deployed["env"].items():
+                mp.setenv(k, v)
+            assert registry_client.version_tag(name, version, "ood_threshold") == str(
+                calibration["threshold"]
+            )
+
+
+def test_score_mode_through_predict_and_serve_gives_each_image_one_score(deployed):
+    """`vaectl predict --mode score` and `vaectl serve` with mode score: the checkpoint's
+    score of each image, the flag exactly where it exceeds the version's threshold, the same
+    score for an image sent alone or in a batch; a blank white page is flagged."""
+    root = deployed["root"]
+    images = load_test_images(deployed, 6)
+    white = np.ones((1, 28, 28), np.uint8) * 255
+    np.savez(root / "to_score.npz", x=np.concatenate([images, white]))
+    done = subprocess.run(
+        [sys.executable, "-m", "vaectl", "predict", "vae-mnist@champion", "--mode", "score"]
+        + ["--input", "to_score.npz", "--output", "scored.npz"],
+        cwd=root,
+        env=deployed["env"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    scored = np.load(root / "scored.npz")
+    threshold = json.loads((root / "export" / "vae" / "score.json").read_text())["threshold"]
+    assert float(scored["threshold"]) == threshold and scored["output"].shape == (7, 2)
+    expected = independent_scores(checkpoint(root, "vae"), np.concatenate([images, white]) / np.float32(255))
+    np.testing.assert_allclose(scored["score"], expected, atol=2e-3)
+    assert np.array_equal(scored["out_of_distribution"], scored["score"] > threshold)
+    assert scored["out_of_distribution"][-1]  # a white page is nothing like a digit
+    flagged = int(scored["out_of_distribution"].sum())
+    assert f"7 rows -> scored.npz (output 7 x 2); {flagged} out of distribution" in done.stdout
+    pixels = (np.concatenate([images, white]) / np.float32(255)).reshape(7, 784)
+    with serving(deployed) as port:
+        wait_until_up(f"http://127.0.0.1:{port}/ping")
+
+        def served(rows):
+            status, body = _post(
+                port, json.dumps({"inputs": rows.tolist(), "params": {"mode": "score"}}).encode()
+            )
+            assert status == 200, body
+            return np.array(body["predictions"])
+
+        batch = served(pixels)
+        alone = np.concatenate([served(pixels[i : i + 1]) for i in range(len(pixels))])
+    np.testing.assert_allclose(batch[:, 0], scored["score"], atol=1e-4)
+    np.testing.assert_allclose(alone, batch, atol=1e-4)
+    assert np.array_equal(batch[:, 1], scored["out_of_distribution"].astype(float))
+
+
+def load_test_images(deployed, count: int) -> np.ndarray:
+    from vaectl.data import load_split
+
+    return load_split(deployed["prepared"], "test")[0][:count]

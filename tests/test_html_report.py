@@ -172,3 +172,43 @@ def test_a_missing_report_names_the_stage_that_writes_it(reports, missing, stage
     with pytest.raises(UserError, match=f"{missing} not found: run `{stage}` first"):
         run(reports, [reports / "figures", reports / "holes"], "vaectl")
     assert not (reports / "index.html").exists()
+
+
+def ood_report_with_known_answers(reports) -> dict:
+    """An ood.json from novelty.detection on sets whose AUROCs are known (one perfectly
+    separated, one at chance), recorded by an `ood` run as `vaectl ood` records it."""
+    from vaectl import novelty, tracking
+
+    rng = np.random.default_rng(2)
+    normal = {"vae.iw_nll": rng.normal(0, 1, 200), "ae.reconstruction": rng.normal(0, 1, 200)}
+    novel = {"vae.iw_nll": rng.normal(50, 1, 100), "ae.reconstruction": rng.normal(0, 1, 100)}
+    found = novelty.detection(normal, novel, [("vae.iw_nll", "ae.reconstruction")], 200, rng)
+    ood = {"normal": {"images": 200}, "equivalence_margin": 0.02, "sets": {"noise": found}}
+    write_json(reports / "ood.json", ood)
+    tags = {"vaectl.kind": "ood", custody.OOD_REPORT.tag: sha256_file(reports / "ood.json")}
+    with tracking.start_run("vaectl", "ood", tags):
+        pass
+    return ood
+
+
+def test_page_shows_the_ood_detection_of_the_report_an_ood_run_recorded(reports):
+    ood = ood_report_with_known_answers(reports)
+    run(reports, [reports / "figures", reports / "holes"], "vaectl")
+    page = (reports / "index.html").read_text()
+    assert (
+        "<td>noise</td><td>vae.iw_nll</td><td>1.000 [1.000, 1.000]</td><td>0.000 [0.000, 0.000]</td>" in page
+    )
+    chance = ood["sets"]["noise"]["scores"]["ae.reconstruction"]["auroc"]
+    assert f"<td>noise</td><td>ae.reconstruction</td><td>{chance['value']:.3f} [" in page
+    versus = ood["sets"]["noise"]["comparisons"]["vae.iw_nll - ae.reconstruction"]["auroc"]
+    assert versus["verdict"] == "better" and f"{versus['value']:+.3f} [" in page
+    doc = json.loads((reports / "ood.json").read_text())
+    doc["sets"]["noise"]["scores"]["ae.reconstruction"]["auroc"]["value"] = 0.999  # forged
+    write_json(reports / "ood.json", doc)
+    with pytest.raises(UserError, match="ood.json.*vaectl ood.*dvc repro -f ood"):
+        run(reports, [reports / "figures", reports / "holes"], "vaectl")
+
+
+def test_page_without_an_ood_report_says_which_command_writes_it(reports):
+    run(reports, [reports / "figures", reports / "holes"], "vaectl")
+    assert "No report: run <code>vaectl ood</code>." in (reports / "index.html").read_text()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vaectl import novelty
+from vaectl import novelty, scoring
 from vaectl.models import AutoEncoder
 from vaectl.objectives import bernoulli_nll
 from vaectl.params import ModelParams
@@ -60,18 +60,18 @@ def test_bits_per_dim_of_a_coin_flip_per_pixel_is_one():
 def test_code_length_grows_with_the_image_and_is_deterministic():
     blank, stripes = torch.zeros(1, 784), (torch.arange(784) % 2).float().reshape(1, 784)
     noise = torch.bernoulli(torch.full((1, 784), 0.5), generator=torch.Generator().manual_seed(0))
-    bits = novelty.compressed_bits(torch.cat([blank, stripes, noise]))
+    bits = scoring.compressed_bits(torch.cat([blank, stripes, noise]))
     assert bits[0] < bits[2] and bits[1] < bits[2]
     assert bits[2] > 784  # 784 random bits do not compress
-    assert np.array_equal(bits, novelty.compressed_bits(torch.cat([blank, stripes, noise])))
+    assert np.array_equal(bits, scoring.compressed_bits(torch.cat([blank, stripes, noise])))
     # bzip2's own known answer: 98 zero bytes (a blank image) take 39 bytes
     assert bits[0] == 8 * 39
 
 
 def test_complexity_correction_subtracts_the_code_length_in_nats():
     x = torch.zeros(2, 784)
-    corrected = novelty.complexity_corrected(np.array([100.0, 50.0]), x)
-    assert corrected == pytest.approx(np.array([100.0, 50.0]) - novelty.compressed_bits(x) * math.log(2))
+    corrected = scoring.complexity_corrected(np.array([100.0, 50.0]), x.numpy())
+    assert corrected == pytest.approx(np.array([100.0, 50.0]) - scoring.compressed_bits(x) * math.log(2))
 
 
 def tiny(variational: bool) -> AutoEncoder:
@@ -110,3 +110,76 @@ def test_detection_intervals_cover_and_verdicts_follow_them():
     assert out["comparisons"]["good - chance"]["fpr_at_95_tpr"]["verdict"] == "better"  # lower FPR
     same = out["comparisons"]["chance - chance"]["auroc"]
     assert same["value"] == 0 and same["ci"] == [0, 0] and same["verdict"] == "equivalent"
+
+
+def independent_iw_nll(model, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """-log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x) from torch.distributions, z_i = mu + eps_i sigma."""
+    from torch.distributions import Bernoulli, Categorical, Independent, MixtureSameFamily, Normal
+
+    mu, logvar = model.encode(x)
+    std = torch.exp(0.5 * logvar)
+    z = mu + eps[:, None, :] * std  # k x B x D
+    components = model.prior_components()
+    if components is None:
+        prior = Independent(Normal(torch.zeros_like(mu[0]), torch.ones_like(mu[0])), 1)
+    else:
+        means, logvars = components
+        prior = MixtureSameFamily(
+            Categorical(logits=torch.zeros(len(means))),
+            Independent(Normal(means, torch.exp(0.5 * logvars)), 1),
+        )
+    log_w = (
+        Independent(Bernoulli(logits=model.decode(z)), 1).log_prob(x)
+        + prior.log_prob(z)
+        - Independent(Normal(mu, std), 1).log_prob(z)
+    )
+    return math.log(len(eps)) - torch.logsumexp(log_w, 0)
+
+
+@pytest.mark.parametrize("pseudo_inputs", [0, 4])
+def test_the_served_iw_nll_with_given_draws_is_the_importance_weighted_likelihood(pseudo_inputs):
+    """The served score's likelihood against torch.distributions, for N(0, I) and a VampPrior;
+    one image's value does not depend on the batch it is in."""
+    from vaectl.objectives import iw_nll_given_draws
+
+    torch.manual_seed(0)
+    model = AutoEncoder(ModelParams(hidden=[16], pseudo_inputs=pseudo_inputs), 3, True).eval()
+    x = torch.bernoulli(torch.full((6, 784), 0.3), generator=torch.Generator().manual_seed(1))
+    eps = torch.randn(16, 3, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        served = iw_nll_given_draws(model, x, eps)
+        torch.testing.assert_close(served, independent_iw_nll(model, x, eps), rtol=0, atol=1e-4)
+        alone = torch.cat([iw_nll_given_draws(model, x[i : i + 1], eps) for i in range(len(x))])
+    torch.testing.assert_close(alone, served, rtol=0, atol=1e-4)
+
+
+def test_the_served_score_binarises_against_fixed_uniforms_and_keeps_binary_images():
+    uniforms, eps = scoring.fixed_draws(5)
+    assert uniforms.shape == (784,) and eps.shape == (scoring.SAMPLES, 5)
+    assert np.array_equal(uniforms, scoring.fixed_draws(5)[0])  # fixed by SEED
+    binary = (np.random.default_rng(0).random((3, 784)) < 0.5).astype(np.float32)
+    assert np.array_equal(scoring.binarised(binary, uniforms), binary)
+    grey = np.full((1, 784), 0.3, np.float32)
+    assert scoring.binarised(grey, uniforms).mean() == pytest.approx(0.3, abs=0.05)
+    assert np.array_equal(scoring.binarised(grey, uniforms)[0], (uniforms < 0.3).astype(np.float32))
+
+
+def test_the_threshold_flags_the_calibration_quantile_of_the_validation_scores():
+    found = np.arange(1000, dtype=np.float64)
+    calibration = scoring.calibrated(found, True, 1000)
+    assert calibration["threshold"] == pytest.approx(989.01)  # numpy's linear quantile of 0..999
+    assert np.count_nonzero(found > calibration["threshold"]) == 10  # 1% of them
+    assert calibration["score"] == "iw_nll_complexity_corrected"
+    assert scoring.calibrated(found, False, 1000)["importance_samples"] == 0
+
+
+def test_the_roc_curve_counts_scores_at_or_above_each_threshold():
+    from vaectl.figures import _roc
+
+    fpr, tpr = _roc(np.array([0.0, 1.0]), np.array([2.0, 3.0]))
+    assert fpr.tolist() == [0, 0, 0, 0.5, 1] and tpr.tolist() == [0, 0.5, 1, 1, 1]
+    normal, novel = RNG.integers(0, 20, 300).astype(float), RNG.integers(5, 25, 200).astype(float)  # ties
+    fpr, tpr = _roc(normal, novel)
+    thresholds = np.unique(np.concatenate([normal, novel]))[::-1]
+    assert fpr.tolist() == [0.0] + [float((normal >= t).mean()) for t in thresholds]
+    assert tpr.tolist() == [0.0] + [float((novel >= t).mean()) for t in thresholds]

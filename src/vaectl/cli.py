@@ -509,7 +509,7 @@ def report(
     from vaectl import html_report as stage
 
     experiment = load_params(params_path).tracking.experiment
-    run_id = stage.run(reports, [reports / "figures", reports / "holes"], experiment)
+    run_id = stage.run(reports, [reports / "figures", reports / "holes", reports / "ood"], experiment)
     typer.echo(f"wrote {reports / 'index.html'}; attached to the evaluate MLflow run {run_id}")
 
 
@@ -647,7 +647,7 @@ def predict(
         "latents for decode, or a folder of 28 x 28 PNGs",
     ),
     output: Path = typer.Option(Path("predictions.npz"), "--output", help=".npz to write (atomically)"),
-    mode: str = typer.Option("reconstruct", metavar="reconstruct|encode|decode|sample"),
+    mode: str = typer.Option("reconstruct", metavar="reconstruct|encode|decode|sample|score"),
     n: int = typer.Option(16, help="sample mode: how many images"),
     seed: int = typer.Option(0, help="sample mode: the seed"),
 ):
@@ -655,15 +655,22 @@ def predict(
 
     Example: vaectl predict vae-mnist@champion --input digits/ --output recon.npz
 
-    The .npz holds `output` (encode: mean and log-variance side by side for the VAE), `mode`,
-    `model` (NAME/version) and, for PNGs, their file `names` in row order.
+    The .npz holds `output` (encode: mean and log-variance side by side for the VAE; score:
+    each image's score and flag side by side), `mode`, `model` (NAME/version) and, for PNGs,
+    their file `names` in row order; score mode adds `score`, `out_of_distribution` and the
+    version's `threshold`.
     """
     from vaectl import registry
 
     summary = registry.predict(ref, input_path, output, mode, n, seed)
+    flagged = (
+        f"; {summary['out_of_distribution']} out of distribution (score > {summary['threshold']:.4f})"
+        if mode == "score"
+        else ""
+    )
     typer.echo(
         f"{summary['name']} v{summary['version']}: {mode} of {summary['rows']} rows "
-        f"-> {output} (output {' x '.join(map(str, summary['shape']))})"
+        f"-> {output} (output {' x '.join(map(str, summary['shape']))}){flagged}"
     )
 
 
@@ -698,6 +705,7 @@ def serve(
     Example: vaectl serve vae-mnist@champion --port 5002 &
              curl -d '{"inputs": [[0.5, ...784 values]]}' -H 'Content-Type: application/json'
              http://127.0.0.1:5002/invocations
+             (add "params": {"mode": "score"} for each image's novelty score and flag)
     """
     import tempfile
 

@@ -46,6 +46,8 @@ METRICS = Record("vaectl.metrics_sha256", "vaectl evaluate", REEVALUATE)
 EVALUATE_SUMMARY = Record("vaectl.summary_json_sha256", "vaectl evaluate", REEVALUATE)
 SCORED = {"vae": "vaectl.scored_vae_sha256", "ae": "vaectl.scored_ae_sha256"}  # their best.pt
 SCORED_CLASSIFIER = "vaectl.scored_classifier_sha256"
+# written by `vaectl ood` (kind ood)
+OOD_REPORT = Record("vaectl.ood_sha256", "vaectl ood", "`dvc checkout` it or `dvc repro -f ood`")
 # written by `vaectl export` (kind export-KIND): the digest of checksums.json lives here,
 # outside the export folder, with the evaluate run whose numbers the model card carries
 CHECKSUMS = Record(

@@ -28,7 +28,7 @@ from vaectl.interpolation import decode_path, path_metrics, path_ppl
 from vaectl.judge import judge_images, load_classifier, scores
 from vaectl.layout import ModelFiles
 from vaectl.models import AutoEncoder
-from vaectl.objectives import bernoulli_nll, iwae_log_likelihood, kl_to_prior
+from vaectl.objectives import bernoulli_nll, expected_bernoulli_nll, iwae_log_likelihood, kl_to_prior
 from vaectl.params import ELBO_SAMPLES, EvalParams, flatten
 from vaectl.prior import generate
 from vaectl.report import (
@@ -48,16 +48,6 @@ GENERATED = ("samples", "standard_normal")
 
 
 @torch.no_grad()
-def expected_recon_nll(
-    model: AutoEncoder, x: torch.Tensor, samples: int, generator: torch.Generator
-) -> torch.Tensor:
-    """E_q(z|x)[-log p(x|z)] per image, Monte-Carlo over `samples` draws."""
-    mu, logvar = model.encode(x)
-    assert logvar is not None, "an expectation over q(z|x) is the VAE's alone"
-    eps = torch.randn((samples, *mu.shape), generator=generator)
-    return bernoulli_nll(model.decode(mu + eps * torch.exp(0.5 * logvar)), x).mean(0)
-
-
 def test_inputs(test_images: np.ndarray, protocol: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(x the likelihoods are of, pixels in [0, 1]): the test images binarised once with the
     eval seed, so every model and every rerun sees the same x, unless the protocol is 'none'."""
@@ -123,7 +113,7 @@ def likelihood_metrics(
         add("recon_mse", (torch.sigmoid(logits) - pb).pow(2).mean(-1))
         mus.append(mu)
         if logvar is not None:  # the VAE
-            recon = expected_recon_nll(model, xb, ELBO_SAMPLES, generator)
+            recon = expected_bernoulli_nll(model, xb, ELBO_SAMPLES, generator)
             kl = kl_to_prior(components, mu, logvar, ELBO_SAMPLES, generator)
             add("elbo_recon", recon)
             add("elbo_kl", kl)

@@ -2,10 +2,11 @@
 
 Figures embedded, inline style, no script and no network fetch, so it renders offline and on
 air-gapped machines (the great-expectations Data Docs and `dvc plots show` load theirs from a
-CDN): the VAE-vs-AE table with intervals, the 2-D experiment, every data check with its
-observed value, the figures, and links to the JSON reports. It holds only what the reports
-determine (no dates, paths or run ids), so a rebuild is byte-identical. The page is also
-attached to the evaluate MLflow run whose metrics.json it shows.
+CDN): the VAE-vs-AE table with intervals, the 2-D experiment, the out-of-distribution
+detection table, every data check with its observed value, the figures, and links to the JSON
+reports. It holds only what the reports determine (no dates, paths or run ids), so a rebuild
+is byte-identical. The page is also attached to the evaluate MLflow run whose metrics.json it
+shows.
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ CAPTIONS = {  # figure file name -> what it shows
     "curves.png": "Validation loss per epoch: the VAE's −ELBO and the AE's reconstruction BCE",
     "latents_2d.png": "2-D latents of the test images (VAE and AE trained with latent_dim 2)",
     "manifold_2d.png": "Images decoded from a grid over each 2-D latent space (holes: unrecognisable ones)",
+    "scores.png": "Novelty scores of the test split and of each novel set (bits/dim)",
+    "roc.png": "ROC curves: the test split against each novel set, per score",
 }
 LINKS = (
     "summary.json",
     "metrics.json",
     "latents.json",
     "holes.json",
+    "ood.json",
     "validation.json",
     "data_docs/index.html",
 )
@@ -83,6 +87,42 @@ def validation_rows(validation: dict) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+def _with_interval(found: dict, sign: str = "") -> str:
+    return f"{found['value']:{sign}.3f} [{found['ci'][0]:{sign}.3f}, {found['ci'][1]:{sign}.3f}]"
+
+
+def ood_rows(ood: dict) -> list[tuple[str, ...]]:
+    """Per novel set and score: AUROC and FPR at 95% TPR with their intervals, and the VAE
+    score's AUROC against the AE's reconstruction error (difference, interval, verdict)."""
+    rows = []
+    for set_name, found in sorted(ood["sets"].items()):
+        versus_ae = {key.split(" - ")[0]: c["auroc"] for key, c in found["comparisons"].items()}
+        for score, metrics in sorted(found["scores"].items()):
+            versus = versus_ae.get(score)
+            rows.append(
+                (
+                    set_name,
+                    score,
+                    _with_interval(metrics["auroc"]),
+                    _with_interval(metrics["fpr_at_95_tpr"]),
+                    f"{_with_interval(versus, '+')} {versus['verdict']}" if versus else "(the baseline)",
+                )
+            )
+    return rows
+
+
+def ood_section(ood: dict | None) -> str:
+    if ood is None:
+        return "<h2>Out-of-distribution detection</h2><p>No report: run <code>vaectl ood</code>.</p>"
+    return (
+        f"<h2>Out-of-distribution detection</h2><p>The {ood['normal']['images']} test images "
+        f"against each novel set; a higher score is more novel. AUROC and FPR at 95% TPR with "
+        f"95% bootstrap intervals; each VAE score's AUROC against the AE's (equivalent within "
+        f"±{ood['equivalence_margin']:g}).</p>"
+        + _table(("novel set", "score", "AUROC", "FPR at 95% TPR", "AUROC − AE's"), ood_rows(ood))
+    )
+
+
 def figure_html(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     caption = html.escape(CAPTIONS.get(path.name, path.stem.replace("_", " ")))
@@ -100,7 +140,9 @@ figure{margin:1em 0}img{max-width:100%;border:1px solid #ddd}figcaption{color:#5
 .ok{color:#176b1b}.bad{color:#b00020;font-weight:bold}code{background:#f4f4f4;padding:0 3px}"""
 
 
-def page(metrics: dict, summary: dict, holes: dict, validation: dict, figures: list[Path]) -> str:
+def page(
+    metrics: dict, summary: dict, holes: dict, ood: dict | None, validation: dict, figures: list[Path]
+) -> str:
     """The self-contained HTML page."""
     level = f"{LEVEL:.0%}"
     top = summary["comparisons"]
@@ -121,6 +163,7 @@ def page(metrics: dict, summary: dict, holes: dict, validation: dict, figures: l
         f"not recognise (max probability under {holes['hole_threshold']}), for a "
         f"{holes['grid']}×{holes['grid']} grid and for samples.</p>"
         + _table(compare_header, compared_rows(holes["comparison"])),
+        ood_section(ood),
         f'<h2>Data checks</h2><p class="{"ok" if data_ok else "bad"}">'
         f"{validation['expectations_evaluated'] - validation['expectations_failed']} of "
         f"{validation['expectations_evaluated']} passed.</p>"
@@ -151,11 +194,15 @@ def run(reports: Path, figure_dirs: list[Path], experiment: str) -> str:
     run_id, tags = custody.recorded_run(metrics_path, custody.METRICS, experiment, "evaluate")
     custody.check_sibling(reports / "summary.json", custody.EVALUATE_SUMMARY, run_id, tags, "evaluate")
     holes = read_report(reports / "holes.json", "holes")
+    ood = None
+    if (reports / "ood.json").exists():  # quoted only as the ood run that wrote it recorded it
+        custody.recorded_run(reports / "ood.json", custody.OOD_REPORT, experiment, "ood")
+        ood = read_report(reports / "ood.json", "ood")
     validation = read_report(reports / "validation.json", "validate")
     figures = [path for folder in figure_dirs for path in sorted(folder.glob("*.png"))]
     if not figures:
         raise UserError(f"no figures in {', '.join(map(str, figure_dirs))}: run `vaectl evaluate` first")
     with atomic_path(reports / "index.html") as staged:
-        staged.write_text(page(metrics, summary, holes, validation, figures), encoding="utf-8")
+        staged.write_text(page(metrics, summary, holes, ood, validation, figures), encoding="utf-8")
     tracking.attach_artifacts(run_id, [reports / "index.html"])
     return run_id

@@ -5,7 +5,8 @@ Scores, each in nats per image (`bits_per_dim` converts):
 - `neg_elbo`: the VAE's -ELBO, a Monte-Carlo bound on -log p(x);
 - `iw_nll`: the importance-weighted -log p(x) with k samples (k = 1: the ELBO's one-sample
   estimate; the bound tightens as k grows);
-- `complexity_corrected`: -log p(x) minus the code length of a lossless compressor, the
+- `complexity_corrected` (scoring.py, which the served score shares): -log p(x) minus the
+  code length of a lossless compressor, the
   input-complexity correction of Serrà et al. (2020, "Input complexity and out-of-distribution
   detection with likelihood-based generative models"): a simple image (a blank page, a thin
   digit) gets a high likelihood from any model, and the compressor's length takes that part
@@ -24,11 +25,12 @@ import math
 import numpy as np
 import torch
 
+from vaectl import scoring
 from vaectl.archs import PIXELS
 from vaectl.metric_table import Margin
-from vaectl.objectives import bernoulli_nll, iwae_log_likelihood, kl_to_prior
+from vaectl.objectives import expected_bernoulli_nll, iwae_log_likelihood, kl_to_prior, reconstruction_nll
 
-NATS_PER_BIT = math.log(2)
+NATS_PER_BIT = scoring.NATS_PER_BIT
 SCORES = ("neg_elbo", "iw_nll", "complexity_corrected", "reconstruction")
 TPR = 0.95  # FPR is read where this share of the novel set is flagged
 
@@ -41,9 +43,7 @@ def bits_per_dim(nats: np.ndarray) -> np.ndarray:
 def neg_elbo(model, x: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
     """-ELBO per image: E_q[-log p(x|z)] over `samples` draws plus KL(q(z|x) || p(z))."""
     mu, logvar = model.encode(x)
-    assert logvar is not None, "the ELBO is the VAE's alone"
-    eps = torch.randn((samples, *mu.shape), generator=generator)
-    recon = bernoulli_nll(model.decode(mu + eps * torch.exp(0.5 * logvar)), x).mean(0)
+    recon = expected_bernoulli_nll(model, x, samples, generator)
     return recon + kl_to_prior(model.prior_components(), mu, logvar, samples, generator)
 
 
@@ -54,27 +54,7 @@ def iw_nll(model, x: torch.Tensor, k: int, generator: torch.Generator, chunk: in
 
 @torch.no_grad()
 def reconstruction(model, x: torch.Tensor) -> torch.Tensor:
-    """-log p(x | z = encoder mean): deterministic, for either model."""
-    return bernoulli_nll(model.decode(model.encode(x)[0]), x)
-
-
-def compressed_bits(x: torch.Tensor) -> np.ndarray:
-    """Each binary image's code length in bits under bzip2 (level 9) of its 784 pixels packed
-    8 to a byte: the generic compressor of the complexity correction. On Fashion-MNIST
-    against MNIST it separated best of those tried (docs/results.md: bz2, PNG, zlib, LZMA),
-    and bzip2's output has not changed since its 1.0 format."""
-    import bz2
-
-    pixels = (x.reshape(len(x), 784) > 0.5).numpy()
-    return np.array(
-        [8 * len(bz2.compress(np.packbits(image).tobytes(), 9)) for image in pixels], dtype=np.float64
-    )
-
-
-def complexity_corrected(nll_nats: np.ndarray, x: torch.Tensor) -> np.ndarray:
-    """Serrà et al.'s S(x) = -log2 p(x) - L(x), in nats: the likelihood's code length minus
-    the generic compressor's code length of the same binary image."""
-    return np.asarray(nll_nats, dtype=np.float64) - compressed_bits(x) * NATS_PER_BIT
+    return reconstruction_nll(model, x)
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:

@@ -116,15 +116,59 @@ def iwae_log_likelihood(
         decode = lambda z: low.decode(z.to(decoder_dtype)).to(mu.dtype)  # noqa: E731
     binary = bool(((x == 0) | (x == 1)).all())
     sign = 1.0 - 2.0 * x
+    nll = (
+        (lambda logits: bernoulli_nll_binary(logits, sign))
+        if binary
+        else (lambda logits: bernoulli_nll(logits, x))
+    )
     total = torch.full((len(x),), -math.inf, device=x.device)
     done = 0
     while done < k:
         s = min(chunk, k - done)
         eps = torch.randn((s, *mu.shape), device=x.device, dtype=mu.dtype, generator=generator)
-        z = mu + eps * std  # (s, B, D)
-        logits = decode(z.reshape(-1, z.shape[-1])).reshape(s, len(x), -1)
-        log_px_z = -(bernoulli_nll_binary(logits, sign) if binary else bernoulli_nll(logits, x))
-        log_pz_over_qz = log_prior_over_posterior(z, eps, logvar, components)
-        total = torch.logaddexp(total, torch.logsumexp(log_px_z + log_pz_over_qz, dim=0))
+        total = torch.logaddexp(
+            total, torch.logsumexp(log_weights(decode, nll, mu, std, logvar, eps, components), 0)
+        )
         done += s
     return total - math.log(k)
+
+
+def log_weights(decode, nll, mu, std, logvar, eps, components) -> torch.Tensor:
+    """log p(x|z) + log p(z) - log q(z|x) for each z = mu + eps * std (eps: s x B x D),
+    -log p(x|z) being `nll` of the decoded logits (s x B x 784): the importance weights of
+    `iwae_log_likelihood` and of `iw_nll_given_draws` (whose eps, s x 1 x D, broadcasts)."""
+    z = mu + eps * std  # (s, B, D)
+    logits = decode(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
+    return -nll(logits) + log_prior_over_posterior(z, eps, logvar, components)
+
+
+def iw_nll_given_draws(model, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """-log p(x) per image by k importance samples whose standard-normal draws are given
+    (eps: k x D, the same k draws for every image, so an image's value does not depend on the
+    batch it is in): the served score, exported as a program that takes its draws as input."""
+    mu, logvar = model.encode(x)
+    weights = log_weights(
+        model.decode,
+        lambda logits: bernoulli_nll(logits, x),
+        mu,
+        torch.exp(0.5 * logvar),
+        logvar,
+        eps[:, None, :],  # broadcast over the batch
+        model.prior_components(),
+    )
+    return math.log(eps.shape[0]) - torch.logsumexp(weights, 0)
+
+
+def expected_bernoulli_nll(model, x: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
+    """E_q(z|x)[-log p(x|z)] per image, Monte-Carlo over `samples` draws: the ELBO's
+    reconstruction term."""
+    mu, logvar = model.encode(x)
+    assert logvar is not None, "an expectation over q(z|x) is the VAE's alone"
+    eps = torch.randn((samples, *mu.shape), generator=generator)
+    return bernoulli_nll(model.decode(mu + eps * torch.exp(0.5 * logvar)), x).mean(0)
+
+
+def reconstruction_nll(model, x: torch.Tensor) -> torch.Tensor:
+    """-log p(x | z = encoder mean) per image: deterministic, for either model (the usual
+    AE anomaly score)."""
+    return bernoulli_nll(model.decode(model.encode(x)[0]), x)

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaectl import novelty
+from vaectl import novelty, scoring
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import binarize, to_unit
-from vaectl.files import atomic_path, shared_dir, write_json
+from vaectl.files import atomic_path, sha256_file, shared_dir, write_json
 from vaectl.params import EvalParams, OodParams
 from vaectl.report import LEVEL, RESAMPLES
 
@@ -88,7 +88,7 @@ def score_set(
         iw = novelty.iw_nll(vae, xb, params.iw_samples, iw_gen).numpy()
         parts["vae.neg_elbo"].append(novelty.neg_elbo(vae, xb, params.elbo_samples, elbo_gen).numpy())
         parts["vae.iw_nll"].append(iw)
-        parts["vae.complexity_corrected"].append(novelty.complexity_corrected(iw, xb))
+        parts["vae.complexity_corrected"].append(scoring.complexity_corrected(iw, xb.numpy()))
         parts["ae.reconstruction"].append(novelty.reconstruction(ae, xb).numpy())
     return {name: np.concatenate(values).astype(np.float64) for name, values in parts.items()}
 
@@ -162,16 +162,19 @@ def run(
     with atomic_path(report_path) as staged_report, atomic_path(figures_dir) as staged_figures:
         write_json(staged_report, report)  # the report and its figures replaced together
         written = figures.ood_figures(staged_figures, all_scores)
-        log_ood(report, params, written, experiment, data_sha)
+        log_ood(report, sha256_file(staged_report), params, written, experiment, data_sha)
     return report
 
 
 def log_ood(
-    report: dict, params: OodParams, figure_paths: list[Path], experiment: str, data_sha: str
+    report: dict, report_sha: str, params: OodParams, figure_paths: list[Path], experiment: str, data_sha: str
 ) -> None:
-    from vaectl import tracking
+    """The MLflow run `ood`: params, every detection metric, the figures, and the report's
+    sha256 (custody.OOD_REPORT), which `vaectl report` checks before quoting it."""
+    from vaectl import custody, tracking
 
-    with tracking.start_run(experiment, "ood", tracking.standard_tags("ood", data_sha)) as run:
+    tags = {**tracking.standard_tags("ood", data_sha), custody.OOD_REPORT.tag: report_sha}
+    with tracking.start_run(experiment, "ood", tags) as run:
         run.log_params({f"ood.{k}": v for k, v in vars(params).items()})
         for name, found in report["sets"].items():
             key = name.replace(" ", "_")

@@ -111,7 +111,7 @@ ELBO_SAMPLES = 100  # evaluate's Monte-Carlo draws per test image of the ELBO's 
 
 # What a registered model's predict does (its `mode` param): the pyfunc checks it, `vaectl
 # predict` checks it before downloading anything, and the model card lists it.
-PREDICT_MODES = ("reconstruct", "encode", "decode", "sample")
+PREDICT_MODES = ("reconstruct", "encode", "decode", "sample", "score")
 
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a registered model's name

@@ -155,6 +155,9 @@ def _registration(
         "git_commit": tags["mlflow.source.git.commit"],
         "checkpoint_sha256": card["checkpoint_sha256"],
         "protocol": metrics["protocol"],
+        "ood_score": card["score"]["score"],
+        "ood_threshold": str(card["score"]["threshold"]),
+        "ood_quantile": str(card["score"]["quantile"]),
         "training_run_id": training_run,
         "evaluate_run_id": evaluate_run,
         **({"dvc_exp_name": tags["dvc.exp_name"]} if "dvc.exp_name" in tags else {}),
@@ -499,9 +502,25 @@ def predict(ref: str, input_path: Path | None, output: Path, mode: str, n: int, 
         arrays = {"output": y, "mode": np.array(mode), "model": np.array(f"{name}/{version}")}
         if names is not None:
             arrays["names"] = np.array(names)
+        flags = {}
+        if mode == "score":
+            flags = {"threshold": json.loads((bundle / "artifacts" / "score.json").read_text())["threshold"]}
+            arrays |= {
+                "score": y[:, 0],
+                "out_of_distribution": y[:, 1] > 0,
+                "threshold": np.array(flags["threshold"]),
+            }
+            flags["out_of_distribution"] = int(np.count_nonzero(y[:, 1]))
         with open(staged, "wb") as handle:
             np.savez(handle, **arrays)  # type: ignore[arg-type]
-    return {"name": name, "version": version, "rows": len(y), "shape": list(y.shape), "output": str(output)}
+    summary = {
+        "name": name,
+        "version": version,
+        "rows": len(y),
+        "shape": list(y.shape),
+        "output": str(output),
+    }
+    return summary | flags
 
 
 def _score(model, x: np.ndarray, params: dict) -> np.ndarray:

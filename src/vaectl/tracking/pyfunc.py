@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from vaectl import scoring
 from vaectl.params import PREDICT_MODES
 
 # The vaectl files a registered version needs to load (this module and what it imports),
@@ -23,6 +24,7 @@ BUNDLED_FILES = (
     "environment.py",
     "numerics.py",
     "params.py",
+    "scoring.py",
     "tracking/__init__.py",
     "tracking/pyfunc.py",
 )
@@ -32,6 +34,8 @@ ARTIFACTS = {  # pyfunc artifact key -> file written by `vaectl export`
     "encoder": "encoder.pt2",
     "decoder": "decoder.pt2",
     "reconstruct": "reconstruct.pt2",
+    "score": "score.pt2",
+    "score_calibration": "score.json",
     "encoder_onnx": "encoder.onnx",
     "decoder_onnx": "decoder.onnx",
     "reconstruct_onnx": "reconstruct.onnx",
@@ -52,18 +56,25 @@ with contextlib.redirect_stderr(io.StringIO()):
         """MLflow pyfunc over the exported torch.export programs. Input: N x 784 or N x 28 x 28
         pixels in [0, 1] (any float dtype; the signature leaves the input's rank open, and
         predict checks it); `params={"mode": ...}` picks reconstruct (default), encode, decode
-        (N x latent_dim latents) or sample (`n`, `seed`)."""
+        (N x latent_dim latents), sample (`n`, `seed`) or score (N x 2: the novelty score in
+        nats and the out-of-distribution flag, 1.0 above the calibrated threshold)."""
 
         def load_context(self, context):
+            import json
+
             import torch
 
             art = context.artifacts
             self.parts = {
-                part: torch.export.load(art[part]).module() for part in ("encoder", "decoder", "reconstruct")
+                part: torch.export.load(art[part]).module()
+                for part in ("encoder", "decoder", "reconstruct", "score")
             }
             prior = np.load(art["prior"])  # K equally weighted Gaussians (vaectl.prior)
             self.means, self.chols = prior["means"], prior["chols"]
             self.latent_dim = self.means.shape[1]
+            with open(art["score_calibration"]) as handle:
+                self.calibration = json.load(handle)
+            self.variational = bool(self.calibration["importance_samples"])
 
         def _bad(self, message: str):
             from mlflow.exceptions import MlflowException
@@ -80,6 +91,8 @@ with contextlib.redirect_stderr(io.StringIO()):
             if mode == "sample":
                 return self._sample(int(params["n"]), int(params["seed"]))
             x = self._checked(mode, np.asarray(model_input))
+            if mode == "score":
+                return self._score(x)
             part = self.parts[{"encode": "encoder", "decode": "decoder"}.get(mode, mode)]
             with torch.no_grad():  # the model call itself: no autograd graph is built
                 out = part(torch.from_numpy(x.astype(np.float32)))
@@ -103,6 +116,12 @@ with contextlib.redirect_stderr(io.StringIO()):
                 z = self.means[pick] + np.einsum("nij,nj->ni", self.chols[pick], eps)
             with torch.no_grad():
                 return self.parts["decoder"](torch.from_numpy(z.astype(np.float32))).detach().numpy()
+
+        def _score(self, x: np.ndarray) -> np.ndarray:
+            """N x 2 float32: each image's score and whether it exceeds the threshold."""
+            found = scoring.scores(self.parts["score"], self.latent_dim if self.variational else None, x)
+            flag = found > self.calibration["threshold"]
+            return np.stack([found, flag], axis=1).astype(np.float32)
 
         def _checked(self, mode: str, x: np.ndarray) -> np.ndarray:
             """The input as the model part takes it, or the one-line reason it cannot be."""
