@@ -1,5 +1,7 @@
-"""Serving: requests/s and p50/p99 latency of `vaectl serve` on loopback at batch 1 and 64,
-and in-process reconstruction throughput of ONNX Runtime vs torch.export vs eager torch.
+"""Serving: requests/s and p50/p99 latency of `vaectl serve` on loopback at batch 1 and 64, in
+reconstruct and score mode; in-process, the registered pyfunc's images/s in both modes (and the
+score's two parts: the exported program and bzip2), and reconstruction throughput of ONNX
+Runtime vs torch.export vs eager torch.
 
 Needs a registered model (run `make repro` first). Sequential requests from one client, a
 bounded number of them, to 127.0.0.1 only.
@@ -41,8 +43,9 @@ def wait_for(url: str, seconds: float) -> None:
     raise SystemExit(f"server did not answer {url} within {seconds} s")
 
 
-def http_latencies(port: int, batch: int, requests: int) -> np.ndarray:
-    body = json.dumps({"inputs": np.random.default_rng(0).random((batch, 784)).round(3).tolist()}).encode()
+def http_latencies(port: int, batch: int, requests: int, mode: str) -> np.ndarray:
+    inputs = np.random.default_rng(0).random((batch, 784)).round(3).tolist()
+    body = json.dumps({"inputs": inputs, "params": {"mode": mode}}).encode()
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
     )
@@ -85,6 +88,46 @@ def in_process(export_dir: Path, batch: int, repeats: int) -> dict[str, float]:
     return rates
 
 
+def rate(fn, images: int, seconds: float = 3.0) -> float:
+    """Images per second of `fn` (which handles `images` of them), run for about `seconds`."""
+    fn()
+    calls, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        fn()
+        calls += 1
+    return calls * images / (time.perf_counter() - began)
+
+
+def pyfunc_rates(model_uri: str) -> dict[str, float]:
+    """In-process images/s of the registered pyfunc (verified bundle, as `vaectl predict` loads
+    it) by mode and batch, and of the score's two parts at batch 64."""
+    import tempfile
+
+    from vaectl import registry, scoring
+    from vaectl.tracking import registry_client
+
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        _, _, bundle, _ = registry.download_verified(model_uri, Path(tmp))
+        model = registry_client.load_pyfunc(str(bundle))
+        program = torch.export.load(bundle / "artifacts" / "score.pt2").module()
+        latent_dim = model.unwrap_python_model().latent_dim
+        for batch in (1, 64):
+            x = np.random.default_rng(0).random((batch, 784), dtype=np.float32)
+            for mode in ("reconstruct", "score"):
+                rates[f"pyfunc {mode}, batch {batch}"] = rate(
+                    lambda x=x, mode=mode: model.predict(x, params={"mode": mode}), batch
+                )
+        uniforms, eps = scoring.fixed_draws(latent_dim)
+        binary = scoring.binarised(x, uniforms)
+        with torch.no_grad():
+            rates["score program alone, batch 64"] = rate(
+                lambda: program(torch.from_numpy(binary), torch.from_numpy(eps)), 64
+            )
+        rates["bzip2 code lengths alone, batch 64"] = rate(lambda: scoring.compressed_bits(binary), 64)
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vae-mnist@champion")
@@ -101,18 +144,22 @@ def main() -> None:
     try:
         wait_for(f"http://127.0.0.1:{port}/ping", 120)
         print(f"{args.model} served by MLflow on loopback, {args.requests} sequential requests each")
-        print(f"{'batch':>6}{'req/s':>9}{'images/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
-        for batch in (1, 64):
-            http_latencies(port, batch, 5)  # warm-up
-            t = http_latencies(port, batch, args.requests)
-            print(
-                f"{batch:>6}{len(t) / t.sum():>9.1f}{batch * len(t) / t.sum():>10.0f}"
-                f"{np.percentile(t, 50) * 1e3:>9.1f}{np.percentile(t, 99) * 1e3:>9.1f}"
-            )
+        print(f"{'mode':>12}{'batch':>6}{'req/s':>9}{'images/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+        for mode in ("reconstruct", "score"):
+            for batch in (1, 64):
+                http_latencies(port, batch, 5, mode)  # warm-up
+                t = http_latencies(port, batch, args.requests, mode)
+                print(
+                    f"{mode:>12}{batch:>6}{len(t) / t.sum():>9.1f}{batch * len(t) / t.sum():>10.0f}"
+                    f"{np.percentile(t, 50) * 1e3:>9.1f}{np.percentile(t, 99) * 1e3:>9.1f}"
+                )
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    print(f"in-process reconstruction, batch 64, {torch.get_num_threads()} threads (images/s):")
+    print(f"in-process, {torch.get_num_threads()} threads (images/s):")
+    for name, found in pyfunc_rates(args.model).items():
+        print(f"  {name:<36}{found:>10.0f}")
+    print("in-process reconstruction, batch 64 (images/s):")
     for name, rate in in_process(Path("export/vae"), 64, 300).items():
         print(f"  {name:<12}{rate:>10.0f}")
 

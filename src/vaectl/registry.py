@@ -502,25 +502,20 @@ def predict(ref: str, input_path: Path | None, output: Path, mode: str, n: int, 
         arrays = {"output": y, "mode": np.array(mode), "model": np.array(f"{name}/{version}")}
         if names is not None:
             arrays["names"] = np.array(names)
-        flags = {}
-        if mode == "score":
-            flags = {"threshold": json.loads((bundle / "artifacts" / "score.json").read_text())["threshold"]}
-            arrays |= {
-                "score": y[:, 0],
-                "out_of_distribution": y[:, 1] > 0,
-                "threshold": np.array(flags["threshold"]),
-            }
-            flags["out_of_distribution"] = int(np.count_nonzero(y[:, 1]))
+        flagged = flagged_arrays(y, bundle) if mode == "score" else {}
         with open(staged, "wb") as handle:
-            np.savez(handle, **arrays)  # type: ignore[arg-type]
-    summary = {
-        "name": name,
-        "version": version,
-        "rows": len(y),
-        "shape": list(y.shape),
-        "output": str(output),
-    }
-    return summary | flags
+            np.savez(handle, **arrays, **flagged)  # type: ignore[arg-type]
+    summary = {"name": name, "version": version, "rows": len(y), "shape": list(y.shape)}
+    if flagged:
+        summary["threshold"] = float(flagged["threshold"])
+        summary["out_of_distribution"] = int(flagged["out_of_distribution"].sum())
+    return summary | {"output": str(output)}
+
+
+def flagged_arrays(y: np.ndarray, bundle: Path) -> dict[str, np.ndarray]:
+    """Score mode's N x 2 output as named arrays, with the threshold the version flags by."""
+    threshold = json.loads((bundle / "artifacts" / "score.json").read_text())["threshold"]
+    return {"score": y[:, 0], "out_of_distribution": y[:, 1] > 0, "threshold": np.array(threshold)}
 
 
 def _score(model, x: np.ndarray, params: dict) -> np.ndarray:
