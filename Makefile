@@ -47,14 +47,17 @@ lock: setup ## Re-resolve requirements.lock from pyproject.toml; UPGRADE=pkg mov
 		--custom-compile-command "make lock" $(if $(PIP_CAP),--constraint $(PIP_CAP)) \
 		$(if $(UPGRADE),--upgrade-package $(UPGRADE)) --output-file $(LOCK)
 
-# one worker per core (pytest-xdist); PYTEST_WORKERS=0 runs them in this process, one by one
+# one worker per core (pytest-xdist); PYTEST_WORKERS=0 runs them in this process, one by one.
+# Tests are dealt out one at a time, longest modules first (tests/conftest.py), not in chunks
+# of a quarter of the suite: a chunk held every long end-to-end test on one worker.
 PYTEST_WORKERS ?= auto
+PYTEST_XDIST := -n $(PYTEST_WORKERS) --maxschedchunk 1
 
 test: setup ## Run the test suite (unit tests + one tiny end-to-end dvc repro), a worker per core
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
+	$(BIN)/pytest -q $(PYTEST_XDIST)
 
 test-fast: setup ## The edit loop: every test but the e2e ones (processes, servers, pipelines)
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not e2e"
+	$(BIN)/pytest -q $(PYTEST_XDIST) -m "not e2e"
 
 lint: setup ## Ruff lint and format check, mypy on src/
 	$(BIN)/ruff check src tests benchmarks

@@ -20,6 +20,18 @@ import pytest  # noqa: E402
 from vaectl.data import describe, self_sha256  # noqa: E402
 from vaectl.files import write_json  # noqa: E402
 
+# The modules whose tests run longest (measured with --durations), longest first.
+LONGEST_FIRST = ("test_pipeline.py", "test_distributed.py", "test_deploy.py", "test_remote.py")
+
+
+def pytest_collection_modifyitems(items):
+    """Start the longest modules first. `make test` has pytest-xdist deal tests out one at a
+    time in collection order (--maxschedchunk 1), so each worker starts on a long end-to-end
+    test and the short ones fill in after; collected last, a long test ran alone at the end.
+    The order within a module is kept (the pipeline tests build on each other)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))
+
 
 def synthetic_digits(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Distinct, class-dependent uint8 28x28 images: a bright bar per class plus noise."""

@@ -32,6 +32,16 @@ pytestmark = pytest.mark.e2e  # fresh processes and a model server
 REPO = Path(__file__).resolve().parents[1]
 
 
+@contextlib.contextmanager
+def deployed_env(deployed):
+    """This process in the deployment's environment (its tracking store), in its folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in deployed["env"].items():
+            mp.setenv(k, v)
+        mp.chdir(deployed["root"])
+        yield mp
+
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     """`train_to_registry` once for the whole module, on a local sqlite store."""
@@ -82,9 +92,7 @@ def test_export_parity_files_and_dynamic_batch(deployed):
 def test_first_registration_promotes_and_the_same_model_again_does_not(deployed):
     first = deployed["first"]
     assert first["vae"]["promoted"] and first["vae"]["version"] == "1"
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in deployed["env"].items():
-            mp.setenv(k, v)
+    with deployed_env(deployed):
         root = deployed["root"]
         again = registry.register(
             deployed["rule"],
@@ -153,9 +161,8 @@ def test_first_registration_promotes_and_the_same_model_again_does_not(deployed)
 def test_inside_a_dvc_experiment_register_checks_the_exports_and_registers_nothing(deployed, tmp_path):
     from vaectl.tracking import registry_client
 
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in {**deployed["env"], "DVC_EXP_NAME": "latent8"}.items():
-            mp.setenv(k, v)
+    with deployed_env(deployed) as mp:
+        mp.setenv("DVC_EXP_NAME", "latent8")
         root = deployed["root"]
         before = sorted(v.version for v in registry_client.client().search_model_versions("name='vae-mnist'"))
         result = registry.register(
@@ -333,9 +340,7 @@ def test_unknown_names_list_what_exists(deployed, ref, message):
 def test_pyfunc_rejects_bad_inputs_with_a_message(deployed):
     from mlflow.exceptions import MlflowException
 
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in deployed["env"].items():
-            mp.setenv(k, v)
+    with deployed_env(deployed):
         from vaectl.tracking import registry_client
 
         model = registry_client.load_pyfunc("models:/vae-mnist@champion")
@@ -563,37 +568,33 @@ def test_predict_scores_npz_and_png_folders_through_the_verified_pyfunc(deployed
     np.testing.assert_allclose(a["output"], b["output"], atol=1e-6)
     from vaectl.tracking import registry_client
 
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in deployed["env"].items():
-            mp.setenv(k, v)
+    with deployed_env(deployed):
         direct = registry_client.load_pyfunc("models:/vae-mnist@champion").predict(
             images.reshape(3, 784).astype(np.float32) / 255
         )
     np.testing.assert_allclose(a["output"], direct, atol=1e-6)
-    with pytest.MonkeyPatch.context() as mp:  # rows scored a batch at a time: the same numbers
-        for k, v in deployed["env"].items():
-            mp.setenv(k, v)
+    with deployed_env(deployed) as mp:  # rows scored a batch at a time: the same numbers
         mp.setattr(registry, "PREDICT_BATCH_ROWS", 2)
-        mp.chdir(root)
         registry.predict("vae-mnist@champion", root / "digits.npz", root / "batched.npz", "reconstruct", 0, 0)
     # equal to float rounding: a matrix product's blocking depends on the batch's rows
     np.testing.assert_allclose(np.load(root / "batched.npz")["output"], a["output"], atol=1e-6)
-    sampled = vaectl("--mode", "sample", "--n", "4", "--output", "s.npz")
-    assert sampled.returncode == 0 and np.load(root / "s.npz")["output"].shape == (4, 784)
-
     np.save(root / "wide.npy", np.full((2, 10), 0.5, np.float32))
-    for args, message in [
-        (("--input", "wide.npy"), "mode reconstruct expects N x 784 input"),
-        (("--input", "missing.npz"), "input not found: missing.npz"),
-        (("--input", "pngs", "--mode", "explode"), "unknown mode 'explode'"),
-        (("--mode", "encode"), "mode encode needs --input"),
-    ]:
-        failed = vaectl(*args, "--output", "bad.npz")
-        assert failed.returncode == 1 and message in failed.stderr, failed.stderr
-        assert "Traceback" not in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
-        assert not (root / "bad.npz").exists()
-    nowhere = vaectl("--input", "pngs", "--output", "nowhere/p.npz")
-    assert nowhere.returncode == 1 and "folder nowhere does not exist" in nowhere.stderr
+    failed = vaectl("--input", "wide.npy", "--output", "bad.npz")  # a user's mistake, in a fresh process
+    assert failed.returncode == 1 and "mode reconstruct expects N x 784 input" in failed.stderr, failed.stderr
+    assert "Traceback" not in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
+    assert not (root / "bad.npz").exists()
+    with deployed_env(deployed):  # the same command's other refusals, in this process
+        registry.predict("vae-mnist@champion", None, root / "s.npz", "sample", 4, 0)
+        assert np.load(root / "s.npz")["output"].shape == (4, 784)
+        for args, message in [
+            ((Path("missing.npz"), root / "bad.npz", "reconstruct"), "input not found: missing.npz"),
+            ((root / "pngs", root / "bad.npz", "explode"), "unknown mode 'explode'"),
+            ((None, root / "bad.npz", "encode"), "mode encode needs --input"),
+            ((root / "pngs", Path("nowhere/p.npz"), "reconstruct"), "folder nowhere does not exist"),
+        ]:
+            with pytest.raises(UserError, match=re.escape(message)):
+                registry.predict("vae-mnist@champion", *args, 0, 0)
+            assert not (root / "bad.npz").exists()
 
 
 def test_the_vae_ships_its_vampprior_mixture_and_the_ae_one_gaussian(deployed):
@@ -692,9 +693,7 @@ def test_the_served_threshold_is_the_validation_quantile_recorded_with_the_versi
         assert deployed["cards"][kind]["score"] == calibration
         assert "score" in deployed["cards"][kind]["modes"]
         version = deployed["first"][kind]["version"]
-        with pytest.MonkeyPatch.context() as mp:
-            for k, v in deployed["env"].items():
-                mp.setenv(k, v)
+        with deployed_env(deployed):
             assert registry_client.version_tag(name, version, "ood_threshold") == str(
                 calibration["threshold"]
             )

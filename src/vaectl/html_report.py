@@ -94,7 +94,7 @@ def _with_interval(found: dict, sign: str = "") -> str:
 def ood_rows(ood: dict) -> list[tuple[str, ...]]:
     """Per novel set and score: AUROC and FPR at 95% TPR with their intervals, and the VAE
     score's AUROC against the AE's reconstruction error (difference, interval, verdict)."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for set_name, found in sorted(ood["sets"].items()):
         versus_ae = {key.split(" - ")[0]: c["auroc"] for key, c in found["comparisons"].items()}
         for score, metrics in sorted(found["scores"].items()):
