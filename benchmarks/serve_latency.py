@@ -58,7 +58,17 @@ def http_latencies(port: int, batch: int, requests: int, mode: str) -> np.ndarra
     return np.array(times)
 
 
-def in_process(export_dir: Path, batch: int, repeats: int) -> dict[str, float]:
+def rate(fn, images: int, seconds: float = 3.0) -> float:
+    """Images per second of `fn` (which handles `images` of them), run for about `seconds`."""
+    fn()
+    calls, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        fn()
+        calls += 1
+    return calls * images / (time.perf_counter() - began)
+
+
+def in_process(export_dir: Path, batch: int) -> dict[str, float]:
     import onnxruntime
 
     from vaectl.checkpoints import load_trained
@@ -77,25 +87,8 @@ def in_process(export_dir: Path, batch: int, repeats: int) -> dict[str, float]:
         "torch.export": lambda: program(torch.from_numpy(x)),
         "eager torch": lambda: eager(torch.from_numpy(x)),
     }
-    rates = {}
     with torch.no_grad():
-        for name, fn in runners.items():
-            fn()
-            began = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            rates[name] = repeats * batch / (time.perf_counter() - began)
-    return rates
-
-
-def rate(fn, images: int, seconds: float = 3.0) -> float:
-    """Images per second of `fn` (which handles `images` of them), run for about `seconds`."""
-    fn()
-    calls, began = 0, time.perf_counter()
-    while time.perf_counter() - began < seconds:
-        fn()
-        calls += 1
-    return calls * images / (time.perf_counter() - began)
+        return {name: rate(fn, batch) for name, fn in runners.items()}
 
 
 def pyfunc_rates(model_uri: str) -> dict[str, float]:
@@ -160,8 +153,8 @@ def main() -> None:
     for name, found in pyfunc_rates(args.model).items():
         print(f"  {name:<36}{found:>10.0f}")
     print("in-process reconstruction, batch 64 (images/s):")
-    for name, rate in in_process(Path("export/vae"), 64, 300).items():
-        print(f"  {name:<12}{rate:>10.0f}")
+    for name, found in in_process(Path("export/vae"), 64).items():
+        print(f"  {name:<12}{found:>10.0f}")
 
 
 if __name__ == "__main__":

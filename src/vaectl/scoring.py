@@ -12,8 +12,8 @@ exported `score` program:
 Every draw is fixed by SEED and shared by every image, so a score depends on the image alone:
 the same whether it is sent alone, in a batch of 64 or through `vaectl predict`.
 
-Bundled with the registered model (it imports numpy and the standard library at load; torch
-only to call the program).
+Bundled with the registered model (it imports numpy, the standard library and vaectl.archs'
+constants at load; torch only to call the program).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import math
 
 import numpy as np
 
-PIXELS = 784
+from vaectl.archs import PIXELS
+
 NATS_PER_BIT = math.log(2)
 SAMPLES = 16  # the served IW-NLL's k: cheap (benchmarks/serve_latency.py measures it)
 SEED = 0
