@@ -533,7 +533,7 @@ def test_pull_into_a_file_is_one_clear_line(deployed):
         capture_output=True,
         text=True,
     )
-    assert out.returncode == 1 and "is a file; give a directory" in out.stderr
+    assert out.returncode == 1 and "is a file; give a folder" in out.stderr
     assert "Traceback" not in out.stderr and target.read_text() == "keep me"
 
 

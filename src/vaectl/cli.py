@@ -281,6 +281,7 @@ def train(
     Example: vaectl train --model vae --nproc 2   (same as `torchrun --standalone
     --nproc-per-node 2 -m vaectl train --model vae`; the global batch is split between them)
     """
+    files = LAYOUT.model(model)  # a name that stays one folder under models/, checked first
     named_kind = kind is None
     kind = kind or model.split("-")[0]
     if kind not in MODELS:  # a choice, checked here to keep the error on one line
@@ -294,7 +295,6 @@ def train(
 
     if latent_dim is not None:
         params = stage.with_latent_dim(params, kind, latent_dim)
-    files = LAYOUT.model(model)
     again = " ".join(["vaectl train", *given_options(ctx, drop=("resume",)), "--resume"])
     try:
         if nproc > 1:
@@ -620,7 +620,9 @@ def overlay(
 @user_errors
 def pull(
     ref: str = typer.Argument(..., help="NAME@alias, NAME/version, or NAME (= NAME@champion)"),
-    dest: Path = typer.Option(Path("deploy"), help="bundle directory (replaced atomically)"),
+    dest: Path = typer.Option(
+        Path("deploy"), help="bundle folder: a new or empty one, or an earlier pull's (replaced atomically)"
+    ),
 ):
     """Download a registered model as a deploy bundle, verify checksums, load it once.
 

@@ -22,7 +22,7 @@ from vaectl.archs import PIXELS
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import to_unit
-from vaectl.files import atomic_path, exclusive_dir, read_json, remove_stale_temps, sha256_file, write_json
+from vaectl.files import atomic_path, exclusive_dir, read_json, sha256_file, write_json
 from vaectl.models import AutoEncoder
 from vaectl.objectives import iw_nll_given_draws, reconstruction_nll
 from vaectl.params import PREDICT_MODES
@@ -241,7 +241,6 @@ def run(
     parities = {}
     with exclusive_dir(out_root, "`vaectl export`"):
         for kind in kinds:
-            remove_stale_temps(out_root / kind)  # a killed export's half folder
             model, summary, (training_run, training_tags) = trained[kind]
             checkpoint_sha = training_tags[custody.CHECKPOINT.tag]
             with atomic_path(out_root / kind) as out:

@@ -7,26 +7,125 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vaectl import UserError
 
+# What a command may replace (docs/reliability.md, "Destinations"): a plain file, or a folder
+# all of whose files the new output writes again (or that `claim` recognises as this command's
+# own earlier output); never a link, a device, a FIFO or a socket, never the working folder or
+# one that holds it, and never a folder holding a file the new output does not have, so that
+# no file of the user's is ever deleted.
+Claim = Callable[[Path], "str | None"]  # what in an existing destination is not ours, or None
+
+
+def _special(mode: int) -> str | None:
+    for test, name in (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return None
+
+
+def check_destination(dest: Path, claim: Claim | None = None) -> None:
+    """Refuse at once a destination no command replaces: a link, a device, a FIFO or socket,
+    the working folder (or one above it), or what `claim` says is not this command's own."""
+    dest = Path(dest)
+    _check_place(dest)
+    if claim and dest.exists():
+        _refuse_foreign(dest, claim(dest))
+
+
+def _check_place(dest: Path) -> None:
+    if dest.is_symlink():
+        raise UserError(
+            f"{dest} is a symbolic link, which vaectl never replaces: remove it or write "
+            f"elsewhere (a link into DVC's cache: `dvc unprotect {dest}` first)"
+        )
+    if not dest.exists():
+        return
+    special = _special(dest.stat().st_mode)
+    if special:
+        raise UserError(f"{dest} is {special}, not a file vaectl wrote; write elsewhere")
+    here, target = Path.cwd().resolve(), dest.resolve()
+    if target == here or target in here.parents:
+        raise UserError(f"{dest} is the working folder or holds it; name a folder of its own")
+
+
+def foreign_entry(old: Path, new: Path) -> str | None:
+    """The first thing in folder `old` that folder `new` does not replace (a file it does not
+    write again, a link, a device), or None: a folder is replaced only with all of its files."""
+    for entry in sorted(old.rglob("*")):
+        relative = entry.relative_to(old)
+        if entry.is_symlink() or _special(entry.lstat().st_mode):
+            return f"{relative} (not a plain file)"
+        if entry.is_file() and not (new / relative).is_file():
+            return str(relative)
+    return None
+
+
+def _check_swap(dest: Path, staged: Path, claim: Claim | None) -> None:
+    _check_place(dest)
+    if not dest.exists():
+        return
+    if dest.is_dir() != staged.is_dir():
+        what = ("a folder", "a file") if dest.is_dir() else ("a file", "a folder")
+        raise UserError(f"{dest} is {what[0]}, and this output is {what[1]}; write elsewhere")
+    _refuse_foreign(dest, claim(dest) if claim else (foreign_entry(dest, staged) if dest.is_dir() else None))
+
+
+def _refuse_foreign(dest: Path, foreign: str | None) -> None:
+    if foreign:
+        raise UserError(
+            f"{dest} holds {foreign}, which this command did not write; vaectl never deletes "
+            "what it did not write: move it away or write elsewhere"
+        )
+
+
+def remove_stale_temps(dest: Path) -> None:
+    """Remove what a killed `atomic_path(dest)` left beside `dest` (kill -9 runs no clean-up):
+    staging folders whose process (named in the folder's name) is gone."""
+    for stale in Path(dest).parent.glob(f".{Path(dest).name}.*.tmp"):
+        pid = stale.name[len(Path(dest).name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
 
 @contextlib.contextmanager
-def atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success it replaces `dest` (file or directory).
+def atomic_path(dest: Path, claim: Claim | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success it replaces `dest` (file or directory), if
+    `dest` is one vaectl may replace (see above; `claim` recognises its own earlier output).
 
-    On any exception the temporary path is removed and `dest` is left as it was.
+    On any exception the temporary path is removed and `dest` is left as it was; what a killed
+    process staged beside `dest` is removed by the next call.
     """
     dest = Path(dest)
+    check_destination(dest, claim)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    remove_stale_temps(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent))
     staged = tmp / dest.name
     try:
         yield staged
-        if dest.is_dir() and not dest.is_symlink():
+        _check_swap(dest, staged, claim)
+        if dest.is_dir():
             old = tmp / (dest.name + ".old")
             os.replace(dest, old)
             os.replace(staged, dest)
@@ -34,14 +133,6 @@ def atomic_path(dest: Path) -> Iterator[Path]:
             os.replace(staged, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def remove_stale_temps(dest: Path) -> None:
-    """Remove what a killed `atomic_path(dest)` left beside `dest` (kill -9 runs no clean-up).
-    Only under a lock that keeps every other writer of `dest` out."""
-    dest = Path(dest)
-    for stale in dest.parent.glob(f".{dest.name}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextlib.contextmanager

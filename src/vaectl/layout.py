@@ -8,10 +8,26 @@ evaluation reads.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vaectl import UserError
+
 CLASSIFIER_FILE = "classifier.pt"  # what `vaectl classifier` writes in its folder
+
+
+# a model's name is one path component under models/: it never climbs out of the project
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def checked_model_name(name: str) -> str:
+    if not MODEL_NAME.fullmatch(name) or ".." in name:
+        raise UserError(
+            f"model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit (it names the folder models/NAME)"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,7 @@ class Layout:
         return self.root / "reports"
 
     def model(self, name: str) -> ModelFiles:
+        name = checked_model_name(name)
         return ModelFiles(self.root / "models" / name, self.reports / "curves" / f"{name}.json")
 
     @property

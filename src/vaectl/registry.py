@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from vaectl import UserError, custody
-from vaectl.files import atomic_path, read_json, sha256_file, tree_listing, write_json
+from vaectl.files import atomic_path, check_destination, read_json, sha256_file, tree_listing, write_json
 from vaectl.metric_table import PROMOTION, headline, measure
 from vaectl.params import PIXELS, PREDICT_MODES, RegistryParams
 from vaectl.report import flatten_model_metrics
@@ -282,13 +282,22 @@ def download_verified(ref: str, into: Path) -> tuple[str, str, Path, int]:
     return name, version, downloaded, checked
 
 
+PULLED = "pulled.json"  # what `pull` writes beside the bundle: the version and its files
+PULLED_MAX_BYTES = 1 << 20
+
+
 def pull(ref: str, dest: Path) -> dict:
-    """Download NAME[@alias|/version] into `dest` (atomically), verify, load once."""
+    """Download NAME[@alias|/version] into `dest` (atomically), verify, load once. `dest` is
+    new, empty or an earlier pull's bundle (its pulled.json lists every file in it)."""
     from vaectl.tracking import registry_client
 
+    check_destination(dest)
     if dest.exists() and not dest.is_dir():
-        raise UserError(f"--dest {dest} is a file; give a directory (it is replaced atomically)")
-    with tempfile.TemporaryDirectory(prefix="vaectl-pull-") as tmp:
+        raise UserError(f"--dest {dest} is a file; give a folder (it is replaced atomically)")
+    with (
+        atomic_path(dest, claim=earlier_pull) as staged,
+        tempfile.TemporaryDirectory(prefix="vaectl-pull-") as tmp,
+    ):
         name, version, downloaded, checked = download_verified(ref, Path(tmp))
         model = registry_client.load_pyfunc(str(downloaded))
         card = json.loads((downloaded / "artifacts" / "model_card.json").read_text())
@@ -296,18 +305,42 @@ def pull(ref: str, dest: Path) -> dict:
         output = model.predict(probe)
         if output.shape != (1, 784) or not np.isfinite(output).all():
             raise UserError(f"{name}/{version} loaded but its smoke prediction is malformed")
-        with atomic_path(dest) as staged:
-            shutil.copytree(downloaded, staged)
-    summary = {
-        "name": name,
-        "version": version,
-        "dest": str(dest),
-        "files_verified": checked,
-        "model": card["model"],
-        "test_metrics": card["test_metrics"],
-    }
-    write_json(dest / "pulled.json", summary)
+        shutil.copytree(downloaded, staged)
+        summary = {
+            "name": name,
+            "version": version,
+            "dest": str(dest),
+            "files_verified": checked,
+            "model": card["model"],
+            "test_metrics": card["test_metrics"],
+            "files": tree_listing(staged),
+        }
+        write_json(staged / PULLED, summary)
     return summary
+
+
+def earlier_pull(dest: Path) -> str | None:
+    """What in folder `dest` an earlier `vaectl pull` did not write (by its pulled.json's
+    listing), or None: the only folder besides an empty one that pull replaces."""
+    entries = sorted(dest.rglob("*"))
+    if not entries:
+        return None
+    listing = dest / PULLED
+    try:
+        if listing.is_symlink() or listing.stat().st_size > PULLED_MAX_BYTES:
+            raise ValueError
+        files = json.loads(listing.read_text())["files"]
+        if not isinstance(files, dict):
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{entries[0].relative_to(dest)} and no {PULLED} of `vaectl pull` listing its files"
+    for entry in entries:
+        relative = entry.relative_to(dest).as_posix()
+        if entry.is_symlink() or not (entry.is_dir() or entry.is_file()):
+            return f"{relative} (not a plain file)"
+        if entry.is_file() and relative != PULLED and relative not in files:
+            return relative
+    return None
 
 
 # What `vaectl predict` reads: bounded before anything is decoded or allocated. A row is one
@@ -486,6 +519,7 @@ def predict(ref: str, input_path: Path | None, output: Path, mode: str, n: int, 
         raise UserError(f"unknown mode {mode!r}: use {', '.join(PREDICT_MODES)}")
     if mode != "sample" and input_path is None:
         raise UserError(f"mode {mode} needs --input (an .npz/.npy or a folder of PNGs)")
+    check_destination(output, claim=None if output.is_dir() else earlier_prediction)
     if output.is_dir():
         raise UserError(f"--output {output} is a directory; give a file name such as predictions.npz")
     if not output.parent.is_dir():
@@ -494,7 +528,10 @@ def predict(ref: str, input_path: Path | None, output: Path, mode: str, n: int, 
         x, names = np.zeros((1, 1), np.float32), None
     else:
         x, names = read_inputs(input_path, mode)
-    with atomic_path(output) as staged, tempfile.TemporaryDirectory(prefix="vaectl-predict-") as tmp:
+    with (
+        atomic_path(output, claim=earlier_prediction) as staged,
+        tempfile.TemporaryDirectory(prefix="vaectl-predict-") as tmp,
+    ):
         name, version, bundle, _ = download_verified(ref, Path(tmp))
         model = registry_client.load_pyfunc(str(bundle))
         params = {"mode": mode, "n": n, "seed": seed}
@@ -510,6 +547,21 @@ def predict(ref: str, input_path: Path | None, output: Path, mode: str, n: int, 
         summary["threshold"] = float(flagged["threshold"])
         summary["out_of_distribution"] = int(flagged["out_of_distribution"].sum())
     return summary | {"output": str(output)}
+
+
+PREDICTION_ARRAYS = {"output.npy", "mode.npy", "model.npy"}  # in every .npz predict writes
+
+
+def earlier_prediction(output: Path) -> str | None:
+    """None when the file at `output` is an .npz an earlier `vaectl predict` wrote (the only
+    file predict replaces), else what it is."""
+    try:
+        with zipfile.ZipFile(output) as archive:
+            if PREDICTION_ARRAYS <= set(archive.namelist()):
+                return None
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return "other data than an earlier `vaectl predict` output"
 
 
 def flagged_arrays(y: np.ndarray, bundle: Path) -> dict[str, np.ndarray]:
