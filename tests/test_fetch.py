@@ -210,6 +210,57 @@ def test_a_mirror_that_never_answers_times_out_and_the_next_one_serves(tmp_path,
         fetch_stage.download_resources("mnist", resources, [str(good)], dest)
 
 
+def test_a_mirror_file_that_is_a_device_is_refused_unread(tmp_path):
+    """st_size of /dev/zero is 0: a size check from stat alone would copy it until the disk
+    is full. A local mirror's file must be a regular file."""
+    good, devices = tmp_path / "good", tmp_path / "devices"
+    resources = make_mirror(good)[:1]
+    devices.mkdir()
+    (devices / resources[0][0]).symlink_to("/dev/zero")
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    with pytest.raises(UserError, match=r"unreachable: not a regular file"):
+        fetch_stage.download_resources("mnist", resources, [str(devices)], dest)
+    assert fetch_stage.download_resources("mnist", resources, [str(devices), str(good)], dest)
+
+
+def test_a_mirror_that_trickles_is_given_up_at_the_deadline(tmp_path, monkeypatch):
+    """One byte every 0.1 s never trips a per-wait timeout; the whole file has a deadline."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def trickle():
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+        while not stop.is_set():
+            conn.sendall(b"x")
+            time.sleep(0.1)
+        conn.close()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    monkeypatch.setenv("VAECTL_FETCH_TIMEOUT", "0.3")
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    started = time.monotonic()
+    try:
+        with pytest.raises(UserError, match=r"not complete within 3 s"):
+            fetch_stage.download_resources(
+                "mnist", [("f.gz", "0" * 32)], [f"http://127.0.0.1:{listener.getsockname()[1]}/"], dest
+            )
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - started < 30
+    assert not (dest / "f.gz").exists()
+
+
 def test_vaectl_mirror_holds_urls_separated_by_whitespace(tmp_path, local_mnist, monkeypatch):
     from typer.testing import CliRunner
 

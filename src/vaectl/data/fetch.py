@@ -18,8 +18,9 @@ import gzip
 import importlib.util
 import io
 import os
-import shutil
+import stat
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict
@@ -102,26 +103,41 @@ def fetch_timeout() -> float:
     return seconds
 
 
+DEADLINE_WAITS = 10  # a whole file may take ten socket waits (VAECTL_FETCH_TIMEOUT each), then it is given up
+
+
+class TooSlow(TimeoutError):
+    """A mirror that answers, but too slowly to finish a file before the deadline."""
+
+
 def _retrieve(url: str, target: Path, timeout: float) -> None:
-    """Copy `url` (file:// or http(s)://) to `target`: at most MAX_ARCHIVE_BYTES, and no
-    socket wait longer than `timeout` seconds. A target left by an earlier mirror is deleted
-    first, so it can never be mistaken for this mirror's file."""
+    """Copy `url` (file:// or http(s)://) to `target`: at most MAX_ARCHIVE_BYTES counted as
+    they are read (whatever the source claims its size is), no socket wait longer than
+    `timeout` seconds and no file longer than DEADLINE_WAITS of them. A local mirror's file
+    must be a regular file (a link to /dev/zero never ends). A target left by an earlier
+    mirror is deleted first, so it can never be mistaken for this mirror's file."""
     target.unlink(missing_ok=True)
     if url.startswith("file://"):
-        source = Path(url2pathname(urlparse(url).path))
-        if source.stat().st_size > MAX_ARCHIVE_BYTES:
-            raise ValueError(f"larger than {MAX_ARCHIVE_BYTES} bytes")
-        shutil.copyfile(source, target)
-        return
-    if not url.startswith(("http://", "https://")):
+        source = open(url2pathname(urlparse(url).path), "rb")  # noqa: SIM115 - closed below
+        if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+            source.close()
+            raise ValueError("not a regular file")
+        read = source.read
+    elif url.startswith(("http://", "https://")):
+        request = urllib.request.Request(url, headers={"User-Agent": "vaectl"})
+        source = urllib.request.urlopen(request, timeout=timeout)
+        read = source.read1  # what has arrived: a trickle cannot hold one read forever
+    else:
         raise ValueError("not a file, http or https URL")
-    request = urllib.request.Request(url, headers={"User-Agent": "vaectl"})
-    with urllib.request.urlopen(request, timeout=timeout) as response, open(target, "wb") as out:
+    deadline = time.monotonic() + DEADLINE_WAITS * timeout
+    with source, open(target, "wb") as out:
         total = 0
-        for block in iter(lambda: response.read(1 << 16), b""):
+        for block in iter(lambda: read(1 << 16), b""):
             total += len(block)
             if total > MAX_ARCHIVE_BYTES:
                 raise ValueError(f"larger than {MAX_ARCHIVE_BYTES} bytes")
+            if time.monotonic() > deadline:
+                raise TooSlow
             out.write(block)
 
 
@@ -153,6 +169,9 @@ def download_resources(
             url = mirror_url(mirror) + filename
             try:
                 _retrieve(url, target, timeout)
+            except TooSlow:
+                tried.append(f"{url} (not complete within {DEADLINE_WAITS * timeout:g} s)")
+                continue
             except TimeoutError:
                 tried.append(f"{url} (no answer within {timeout:g} s)")
                 continue

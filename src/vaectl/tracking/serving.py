@@ -3,8 +3,8 @@ behind a small ASGI guard that bounds the request body in size (413) and time (4
 JSON it cannot parse (400), lets a sample request go without an input, and keeps error
 replies short: MLflow's own messages quote the whole request back ("Failed to predict data
 '<input>'"), kilobytes per bad row, so only the reason is kept and tracebacks are dropped.
-Connections are bounded in number (503 past it) and in how long their request headers may
-take (slowloris clients are cut)."""
+Connections are bounded in number (503 past it, idle ones shed first) and in how long their
+request headers may take (slowloris clients are cut)."""
 
 from __future__ import annotations
 
@@ -183,27 +183,43 @@ def _shortening_errors(send):
     return short_errors
 
 
-def header_deadline_protocol(timeout_s: float):
-    """uvicorn's h11 protocol with a deadline on request headers: uvicorn closes a connection
-    idle after a reply, but not one that sends its headers a byte at a time (slowloris)."""
+def header_deadline_protocol(timeout_s: float, max_connections: int):
+    """uvicorn's h11 protocol with a deadline on request headers (uvicorn closes a connection
+    idle after a reply, but not one that sends its headers a byte at a time: slowloris), and
+    idle connections shed first: at the cap, a new connection closes the one that has waited
+    longest without a request, so held-open sockets cannot starve clients that send requests
+    (uvicorn's limit_concurrency counts every open connection)."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class WithHeaderDeadline(H11Protocol):
         def connection_made(self, transport):
             super().connection_made(transport)
             self._arm_header_deadline()
+            self._shed_idle()
 
         def on_response_complete(self):
             super().on_response_complete()
             self._arm_header_deadline()
 
         def _arm_header_deadline(self):
-            waiting_after = self.cycle  # a new request's headers make a new cycle
-            self.loop.call_later(timeout_s, self._cut_if_still_waiting, waiting_after)
+            self.waiting_since, self.waiting_after = self.loop.time(), self.cycle  # headers make a new cycle
+            self.loop.call_later(timeout_s, self._cut_if_still_waiting, self.waiting_after)
 
         def _cut_if_still_waiting(self, waiting_after):
             if self.cycle is waiting_after and not self.transport.is_closing():
                 self.transport.close()
+
+        def _waiting(self) -> bool:
+            return self.cycle is getattr(self, "waiting_after", object()) and not self.transport.is_closing()
+
+        def _shed_idle(self):
+            open_ = [c for c in self.connections if not c.transport.is_closing()]
+            idle = sorted(
+                (c for c in open_ if c is not self and isinstance(c, WithHeaderDeadline) and c._waiting()),
+                key=lambda c: c.waiting_since,
+            )
+            for connection in idle[: max(0, len(open_) - (max_connections - 1))]:
+                connection.transport.close()
 
     return WithHeaderDeadline
 
@@ -222,7 +238,7 @@ def serve(model_dir: Path, host: str, port: int, limits: Limits) -> None:
         host=host,
         port=port,
         log_level="warning",
-        http=header_deadline_protocol(limits.header_timeout_s),
+        http=header_deadline_protocol(limits.header_timeout_s, limits.max_connections),
         limit_concurrency=limits.max_connections,
         timeout_keep_alive=KEEP_ALIVE_S,
     )
