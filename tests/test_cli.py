@@ -197,3 +197,18 @@ def test_the_version_is_the_one_pyproject_declares_and_the_changelog_releases():
     declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
     assert vaectl("--version").stdout.strip() == f"vaectl {declared}"
     assert f"\n## {declared} " in (root / "CHANGELOG.md").read_text()  # a released version has its section
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"x" * (17 << 20)])
+def test_doctor_refuses_a_lock_that_is_binary_or_too_large_in_one_line(tmp_path, content):
+    (tmp_path / "lock.bin").write_bytes(content)
+    from vaectl.environment import locked_versions
+
+    with pytest.raises(Exception, match="not a text requirements file|more than a lock file holds"):
+        locked_versions(tmp_path / "lock.bin")
+
+
+def test_serve_refuses_a_port_out_of_range_before_anything_loads():
+    result = vaectl("serve", "--port", "70000")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--port" in result.stderr and "65535" in result.stderr

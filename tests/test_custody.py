@@ -107,6 +107,20 @@ def test_register_promotes_on_the_numbers_the_evaluate_run_recorded_not_a_local_
     assert not result["ae"]["promoted"] and "recon_bce 1 " not in result["ae"]["reason"]
 
 
+def test_a_genuine_checkpoint_of_another_model_name_is_refused(chain, restored):
+    """models/vae-2d's files copied over models/vae are a real training run's, of the same kind,
+    but not of the model named vae: custody binds a checkpoint to its name."""
+    from vaectl.checkpoints import load_trained
+    from vaectl.data import manifest_sha256
+
+    data_sha = manifest_sha256(chain["prepared"])
+    load_trained(restored / "models" / "vae", "vae", data_sha, "vaectl")  # its own name: accepted
+    shutil.copytree(restored / "models" / "vae", restored / "models" / "vae-2d")
+    with pytest.raises(UserError, match=r"is not what any `vaectl train` run of vae named vae-2d"):
+        load_trained(restored / "models" / "vae-2d", "vae", data_sha, "vaectl")
+    shutil.rmtree(restored / "models" / "vae-2d")
+
+
 def swap_decoders_and_rehash(root):
     vae, ae = root / "export" / "vae", root / "export" / "ae"
     shutil.copyfile(ae / "decoder.pt2", vae / "decoder.pt2")
@@ -174,6 +188,64 @@ def test_an_interrupted_registration_leaves_no_version_without_its_checksums(cha
     assert sorted(after) == sorted(before)  # the half version was deleted
     assert registry_client.resolve_model("vae-mnist@candidate") == candidate
     assert tracking.find_runs("vaectl", "tags.`vaectl.kind` = 'register-vae'")[0].info.status == "KILLED"
+
+
+def test_what_register_uploads_is_what_it_verified(chain, restored, monkeypatch):
+    """A score.json changed in export/ after register has checked the exports is not what gets
+    registered: register verifies and uploads one private copy."""
+    from vaectl.tracking import registry_client
+
+    genuine = (restored / "export" / "ae" / "score.json").read_bytes()
+    checked = registry.exported_model
+
+    def check_then_tamper(export_dir, kind, experiment):
+        found = checked(export_dir, kind, experiment)
+        (restored / "export" / "ae" / "score.json").write_text('{"threshold": 1e9}')
+        return found
+
+    monkeypatch.setattr(registry, "exported_model", check_then_tamper)
+    result = register(restored, chain["prepared"])
+    stored = registry_client.download_model("ae-mnist", result["ae"]["version"], restored / "stored")
+    assert (stored / "artifacts" / "score.json").read_bytes() == genuine
+
+
+def test_a_copy_changed_between_check_and_upload_is_caught_after_the_upload(chain, restored, monkeypatch):
+    from vaectl.tracking import registry_client
+
+    before = registry_client.complete_versions("ae-mnist"), registry_client.complete_versions("vae-mnist")
+    checked = registry.exported_model
+
+    def check_then_tamper_the_copy(export_dir, kind, experiment):
+        found = checked(export_dir, kind, experiment)
+        if kind == "ae":
+            (export_dir / "score.json").write_text('{"threshold": 1e9}')
+        return found
+
+    monkeypatch.setattr(registry, "exported_model", check_then_tamper_the_copy)
+    with pytest.raises(UserError, match="the stored score.json is not the file that was verified"):
+        register(restored, chain["prepared"])
+    after = registry_client.complete_versions("ae-mnist"), registry_client.complete_versions("vae-mnist")
+    assert after == before  # the VAE registered first went with the AE: a pair lands whole
+
+
+def test_a_registration_killed_before_its_checksums_is_cleaned_by_the_next(chain, restored):
+    """kill -9 runs no clean-up: the next register deletes the half version (created with its
+    register run's id, no bundle checksums) and ends that run; other versions are untouched."""
+    from vaectl import tracking
+    from vaectl.tracking import registry_client
+
+    c = registry_client.client()
+    source = c.get_model_version("ae-mnist", registry_client.complete_versions("ae-mnist")[-1]).source
+    with tracking.start_run("vaectl", "register-ae-mnist", {"vaectl.kind": "register-ae"}) as run:
+        run_id = run.run_id
+    c.update_run(run_id, status="RUNNING")  # as a killed process leaves it
+    half = c.create_model_version("ae-mnist", source, tags={registry_client.LISTING_RUN_TAG: run_id})
+    foreign = c.create_model_version("ae-mnist", source)  # registered by other means: not ours
+    register(restored, chain["prepared"])
+    left = {v.version for v in c.search_model_versions("name='ae-mnist'")}
+    assert half.version not in left and foreign.version in left
+    assert tracking.run_status(run_id) == "KILLED"
+    c.delete_model_version("ae-mnist", foreign.version)
 
 
 def test_two_registrations_at_once_leave_candidate_on_the_newest_version(chain, restored):

@@ -464,7 +464,7 @@ FORGERIES = {  # what someone able to write the workspace might leave there, and
     ),
     "an edited training summary": (
         lambda m: (m / "ae" / "summary.json").write_text('{"best_val_loss": 1.0}'),
-        r"ae/summary.json .* is not the file MLflow run \w+ of `vaectl train`",
+        r"ae/summary.json .* is not what MLflow run \w+ of `vaectl train`",
     ),
     "the judge's weights zeroed": (
         lambda m: zeroed(m / "classifier" / "classifier.pt"),
@@ -472,7 +472,7 @@ FORGERIES = {  # what someone able to write the workspace might leave there, and
     ),
     "training curves that are not JSON": (
         lambda m: (m.parent / "reports" / "curves" / "vae.json").write_text("{"),
-        r"curves/vae.json .* is not the file MLflow run \w+ of `vaectl train`",
+        r"curves/vae.json .* is not what MLflow run \w+ of `vaectl train`",
     ),
 }
 

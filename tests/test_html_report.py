@@ -10,8 +10,8 @@ import pytest
 
 from vaectl import UserError, custody
 from vaectl.evaluate import headline
-from vaectl.files import sha256_file, write_json
-from vaectl.html_report import run
+from vaectl.files import folder_sha256, sha256_file, write_json
+from vaectl.html_report import run as report_page
 from vaectl.report import compare_units
 
 from .conftest import use_local_store
@@ -81,19 +81,43 @@ def reports_with_known_answers(root):
     return reports
 
 
-def record_as_evaluated(reports) -> str:
-    """An evaluate run that recorded writing these metrics.json and summary.json, as `vaectl
-    evaluate` does; its id."""
+def record(kind: str, tags: dict) -> str:
+    """A finished run of `kind` with these tags, as the stage that writes a report records it."""
     from vaectl import tracking
 
-    tags = {
-        "vaectl.kind": "evaluate",
-        custody.METRICS.tag: sha256_file(reports / "metrics.json"),
-        custody.EVALUATE_SUMMARY.tag: sha256_file(reports / "summary.json"),
-    }
-    with tracking.start_run("vaectl", "evaluate", tags) as recorded:
+    with tracking.start_run("vaectl", kind, {"vaectl.kind": kind, **tags}) as recorded:
         pass
     return recorded.run_id
+
+
+def record_as_evaluated(reports, names=("vae", "ae")) -> str:
+    """An evaluate run of the models `names` that recorded writing these metrics.json,
+    summary.json and figures, as `vaectl evaluate` does; its id."""
+    return record(
+        "evaluate",
+        {
+            **custody.scored_names(*names),
+            custody.METRICS.tag: sha256_file(reports / "metrics.json"),
+            custody.EVALUATE_SUMMARY.tag: sha256_file(reports / "summary.json"),
+            custody.EVALUATE_FIGURES.tag: folder_sha256(reports / "figures"),
+        },
+    )
+
+
+def record_holes_and_validation(reports) -> None:
+    record(
+        "holes",
+        {
+            **custody.scored_names("vae-2d", "ae-2d"),
+            custody.HOLES_REPORT.tag: sha256_file(reports / "holes.json"),
+            custody.HOLES_FIGURES.tag: folder_sha256(reports / "holes"),
+        },
+    )
+    record("validate", {custody.VALIDATION.tag: sha256_file(reports / "validation.json")})
+
+
+def run(reports, experiment="vaectl"):
+    return report_page(reports, experiment, ("vae", "ae"), ("vae-2d", "ae-2d"))
 
 
 @pytest.fixture
@@ -101,6 +125,7 @@ def reports(tmp_path, monkeypatch):
     use_local_store(monkeypatch, tmp_path)
     reports = reports_with_known_answers(tmp_path)
     record_as_evaluated(reports)
+    record_holes_and_validation(reports)
     return reports
 
 
@@ -113,7 +138,7 @@ def test_summary_holds_the_headline_numbers_and_the_verdict_counts(reports):
 
 
 def test_page_is_self_contained_and_shows_the_evidence(reports):
-    run(reports, [reports / "figures", reports / "holes"], "vaectl")
+    run(reports)
     page = (reports / "index.html").read_text()
     assert "<script" not in page and "<link" not in page and "@import" not in page
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing fetched from a network
@@ -137,7 +162,7 @@ def test_page_is_self_contained_and_shows_the_evidence(reports):
     ]
     assert "A verdict is 'equivalent' when the 90% interval lies inside the metric's declared margin" in page
     first = (reports / "index.html").read_bytes()
-    run(reports, [reports / "figures", reports / "holes"], "vaectl")
+    run(reports)
     assert (reports / "index.html").read_bytes() == first  # nothing that differs between runs
 
 
@@ -147,7 +172,7 @@ def test_page_is_attached_to_the_evaluate_run_of_that_metrics_file(reports):
     with tracking.start_run("vaectl", "evaluate", {"vaectl.kind": "evaluate"}) as other:
         pass  # an evaluate run of some other metrics.json
     mine = record_as_evaluated(reports)  # the newest of two runs that recorded this file
-    assert run(reports, [reports / "figures", reports / "holes"], "vaectl") == mine
+    assert run(reports) == mine
     listed = lambda run_id: sorted(f.path for f in tracking.client().list_artifacts(run_id))  # noqa: E731
     assert listed(mine) == ["index.html"]
     assert listed(other.run_id) == []
@@ -160,7 +185,7 @@ def test_a_report_no_evaluate_run_wrote_is_refused_before_the_page_is_written(re
     doc["vae"]["iw_nll"] = 1.0  # a better number than was measured
     write_json(reports / forged, doc)
     with pytest.raises(UserError, match=f"{forged}.*vaectl evaluate.*dvc repro -f evaluate"):
-        run(reports, [reports / "figures", reports / "holes"], "vaectl")
+        run(reports)
     assert not (reports / "index.html").exists()
 
 
@@ -170,14 +195,14 @@ def test_a_report_no_evaluate_run_wrote_is_refused_before_the_page_is_written(re
 def test_a_missing_report_names_the_stage_that_writes_it(reports, missing, stage):
     (reports / missing).unlink()
     with pytest.raises(UserError, match=f"{missing} not found: run `{stage}` first"):
-        run(reports, [reports / "figures", reports / "holes"], "vaectl")
+        run(reports)
     assert not (reports / "index.html").exists()
 
 
 def ood_report_with_known_answers(reports) -> dict:
     """An ood.json from novelty.detection on sets whose AUROCs are known (one perfectly
     separated, one at chance), recorded by an `ood` run as `vaectl ood` records it."""
-    from vaectl import novelty, tracking
+    from vaectl import novelty
 
     rng = np.random.default_rng(2)
     normal = {"vae.iw_nll": rng.normal(0, 1, 200), "ae.reconstruction": rng.normal(0, 1, 200)}
@@ -185,15 +210,22 @@ def ood_report_with_known_answers(reports) -> dict:
     found = novelty.detection(normal, novel, [("vae.iw_nll", "ae.reconstruction")], 200, rng)
     ood = {"normal": {"images": 200}, "equivalence_margin": 0.02, "sets": {"noise": found}}
     write_json(reports / "ood.json", ood)
-    tags = {"vaectl.kind": "ood", custody.OOD_REPORT.tag: sha256_file(reports / "ood.json")}
-    with tracking.start_run("vaectl", "ood", tags):
-        pass
+    (reports / "ood").mkdir()
+    (reports / "ood" / "roc.png").write_bytes(PIXEL)
+    record(
+        "ood",
+        {
+            **custody.scored_names("vae", "ae"),
+            custody.OOD_REPORT.tag: sha256_file(reports / "ood.json"),
+            custody.OOD_FIGURES.tag: folder_sha256(reports / "ood"),
+        },
+    )
     return ood
 
 
 def test_page_shows_the_ood_detection_of_the_report_an_ood_run_recorded(reports):
     ood = ood_report_with_known_answers(reports)
-    run(reports, [reports / "figures", reports / "holes"], "vaectl")
+    run(reports)
     page = (reports / "index.html").read_text()
     assert (
         "<td>noise</td><td>vae.iw_nll</td><td>1.000 [1.000, 1.000]</td><td>0.000 [0.000, 0.000]</td>" in page
@@ -206,9 +238,87 @@ def test_page_shows_the_ood_detection_of_the_report_an_ood_run_recorded(reports)
     doc["sets"]["noise"]["scores"]["ae.reconstruction"]["auroc"]["value"] = 0.999  # forged
     write_json(reports / "ood.json", doc)
     with pytest.raises(UserError, match="ood.json.*vaectl ood.*dvc repro -f ood"):
-        run(reports, [reports / "figures", reports / "holes"], "vaectl")
+        run(reports)
 
 
 def test_page_without_an_ood_report_says_which_command_writes_it(reports):
-    run(reports, [reports / "figures", reports / "holes"], "vaectl")
+    run(reports)
     assert "No report: run <code>vaectl ood</code>." in (reports / "index.html").read_text()
+
+
+def plant_secret_link(reports):
+    secret = reports.parent / "secret.txt"
+    secret.write_text("password")
+    (reports / "figures" / "zz.png").symlink_to(secret)
+
+
+def plant_junk_png(reports):
+    (reports / "figures" / "big.png").write_bytes(PIXEL + bytes(30 << 20))
+
+
+def plant_replaced_figure(reports):
+    (reports / "holes" / "holes_pixel.png").write_bytes(PIXEL + b"another picture")
+
+
+def plant_edited(name, key, value):
+    def plant(reports):
+        doc = json.loads((reports / name).read_text())
+        doc[key] = value
+        write_json(reports / name, doc)
+
+    return plant
+
+
+def plant_other_models_evaluation(reports):
+    """metrics.json, summary.json and figures of a genuine evaluate run of the 2-D models."""
+    record_as_evaluated(reports, names=("vae-2d", "ae-2d"))
+    (reports / "figures" / "figures_pixel.png").write_bytes(PIXEL + b"2-d")
+    doc = json.loads((reports / "metrics.json").read_text())
+    doc["vae"]["iw_nll"] = 140.0
+    write_json(reports / "metrics.json", doc)
+    record_as_evaluated(reports, names=("vae-2d", "ae-2d"))
+
+
+FORGED_PAGES = {
+    "a link to a secret file among the figures": (plant_secret_link, r"figures.*is not a plain file"),
+    "a 30 MB junk PNG": (
+        plant_junk_png,
+        r"figures \(sha256 .*\) is not what MLflow run \w+ of `vaectl evaluate`",
+    ),
+    "a replaced figure": (
+        plant_replaced_figure,
+        r"holes \(sha256 .*\) is not what MLflow run \w+ of `vaectl holes`",
+    ),
+    "hand-edited holes.json": (
+        plant_edited("holes.json", "hole_threshold", 0.01),
+        r"holes.json \(sha256 .*\) is not what any `vaectl holes` run of holes scoring vae-2d and ae-2d",
+    ),
+    "hand-edited validation.json": (
+        plant_edited("validation.json", "success", True),
+        r"validation.json \(sha256 .*\) is not what any `vaectl validate` run",
+    ),
+    "the 2-D models' evaluation": (
+        plant_other_models_evaluation,
+        r"metrics.json \(sha256 .*\) is not what any `vaectl evaluate` run of evaluate scoring vae and ae",
+    ),
+}
+
+
+@pytest.mark.parametrize("forgery", FORGED_PAGES)
+def test_the_page_shows_only_what_the_runs_of_the_named_models_recorded(reports, forgery):
+    plant, refusal = FORGED_PAGES[forgery]
+    plant(reports)
+    with pytest.raises(UserError, match=refusal):
+        run(reports)
+    assert not (reports / "index.html").exists()
+
+
+def test_a_figure_too_large_or_not_a_png_is_refused_even_if_recorded(reports):
+    from vaectl.html_report import FIGURE_MAX_BYTES, checked_figure
+
+    (reports / "figures" / "big.png").write_bytes(PIXEL + bytes(FIGURE_MAX_BYTES))
+    (reports / "figures" / "text.png").write_text("not an image")
+    with pytest.raises(UserError, match="more than"):
+        checked_figure(reports / "figures" / "big.png")
+    with pytest.raises(UserError, match="not a PNG"):
+        checked_figure(reports / "figures" / "text.png")

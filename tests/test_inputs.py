@@ -172,3 +172,14 @@ def test_a_digit_split_between_colour_and_transparency_is_refused(tmp_path):
     rgba = np.stack([DIGIT] * 3 + [255 - DIGIT // 2], -1)
     with pytest.raises(UserError, match="its digit is in both its colour and its transparency"):
         _saved(tmp_path, Image.fromarray(rgba))
+
+
+def test_no_rows_and_a_link_loop_are_one_line_each(tmp_path):
+    np.save(tmp_path / "empty.npy", np.zeros((0, 784), np.float32))
+    with pytest.raises(UserError, match=r"empty.npy holds no values \(shape \(0, 784\)\)"):
+        read_inputs(tmp_path / "empty.npy", "score")
+    (tmp_path / "pngs").mkdir()
+    Image.fromarray(DIGIT).save(tmp_path / "pngs" / "0.png")
+    (tmp_path / "pngs" / "loop.png").symlink_to(tmp_path / "pngs" / "loop.png")
+    with pytest.raises(UserError, match="loop.png: cannot be read"):
+        read_inputs(tmp_path / "pngs", "reconstruct")

@@ -171,3 +171,25 @@ def test_the_fingerprint_check_fails_on_a_kernel_that_follows_the_cpu(tmp_path, 
         (tmp_path / name).write_text(json.dumps(record))
     done = fingerprint_against(tmp_path)
     assert done.returncode == 1 and "differs: exp" in done.stdout, done.stdout
+
+
+def test_a_kernel_set_the_cpu_cannot_run_is_refused_before_torch_would_die(monkeypatch, tmp_path):
+    """ATEN_CPU_CAPABILITY=avx512 on an AVX2-only CPU killed `train` with SIGILL (exit 132, no
+    message); numerics.apply now refuses it from the CPU's flags, before torch loads."""
+    from vaectl import UserError, numerics
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: AMD EPYC 7B12\nflags\t\t: fpu sse4_2 avx fma avx2\n")
+    zen2 = numerics.cpu_flags(cpuinfo)
+    assert zen2 == {"fpu", "sse4_2", "avx", "fma", "avx2"}
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
+    with pytest.raises(UserError, match="ATEN_CPU_CAPABILITY=avx512: this CPU lacks avx512f, avx512bw"):
+        numerics.check_capability(zen2)
+    numerics.check_capability(zen2 | {"avx512f", "avx512bw", "avx512vl", "avx512dq"})
+    numerics.check_capability(None)  # no cpuinfo to tell: not refused
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    numerics.check_capability(zen2)
+    with pytest.raises(UserError, match="lacks avx2, fma"):
+        numerics.check_capability({"sse4_2"})
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    numerics.check_capability(set())

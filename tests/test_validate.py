@@ -9,6 +9,16 @@ from vaectl.params import ValidateParams
 from .conftest import synthetic_digits, write_prepared
 
 
+@pytest.fixture(autouse=True)
+def store(local_store):
+    """validate records its report's sha256 on an MLflow run: each test gets its own store."""
+    return local_store
+
+
+def run_validate(*args):
+    return validate.run(*args, "vaectl")
+
+
 def good_splits():
     return {
         "train": synthetic_digits(30, seed=1),
@@ -18,13 +28,13 @@ def good_splits():
 
 
 def test_good_data_passes_and_writes_report_and_docs(tmp_path, prepared):
-    outcome = validate.run(ValidateParams(), prepared, tmp_path / "r" / "v.json", tmp_path / "docs")
+    outcome = run_validate(ValidateParams(), prepared, tmp_path / "r" / "v.json", tmp_path / "docs")
     assert outcome.success, outcome.failures
     report = json.loads((tmp_path / "r" / "v.json").read_text())
     assert report["success"] and report["expectations_failed"] == 0
     assert report["expectations_evaluated"] == 31
     assert (tmp_path / "docs" / "index.html").exists()
-    again = validate.run(ValidateParams(), prepared, tmp_path / "r" / "v.json", tmp_path / "docs")
+    again = run_validate(ValidateParams(), prepared, tmp_path / "r" / "v.json", tmp_path / "docs")
     assert again.success  # a rerun does not trip over "already exists"
 
 
@@ -81,7 +91,7 @@ def test_each_expectation_catches_a_broken_dataset(tmp_path, breaker, table, exp
     splits = good_splits()
     breaker(splits)
     prepared = write_prepared(tmp_path / "prepared", splits)
-    outcome = validate.run(ValidateParams(), prepared, tmp_path / "v.json", tmp_path / "docs")
+    outcome = run_validate(ValidateParams(), prepared, tmp_path / "v.json", tmp_path / "docs")
     assert not outcome.success
     failed = [e for e in outcome.report["tables"][table]["expectations"] if not e["success"]]
     assert any(e["expectation"] == expectation and e["kwargs"].get("column") == column for e in failed), (
@@ -105,7 +115,7 @@ def test_prepared_data_changed_after_fetch_is_refused(tmp_path, prepared):
         match=r"train.npz does not match manifest.json \(class_counts, "
         r"images_sha256, labels_sha256 differ\)",
     ):
-        validate.run(ValidateParams(), prepared, tmp_path / "v.json", tmp_path / "docs")
+        run_validate(ValidateParams(), prepared, tmp_path / "v.json", tmp_path / "docs")
     assert not (tmp_path / "v.json").exists()
 
 
@@ -117,9 +127,9 @@ def test_a_manifest_edited_by_hand_is_refused(tmp_path, prepared):
     digest = doc["splits"]["val"]["images_sha256"]
     manifest.write_text(text.replace(digest, "0" * 64))
     with pytest.raises(UserError, match="manifest.json was edited after `vaectl fetch`"):
-        validate.run(ValidateParams(), prepared, tmp_path / "v.json", tmp_path / "docs")
+        run_validate(ValidateParams(), prepared, tmp_path / "v.json", tmp_path / "docs")
 
 
 def test_min_rows(tmp_path, prepared):
-    outcome = validate.run(ValidateParams(min_rows=100), prepared, tmp_path / "v.json", tmp_path / "d")
+    outcome = run_validate(ValidateParams(min_rows=100), prepared, tmp_path / "v.json", tmp_path / "d")
     assert {line.split(":")[0] for line in outcome.failures} == {"val_images", "test_images"}

@@ -60,7 +60,10 @@ def load_trained(
             f"{best} is {'a ' + repr(found) if found else 'no vaectl model'} checkpoint, not "
             f"a {expected_kind!r} one (`vaectl train --kind {expected_kind}` writes those)"
         )
-    run = custody.recorded_run(best, custody.CHECKPOINT, experiment, expected_kind)
+    name = model_dir.name  # the name it was trained under: another model's files are refused
+    run = custody.recorded_run(
+        best, custody.CHECKPOINT, experiment, expected_kind, {custody.MODEL_NAME: name}, f" named {name}"
+    )
     custody.check_sibling(summary_path, custody.TRAINING_SUMMARY, *run, expected_kind)
     summary = read_json(
         summary_path, "vaectl train", ("model_config", "data_sha256", "binarize", "best_val_loss")

@@ -16,7 +16,7 @@ from pathlib import Path
 import typer
 
 from vaectl import UserError, __version__
-from vaectl.layout import LAYOUT
+from vaectl.layout import DEFAULT_MODELS, DEFAULT_MODELS_2D, LAYOUT
 from vaectl.params import Params, load_params
 
 app = typer.Typer(
@@ -234,7 +234,7 @@ def validate(
     params = load_computing(params_path)
     from vaectl import validate as stage
 
-    outcome = stage.run(params.validate, prepared, report, docs)
+    outcome = stage.run(params.validate, prepared, report, docs, params.tracking.experiment)
     if not outcome.success:
         for line in outcome.failures:
             typer.secho(f"FAILED {line}", fg="red", err=True)
@@ -358,8 +358,12 @@ def classifier(
 @user_errors
 @interruptible
 def evaluate(
-    model: str = typer.Option("vae", metavar="NAME", help="the VAE (`vaectl train --model NAME`)"),
-    baseline: str = typer.Option("ae", metavar="NAME", help="the AE baseline (`vaectl train --model NAME`)"),
+    model: str = typer.Option(
+        DEFAULT_MODELS[0], metavar="NAME", help="the VAE (`vaectl train --model NAME`)"
+    ),
+    baseline: str = typer.Option(
+        DEFAULT_MODELS[1], metavar="NAME", help="the AE baseline (`vaectl train --model NAME`)"
+    ),
     params_path: Path = PARAMS,
     prepared: Path = typer.Option(LAYOUT.prepared, help="prepared data from `vaectl fetch`"),
     reports: Path = typer.Option(LAYOUT.reports, help="where summary.json, metrics.json and figures/ go"),
@@ -419,8 +423,10 @@ def print_comparison(report: dict) -> None:
 @user_errors
 @interruptible
 def ood(
-    model: str = typer.Option("vae", metavar="NAME", help="the VAE (`vaectl train --model NAME`)"),
-    baseline: str = typer.Option("ae", metavar="NAME", help="the AE baseline"),
+    model: str = typer.Option(
+        DEFAULT_MODELS[0], metavar="NAME", help="the VAE (`vaectl train --model NAME`)"
+    ),
+    baseline: str = typer.Option(DEFAULT_MODELS[1], metavar="NAME", help="the AE baseline"),
     params_path: Path = PARAMS,
     prepared: Path = typer.Option(LAYOUT.prepared, help="prepared data from `vaectl fetch`"),
     report: Path = typer.Option(LAYOUT.ood, help="every detection metric with its interval"),
@@ -460,8 +466,8 @@ def ood(
 @user_errors
 @interruptible
 def holes(
-    model: str = typer.Option("vae-2d", metavar="NAME", help="a VAE with latent_dim 2, by name"),
-    baseline: str = typer.Option("ae-2d", metavar="NAME", help="an AE with latent_dim 2"),
+    model: str = typer.Option(DEFAULT_MODELS_2D[0], metavar="NAME", help="a VAE with latent_dim 2, by name"),
+    baseline: str = typer.Option(DEFAULT_MODELS_2D[1], metavar="NAME", help="an AE with latent_dim 2"),
     params_path: Path = PARAMS,
     prepared: Path = typer.Option(LAYOUT.prepared, help="prepared data from `vaectl fetch`"),
     report: Path = typer.Option(LAYOUT.holes, help="hole metrics (DVC metric)"),
@@ -500,16 +506,21 @@ def holes(
 def report(
     params_path: Path = PARAMS,
     reports: Path = typer.Option(LAYOUT.reports, help="the stages' reports; index.html goes here"),
+    model: str = typer.Option(DEFAULT_MODELS[0], metavar="NAME", help="the VAE evaluate and ood scored"),
+    baseline: str = typer.Option(DEFAULT_MODELS[1], metavar="NAME", help="the AE evaluate and ood scored"),
+    model_2d: str = typer.Option(DEFAULT_MODELS_2D[0], metavar="NAME", help="the VAE holes scored"),
+    baseline_2d: str = typer.Option(DEFAULT_MODELS_2D[1], metavar="NAME", help="the AE holes scored"),
 ):
     """One self-contained page (tables with intervals, data checks, figures) that renders
-    with no network: reports/index.html.
+    with no network: reports/index.html. Every report and figure on it is checked against the
+    MLflow run that wrote it, and that run against the models named here.
 
     Example: vaectl report && xdg-open reports/index.html
     """
     from vaectl import html_report as stage
 
     experiment = load_params(params_path).tracking.experiment
-    run_id = stage.run(reports, [reports / "figures", reports / "holes", reports / "ood"], experiment)
+    run_id = stage.run(reports, experiment, (model, baseline), (model_2d, baseline_2d))
     typer.echo(f"wrote {reports / 'index.html'}; attached to the evaluate MLflow run {run_id}")
 
 
@@ -681,7 +692,7 @@ def predict(
 def serve(
     ref: str = typer.Argument("vae-mnist@champion", help="NAME@alias or NAME/version"),
     host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
-    port: int = typer.Option(5002, help="port (`make ui` takes 5000, `make server` 5001)"),
+    port: int = typer.Option(5002, min=1, max=65535, help="port (`make ui` takes 5000, `make server` 5001)"),
     max_body: int = typer.Option(
         8 << 20, "--max-body", min=1, help="largest request body in bytes; larger ones get 413"
     ),

@@ -9,6 +9,8 @@ import re
 from importlib import metadata
 from pathlib import Path
 
+from vaectl import UserError
+
 LOCK_FILE = Path("requirements.lock")  # `make lock` writes it, `make setup` installs it exactly
 # the packages whose version changes what the pipeline computes or writes
 KEY_PACKAGES = (
@@ -45,9 +47,20 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+LOCK_MAX_BYTES = 16 << 20  # requirements.lock is ~300 kB
+
+
 def locked_versions(lock: Path = LOCK_FILE) -> dict[str, str]:
-    """{canonical name: version} of every `name==version` pin in a pip requirements lock."""
-    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", lock.read_text(), re.MULTILINE)
+    """{canonical name: version} of every `name==version` pin in a pip requirements lock, read
+    only if it is a text file under LOCK_MAX_BYTES."""
+    size = lock.stat().st_size
+    if size > LOCK_MAX_BYTES:
+        raise UserError(f"{lock}: {size:,} bytes, more than a lock file holds ({LOCK_MAX_BYTES:,})")
+    try:
+        text = lock.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{lock} is not a text requirements file (`make lock` writes one)") from None
+    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", text, re.MULTILINE)
     return {canonical(name): version for name, version in pins}
 
 

@@ -23,7 +23,7 @@ from vaectl import UserError, custody, metric_table
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256, split_label
 from vaectl.data.tensors import binarize, to_unit
-from vaectl.files import atomic_path, read_json, sha256_file, shared_dir, write_json
+from vaectl.files import atomic_path, folder_sha256, read_json, sha256_file, shared_dir, write_json
 from vaectl.interpolation import decode_path, path_metrics, path_ppl
 from vaectl.judge import judge_images, load_classifier, scores
 from vaectl.layout import ModelFiles
@@ -211,7 +211,11 @@ def run(
     loaded, curves = load_both({"vae": vae, "ae": ae}, data_sha, tracking_experiment)
     models = {name: (model, summary) for name, (model, summary, _) in loaded.items()}
     classifier, classifier_sha = load_classifier(classifier_path, tracking_experiment)
-    tags = {**tracking.standard_tags("evaluate", data_sha), custody.SCORED_CLASSIFIER: classifier_sha}
+    tags = {
+        **tracking.standard_tags("evaluate", data_sha),
+        **custody.scored_names(vae.dir.name, ae.dir.name),
+        custody.SCORED_CLASSIFIER: classifier_sha,
+    }
     for name, (_, _, (run_id, run_tags)) in loaded.items():  # what this run scored, and whose
         tags.update({f"vaectl.{name}_run_id": run_id, custody.SCORED[name]: run_tags[custody.CHECKPOINT.tag]})
     with tracking.start_run(tracking_experiment, "evaluate", tags) as mlrun:
@@ -247,13 +251,14 @@ def run(
             log_evaluation(mlrun, report, list(staged.values()), written)
             log_model_metrics(mlrun, report, loaded, test_images, test_labels, prepared)
             digests = {name: sha256_file(path) for name, path in staged.items()}
-        # the record export, register and report check these files against (custody.py)
-        mlrun.set_tags(
-            {
-                custody.METRICS.tag: digests["metrics.json"],
-                custody.EVALUATE_SUMMARY.tag: digests["summary.json"],
-            }
-        )
+            # the record export, register and report check these files against (custody.py)
+            mlrun.set_tags(
+                {
+                    custody.METRICS.tag: digests["metrics.json"],
+                    custody.EVALUATE_SUMMARY.tag: digests["summary.json"],
+                    custody.EVALUATE_FIGURES.tag: folder_sha256(staged_figures),
+                }
+            )
     return report, mlrun.run_id
 
 

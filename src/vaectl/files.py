@@ -222,6 +222,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def folder_sha256(root: Path) -> str:
+    """The sha256 of a folder's listing (every file's relative path and sha256): what a stage
+    records for a folder it writes. A link or anything but plain files and folders inside is
+    refused, so that a record never vouches for what a link points at."""
+    for entry in Path(root).rglob("*"):
+        if entry.is_symlink() or _special(entry.lstat().st_mode):
+            raise UserError(f"{entry} is not a plain file; no vaectl stage writes links or devices")
+    return sha256_bytes(json.dumps(tree_listing(root), sort_keys=True).encode())
+
+
 def tree_listing(root: Path) -> dict[str, str]:
     """{relative path: sha256} of every file under `root`."""
     return {

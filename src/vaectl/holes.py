@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaectl import UserError
+from vaectl import UserError, custody
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import to_unit
-from vaectl.files import atomic_path, shared_dir, write_json
+from vaectl.files import atomic_path, folder_sha256, sha256_file, shared_dir, write_json
 from vaectl.judge import judge_images, load_classifier
 from vaectl.params import EvalParams
 from vaectl.prior import latent_prior, moment_matched, sample_latents
@@ -108,14 +108,22 @@ def run(
     with atomic_path(report_path) as staged_report, atomic_path(figures_dir) as staged_figures:
         write_json(staged_report, report)  # the report and its figures replaced together
         written = figures.latent_2d_figures(staged_figures, pictures, test_labels, params.hole_grid)
-        log_holes(report, written, experiment, data_sha)
+        record = {
+            **custody.scored_names(vae_dir.name, ae_dir.name),
+            custody.HOLES_REPORT.tag: sha256_file(staged_report),
+            custody.HOLES_FIGURES.tag: folder_sha256(staged_figures),
+        }
+        log_holes(report, written, experiment, data_sha, record)
     return report
 
 
-def log_holes(report: dict, figure_paths: list[Path], experiment: str, data_sha: str) -> None:
+def log_holes(report: dict, figure_paths: list[Path], experiment: str, data_sha: str, record: dict) -> None:
+    """The MLflow run `holes-2d`, with the names of the models it scored and the sha256 of the
+    report and figures (`record`), which `vaectl report` checks before showing them."""
     from vaectl import tracking
 
-    with tracking.start_run(experiment, "holes-2d", tracking.standard_tags("holes", data_sha)) as run:
+    tags = {**tracking.standard_tags("holes", data_sha), **record}
+    with tracking.start_run(experiment, "holes-2d", tags) as run:
         run.log_metrics({f"{name}.{m}": v for name in ("vae", "ae") for m, v in report[name].items()})
         run.log_metrics({f"vae_minus_ae.{m}": c["difference"] for m, c in report["comparison"].items()})
         for path in figure_paths:

@@ -182,27 +182,69 @@ def page(
     )
 
 
-def run(reports: Path, figure_dirs: list[Path], experiment: str) -> str:
-    """Write `reports`/index.html; attach it to the evaluate run that wrote metrics.json (a
-    metrics.json no evaluate run recorded is refused). Returns that run's id."""
+FIGURE_MAX_BYTES = 8 << 20  # the pipeline's largest figure is under 1 MB
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run(reports: Path, experiment: str, models: tuple[str, str], models_2d: tuple[str, str]) -> str:
+    """Write `reports`/index.html; attach it to the evaluate run that wrote metrics.json.
+    Every report and figure folder on the page is first checked against the run that wrote it
+    (custody.py): evaluate and ood of the models named `models`, holes of `models_2d`, and
+    validate; a file no such run recorded is refused. Returns the evaluate run's id."""
     from vaectl import tracking
 
-    metrics_path = reports / "metrics.json"
-    metrics = read_report(metrics_path, "evaluate")
+    metrics = read_report(reports / "metrics.json", "evaluate")
     summary = read_report(reports / "summary.json", "evaluate")
-    # the page quotes only numbers that an evaluate run recorded writing
-    run_id, tags = custody.recorded_run(metrics_path, custody.METRICS, experiment, "evaluate")
-    custody.check_sibling(reports / "summary.json", custody.EVALUATE_SUMMARY, run_id, tags, "evaluate")
     holes = read_report(reports / "holes.json", "holes")
-    ood = None
-    if (reports / "ood.json").exists():  # quoted only as the ood run that wrote it recorded it
-        custody.recorded_run(reports / "ood.json", custody.OOD_REPORT, experiment, "ood")
-        ood = read_report(reports / "ood.json", "ood")
     validation = read_report(reports / "validation.json", "validate")
-    figures = [path for folder in figure_dirs for path in sorted(folder.glob("*.png"))]
+    ood = read_report(reports / "ood.json", "ood") if (reports / "ood.json").exists() else None
+    run_id = check_custody(reports, experiment, models, models_2d, ood is not None)
+    folders = ["figures", "holes"] + (["ood"] if ood is not None else [])
+    figures = [
+        checked_figure(path) for folder in folders for path in sorted((reports / folder).glob("*.png"))
+    ]
     if not figures:
-        raise UserError(f"no figures in {', '.join(map(str, figure_dirs))}: run `vaectl evaluate` first")
+        raise UserError(f"no figures in {reports / 'figures'}: run `vaectl evaluate` first")
     with atomic_path(reports / "index.html") as staged:
         staged.write_text(page(metrics, summary, holes, ood, validation, figures), encoding="utf-8")
     tracking.attach_artifacts(run_id, [reports / "index.html"])
     return run_id
+
+
+def check_custody(
+    reports: Path, experiment: str, models: tuple[str, str], models_2d: tuple[str, str], with_ood: bool
+) -> str:
+    """Each file and figure folder the page shows is what its writer's run recorded, that run
+    scored the models it is meant to show (`models`: the VAE-vs-AE answer; `models_2d`: the
+    holes), and no link is among them. Returns the evaluate run's id."""
+
+    def of(names: tuple[str, str]) -> tuple[dict[str, str], str]:
+        return custody.scored_names(*names), f" scoring {names[0]} and {names[1]}"
+
+    run_id, tags = custody.recorded_run(
+        reports / "metrics.json", custody.METRICS, experiment, "evaluate", *of(models)
+    )
+    custody.check_sibling(reports / "summary.json", custody.EVALUATE_SUMMARY, run_id, tags, "evaluate")
+    custody.check_sibling(reports / "figures", custody.EVALUATE_FIGURES, run_id, tags, "evaluate")
+    holes = custody.recorded_run(
+        reports / "holes.json", custody.HOLES_REPORT, experiment, "holes", *of(models_2d)
+    )
+    custody.check_sibling(reports / "holes", custody.HOLES_FIGURES, *holes, "holes")
+    if with_ood:
+        ood = custody.recorded_run(reports / "ood.json", custody.OOD_REPORT, experiment, "ood", *of(models))
+        custody.check_sibling(reports / "ood", custody.OOD_FIGURES, *ood, "ood")
+    custody.recorded_run(reports / "validation.json", custody.VALIDATION, experiment, "validate")
+    return run_id
+
+
+def checked_figure(path: Path) -> Path:
+    """A figure to embed: a plain PNG file under FIGURE_MAX_BYTES (its run recorded it too)."""
+    if path.is_symlink() or not path.is_file():
+        raise UserError(f"{path} is not a plain file; the page embeds only figures a stage wrote")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        signature = handle.read(len(PNG_SIGNATURE))
+    if size > FIGURE_MAX_BYTES or signature != PNG_SIGNATURE:
+        what = f"{size:,} bytes, more than {FIGURE_MAX_BYTES:,}" if size > FIGURE_MAX_BYTES else "not a PNG"
+        raise UserError(f"{path}: {what}; the page embeds only the figures the stages write")
+    return path

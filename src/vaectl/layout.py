@@ -17,6 +17,10 @@ from vaectl import UserError
 CLASSIFIER_FILE = "classifier.pt"  # what `vaectl classifier` writes in its folder
 
 
+# the models the pipeline compares, by name (`--model` / `--baseline` of evaluate, ood, report)
+DEFAULT_MODELS = ("vae", "ae")
+DEFAULT_MODELS_2D = ("vae-2d", "ae-2d")  # the 2-D experiment's (`vaectl holes`)
+
 # a model's name is one path component under models/: it never climbs out of the project
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 

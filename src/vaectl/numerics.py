@@ -21,8 +21,10 @@ launched for `--nproc` inherit them.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaectl import UserError
@@ -63,10 +65,37 @@ def adam(parameters, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(parameters, lr=lr, fused=True)
 
 
+# the CPU flags (as Linux's cpuinfo names them) that each kernel set ATen may be asked for runs on
+CAPABILITY_FLAGS = {"avx2": ("avx2", "fma"), "avx512": ("avx512f", "avx512bw", "avx512vl", "avx512dq")}
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    """Every flag the CPU reports, or None where Linux's cpuinfo is not there to tell."""
+    try:
+        found = re.search(r"^flags\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return set(found.group(1).split()) if found else None
+
+
+def check_capability(flags: set[str] | None) -> None:
+    """Refuse, before torch loads, an ATEN_CPU_CAPABILITY this CPU (`flags`) cannot run: torch
+    would die of SIGILL at its first vector kernel, with no message and its run left open."""
+    asked = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+    missing = [f for f in CAPABILITY_FLAGS.get(asked, ()) if flags is not None and f not in flags]
+    if missing:
+        raise UserError(
+            f"ATEN_CPU_CAPABILITY={asked}: this CPU lacks {', '.join(missing)}, so torch would stop "
+            f"with an illegal instruction; unset it (or use {'avx2 or ' if asked == 'avx512' else ''}default)"
+        )
+
+
 def apply(numerics: NumericsParams) -> None:
     """Put `numerics` in force for this process and the processes it starts: the portable
     pins before torch and numpy load, then torch's intra-op thread count. A process that had
-    loaded them already under other settings is refused: the pins would not take."""
+    loaded them already under other settings is refused: the pins would not take; so is a
+    kernel set this CPU cannot run."""
+    check_capability(cpu_flags())
     if numerics.mode == "portable":
         late = sorted(m for m in ("numpy", "torch") if m in sys.modules)
         unset = [k for k, v in PORTABLE_ENV.items() if os.environ.get(k) != v]

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaectl import novelty, scoring
+from vaectl import custody, novelty, scoring
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import binarize, to_unit
-from vaectl.files import atomic_path, sha256_file, shared_dir, write_json
+from vaectl.files import atomic_path, folder_sha256, sha256_file, shared_dir, write_json
 from vaectl.params import EvalParams, OodParams
 from vaectl.report import LEVEL, RESAMPLES
 
@@ -162,18 +162,24 @@ def run(
     with atomic_path(report_path) as staged_report, atomic_path(figures_dir) as staged_figures:
         write_json(staged_report, report)  # the report and its figures replaced together
         written = figures.ood_figures(staged_figures, all_scores)
-        log_ood(report, sha256_file(staged_report), params, written, experiment, data_sha)
+        record = {
+            **custody.scored_names(vae_dir.name, ae_dir.name),
+            custody.OOD_REPORT.tag: sha256_file(staged_report),
+            custody.OOD_FIGURES.tag: folder_sha256(staged_figures),
+        }
+        log_ood(report, record, params, written, experiment, data_sha)
     return report
 
 
 def log_ood(
-    report: dict, report_sha: str, params: OodParams, figure_paths: list[Path], experiment: str, data_sha: str
+    report: dict, record: dict, params: OodParams, figure_paths: list[Path], experiment: str, data_sha: str
 ) -> None:
-    """The MLflow run `ood`: params, every detection metric, the figures, and the report's
-    sha256 (custody.OOD_REPORT), which `vaectl report` checks before quoting it."""
-    from vaectl import custody, tracking
+    """The MLflow run `ood`: params, every detection metric, the figures, the names of the
+    models it scored and the sha256 of its report and figures (`record`), which `vaectl
+    report` checks before showing them."""
+    from vaectl import tracking
 
-    tags = {**tracking.standard_tags("ood", data_sha), custody.OOD_REPORT.tag: report_sha}
+    tags = {**tracking.standard_tags("ood", data_sha), **record}
     with tracking.start_run(experiment, "ood", tags) as run:
         run.log_params({f"ood.{k}": v for k, v in vars(params).items()})
         for name, found in report["sets"].items():

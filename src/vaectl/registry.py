@@ -28,7 +28,7 @@ from vaectl import UserError, custody
 from vaectl.files import atomic_path, check_destination, read_json, sha256_file, tree_listing, write_json
 from vaectl.metric_table import PROMOTION, headline, measure
 from vaectl.params import PIXELS, PREDICT_MODES, RegistryParams
-from vaectl.report import flatten_model_metrics
+from vaectl.report import flatten_model_metrics, verdict_word
 
 
 @dataclass
@@ -42,8 +42,9 @@ def promotion_decision(
 ) -> Decision:
     """The promotion rule: beat the current champion's primary metric by more than
     `rule.min_improvement` nats (any value beats no champion) and, for the VAE when
-    `rule.require_smoother_than_baseline`, interpolate significantly more smoothly than the
-    AE (the 95% interval of the VAE/AE ratio of `rule.smoothness_metric` lies below 1)."""
+    `rule.require_smoother_than_baseline`, have the verdict "better" on
+    `rule.smoothness_metric`: the 95% interval of the VAE/AE ratio lies below 1 and the 90%
+    interval is not inside the metric's equivalence margin (report.bootstrap_verdict)."""
     metric = PROMOTION[kind]
     value = metrics[kind][metric]
     if kind == "vae" and rule.require_smoother_than_baseline:
@@ -52,8 +53,8 @@ def promotion_decision(
             return Decision(
                 False,
                 f"VAE/AE {rule.smoothness_metric} = {c['ratio']:.3f} (95% interval "
-                f"{c['ratio_ci'][0]:.3f}-{c['ratio_ci'][1]:.3f}): the VAE is not "
-                "significantly smoother",
+                f"{c['ratio_ci'][0]:.3f}-{c['ratio_ci'][1]:.3f}): {verdict_word(c)}, not "
+                "VAE better, so the VAE is not promoted for smoothness",
             )
     if champion_value is None:
         return Decision(True, f"no champion yet; {metric} {value:.3f}")
@@ -90,13 +91,17 @@ def version_description(
     return "\n".join(lines)
 
 
-def exported_model(export_dir: Path, kind: str, experiment: str) -> tuple[dict, dict]:
-    """(model card, the export run's tags) of export_dir, after checking its checksums.json
-    against the digest the export run recorded and every file against checksums.json."""
+def exported_model(export_dir: Path, kind: str, experiment: str) -> tuple[dict, dict, dict[str, str]]:
+    """(model card, the export run's tags, {file: sha256} of every file as verified) of
+    export_dir, after checking its checksums.json against the digest the export run recorded
+    and every file against checksums.json."""
     _, export_tags = custody.recorded_run(
         export_dir / "checksums.json", custody.CHECKSUMS, experiment, f"export-{kind}"
     )
-    verify_export(export_dir)  # before anything of it is read, the card included
+    verified = {
+        **verify_export(export_dir),  # before anything of it is read, the card included
+        "checksums.json": export_tags[custody.CHECKSUMS.tag],
+    }
     card = read_json(
         export_dir / "model_card.json",
         "vaectl export",
@@ -108,7 +113,7 @@ def exported_model(export_dir: Path, kind: str, experiment: str) -> tuple[dict, 
             f"{str(card['checkpoint_sha256'])[:12]}…, not the {kind} its export run recorded; "
             f"{custody.CHECKSUMS.fix}"
         )
-    return card, export_tags
+    return card, export_tags, verified
 
 
 def evaluated_metrics(evaluate_run: str, kind: str, checkpoint_sha: str) -> dict:
@@ -133,14 +138,19 @@ def evaluated_metrics(evaluate_run: str, kind: str, checkpoint_sha: str) -> dict
 
 
 def _registration(
-    kind: str, name: str, export: tuple[dict, dict], export_dir: Path, example: np.ndarray, test_data: tuple
+    kind: str,
+    name: str,
+    export: tuple[dict, dict, dict[str, str]],
+    export_dir: Path,
+    example: np.ndarray,
+    test_data: tuple,
 ):
     """(the Registration of one export, without its description; the evaluate run's metrics):
     a few headline test numbers as version tags, all of them on the logged model."""
     from vaectl import tracking
     from vaectl.tracking import registry_client
 
-    card, export_tags = export
+    card, export_tags, verified = export
     evaluate_run, training_run = export_tags[custody.EVALUATE_RUN], export_tags["vaectl.training_run_id"]
     metrics = evaluated_metrics(evaluate_run, kind, card["checkpoint_sha256"])
     tags = {
@@ -168,7 +178,7 @@ def _registration(
         | {"best_val_loss": card["best_val_loss"]},
     }
     return registry_client.Registration(
-        name, kind, export_dir, example, training_run, test_data, tags, version_tags, evidence, ""
+        name, kind, export_dir, verified, example, training_run, test_data, tags, version_tags, evidence, ""
     ), metrics
 
 
@@ -186,13 +196,37 @@ def register(
     """Register each export as a new version, its promotion decided on the test metrics of the
     evaluate run that scored that very checkpoint, read from MLflow (custody.py); inside a DVC
     experiment, check the exports and register nothing (IN_EXPERIMENT)."""
+    with tempfile.TemporaryDirectory(prefix="vaectl-register-") as snapshot:
+        # one private copy, verified and then uploaded: a file changed in export/ after the check
+        # is never what gets registered
+        for kind in ("vae", "ae"):
+            copy_export(export_root / kind, Path(snapshot) / kind)
+        return _register_snapshot(rule, Path(snapshot), prepared, experiment, report_path)
+
+
+def copy_export(source: Path, dest: Path) -> None:
+    """An export folder's plain files copied (links and anything else are refused)."""
+    if not source.is_dir():
+        raise UserError(f"{source} not found; it is written by `vaectl export` ({custody.CHECKSUMS.fix})")
+    dest.mkdir(parents=True)
+    for entry in sorted(source.iterdir()):
+        if entry.is_symlink() or not entry.is_file():
+            raise UserError(
+                f"{entry} is not a plain file; `vaectl export` writes only files ({custody.CHECKSUMS.fix})"
+            )
+        shutil.copyfile(entry, dest / entry.name)
+
+
+def _register_snapshot(
+    rule: RegistryParams, export_root: Path, prepared: Path, experiment: str, report_path: Path
+) -> dict:
     from vaectl import tracking
     from vaectl.data import load_split, split_label
     from vaectl.tracking import registry_client
 
-    exports = {kind: exported_model(export_root / kind, kind, experiment) for kind in ("vae", "ae")}
+    names = {"vae": rule.vae_name, "ae": rule.ae_name}
+    exports = {kind: exported_model(export_root / kind, kind, experiment) for kind in names}
     if tracking.dvc_experiment():  # the exports were still checked: a broken one fails the trial
-        names = {"vae": rule.vae_name, "ae": rule.ae_name}
         report: dict[str, dict] = {
             kind: {"name": name, "version": None, "aliases": [], "promoted": False, "reason": IN_EXPERIMENT}
             for kind, name in names.items()
@@ -201,43 +235,70 @@ def register(
         return report
     test_data = (*load_split(prepared, "test"), *split_label(prepared, "test"))
     example = test_data[0][:2].reshape(2, -1).astype(np.float32) / 255
-    report = {}
-    for kind, name in (("vae", rule.vae_name), ("ae", rule.ae_name)):
-        registration, metrics = _registration(
-            kind, name, exports[kind], export_root / kind, example, test_data
-        )
-        with registry_client.registration_lock():
-            champion_value = registry_client.champion_metric(name, PROMOTION[kind])
-            decision = promotion_decision(kind, metrics, champion_value, rule)
-            version = registry_client.register_model(
-                dataclasses.replace(
-                    registration,
-                    description=version_description(
-                        kind,
-                        metrics,
-                        decision,
-                        registration.training_run,
-                        registration.tags["vaectl.evaluate_run_id"],
-                    ),
-                ),
-                experiment,
-            )
+    with registry_client.registration_lock() as serialised:
+        for name in names.values():
+            registry_client.remove_interrupted(name, experiment, serialised)
+        registered = _register_pair(rule, names, exports, export_root, example, test_data, experiment)
+        report = {}
+        for kind, (version, decision) in registered.items():  # aliases move once both are in
+            registry_client.point_candidate(names[kind])
             if decision.promote:
-                registry_client.set_alias(name, "champion", version)
-        report[kind] = {
-            "name": name,
-            "version": version,
-            "aliases": ["candidate"] + (["champion"] if decision.promote else []),
-            "promoted": decision.promote,
-            "reason": decision.reason,
-        }
+                registry_client.set_alias(names[kind], "champion", version)
+            report[kind] = {
+                "name": names[kind],
+                "version": version,
+                "aliases": ["candidate"] + (["champion"] if decision.promote else []),
+                "promoted": decision.promote,
+                "reason": decision.reason,
+            }
     write_json(report_path, report)
     return report
 
 
-def verify_export(export_dir: Path) -> None:
+def _register_pair(
+    rule: RegistryParams,
+    names: dict[str, str],
+    exports: dict,
+    export_root: Path,
+    example: np.ndarray,
+    test_data: tuple,
+    experiment: str,
+) -> dict[str, tuple[str, Decision]]:
+    """{kind: (new version, promotion decision)} for the VAE and the AE, registered as a pair:
+    when the second fails or is interrupted, the first's new version is deleted too, so that a
+    registration lands whole or not at all (no @candidate from two registrations)."""
+    from vaectl.tracking import registry_client
+
+    registered: dict[str, tuple[str, Decision]] = {}
+    try:
+        for kind, name in names.items():
+            registration, metrics = _registration(
+                kind, name, exports[kind], export_root / kind, example, test_data
+            )
+            champion_value = registry_client.champion_metric(name, PROMOTION[kind])
+            decision = promotion_decision(kind, metrics, champion_value, rule)
+            description = version_description(
+                kind,
+                metrics,
+                decision,
+                registration.training_run,
+                registration.tags["vaectl.evaluate_run_id"],
+            )
+            version = registry_client.register_model(
+                dataclasses.replace(registration, description=description), experiment
+            )
+            registered[kind] = (version, decision)
+    except BaseException:
+        for kind, (version, _) in registered.items():
+            registry_client.client().delete_model_version(names[kind], version)
+        raise
+    return registered
+
+
+def verify_export(export_dir: Path) -> dict[str, str]:
     """Every file of the export is listed in its checksums.json with its sha256, and nothing
-    listed is missing: an emptied or partial listing verifies nothing, so it is refused."""
+    listed is missing: an emptied or partial listing verifies nothing, so it is refused.
+    Returns the listing."""
     listed = read_json(export_dir / "checksums.json", "vaectl export")
     present = {p.name for p in export_dir.iterdir() if p.name != "checksums.json"}
     unlisted = sorted(present - set(listed))
@@ -249,6 +310,7 @@ def verify_export(export_dir: Path) -> None:
         path = export_dir / filename
         if not path.is_file() or sha256_file(path) != digest:
             raise UserError(f"{path} is missing or changed since `vaectl export`; export again")
+    return listed
 
 
 def verify_bundle(root: Path, recorded: str | None, ref: str) -> int:
@@ -370,8 +432,11 @@ def read_inputs(path: Path, mode: str) -> tuple[np.ndarray, list[str] | None]:
 
 def _regular_file(path: Path) -> os.stat_result:
     """The file's stat; a FIFO or device named like an input would block or never end, so it
-    is refused unopened."""
-    status = path.stat()
+    is refused unopened, and a link that leads nowhere (a loop) is one line."""
+    try:
+        status = path.stat()
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror or err})") from None
     if not stat.S_ISREG(status.st_mode):
         raise UserError(f"{path}: not a regular file")
     return status
@@ -431,6 +496,8 @@ def _npy_header(handle, path: Path) -> tuple[tuple[int, ...], np.dtype]:
 
 def _check_rows(path: Path, shape: tuple[int, ...], dtype: np.dtype, stored_bytes: int) -> None:
     rows, row_values = (shape[0] if shape else 1), math.prod(shape[1:])
+    if rows == 0 or row_values == 0:
+        raise UserError(f"{path} holds no values (shape {shape}); give at least one row")
     if rows > PREDICT_MAX_ROWS:
         raise UserError(f"{path} holds {rows:,} rows, more than {PREDICT_MAX_ROWS:,}; split it")
     if rows * row_values > PREDICT_MAX_ROWS * PIXELS:

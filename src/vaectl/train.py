@@ -383,7 +383,12 @@ def _resume(job: Job, loop: Loop, data_sha: str) -> tuple[str | None, dict]:
     run_id = None
     if workers.main:  # continue the MLflow run that wrote this last.pt, and only that
         run_id, _ = custody.recorded_run(
-            out_dir / "last.pt", custody.LAST_CHECKPOINT, params.tracking.experiment, kind
+            out_dir / "last.pt",
+            custody.LAST_CHECKPOINT,
+            params.tracking.experiment,
+            kind,
+            {custody.MODEL_NAME: out_dir.name},
+            f" named {out_dir.name}",
         )
     return run_id, resumed_with
 
@@ -569,7 +574,7 @@ def _open_run(job: Job, data: TrainingData, run_id: str | None, resumed_with: di
     tags = {
         **tracking.standard_tags(kind, data.data_sha),
         "vaectl.kind": kind,
-        "vaectl.out_dir": str(out_dir.resolve()),
+        custody.MODEL_NAME: out_dir.name,
     }
     with tracking.start_run(job.params.tracking.experiment, f"train-{out_dir.name}", tags, run_id) as mlrun:
         if resumed_with:  # MLflow params are immutable: say what changed

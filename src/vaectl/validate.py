@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vaectl import UserError
-from vaectl.data import SPLITS, load_manifest, load_split
-from vaectl.files import atomic_path, write_json
+from vaectl import UserError, custody
+from vaectl.data import SPLITS, load_manifest, load_split, manifest_sha256
+from vaectl.files import atomic_path, sha256_file, write_json
 from vaectl.params import ValidateParams
 
 RUN_NAME = "vaectl-validate"
@@ -224,7 +224,11 @@ def pin_site(site: Path) -> None:
         page.write_text(text)
 
 
-def run(params: ValidateParams, prepared: Path, report_path: Path, docs_dir: Path) -> ValidationOutcome:
+def run(
+    params: ValidateParams, prepared: Path, report_path: Path, docs_dir: Path, experiment: str
+) -> ValidationOutcome:
+    """Check the prepared data, write the report and Data Docs, and record the report's sha256
+    on an MLflow run of kind validate (custody.VALIDATION), which `vaectl report` checks."""
     manifest = load_manifest(prepared)
     tables = {split: image_table(*load_split(prepared, split)) for split in SPLITS}
     if len(tables["train"]) == 0:
@@ -243,8 +247,23 @@ def run(params: ValidateParams, prepared: Path, report_path: Path, docs_dir: Pat
         "expectations_failed": len(failures),
         "tables": results,
     }
-    write_json(report_path, report)
+    with atomic_path(report_path) as staged:
+        write_json(staged, report)
+        log_validation(report, sha256_file(staged), manifest_sha256(prepared), experiment)
     return ValidationOutcome(success=not failures, report=report, failures=failures)
+
+
+def log_validation(report: dict, report_sha: str, data_sha: str, experiment: str) -> None:
+    from vaectl import tracking
+
+    tags = {**tracking.standard_tags("validate", data_sha), custody.VALIDATION.tag: report_sha}
+    with tracking.start_run(experiment, "validate", tags) as run:
+        run.log_metrics(
+            {
+                "expectations_evaluated": report["expectations_evaluated"],
+                "expectations_failed": report["expectations_failed"],
+            }
+        )
 
 
 def _kwargs_text(kwargs: dict) -> str:

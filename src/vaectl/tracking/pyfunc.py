@@ -134,8 +134,8 @@ with contextlib.redirect_stderr(io.StringIO()):
             if np.isnan(x).any() or np.isinf(x).any():
                 raise self._bad("input contains NaN or infinite values")
             width = self.latent_dim if mode == "decode" else 784
-            if x.ndim != 2 or x.shape[1] != width:
-                raise self._bad(f"mode {mode} expects N x {width} input, got shape {x.shape}")
+            if x.ndim != 2 or x.shape[1] != width or len(x) == 0:
+                raise self._bad(f"mode {mode} expects N x {width} input with N >= 1, got shape {x.shape}")
             if mode != "decode" and (x.min(initial=0) < 0 or x.max(initial=0) > 1):
                 raise self._bad("pixel values must lie in [0, 1]")
             return x

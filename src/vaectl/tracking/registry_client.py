@@ -15,7 +15,15 @@ import numpy as np
 
 from vaectl import UserError
 from vaectl.files import sha256_file, tree_listing
-from vaectl.tracking import client, log_model_metrics, mlflow_module, run_artifact, start_run, tracking_uri
+from vaectl.tracking import (
+    client,
+    find_runs,
+    log_model_metrics,
+    mlflow_module,
+    run_artifact,
+    start_run,
+    tracking_uri,
+)
 from vaectl.tracking.pyfunc import ARTIFACTS, BUNDLED_FILES, signature
 
 # model version tags: the sha256 of the bundle's listing ({relative path: sha256} of every
@@ -49,7 +57,8 @@ def champion_metric(name: str, metric: str) -> float | None:
 
 @dataclass(frozen=True)
 class Registration:
-    """One model version to register: what it is, its exported files, its evidence.
+    """One model version to register: what it is, its exported files (and their checked
+    digests), its evidence.
     `evidence` = {'params': training settings, 'metrics': test numbers}; `test_data` =
     (images, labels, name, source) of the test set those numbers were measured on; `tags`
     go on the register run, `version_tags` on the version."""
@@ -57,6 +66,7 @@ class Registration:
     name: str
     kind: str
     export_dir: Path
+    verified: dict[str, str]  # {file: sha256} of the export as it was checked before the upload
     example: np.ndarray
     training_run: str
     test_data: tuple
@@ -69,9 +79,10 @@ class Registration:
 def register_model(r: Registration, experiment: str) -> str:
     """Log the pyfunc (with its exported parts) as a LoggedModel whose source run is the
     training run, so the version's Source Run is the training run; register it as a new
-    version of `r.name`, tag and describe it, store the bundle's checksums (an artifact of the
-    register run, its sha256 the version's tag) and only then point alias `candidate` at the
-    newest complete version. Returns the version; one that fails or is interrupted before it
+    version of `r.name` (created with its register run's id, so that a registration killed
+    before it is complete is known: see remove_interrupted), tag and describe it, and store the
+    bundle's checksums (an artifact of the register run, its sha256 the version's tag). The
+    caller points the aliases. Returns the version; one that fails or is interrupted before it
     is complete is deleted. The evidence goes on the register run and the logged model (its
     test numbers against the test set), so the Models tab compares versions by them."""
     import torch
@@ -102,12 +113,12 @@ def register_model(r: Registration, experiment: str) -> str:
                 artifacts=artifacts,
                 signature=signature(),
                 input_example=r.example,
-                registered_model_name=r.name,
                 pip_requirements=requirements,
                 code_paths=[str(Path(code) / "vaectl")],
                 model_id=model_id,
             )
-            version = str(info.registered_model_version)
+            registered = mlflow.register_model(info.model_uri, r.name, tags={LISTING_RUN_TAG: run.run_id})
+            version = str(registered.version)
             client().log_outputs(r.training_run, [LoggedModelOutput(model_id, step=0)])
             run.log_params(r.evidence["params"])
             test_set = run.dataset(*r.test_data)
@@ -118,16 +129,43 @@ def register_model(r: Registration, experiment: str) -> str:
             for key, value in r.version_tags.items():
                 c.set_model_version_tag(r.name, version, key, value)
             c.update_model_version(r.name, version, description=r.description)
-            c.set_model_version_tag(r.name, version, LISTING_RUN_TAG, run.run_id)
-            c.set_model_version_tag(r.name, version, BUNDLE_TAG, _log_bundle_listing(run, r.name, version))
+            c.set_model_version_tag(
+                r.name, version, BUNDLE_TAG, _log_bundle_listing(run, r.name, version, r.verified)
+            )
     except BaseException:
         if version is not None:  # never a version without its bundle checksums
             client().delete_model_version(r.name, version)
         if model_id is not None:
             client().delete_logged_model(model_id)
         raise
-    point_candidate(r.name)
     return version
+
+
+STALE_AFTER_S = 3600  # a registration takes seconds: one this old on a server was killed
+
+
+def remove_interrupted(name: str, experiment: str, serialised: bool) -> list[str]:
+    """Delete the versions of `name` a killed `vaectl register` left (created with a register
+    run's id, never given their bundle checksums) and end its runs as KILLED. Under the local
+    lock (`serialised`) every such version is stale; on a server, those older than
+    STALE_AFTER_S. Versions registered by other means carry no register run id: never touched."""
+    c, oldest_ms = client(), (time.time() - STALE_AFTER_S) * 1000
+    removed = []
+    for v in c.search_model_versions(f"name='{name}'"):
+        tags = v.tags or {}
+        if (
+            LISTING_RUN_TAG in tags
+            and BUNDLE_TAG not in tags
+            and (serialised or v.creation_timestamp < oldest_ms)
+        ):
+            c.delete_model_version(name, v.version)
+            removed.append(str(v.version))
+    for run in find_runs(
+        experiment, "attributes.status = 'RUNNING' and tags.`vaectl.kind` LIKE 'register-%'"
+    ):
+        if serialised or run.info.start_time < oldest_ms:
+            c.set_terminated(run.info.run_id, "KILLED")
+    return removed
 
 
 def _stage_model_code(code: Path) -> Path:
@@ -140,18 +178,27 @@ def _stage_model_code(code: Path) -> Path:
     return code / "autoencoder_model.py"
 
 
-def _log_bundle_listing(run, name: str, version: str) -> str:
-    """{relative path: sha256} of the version's files as the artifact store holds them, logged
-    as this run's LISTING_ARTIFACT; returns the listing's own sha256 (the version's tag)."""
+def _log_bundle_listing(run, name: str, version: str, verified: dict[str, str]) -> str:
+    """{relative path: sha256} of the version's files as the artifact store holds them, checked
+    against the export they were uploaded from and logged as this run's LISTING_ARTIFACT;
+    returns the listing's own sha256 (the version's tag)."""
     with (
         tempfile.TemporaryDirectory(prefix="vaectl-bundle-") as tmp,
         tempfile.TemporaryDirectory(prefix="vaectl-listing-") as out,
     ):
         listing = tree_listing(download_model(name, version, Path(tmp)))
+        _check_stored_artifacts(listing, verified, f"{name}/{version}")
         path = Path(out) / LISTING_ARTIFACT
         path.write_text(json.dumps(listing, sort_keys=True, indent=1))
         run.log_artifact(path)
         return sha256_file(path)
+
+
+def _check_stored_artifacts(listing: dict[str, str], verified: dict[str, str], ref: str) -> None:
+    """Each exported file as the store holds it is the one verified before the upload."""
+    for filename in ARTIFACTS.values():
+        if listing.get(f"artifacts/{filename}") != verified.get(filename):
+            raise UserError(f"{ref}: the stored {filename} is not the file that was verified; register again")
 
 
 def bundle_listing(name: str, version: str) -> str | None:
@@ -198,15 +245,16 @@ def point_candidate(name: str) -> None:
 
 
 @contextlib.contextmanager
-def registration_lock(timeout_s: float = 300) -> Iterator[None]:
+def registration_lock(timeout_s: float = 600) -> Iterator[bool]:
     """One `vaectl register` at a time on a local store (a lock file beside its database), so
     that champion's value is read and @champion moved without another registration between;
-    a tracking server serialises nothing, and `point_candidate` copes with that."""
+    yields whether it serialises: a tracking server serialises nothing, and `point_candidate`
+    copes with that."""
     import fcntl
 
     uri = tracking_uri()
     if not uri.startswith("sqlite:///"):
-        yield
+        yield False
         return
     lock = Path(uri.removeprefix("sqlite:///")).with_suffix(".register.lock")
     with open(lock, "a") as handle:
@@ -222,7 +270,7 @@ def registration_lock(timeout_s: float = 300) -> Iterator[None]:
                         "wait for it, or remove the file if no register runs"
                     ) from None
                 time.sleep(0.5)
-        yield
+        yield True
 
 
 def describe_version(name: str, version: str, text: str) -> None:
