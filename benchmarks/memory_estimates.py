@@ -25,6 +25,7 @@ COMPUTATIONS = (
     "the VAE's likelihood batch",
     "the VAE's interpolations",
     "the VAE's generated set",
+    "the ood stage's -ELBO batch",
 )
 
 
@@ -58,6 +59,13 @@ def measure(what: str, params_path: Path) -> int:
         before = peak_rss()
         with torch.no_grad():
             iwae_log_likelihood(model, x, max(e.iw_chunk, ELBO_SAMPLES), max(e.iw_chunk, ELBO_SAMPLES))
+    elif "-ELBO" in what:
+        from vaectl.novelty import neg_elbo
+
+        x = torch.rand(e.batch_size, 784).bernoulli()
+        before = peak_rss()
+        with torch.no_grad():
+            neg_elbo(model, x, max(p.ood.elbo_samples, e.iw_chunk), torch.Generator().manual_seed(0))
     elif "interpolations" in what:
         z0, z1 = torch.randn(e.interp_pairs, t.latent_dim), torch.randn(e.interp_pairs, t.latent_dim)
         before = peak_rss()

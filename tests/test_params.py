@@ -255,6 +255,7 @@ SMALL_EVAL = {"interp_pairs": 1, "ppl_samples": 1, "interp_steps": 2, "generated
         ),
         ({"eval": {"generated": 100_000}, "model": {"hidden": [8192, 8192]}}, "the VAE's generated set"),
         ({"eval": {"classifier": {"hidden": [8192] * 16}}}, "the judge's training step"),
+        ({"eval": {"batch_size": 1000}, "ood": {"elbo_samples": 10_000}}, "the ood stage's -ELBO batch"),
     ],
 )
 def test_a_computation_past_the_memory_budget_is_refused_before_it_allocates(raw, what, monkeypatch):

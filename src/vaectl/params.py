@@ -461,6 +461,10 @@ def memory_estimates(p: Params) -> dict[str, tuple[int, str]]:
         e.batch_size * max(e.iw_chunk, ELBO_SAMPLES) * image_bytes(m, p.train.vae.latent_dim, False),
         f"eval.batch_size x eval.iw_chunk (at least the ELBO's {ELBO_SAMPLES} draws), model.hidden",
     )
+    out["the ood stage's -ELBO batch"] = (  # novelty.neg_elbo decodes every draw of a batch at once
+        e.batch_size * max(p.ood.elbo_samples, e.iw_chunk) * image_bytes(m, p.train.vae.latent_dim, False),
+        "eval.batch_size x ood.elbo_samples, model.hidden",
+    )
     judge = [PIXELS, *e.classifier.hidden, 10]  # vaectl.judge's MLP over the ten classes
     judge_step = 16 * dense_count(judge) + e.classifier.batch_size * 4 * 3 * sum(judge)
     out["the judge's training step"] = (judge_step, "eval.classifier.batch_size, eval.classifier.hidden")
