@@ -212,3 +212,17 @@ def test_serve_refuses_a_port_out_of_range_before_anything_loads():
     result = vaectl("serve", "--port", "70000")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--port" in result.stderr and "65535" in result.stderr
+
+
+def test_a_checkpoint_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    import torch
+
+    from vaectl import UserError
+    from vaectl.checkpoints import save_checkpoint
+
+    with mounted_tmpfs(tmp_path / "mnt", "size=64k") as place:
+        with pytest.raises(
+            UserError, match="best.pt: the checkpoint could not be written .* free some space"
+        ):
+            save_checkpoint(place / "best.pt", {"model": {"w": torch.zeros(100_000)}})
+        assert list(place.iterdir()) == []

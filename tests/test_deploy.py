@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -415,6 +416,30 @@ def serving(deployed, *options):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+    # SIGTERM stops it (uvicorn shuts down cleanly) with its verified copy of the bundle removed
+    assert server.returncode == 0
+    assert not list(Path(tempfile.gettempdir()).glob(f"vaectl-serve-{server.pid}-*"))
+
+
+def test_sigterm_while_serve_loads_the_bundle_leaves_no_copy(deployed):
+    """Before uvicorn takes over SIGTERM (downloading, verifying and loading take seconds),
+    the signal stops serve with one line and exit 143, its temporary copy removed."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vaectl", "serve", "vae-mnist@champion", "--port", str(free_port())],
+        cwd=deployed["root"],
+        env=deployed["env"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pattern = f"vaectl-serve-{server.pid}-*"
+    deadline = time.monotonic() + 120
+    while not list(Path(tempfile.gettempdir()).glob(pattern)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.terminate()
+    _, err = server.communicate(timeout=60)
+    assert server.returncode == 143 and "interrupted: `vaectl serve` stopped" in err, err
+    assert not list(Path(tempfile.gettempdir()).glob(pattern))
 
 
 def test_serve_smoke_on_loopback(deployed):

@@ -197,3 +197,20 @@ def test_sigterm_in_a_staged_write_leaves_no_staging_folder(tmp_path):
     child.send_signal(signal.SIGTERM)
     child.wait(timeout=30)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_commands_temporary_folder_goes_with_the_next_one(tmp_path, monkeypatch):
+    import tempfile
+
+    from vaectl.files import temporary_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, live = tmp_path / f"vaectl-serve-{dead.pid}-x", tmp_path / f"vaectl-code-{os.getpid()}-y"
+    other = tmp_path / "vaectl-notes"  # not named by temporary_dir: never touched
+    for folder in (stale, live, other):
+        folder.mkdir()
+    with temporary_dir("vaectl-pull-") as tmp:
+        assert Path(tmp).name.startswith(f"vaectl-pull-{os.getpid()}-")
+    assert not stale.exists() and live.exists() and other.exists() and not Path(tmp).exists()

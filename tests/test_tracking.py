@@ -107,6 +107,40 @@ def test_a_database_another_process_holds_is_one_line(tmp_path, prepared):
     assert_one_line(out, "is locked by another process")
 
 
+def test_a_corrupt_store_and_a_missing_database_driver_are_one_line_without_the_password(tmp_path, prepared):
+    (tmp_path / "mlflow.db").write_bytes(b"not a database " * 100)
+    out, _ = train_ae(tmp_path, prepared, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert_one_line(out, "failed: ")
+    out, _ = train_ae(tmp_path, prepared, "postgresql://team:secretpw@127.0.0.1:1/mlflow")
+    assert_one_line(out, "needs the Python database driver")
+    assert "secretpw" not in out.stderr and "team:***@127.0.0.1" in out.stderr
+
+
+def test_credentials_in_a_server_uri_go_in_a_header_and_never_in_a_message(tmp_path, prepared):
+    seen = []
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(503)
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out, _ = train_ae(tmp_path, prepared, f"http://team:secretpw@127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+    assert seen and seen[0] == "Basic dGVhbTpzZWNyZXRwdw=="  # team:secretpw
+    assert_one_line(out, "the MLflow tracking store http://team:***@127.0.0.1:")
+    assert "secretpw" not in out.stderr
+
+
 @pytest.mark.parametrize("value", ["/data/o'brien", '/data/say "hi"', '/data/it\'s "odd"', "C:\\runs\\a"])
 def test_a_run_is_found_by_a_tag_holding_quotes_or_backslashes(local_store, value):
     with tracking.start_run("quotes", "this", {"vaectl.out_dir": value, "k": "1"}) as run:
@@ -116,3 +150,20 @@ def test_a_run_is_found_by_a_tag_holding_quotes_or_backslashes(local_store, valu
     found = tracking.latest_run("quotes", {"vaectl.out_dir": value, "k": "1"})
     assert found is not None and found[0] == run.run_id
     assert tracking.latest_run("quotes", {"vaectl.out_dir": value, "k": "2"}) is None
+
+
+@pytest.mark.parametrize("uri", [None, "sqlite:///{root}/mlfow.db"])  # outside a project; mistyped
+def test_reading_from_a_store_that_is_not_there_creates_none_and_is_one_line(tmp_path, uri):
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "VAECTL_ROOT")}
+    if uri:
+        env["MLFLOW_TRACKING_URI"] = uri.format(root=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest", "d"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_one_line(out, "no MLflow store at")
+    assert list(tmp_path.iterdir()) == []

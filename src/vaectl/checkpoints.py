@@ -15,8 +15,17 @@ from vaectl.models import AutoEncoder, from_config
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save, atomically; torch reports a failed write (a full disk) as a RuntimeError
+    without the OS's reason ("iostream error", "unexpected pos"), so it becomes one line
+    naming the file (the state is the trainer's own: nothing else in it can fail)."""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as err:
+            raise UserError(
+                f"{path}: the checkpoint could not be written ({str(err).splitlines()[0][:120]}); "
+                "free some space or write elsewhere"
+            ) from None
 
 
 def read_checkpoint(path: Path) -> dict:

@@ -689,6 +689,7 @@ def predict(
 
 @app.command()
 @user_errors
+@interruptible
 def serve(
     ref: str = typer.Argument("vae-mnist@champion", help="NAME@alias or NAME/version"),
     host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
@@ -720,12 +721,11 @@ def serve(
              http://127.0.0.1:5002/invocations
              (add "params": {"mode": "score"} for each image's novelty score and flag)
     """
-    import tempfile
-
     from vaectl import registry
+    from vaectl.files import temporary_dir
     from vaectl.tracking import serving
 
-    with tempfile.TemporaryDirectory(prefix="vaectl-serve-") as tmp:
+    with temporary_dir("vaectl-serve-") as tmp:
         name, version, bundle, checked = registry.download_verified(ref, Path(tmp))
         typer.echo(
             f"serving {name} v{version} ({checked} files verified) on http://{host}:{port}"

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -106,6 +107,26 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+STALE_TEMP = re.compile(r"vaectl-[a-z]+-(\d+)-")  # what temporary_dir names, with its process id
+
+
+@contextlib.contextmanager
+def temporary_dir(prefix: str) -> Iterator[str]:
+    """tempfile.TemporaryDirectory named with this process's id: a `kill -9` runs no clean-up,
+    so each new one first removes this user's vaectl temporary folders whose process is gone."""
+    root = Path(tempfile.gettempdir())
+    for stale in root.glob("vaectl-*"):
+        found = STALE_TEMP.match(stale.name)
+        try:
+            ours = stale.is_dir() and not stale.is_symlink() and stale.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if found and ours and not _alive(int(found.group(1))):
+            shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as tmp:
+        yield tmp
 
 
 @contextlib.contextmanager

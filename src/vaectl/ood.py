@@ -20,7 +20,6 @@ histograms and ROC curves), and logs an MLflow run with both.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from vaectl import custody, novelty, scoring
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import binarize, to_unit
-from vaectl.files import atomic_path, folder_sha256, sha256_file, shared_dir, write_json
+from vaectl.files import atomic_path, folder_sha256, sha256_file, shared_dir, temporary_dir, write_json
 from vaectl.params import EvalParams, OodParams
 from vaectl.report import LEVEL, RESAMPLES
 
@@ -65,7 +64,7 @@ def other_test_set(dataset: str, mirrors: list[str]) -> np.ndarray:
 
     cls = getattr(torchvision.datasets, TORCHVISION_CLASSES[dataset])
     resources = [(name, md5) for name, md5 in cls.resources if name.startswith("t10k")]
-    with tempfile.TemporaryDirectory(prefix="vaectl-ood-") as workdir:
+    with temporary_dir("vaectl-ood-") as workdir:
         download_resources(dataset, resources, list(mirrors) + list(cls.mirrors), Path(workdir))
         images, _ = read_images_labels(
             Path(workdir) / "t10k-images-idx3-ubyte.gz",

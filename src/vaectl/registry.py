@@ -16,7 +16,6 @@ import math
 import os
 import shutil
 import stat
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -25,7 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from vaectl import UserError, custody
-from vaectl.files import atomic_path, check_destination, read_json, sha256_file, tree_listing, write_json
+from vaectl.files import (
+    atomic_path,
+    check_destination,
+    read_json,
+    sha256_file,
+    temporary_dir,
+    tree_listing,
+    write_json,
+)
 from vaectl.metric_table import PROMOTION, headline, measure
 from vaectl.params import PIXELS, PREDICT_MODES, RegistryParams
 from vaectl.report import flatten_model_metrics, verdict_word
@@ -127,7 +134,7 @@ def evaluated_metrics(evaluate_run: str, kind: str, checkpoint_sha: str) -> dict
             f"evaluate run {evaluate_run} did not score the exported {kind} checkpoint "
             f"{checkpoint_sha[:12]}…; run `vaectl evaluate` and `vaectl export` again"
         )
-    with tempfile.TemporaryDirectory(prefix="vaectl-metrics-") as tmp:
+    with temporary_dir("vaectl-metrics-") as tmp:
         path = tracking.run_artifact(evaluate_run, "metrics.json", Path(tmp))
         if sha256_file(path) != tags.get(custody.METRICS.tag):
             raise UserError(
@@ -196,7 +203,7 @@ def register(
     """Register each export as a new version, its promotion decided on the test metrics of the
     evaluate run that scored that very checkpoint, read from MLflow (custody.py); inside a DVC
     experiment, check the exports and register nothing (IN_EXPERIMENT)."""
-    with tempfile.TemporaryDirectory(prefix="vaectl-register-") as snapshot:
+    with temporary_dir("vaectl-register-") as snapshot:
         # one private copy, verified and then uploaded: a file changed in export/ after the check
         # is never what gets registered
         for kind in ("vae", "ae"):
@@ -358,7 +365,7 @@ def pull(ref: str, dest: Path) -> dict:
         raise UserError(f"--dest {dest} is a file; give a folder (it is replaced atomically)")
     with (
         atomic_path(dest, claim=earlier_pull) as staged,
-        tempfile.TemporaryDirectory(prefix="vaectl-pull-") as tmp,
+        temporary_dir("vaectl-pull-") as tmp,
     ):
         name, version, downloaded, checked = download_verified(ref, Path(tmp))
         model = registry_client.load_pyfunc(str(downloaded))
@@ -367,7 +374,11 @@ def pull(ref: str, dest: Path) -> dict:
         output = model.predict(probe)
         if output.shape != (1, 784) or not np.isfinite(output).all():
             raise UserError(f"{name}/{version} loaded but its smoke prediction is malformed")
-        shutil.copytree(downloaded, staged)
+        try:
+            shutil.copytree(downloaded, staged)
+        except shutil.Error as err:  # copytree gathers each file's OSError into one list
+            why = err.args[0][0][2] if err.args and err.args[0] else str(err)
+            raise UserError(f"--dest {dest}: the bundle could not be copied ({why})") from None
         summary = {
             "name": name,
             "version": version,
@@ -597,7 +608,7 @@ def predict(ref: str, input_path: Path | None, output: Path, mode: str, n: int, 
         x, names = read_inputs(input_path, mode)
     with (
         atomic_path(output, claim=earlier_prediction) as staged,
-        tempfile.TemporaryDirectory(prefix="vaectl-predict-") as tmp,
+        temporary_dir("vaectl-predict-") as tmp,
     ):
         name, version, bundle, _ = download_verified(ref, Path(tmp))
         model = registry_client.load_pyfunc(str(bundle))

@@ -13,7 +13,6 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 
 from vaectl import UserError, custody
 from vaectl.data import SPLITS, load_manifest, load_split, manifest_sha256
-from vaectl.files import atomic_path, sha256_file, write_json
+from vaectl.files import atomic_path, sha256_file, temporary_dir, write_json
 from vaectl.params import ValidateParams
 
 RUN_NAME = "vaectl-validate"
@@ -169,7 +168,7 @@ def run_suites(suites: list[tuple], docs_dir: Path) -> dict:
     # The site's paths and pages carry the run's name and time: pinned, so that the same data
     # give a byte-identical site (a DVC out). When a validation ran is for logs, not outputs.
     run_id = RunIdentifier(run_name=RUN_NAME, run_time=PINNED_RUN_TIME)
-    with tempfile.TemporaryDirectory(prefix="vaectl-gx-") as root:
+    with temporary_dir("vaectl-gx-") as root:
         context = gx.get_context(mode="file", project_root_dir=root)
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
         source = context.data_sources.add_pandas("prepared")

@@ -19,7 +19,6 @@ import importlib.util
 import io
 import os
 import stat
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -34,7 +33,7 @@ from vaectl import UserError
 from vaectl.data import describe, self_sha256
 from vaectl.data.idx import MAX_IDX_BYTES, read_images_labels
 from vaectl.data.splits import stratified_split
-from vaectl.files import atomic_path, sha256_file, write_json
+from vaectl.files import atomic_path, sha256_file, temporary_dir, write_json
 from vaectl.params import DataParams
 
 TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
@@ -230,7 +229,7 @@ def load_mnist_5k() -> tuple[np.ndarray, np.ndarray, dict]:
 
 def run(params: DataParams, out_dir: Path, env_mirrors: list[str]) -> dict:
     """Fetch `params.name`, split it, write `out_dir/{split}.npz` + manifest atomically."""
-    with tempfile.TemporaryDirectory(prefix="vaectl-fetch-") as workdir:
+    with temporary_dir("vaectl-fetch-") as workdir:
         if params.name == "mnist-5k":
             images, labels, source = load_mnist_5k()
             idx = stratified_split(labels, (params.val_fraction, params.test_fraction), params.seed)

@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vaectl import UserError, environment, numerics
+from vaectl.files import temporary_dir
 from vaectl.params import flatten
 
 
@@ -92,11 +92,40 @@ def mlflow_module():
     return mlflow
 
 
+def masked(uri: str) -> str:
+    """The URI as messages show it: a password in it replaced by ***, at most 200 characters."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        if parts.password:
+            netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+            uri = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        pass
+    return uri if len(uri) <= 200 else uri[:200] + "..."
+
+
+def check_database_driver(uri: str) -> None:
+    """A database URI whose driver is not installed is one line naming it (SQLAlchemy would
+    stop the first call with a ModuleNotFoundError): postgresql:// takes SQLAlchemy's default."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(uri).get_dialect().import_dbapi()
+    except ImportError as err:
+        raise UserError(
+            f"MLFLOW_TRACKING_URI={masked(uri)!r} needs the Python database driver "
+            f"{getattr(err, 'name', None) or err}, which is not installed: pip install it "
+            "(e.g. psycopg[binary] for postgresql://, psycopg2-binary for postgresql+psycopg2://)"
+        ) from None
+    except Exception:  # noqa: BLE001 - a malformed URL: MLflow's own message says more
+        return
+
+
 @functools.cache
 def check_store(uri: str) -> None:
     """Refuse, in one line and within SERVER_PROBE_TIMEOUT_S, a tracking URI MLflow cannot use
     or a server that does not answer, before any stage works for nothing."""
-    shown = uri if len(uri) <= 200 else uri[:200] + "..."
+    shown = masked(uri)
     try:
         scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0].lower()
     except ValueError:  # not even a URL (e.g. an unclosed IPv6 bracket)
@@ -107,10 +136,12 @@ def check_store(uri: str) -> None:
             "http(s)://HOST:PORT or a database URL, or unset it for the local "
             f"{default_tracking_uri()}"
         )
+    if scheme in ("postgresql", "mysql", "mssql"):
+        check_database_driver(uri)
     if scheme not in ("http", "https"):
         return
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_PROBE_TIMEOUT_S):
+        with urllib.request.urlopen(health_request(uri), timeout=SERVER_PROBE_TIMEOUT_S):
             pass
     except urllib.error.HTTPError:
         pass  # it answers (a proxy may want credentials for /health): the requests will tell
@@ -123,15 +154,34 @@ def check_store(uri: str) -> None:
         ) from None
 
 
+def health_request(uri: str) -> urllib.request.Request:
+    """GET /health of a tracking server; credentials in the URI (which MLflow accepts) go in
+    an Authorization header, as MLflow sends them, not in the URL urllib would refuse."""
+    import base64
+
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    url = urllib.parse.urlunsplit(parts._replace(netloc=netloc)).rstrip("/") + "/health"
+    request = urllib.request.Request(url)
+    if parts.username is not None:
+        pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+    return request
+
+
 def store_failure(err: BaseException) -> str | None:
     """The one line for an error of the tracking store that reached a command (a server that
     died mid-run, a database another process holds), or None if `err` is something else."""
     from mlflow.exceptions import MlflowException
 
     text = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    with contextlib.suppress(ValueError):  # MLflow's messages quote the URI, password included
+        password = urllib.parse.urlsplit(tracking_uri()).password
+        text = text.replace(password, "***") if password else text
     if "database is locked" in str(err):
         return (
-            f"the MLflow store {tracking_uri()} is locked by another process (an `mlflow ui` "
+            f"the MLflow store {masked(tracking_uri())} is locked by another process (an `mlflow ui` "
             "or another vaectl writing to it): run this again when that is done"
         )
     kinds: list[type[Exception]] = [MlflowException]
@@ -139,9 +189,9 @@ def store_failure(err: BaseException) -> str | None:
         import requests
         import sqlalchemy.exc
 
-        kinds += [requests.exceptions.RequestException, sqlalchemy.exc.OperationalError]
+        kinds += [requests.exceptions.RequestException, sqlalchemy.exc.DatabaseError]  # a corrupt file too
     if isinstance(err, tuple(kinds)):
-        return f"the MLflow tracking store {tracking_uri()} failed: {text}"
+        return f"the MLflow tracking store {masked(tracking_uri())} failed: {text}"
     return None
 
 
@@ -262,7 +312,7 @@ class Run:
             model_type=tags.get("vaectl.kind"),
         )
         mlflow_client = client()
-        with tempfile.TemporaryDirectory(prefix="vaectl-model-") as staged:
+        with temporary_dir("vaectl-model-") as staged:
             for path in files:
                 shutil.copyfile(path, Path(staged) / path.name)
             mlflow_client.log_model_artifacts(model.model_id, staged)
@@ -335,10 +385,24 @@ def metric_history(run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(history, key=lambda m: m.step)]
 
 
+def require_store() -> None:
+    """A local store that is not there is one line before anything reads from it: opening a
+    mistyped path (or the default one outside the project) would create an empty store, and
+    every lookup would then fail as if the files were forged."""
+    uri = tracking_uri()
+    path = Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("sqlite:///") and not path.is_file():
+        raise UserError(
+            f"no MLflow store at {path}: run vaectl from the project root (where the pipeline "
+            "made mlflow.db), or point MLFLOW_TRACKING_URI at the store that holds the runs"
+        )
+
+
 def latest_run(experiment: str, tags: dict[str, str]) -> tuple[str, dict[str, str]] | None:
     """(id, tags) of the newest run carrying all `tags`, or None. DVC-tracked files hold no
     run ids (they differ on every machine); they hold content hashes, and this finds the run
     behind one."""
+    require_store()
     if mlflow_module().get_experiment_by_name(experiment) is None:
         return None
     # MLflow's filter grammar has no escape inside a quoted value: one holding ' is quoted

@@ -22,6 +22,7 @@ BUNDLED_FILES = (
     "archs/layers.py",
     "archs/mlp.py",
     "environment.py",
+    "files.py",
     "numerics.py",
     "params.py",
     "scoring.py",

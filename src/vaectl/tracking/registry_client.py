@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,12 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from vaectl import UserError
-from vaectl.files import sha256_file, tree_listing
+from vaectl.files import sha256_file, temporary_dir, tree_listing
 from vaectl.tracking import (
     client,
     find_runs,
     log_model_metrics,
     mlflow_module,
+    require_store,
     run_artifact,
     start_run,
     tracking_uri,
@@ -101,7 +101,7 @@ def register_model(r: Registration, experiment: str) -> str:
     try:
         with (
             start_run(experiment, f"register-{r.name}", r.tags) as run,
-            tempfile.TemporaryDirectory(prefix="vaectl-code-") as code,
+            temporary_dir("vaectl-code-") as code,
         ):
             model_file = _stage_model_code(Path(code))
             model_id = mlflow.initialize_logged_model(
@@ -183,8 +183,8 @@ def _log_bundle_listing(run, name: str, version: str, verified: dict[str, str]) 
     against the export they were uploaded from and logged as this run's LISTING_ARTIFACT;
     returns the listing's own sha256 (the version's tag)."""
     with (
-        tempfile.TemporaryDirectory(prefix="vaectl-bundle-") as tmp,
-        tempfile.TemporaryDirectory(prefix="vaectl-listing-") as out,
+        temporary_dir("vaectl-bundle-") as tmp,
+        temporary_dir("vaectl-listing-") as out,
     ):
         listing = tree_listing(download_model(name, version, Path(tmp)))
         _check_stored_artifacts(listing, verified, f"{name}/{version}")
@@ -208,7 +208,7 @@ def bundle_listing(name: str, version: str) -> str | None:
     recorded, run_id = tags.get(BUNDLE_TAG), tags.get(LISTING_RUN_TAG)
     if not recorded or recorded.startswith("{"):  # 0.1.0 held the listing in the tag itself
         return recorded
-    with tempfile.TemporaryDirectory(prefix="vaectl-listing-") as tmp:
+    with temporary_dir("vaectl-listing-") as tmp:
         try:
             path = run_artifact(run_id, LISTING_ARTIFACT, Path(tmp))
         except Exception:  # noqa: BLE001 - any store error: the listing is not there
@@ -294,6 +294,7 @@ def resolve_model(ref: str) -> tuple[str, str]:
     aliases or versions are a UserError listing what exists."""
     from mlflow.exceptions import MlflowException
 
+    require_store()
     name, alias, version = ref, "champion", None
     if "@" in ref:
         name, alias = ref.split("@", 1)
