@@ -214,3 +214,53 @@ def test_a_killed_commands_temporary_folder_goes_with_the_next_one(tmp_path, mon
     with temporary_dir("vaectl-pull-") as tmp:
         assert Path(tmp).name.startswith(f"vaectl-pull-{os.getpid()}-")
     assert not stale.exists() and live.exists() and other.exists() and not Path(tmp).exists()
+
+
+def _plant(dest: Path, what: str) -> None:
+    if what == "fifo":
+        os.mkfifo(dest)
+    elif what == "link":
+        dest.symlink_to(dest.parent / "elsewhere")
+    else:  # a folder of the user's
+        dest.mkdir()
+        (dest / "notes.txt").write_text("mine")
+
+
+@pytest.mark.parametrize("what", ["fifo", "link", "users-folder"])
+@pytest.mark.parametrize(
+    "command, option",
+    [("fetch", "--out"), ("validate", "--docs"), ("validate", "--report")],
+)
+def test_each_stage_refuses_a_destination_that_is_not_its_own_in_one_line(
+    tmp_path, prepared, command, option, what
+):
+    """The class, through the CLI as a user runs it: fetch and validate write folders and
+    files; a FIFO, a link or a folder of the user's at the destination is refused and kept."""
+    dest = tmp_path / "dest"
+    _plant(dest, what)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    args = [command, option, str(dest)] + (["--prepared", str(prepared)] if command == "validate" else [])
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "VAECTL_ROOT": str(tmp_path),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "vaectl", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    errors = [
+        line for line in out.stderr.splitlines() if "mlflow.store.db.utils" not in line
+    ]  # store creation
+    assert len(errors) == 1 and errors[0].startswith("error: "), out.stderr
+    expected = {"fifo": "is a FIFO", "link": "symbolic link", "users-folder": "did not write"}[what]
+    if option == "--report" and what == "users-folder":
+        expected = "is a folder, and this output is a file"
+    assert expected in out.stderr
+    assert dest.is_symlink() or dest.exists()
+    assert what != "users-folder" or (dest / "notes.txt").read_text() == "mine"
