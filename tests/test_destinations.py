@@ -264,3 +264,20 @@ def test_each_stage_refuses_a_destination_that_is_not_its_own_in_one_line(
     assert expected in out.stderr
     assert dest.is_symlink() or dest.exists()
     assert what != "users-folder" or (dest / "notes.txt").read_text() == "mine"
+
+
+def test_a_folder_whose_outputs_vary_with_the_params_is_claimed_by_its_names(tmp_path):
+    """reports/study holds latent_dim.png from a grid with two latent sizes; a grid with one
+    writes no such figure and still replaces the folder, but never a file of the user's."""
+    from vaectl.files import only_files
+
+    claim = only_files({"study.json", "study.md", "beta.png", "latent_dim.png"})
+    write_folder(tmp_path / "study", ["study.json", "study.md", "beta.png", "latent_dim.png"])
+    with atomic_path(tmp_path / "study", claim=claim) as staged:
+        staged.mkdir()
+        (staged / "study.json").write_text("{}")
+    assert [p.name for p in (tmp_path / "study").iterdir()] == ["study.json"]
+    (tmp_path / "study" / "holiday.png").write_text("mine")
+    with pytest.raises(UserError, match="holds holiday.png"):
+        with atomic_path(tmp_path / "study", claim=claim) as staged:
+            pytest.fail("refused before any work")

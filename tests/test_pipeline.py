@@ -93,7 +93,7 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
         "('export-vae', 'FINISHED'), ('holes-2d', 'FINISHED'), ('ood', 'FINISHED'), "
         "('register-ae-mnist', 'FINISHED'), ('register-vae-mnist', 'FINISHED'), "
         "('train-ae', 'FINISHED'), ('train-ae-2d', 'FINISHED'), "
-        "('train-vae', 'FINISHED'), ('train-vae-2d', 'FINISHED')]"
+        "('train-vae', 'FINISHED'), ('train-vae-2d', 'FINISHED'), ('validate', 'FINISHED')]"
     )
     holes = json.loads((root / "reports" / "holes.json").read_text())
     assert holes["latent_dim"] == 2 and set(holes["comparison"]) == {

@@ -22,14 +22,19 @@ pytestmark = pytest.mark.usefixtures("local_store")  # every test on its own MLf
 @pytest.mark.parametrize("kind", ["vae", "ae"])
 def test_two_runs_are_identical(tmp_path, prepared, kind):
     params = parse_params(TINY)
-    first = train_stage.run(kind, params, prepared, tmp_path / "a", tmp_path / "a.json")
-    second = train_stage.run(kind, params, prepared, tmp_path / "b", tmp_path / "b.json")
-    assert json.loads((tmp_path / "a.json").read_text()) != []
+    a, b = tmp_path / "a", tmp_path / "b"  # one model name (m), trained twice
+    first = train_stage.run(kind, params, prepared, a / "m", a / "m.json")
+    second = train_stage.run(kind, params, prepared, b / "m", b / "m.json")
+    assert json.loads((a / "m.json").read_text()) != []
     assert first["best_val_loss"] == second["best_val_loss"]
-    assert_same_weights(weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt"))
-    # DVC-tracked outputs hold only what params and data determine: byte for byte the same
-    for name in ("a.json", "a/summary.json", "a/best.pt", "a/last.pt"):
-        assert (tmp_path / name).read_bytes() == (tmp_path / name.replace("a", "b", 1)).read_bytes(), name
+    assert_same_weights(weights(a / "m" / "last.pt"), weights(b / "m" / "last.pt"))
+    # DVC-tracked outputs hold only what params, data and the model's name determine
+    for name in ("m.json", "m/summary.json", "m/best.pt", "m/last.pt"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    other = train_stage.run(kind, params, prepared, b / "n", b / "n.json")  # another name
+    assert json.loads((b / "n" / "summary.json").read_text())["model_name"] == "n"
+    assert (b / "n" / "summary.json").read_bytes() != (b / "m" / "summary.json").read_bytes()
+    assert other["best_val_loss"] == first["best_val_loss"]
     assert tracking.run_status(first["run_id"]) == "FINISHED"
     assert first["run_id"] != second["run_id"]
 

@@ -72,6 +72,19 @@ def foreign_entry(old: Path, new: Path) -> str | None:
     return None
 
 
+def only_files(names: set[str]) -> Claim:
+    """A claim for a folder whose outputs vary with the params (one figure per sweep, say):
+    it is the command's own if it holds nothing but plain files named in `names`."""
+
+    def claim(folder: Path) -> str | None:
+        for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if entry.is_symlink() or not entry.is_file() or entry.name not in names:
+                return entry.name
+        return None
+
+    return claim
+
+
 def _check_swap(dest: Path, staged: Path, claim: Claim | None) -> None:
     _check_place(dest)
     if not dest.exists():

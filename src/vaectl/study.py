@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from vaectl import UserError, inference
-from vaectl.files import atomic_path, write_json
+from vaectl.files import atomic_path, only_files, write_json
 from vaectl.inference import Estimate
 from vaectl.metric_table import MEASURES, RELATIVE_5, measure
 from vaectl.params import Params
@@ -201,6 +201,10 @@ def markdown_table(rows: list[dict], sweep: str) -> str:
     return "\n".join(lines)
 
 
+SWEEPS = ("beta", "latent_dim")  # each a table in study.md and, with two settings or more, a figure
+STUDY_FILES = {"study.json", "study.md", *(f"{sweep}.png" for sweep in SWEEPS)}  # all reports/study/ holds
+
+
 def sweeps(rows: list[dict], params: Params) -> dict[str, list[dict]]:
     """The rows of the beta sweep (at the base latent size) and of the latent sweep (at the
     base beta), each sorted along its axis."""
@@ -245,7 +249,7 @@ def write_reports(rows: list[dict], params: Params, out_dir: Path) -> list[Path]
         ("latent_dim", f"latent size (beta {params.train.vae.beta:g})"),
     ):
         text += ["", f"## {label}", "", markdown_table(by_sweep[sweep], sweep)]
-    with atomic_path(out_dir) as tmp:
+    with atomic_path(out_dir, claim=only_files(STUDY_FILES)) as tmp:
         tmp.mkdir()
         write_json(tmp / "study.json", doc)
         (tmp / "study.md").write_text("\n".join(text) + "\n")

@@ -531,6 +531,7 @@ def finish(mlrun, job: Job, loop: Loop, data: TrainingData, curves_path: Path) -
     history, out_dir = loop.history, job.out_dir
     summary = {
         "model": job.kind,
+        "model_name": out_dir.name,  # two names never share these bytes, which DVC would swap
         "epochs_run": len(history),
         "best_val_loss": loop.best_val,
         "best_epoch": int(np.argmin([h["val_loss"] for h in history])) + 1,

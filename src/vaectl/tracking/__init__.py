@@ -389,6 +389,7 @@ def require_store() -> None:
     """A local store that is not there is one line before anything reads from it: opening a
     mistyped path (or the default one outside the project) would create an empty store, and
     every lookup would then fail as if the files were forged."""
+    refuse_former_store()  # the one store that is there, in its former place: say how to move it
     uri = tracking_uri()
     path = Path(uri.removeprefix("sqlite:///"))
     if uri.startswith("sqlite:///") and not path.is_file():
