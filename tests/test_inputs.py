@@ -183,3 +183,11 @@ def test_no_rows_and_a_link_loop_are_one_line_each(tmp_path):
     (tmp_path / "pngs" / "loop.png").symlink_to(tmp_path / "pngs" / "loop.png")
     with pytest.raises(UserError, match="loop.png: cannot be read"):
         read_inputs(tmp_path / "pngs", "reconstruct")
+
+
+def test_the_projects_own_prepared_split_is_an_input(tmp_path, prepared):
+    """data/prepared/test.npz holds images and labels: predict scores its images."""
+    x, names = read_inputs(prepared / "test.npz", "reconstruct")
+    assert x.shape == (50, 28, 28) and x.dtype == np.uint8 and names is None
+    np.savez(tmp_path / "both.npz", x=np.zeros((2, 784), np.float32), images=np.ones((3, 784), np.float32))
+    assert read_inputs(tmp_path / "both.npz", "reconstruct")[0].shape == (2, 784)  # x first

@@ -473,14 +473,21 @@ def _read_array(path: Path, size: int) -> np.ndarray:
         ) from None
 
 
+INPUT_ARRAYS = (
+    "x",
+    "images",
+)  # the input of an .npz with several arrays: x, or images as `vaectl fetch` writes
+
+
 def _read_npz_member(path: Path) -> np.ndarray:
     with zipfile.ZipFile(path) as archive:
         arrays = {n.removesuffix(".npy"): n for n in archive.namelist() if n.endswith(".npy")}
         keys = list(arrays)  # np.savez's members; any other file in a zip is no array
-        if len(keys) != 1 and "x" not in keys:
+        named = next((k for k in INPUT_ARRAYS if k in arrays), None)
+        if len(keys) != 1 and named is None:
             shown = ", ".join(keys[:10]) + (", ..." if len(keys) > 10 else "")
             raise UserError(f"{path} holds arrays {shown or 'none'}; name the input x")
-        member = archive.getinfo(arrays[keys[0] if len(keys) == 1 else "x"])
+        member = archive.getinfo(arrays[keys[0] if len(keys) == 1 else str(named)])
         with archive.open(member) as handle:
             shape, dtype = _npy_header(handle, path)
         _check_rows(path, shape, dtype, member.file_size)
