@@ -193,3 +193,74 @@ def test_a_kernel_set_the_cpu_cannot_run_is_refused_before_torch_would_die(monke
         numerics.check_capability({"sse4_2"})
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
     numerics.check_capability(set())
+
+
+def _small_mlp() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+
+def _adam_checkpoint(make_optimiser) -> tuple[bytes, object]:
+    """What train.py saves (weights and optimiser state) after 12 steps of a small MLP, the
+    learning rate changed midway as the cosine schedule does."""
+    import io
+
+    torch.manual_seed(0)
+    model = _small_mlp()
+    optimiser = make_optimiser(model.parameters())
+    draws = torch.Generator().manual_seed(1)
+    for step in range(12):
+        optimiser.zero_grad(set_to_none=True)
+        model(torch.randn(8, 20, generator=draws)).square().mean().backward()
+        if step == 6:
+            optimiser.param_groups[0]["lr"] = 3e-4
+        optimiser.step()
+    saved = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimiser.state_dict()}, saved)
+    return saved.getvalue(), optimiser
+
+
+def test_the_stages_adam_saves_the_bytes_torchs_fused_adam_saves():
+    """numerics.adam is torch's fused kernel without torch.optim: same weights, same
+    state_dict bytes (last.pt keeps its bytes), and a torch.optim state resumes in it."""
+    theirs, torch_adam = _adam_checkpoint(lambda p: torch.optim.Adam(p, lr=1e-3, fused=True))
+    ours, _ = _adam_checkpoint(lambda p: numerics.adam(p, 1e-3))
+    assert ours == theirs
+    resumed = numerics.adam(_small_mlp().parameters(), 1e-3)
+    resumed.load_state_dict(torch_adam.state_dict())
+    assert resumed.param_groups[0]["lr"] == 3e-4
+    for i, moments in torch_adam.state_dict()["state"].items():
+        assert torch.equal(resumed.state_dict()["state"][i]["exp_avg_sq"], moments["exp_avg_sq"])
+    with pytest.raises(UserError, match="not fused Adam over this model's parameters"):
+        numerics.adam(torch.nn.Linear(20, 5).parameters(), 1e-3).load_state_dict(torch_adam.state_dict())
+
+
+def test_training_does_not_import_torch_dynamo(tmp_path, prepared, local_store):
+    """torch.optim imports torch._dynamo (1.5-3 s) when an optimiser is built and at each
+    step; `vaectl train` must not pay it."""
+    import yaml
+
+    from .tiny import TINY
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "vaectl",
+            "train",
+            "--model",
+            "ae",
+            "--prepared",
+            str(prepared),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert "torch" in imported and "torch._dynamo" not in imported

@@ -25,13 +25,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from vaectl import UserError
 from vaectl.params import NumericsParams
-
-if TYPE_CHECKING:
-    import torch
 
 # numpy's x86 dispatch targets above its baseline: 2.x names, then 1.x names (unknown names
 # are ignored, so one list serves both)
@@ -55,14 +51,112 @@ PORTABLE_ENV = {
 VENDOR_DEPENDENT_OPS = frozenset({"aten.sqrt", "aten.sqrt_", "aten._foreach_sqrt", "aten._foreach_sqrt_"})
 
 
-def adam(parameters, lr: float) -> torch.optim.Adam:
-    """The optimiser every stage trains with: Adam's fused kernel (CPU since torch 2.4, CUDA).
-    Its square root is the CPU's IEEE instruction, the same bytes on any x86-64 CPU, where
-    torch's default Adam takes MKL's vendor-dependent one (`VENDOR_DEPENDENT_OPS`); and one
-    pass over the weights instead of several, a quarter more steps per second on 2 cores."""
-    import torch
+class FusedAdam:
+    """The optimiser every stage trains with: Adam's fused kernel (`torch._fused_adam_`, CPU
+    since torch 2.4, and CUDA), called as `torch.optim.Adam(fused=True)` calls it, with the
+    same state_dict, so checkpoints keep their bytes and old ones resume.
+    - Its square root is the CPU's IEEE instruction, the same bytes on any x86-64 CPU, where
+      torch's default Adam takes MKL's vendor-dependent one (`VENDOR_DEPENDENT_OPS`); and one
+      pass over the weights instead of several, a quarter more steps per second on 2 cores.
+    - It is not `torch.optim.Adam` because every `torch.optim` optimiser imports
+      `torch._dynamo` when built and at each step (for torch.compile, which no stage uses):
+      1.5-3 s more start-up in every training process."""
 
-    return torch.optim.Adam(parameters, lr=lr, fused=True)
+    BETAS, EPS = (0.9, 0.999), 1e-08
+    GROUP = {  # torch.optim.Adam's hyperparameters, in its order (a state_dict's bytes follow it)
+        "betas": BETAS,
+        "eps": EPS,
+        "weight_decay": 0,
+        "amsgrad": False,
+        "maximize": False,
+        "foreach": None,
+        "capturable": False,
+        "differentiable": False,
+        "fused": True,
+        "decoupled_weight_decay": False,
+    }
+
+    def __init__(self, parameters, lr: float):
+        self.params = list(parameters)
+        self.param_groups: list[dict] = [{"lr": lr, **self.GROUP, "params": self.params}]
+        self.state: dict = {}  # parameter -> {step, exp_avg, exp_avg_sq}, as torch keeps it
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    def step(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            live = [p for p in self.params if p.grad is not None]
+            for p in live:
+                if p not in self.state:
+                    self.state[p] = {
+                        "step": torch.zeros((), dtype=torch.float32, device=p.device),
+                        "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                        "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    }
+            if not live:
+                return
+            moments = [self.state[p] for p in live]
+            steps = [m["step"] for m in moments]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(
+                live,
+                [p.grad for p in live],
+                [m["exp_avg"] for m in moments],
+                [m["exp_avg_sq"] for m in moments],
+                [],
+                steps,
+                amsgrad=False,
+                lr=float(self.param_groups[0]["lr"]),
+                beta1=self.BETAS[0],
+                beta2=self.BETAS[1],
+                weight_decay=0,
+                eps=self.EPS,
+                maximize=False,
+                grad_scale=None,
+                found_inf=None,
+            )
+
+    def state_dict(self) -> dict:
+        index = {p: i for i, p in enumerate(self.params)}
+        group = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        return {
+            "state": {index[p]: moments for p, moments in self.state.items()},
+            "param_groups": [{**group, "params": list(range(len(self.params)))}],
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        """A state_dict of this class or of `torch.optim.Adam(fused=True)` over the same
+        parameters; anything else is refused (it would train on with wrong moments)."""
+        import torch
+
+        groups = saved.get("param_groups") or [{}]
+        shapes = {i: tuple(p.shape) for i, p in enumerate(self.params)}
+        if len(groups) != 1 or groups[0].get("params") != list(shapes) or groups[0].get("fused") is not True:
+            raise UserError("the checkpoint's optimiser state is not fused Adam over this model's parameters")
+        for i, moments in saved["state"].items():
+            if tuple(moments["exp_avg"].shape) != shapes[i]:
+                raise UserError(f"the checkpoint's optimiser state does not fit parameter {i}")
+        self.param_groups[0]["lr"] = groups[0]["lr"]
+        self.state = {
+            self.params[i]: {
+                "step": moments["step"].to(self.params[i].device, torch.float32),
+                "exp_avg": moments["exp_avg"].to(self.params[i].device, self.params[i].dtype),
+                "exp_avg_sq": moments["exp_avg_sq"].to(self.params[i].device, self.params[i].dtype),
+            }
+            for i, moments in saved["state"].items()
+        }
+
+
+def adam(parameters, lr: float) -> FusedAdam:
+    """The optimiser every stage trains with (see `FusedAdam`)."""
+    return FusedAdam(parameters, lr)
 
 
 # the CPU flags (as Linux's cpuinfo names them) that each kernel set ATen may be asked for runs on

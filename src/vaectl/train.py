@@ -317,7 +317,7 @@ class Loop:
 
     model: AutoEncoder
     net: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: numerics.FusedAdam
     generator: torch.Generator
     history: list[dict] = dataclasses.field(default_factory=list)
     start_epoch: int = 0
