@@ -76,8 +76,8 @@ quickstart: setup ## Every stage on params/quickstart.yaml (8 epochs, small samp
 exps: setup ## dvc exp show on the headline: the metrics of summary.json and the params each experiment changed
 	$(BIN)/dvc exp show --only-changed --drop 'Created|.*/.*' --keep '(vae|ae|comparisons)\..*' $(ARGS)
 
-repro: setup ## Run the whole DVC pipeline on params.yaml (cached stages are skipped)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+repro: setup ## Run the whole DVC pipeline on params.yaml, independent stages side by side (vaectl repro)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/vaectl repro
 
 study: setup ## The VAE-vs-AE study, fast grid: 4 settings x 5 seeds (20 DVC experiments; see docs/results.md)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/vaectl study

@@ -295,11 +295,13 @@ def queue_status(env: dict, retries: int = 0) -> tuple[dict[str, str], bool]:
     return status, workers
 
 
-def start_worker(env: dict) -> None:
-    """One queue worker (both cores to one trial). Its output goes nowhere: the worker
-    outlives `dvc queue start`, and would hold a pipe open until the queue is empty."""
+def start_workers(env: dict, jobs: int) -> None:
+    """`jobs` queue workers, a trial each (each trial computes on the pinned numerics in its
+    own copy of the repo, so the bytes do not depend on how many run at once). Their output
+    goes nowhere: a worker outlives `dvc queue start`, and would hold a pipe open until the
+    queue is empty."""
     started = subprocess.run(
-        ["dvc", "queue", "start", "--jobs", "1"],
+        ["dvc", "queue", "start", "--jobs", str(jobs)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -308,9 +310,9 @@ def start_worker(env: dict) -> None:
         raise UserError("`dvc queue start` failed; see `dvc queue status`")
 
 
-def run_trials(todo: list[Trial], iw_samples: int, env: dict, echo) -> None:
-    """Queue every trial (replacing an earlier experiment of the same name), start one
-    worker and wait for all of them; a failed trial is an error naming it."""
+def run_trials(todo: list[Trial], iw_samples: int, env: dict, jobs: int, echo) -> None:
+    """Queue every trial (replacing an earlier experiment of the same name), start `jobs`
+    workers and wait for all of them; a failed trial is an error naming it."""
     status, _ = queue_status(env)  # tasks of an interrupted study under the same names
     leftover = [t.name for t in todo if status.get(t.name) in ("Queued", "Failed")]
     if leftover:
@@ -331,12 +333,12 @@ def run_trials(todo: list[Trial], iw_samples: int, env: dict, echo) -> None:
             "evaluate",
             env=env,
         )
-    start_worker(env)
+    start_workers(env, jobs)
     names, done, start = [t.name for t in todo], set(), time.monotonic()
     while True:
         status, workers = queue_status(env, retries=STATUS_RETRIES)
         if not workers and any(status.get(n) == "Queued" for n in names):
-            start_worker(env)  # an idle worker from an earlier run may have exited meanwhile
+            start_workers(env, jobs)  # idle workers from an earlier run may have exited meanwhile
         for name in names:
             if name not in done and status.get(name) in ("Success", "Failed"):
                 done.add(name)
@@ -378,10 +380,10 @@ def experiment_metrics(names: list[str], baseline_rev: str, env: dict) -> dict[s
     return found
 
 
-def run(params: Params, out_dir: Path, echo=print) -> dict:
-    """Run the grid, write reports/study/, log a parent MLflow run that the trials' evaluate
-    runs are nested under. Returns {'rows', 'files', 'wall_s', 'run_id'}."""
-    from vaectl import tracking
+def run(params: Params, out_dir: Path, jobs: int, echo=print) -> dict:
+    """Run the grid, `jobs` trials at a time, write reports/study/, log a parent MLflow run
+    that the trials' evaluate runs are nested under. Returns {'rows', 'files', 'wall_s', 'run_id'}."""
+    from vaectl import pipeline, tracking
 
     todo = trials(params)
     env = {
@@ -401,11 +403,10 @@ def run(params: Params, out_dir: Path, echo=print) -> dict:
         raise UserError("study: DVC experiments need a git repository with a commit")
     # A trial reproduces only up to `evaluate`, but DVC then collects every output dvc.lock
     # names (the 2-D models, holes, export): they must be in the cache, so the baseline first.
-    echo("study: bringing the baseline pipeline up to date first (dvc repro)")
-    if subprocess.run(["dvc", "repro"], env=env, stdout=sys.stderr).returncode != 0:  # shown as it runs
-        raise UserError("study: `dvc repro` of the baseline failed (its output is above)")
+    echo("study: bringing the baseline pipeline up to date first (vaectl repro)")
+    pipeline.reproduce(Path.cwd(), jobs, echo)
     start = time.monotonic()
-    run_trials(todo, params.study.iw_samples, env, echo)
+    run_trials(todo, params.study.iw_samples, env, jobs, echo)
     wall_s = time.monotonic() - start
     metrics = experiment_metrics([t.name for t in todo], baseline_rev, env)
     rows = summarise({t: metrics[t.name] for t in todo})

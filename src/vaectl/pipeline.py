@@ -1,0 +1,130 @@
+"""`vaectl repro`: `dvc repro` with the stages that do not wait for each other run side by
+side, one `dvc repro --single-item STAGE` process each.
+
+DVC itself makes this safe, so nothing here bypasses dvc.lock: while a stage's command runs,
+`dvc repro` releases the repository lock and holds per-path locks on the stage's deps (read)
+and outs (write) instead; `--wait-for-lock` makes each process queue for the short moments it
+needs the repository (checking a stage, writing its dvc.lock entry, which it merges into the
+file as it finds it). Each stage computes in its own process on the pinned numerics, so the
+bytes do not depend on how many run at once (tests/test_pipeline.py compares 1 and 2 jobs).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from vaectl import UserError
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, as taskset or a container sets it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_jobs(threads: int) -> int:
+    """Processes to run side by side when each computes on `threads` torch threads (0: torch's
+    default, every core): one a core."""
+    return max(1, cores() // threads) if threads else 1
+
+
+def stale_stages(root: Path) -> tuple[list[str], dict[str, set[str]]]:
+    """The stages `dvc status` finds changed and every stage downstream of them, in dvc.yaml's
+    order, with the stages among them that each must wait for."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        repo = Repo(str(root))
+    except DvcException as err:
+        raise UserError(f"vaectl repro: {err}") from None
+    try:
+        graph = repo.index.graph
+        order = [stage.name for stage in repo.index.stages]  # dvc.yaml's names (addressing is cwd's)
+        upstream = {a.name: {b.name for b in graph.successors(a)} for a in graph.nodes}
+        named = {stage.addressing: stage.name for stage in repo.index.stages}
+        stale = {named[key] for key in repo.status() if key in named}
+    finally:
+        repo.close()
+    grew = True
+    while grew:  # a stage downstream of a stale one is stale too
+        more = {name for name, needs in upstream.items() if needs & stale} - stale
+        stale |= more
+        grew = bool(more)
+    todo = [name for name in order if name in stale]
+    return todo, {name: upstream[name] & stale for name in todo}
+
+
+def _relay(name: str, proc: subprocess.Popen, echo: Callable[[str], None]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        echo(f"{name}: {line.rstrip()}")
+
+
+def _start(name: str, root: Path, echo: Callable[[str], None]) -> subprocess.Popen:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(
+        ["dvc", "--wait-for-lock", "repro", "--single-item", name],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    threading.Thread(target=_relay, args=(name, proc, echo), daemon=True).start()
+    return proc
+
+
+def _ended(running: dict[str, tuple[subprocess.Popen, float]]) -> list[tuple[str, bool, float]]:
+    """The stages whose process has ended, taken out of `running`: (name, succeeded, seconds)."""
+    ended = []
+    for name, (proc, began) in list(running.items()):
+        if proc.poll() is not None:
+            del running[name]
+            ended.append((name, proc.returncode == 0, time.monotonic() - began))
+    return ended
+
+
+def reproduce(root: Path, jobs: int, echo: Callable[[str], None] = print) -> dict:
+    """Bring every stage of the pipeline at `root` up to date, up to `jobs` at once; a stage
+    starts once the stale stages it depends on are done. After a failure no stage starts, the
+    running ones finish (their dvc.lock entries are kept) and the failure is an error naming
+    the stage. Returns {'stages': [names run, in the order they finished], 'wall_s', 'busy_s'}."""
+    todo, needs = stale_stages(root)
+    if not todo:
+        echo("pipeline: every stage is up to date")
+        return {"stages": [], "wall_s": 0.0, "busy_s": 0.0}
+    total = len(todo)
+    echo(f"pipeline: {total} stages to run, up to {jobs} at once: {', '.join(todo)}")
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    finished: list[str] = []
+    failed: list[str] = []
+    start, busy = time.monotonic(), 0.0
+    try:
+        while (todo and not failed) or running:
+            ready = [s for s in todo if not needs[s] - set(finished)]
+            for name in ready[: max(0, jobs - len(running))] if not failed else []:
+                todo.remove(name)
+                running[name] = (_start(name, root, echo), time.monotonic())
+            time.sleep(0.2)
+            for name, succeeded, seconds in _ended(running):
+                busy += seconds
+                (finished if succeeded else failed).append(name)
+                if succeeded:
+                    echo(f"pipeline: [{len(finished)}/{total}] {name} done ({seconds:.0f} s)")
+    finally:
+        for proc, _ in running.values():  # interrupted: each DVC stops its stage's command
+            proc.terminate()
+        for proc, _ in running.values():
+            proc.wait()
+    if failed:
+        raise UserError(
+            f"stage {failed[0]} failed (its output is above, each line starting '{failed[0]}: '); "
+            f"{len(finished)} stages finished and are in dvc.lock, {len(todo)} did not start"
+        )
+    return {"stages": finished, "wall_s": time.monotonic() - start, "busy_s": busy}
