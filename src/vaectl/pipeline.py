@@ -34,8 +34,11 @@ def default_jobs(threads: int) -> int:
 
 
 def stale_stages(root: Path) -> tuple[list[str], dict[str, set[str]]]:
-    """The stages `dvc status` finds changed and every stage downstream of them, in dvc.yaml's
-    order, with the stages among them that each must wait for."""
+    """The stages `dvc status` finds changed and every stage downstream of them, with the
+    stages among them that each must wait for. Listed in the order to start them when several
+    are ready: most stages downstream first (evaluate before the 2-D models: export and
+    register wait for it), then dvc.yaml's order."""
+    import networkx as nx
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
@@ -44,19 +47,16 @@ def stale_stages(root: Path) -> tuple[list[str], dict[str, set[str]]]:
     except DvcException as err:
         raise UserError(f"vaectl repro: {err}") from None
     try:
-        graph = repo.index.graph
+        graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
         order = [stage.name for stage in repo.index.stages]  # dvc.yaml's names (addressing is cwd's)
         upstream = {a.name: {b.name for b in graph.successors(a)} for a in graph.nodes}
+        downstream = {a.name: {b.name for b in nx.ancestors(graph, a)} for a in graph.nodes}
         named = {stage.addressing: stage.name for stage in repo.index.stages}
-        stale = {named[key] for key in repo.status() if key in named}
+        changed = {named[key] for key in repo.status() if key in named}
     finally:
         repo.close()
-    grew = True
-    while grew:  # a stage downstream of a stale one is stale too
-        more = {name for name, needs in upstream.items() if needs & stale} - stale
-        stale |= more
-        grew = bool(more)
-    todo = [name for name in order if name in stale]
+    stale = changed.union(*(downstream[name] for name in changed))
+    todo = sorted(stale, key=lambda name: (-len(downstream[name]), order.index(name)))
     return todo, {name: upstream[name] & stale for name in todo}
 
 
