@@ -109,13 +109,14 @@ remote: setup ## Make DVC_REMOTE (a local directory) this clone's default DVC re
 	$(BIN)/dvc remote add --local --default --force local $(DVC_REMOTE)
 	@echo "DVC remote 'local' -> $(DVC_REMOTE): now 'dvc push' / 'dvc pull'"
 
-bench: setup ## Benchmarks: training throughput, IWAE cost, serving, 1 vs 2 processes, portable vs fast numerics, memory estimates
+bench: setup ## Benchmarks: training throughput, IWAE cost, serving, 1 vs 2 processes, portable vs fast numerics, memory estimates, the pipeline at 1 vs 2 jobs
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/iwae_cost.py
 	$(BIN)/python benchmarks/serve_latency.py
 	$(BIN)/python benchmarks/ddp_throughput.py
 	$(BIN)/python benchmarks/numerics_cost.py
 	$(BIN)/python benchmarks/memory_estimates.py
+	$(BIN)/python benchmarks/pipeline_speed.py --params tiny --jobs 1 2
 
 clean: ## Remove produced data, models, reports and MLflow runs (keeps .venv)
 	rm -rf data/prepared models reports mlflow.db mlruns/artifacts .pytest_cache

@@ -79,3 +79,37 @@ def test_the_readme_headline_is_what_the_full_study_measured():
     readme = re.sub(r"\s+", " ", readme)
     missing = [c for c in claims if c not in readme]
     assert not missing, missing
+
+
+def pipeline_speed_claims(params: str) -> tuple[str, str]:
+    """(the README's sentence, the table row in docs/reproducibility.md) for
+    docs/benchmarks/pipeline_speed_{params}.json, as `benchmarks/pipeline_speed.py` wrote it."""
+    import json
+
+    bench = json.loads((REPO / "docs" / "benchmarks" / f"pipeline_speed_{params}.json").read_text())
+    one, many = bench["runs"][0], bench["runs"][-1]
+
+    def minutes(s: float) -> str:
+        return f"{int(s // 60)} min {round(s % 60):02d} s"
+
+    sentence = (
+        f"{minutes(many['wall_s'])} at {many['jobs']} jobs against {minutes(one['wall_s'])} one stage "
+        f"at a time ({one['wall_s'] / many['wall_s']:.2f}× faster, {many['busy_cores']:.2f} cores busy"
+    )
+    row = (
+        f"| {params} | {bench['cpu']}, {bench['cores']} cores, {bench['date']} | {minutes(one['wall_s'])}, "
+        f"{one['busy_cores']:.2f} | {minutes(many['wall_s'])}, {many['busy_cores']:.2f} | "
+        f"{one['wall_s'] / many['wall_s']:.2f}× | {'yes' if bench['same_dvc_lock'] else 'no'} |"
+    )
+    return sentence, row
+
+
+def test_the_pipeline_speed_figures_are_the_benchmarks():
+    """The wall times README and docs/reproducibility.md state, formatted from the committed
+    benchmark output: a new measurement fails here until the docs say it."""
+    readme = re.sub(r"\s+", " ", (REPO / "README.md").read_text())
+    doc = (REPO / "docs" / "reproducibility.md").read_text()
+    sentence, _ = pipeline_speed_claims("default")
+    assert sentence in readme
+    for params in ("default", "tiny"):
+        assert pipeline_speed_claims(params)[1] in doc
