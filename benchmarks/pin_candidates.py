@@ -8,7 +8,7 @@ the same initial weights, interleaved and repeated (median kept); the sha256 of 
 weights says whether two settings computed the same bytes. Run on an Intel and an AMD CPU,
 the --out files say which candidates also agree across vendors (compare their hashes).
 
-    python benchmarks/pin_candidates.py --prepared data/prepared --out docs/fingerprints/pins-NAME.json
+    python benchmarks/pin_candidates.py --prepared data/prepared --out docs/benchmarks/pins_NAME.json
 """
 
 from __future__ import annotations

@@ -113,3 +113,27 @@ def test_the_pipeline_speed_figures_are_the_benchmarks():
     assert sentence in readme
     for params in ("default", "tiny"):
         assert pipeline_speed_claims(params)[1] in doc
+
+
+def pin_candidate_rows(name: str) -> list[str]:
+    """The rows of docs/reproducibility.md's table of candidate pins, formatted from
+    docs/benchmarks/pins_{name}.json as `benchmarks/pin_candidates.py` wrote it."""
+    import json
+
+    rows = json.loads((REPO / "docs" / "benchmarks" / f"pins_{name}.json").read_text())["rows"]
+    base = rows[0]["samples_per_s"]
+    same = {
+        r["candidate"]: len({s["sha256"] for s in rows if s["candidate"] == r["candidate"]}) == 1
+        for r in rows
+    }
+    return [
+        f"| {r['candidate']} | {r['threads']} | {r['samples_per_s']:,} | {r['samples_per_s'] / base:.2f}× | "
+        f"`{r['sha256'][:12]}` | {'yes' if same[r['candidate']] else 'no'} |"
+        for r in rows
+    ]
+
+
+def test_the_candidate_pins_table_is_the_benchmarks():
+    doc = (REPO / "docs" / "reproducibility.md").read_text()
+    missing = [row for row in pin_candidate_rows("amd-epyc-zen4") if row not in doc]
+    assert not missing, missing
