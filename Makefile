@@ -48,10 +48,11 @@ lock: setup ## Re-resolve requirements.lock from pyproject.toml; UPGRADE=pkg mov
 		$(if $(UPGRADE),--upgrade-package $(UPGRADE)) --output-file $(LOCK)
 
 # one worker per core (pytest-xdist); PYTEST_WORKERS=0 runs them in this process, one by one.
-# Tests are dealt out one at a time, longest modules first (tests/conftest.py), not in chunks
-# of a quarter of the suite: a chunk held every long end-to-end test on one worker.
+# Tests are dealt out one at a time, longest modules first (tests/conftest.py), except the
+# tests of one xdist_group, which go to one worker together: test_pipeline.py's tiny pipeline
+# is then built once, not once a worker (108 s each on 2 cores).
 PYTEST_WORKERS ?= auto
-PYTEST_XDIST := -n $(PYTEST_WORKERS) --maxschedchunk 1
+PYTEST_XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: setup ## Run the test suite (unit tests + one tiny end-to-end dvc repro), a worker per core
 	$(BIN)/pytest -q $(PYTEST_XDIST)

@@ -19,7 +19,8 @@ from vaectl.numerics import NUMPY_DISPATCH_TARGETS, PORTABLE_ENV
 from .tiny import TINY_EVAL
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.e2e
+# one worker builds the tiny pipeline once and runs every test here on it (`--dist loadgroup`)
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("pipeline")]
 
 
 def sh(*args, cwd, env):
@@ -182,12 +183,32 @@ OTHER_CPUS = {
 }
 
 
-@pytest.mark.parametrize("cpu", sorted(OTHER_CPUS))
-def test_a_fresh_clone_reproduces_the_lock_byte_for_byte(pipeline_copy, tmp_path, cpu):
+@pytest.fixture(scope="module")
+def clones_on_other_cpus(pipeline_copy, tmp_path_factory):
+    """A fresh clone for each simulated CPU, reproduced with `dvc repro` (one stage at a
+    time, where the lock was made two at a time), the clones side by side: {cpu: (clone, env,
+    the repro's exit code and output)}."""
     root, env, _ = pipeline_copy
-    clone, env = fresh_clone(root, tmp_path / "clone", {**env, **OTHER_CPUS[cpu]})
-    assert not (clone / "data" / "prepared").exists() and not (clone / "mlflow.db").exists()
-    sh("dvc", "repro", cwd=clone, env=env)  # every stage runs: no cache, no data, no MLflow store
+    started = {}
+    for cpu, pins in OTHER_CPUS.items():
+        clone, clone_env = fresh_clone(root, tmp_path_factory.mktemp(cpu) / "clone", {**env, **pins})
+        assert not (clone / "data" / "prepared").exists() and not (clone / "mlflow.db").exists()
+        run = subprocess.Popen(  # every stage runs: no cache, no data, no MLflow store
+            ["dvc", "repro"],
+            cwd=clone,
+            env=clone_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        started[cpu] = (clone, clone_env, run)
+    return {cpu: (clone, e, run.wait(), run.communicate()[0]) for cpu, (clone, e, run) in started.items()}
+
+
+@pytest.mark.parametrize("cpu", sorted(OTHER_CPUS))
+def test_a_fresh_clone_reproduces_the_lock_byte_for_byte(clones_on_other_cpus, cpu):
+    clone, env, code, output = clones_on_other_cpus[cpu]
+    assert code == 0, output[-3000:]
     assert sh("git", "status", "--porcelain", cwd=clone, env=env) == ""
     assert "up to date" in sh("dvc", "status", cwd=clone, env=env)
 
