@@ -226,3 +226,12 @@ def test_a_checkpoint_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
         ):
             save_checkpoint(place / "best.pt", {"model": {"w": torch.zeros(100_000)}})
         assert list(place.iterdir()) == []
+
+
+def test_doctor_names_the_numerics_in_force_in_words(tmp_path):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    root = Path(__file__).resolve().parents[1]
+    result = vaectl("doctor", "--lock", str(root / "requirements.lock"), cwd=tmp_path)
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("numerics: "))
+    assert line.startswith("numerics: portable (params.yaml): torch runs its DEFAULT kernels")
+    assert " on 1 thread; " in line

@@ -177,7 +177,7 @@ def doctor(
     typer.echo(
         f"numerics: {params.numerics.mode} ({params_path}): torch runs its "
         f"{state['torch_cpu_capability']} kernels (its own pick here: {native}) on "
-        f"{state['torch_threads']} threads; "
+        f"{state['torch_threads']} thread{'' if state['torch_threads'] == '1' else 's'}; "
         + ", ".join(f"{k}={os.environ.get(k, '')!r}" for k in numerics.PORTABLE_ENV)
     )
     if not lock.is_file():
