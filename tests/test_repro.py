@@ -80,3 +80,10 @@ def test_outside_a_dvc_project_is_one_line(tmp_path):
     )
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith("error: vaectl repro: ") and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_dvc_yaml_dvc_cannot_read_is_one_line(tmp_path, monkeypatch):
+    toy_project(tmp_path, "true")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  a:\n    cmd: [unclosed\n")
+    with pytest.raises(UserError, match=r"^vaectl repro: .*dvc.yaml"):
+        pipeline.stale_stages(tmp_path)

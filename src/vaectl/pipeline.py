@@ -42,19 +42,16 @@ def stale_stages(root: Path) -> tuple[list[str], dict[str, set[str]]]:
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    try:
-        repo = Repo(str(root))
+    try:  # not a DVC project, a dvc.yaml DVC cannot read, another DVC holding the lock
+        with Repo(str(root)) as repo:
+            graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
+            order = [stage.name for stage in repo.index.stages]  # dvc.yaml's names (addressing is cwd's)
+            upstream = {a.name: {b.name for b in graph.successors(a)} for a in graph.nodes}
+            downstream = {a.name: {b.name for b in nx.ancestors(graph, a)} for a in graph.nodes}
+            named = {stage.addressing: stage.name for stage in repo.index.stages}
+            changed = {named[key] for key in repo.status() if key in named}
     except DvcException as err:
         raise UserError(f"vaectl repro: {err}") from None
-    try:
-        graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
-        order = [stage.name for stage in repo.index.stages]  # dvc.yaml's names (addressing is cwd's)
-        upstream = {a.name: {b.name for b in graph.successors(a)} for a in graph.nodes}
-        downstream = {a.name: {b.name for b in nx.ancestors(graph, a)} for a in graph.nodes}
-        named = {stage.addressing: stage.name for stage in repo.index.stages}
-        changed = {named[key] for key in repo.status() if key in named}
-    finally:
-        repo.close()
     stale = changed.union(*(downstream[name] for name in changed))
     todo = sorted(stale, key=lambda name: (-len(downstream[name]), order.index(name)))
     return todo, {name: upstream[name] & stale for name in todo}
