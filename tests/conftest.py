@@ -25,11 +25,11 @@ LONGEST_FIRST = ("test_pipeline.py", "test_distributed.py", "test_deploy.py", "t
 
 
 def pytest_collection_modifyitems(items):
-    """Start the longest modules first. `make test` has pytest-xdist deal tests out one at a
-    time in collection order (--dist loadgroup: an xdist_group, test_pipeline.py's, goes to
-    one worker whole, the largest group first), so each worker starts on a long end-to-end
-    test and the short ones fill in after; collected last, a long test ran alone at the end.
-    The order within a module is kept (the pipeline tests build on each other)."""
+    """Start the longest modules first. `make test` has pytest-xdist deal modules out whole in
+    collection order (--dist loadfile --no-loadscope-reorder), so each worker starts on a long
+    end-to-end module and the short ones fill in after; collected last, a long module ran
+    alone at the end. The order within a module is kept (the pipeline tests build on each
+    other, on one tiny pipeline built once)."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))
 

@@ -19,8 +19,7 @@ from vaectl.numerics import NUMPY_DISPATCH_TARGETS, PORTABLE_ENV
 from .tiny import TINY_EVAL
 
 REPO = Path(__file__).resolve().parents[1]
-# one worker builds the tiny pipeline once and runs every test here on it (`--dist loadgroup`)
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("pipeline")]
+pytestmark = pytest.mark.e2e  # one worker runs this module whole (`make test`: --dist loadfile)
 
 
 def sh(*args, cwd, env):
