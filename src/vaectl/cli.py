@@ -55,6 +55,13 @@ def load_computing(params_path: Path) -> Params:
     return params
 
 
+def worker_count(params: Params) -> int:
+    """Processes for a stage's per-image work (shards.py: VAECTL_WORKERS, or one a core)."""
+    from vaectl import shards
+
+    return shards.worker_count(params.numerics.threads)
+
+
 def user_errors(command):
     """Turn a UserError into one line on stderr and exit code 1, never a traceback."""
 
@@ -386,6 +393,7 @@ def evaluate(
         reports / "figures",
         params.tracking.experiment,
         echo=lambda m: typer.echo(m, err=True),
+        workers=worker_count(params),
     )
     print_comparison(report)
     figures = sorted((reports / "figures").glob("*.png"))
@@ -452,6 +460,7 @@ def ood(
         report,
         figures_dir,
         params.tracking.experiment,
+        worker_count(params),
     )
     for name, found in result["sets"].items():
         cells = ", ".join(
@@ -592,7 +601,9 @@ def repro(
     from vaectl import pipeline
 
     threads = load_params(params_path).numerics.threads
-    done = pipeline.reproduce(Path.cwd(), jobs or pipeline.default_jobs(threads), echo=typer.echo)
+    jobs = jobs or pipeline.default_jobs(threads)
+    pipeline.share_cores(jobs, threads)
+    done = pipeline.reproduce(Path.cwd(), jobs, echo=typer.echo)
     if done["stages"]:
         typer.echo(
             f"pipeline: {len(done['stages'])} stages in {done['wall_s']:.0f} s, "
@@ -624,7 +635,9 @@ def study(
     from vaectl.params import study_grid
 
     params = study_grid(params_path, overlay_file) if overlay_file else load_params(params_path)
-    result = grid.run(params, out, jobs or pipeline.default_jobs(params.numerics.threads), echo=typer.echo)
+    jobs = jobs or pipeline.default_jobs(params.numerics.threads)
+    pipeline.share_cores(jobs, params.numerics.threads)
+    result = grid.run(params, out, jobs, echo=typer.echo)
     typer.echo(
         f"study: {len(result['rows'])} settings in {result['wall_s'] / 60:.1f} min -> {out} "
         f"(MLflow run {result['run_id']})"

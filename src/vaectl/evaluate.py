@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import time
 from pathlib import Path
@@ -28,7 +29,14 @@ from vaectl.interpolation import decode_path, path_metrics, path_ppl
 from vaectl.judge import judge_images, load_classifier, scores
 from vaectl.layout import ModelFiles
 from vaectl.models import AutoEncoder
-from vaectl.objectives import bernoulli_nll, expected_bernoulli_nll, iwae_log_likelihood, kl_to_prior
+from vaectl.objectives import (
+    bernoulli_nll,
+    elbo_draw_shapes,
+    expected_bernoulli_nll,
+    iw_draw_shapes,
+    iwae_log_likelihood,
+    kl_to_prior,
+)
 from vaectl.params import ELBO_SAMPLES, EvalParams, flatten
 from vaectl.prior import generate
 from vaectl.report import (
@@ -45,6 +53,7 @@ from vaectl.report import (
 # from the model's own latent prior (VAE: N(0, I); AE: a Gaussian fitted to its codes);
 # `standard_normal`: z ~ N(0, I) for both, where an AE's latent space may have holes.
 GENERATED = ("samples", "standard_normal")
+LATENT_VALUES = ("mu", "kl_dims")  # per-image values `batch_values` returns that are not metrics
 
 
 @torch.no_grad()
@@ -91,45 +100,32 @@ def likelihood_metrics(
     params: EvalParams,
     generator: torch.Generator,
     progress=lambda done: None,
+    workers: int = 1,
 ) -> tuple[dict, dict, dict]:
     """(metrics, latent statistics, per-image values) over the test set, batched; no
-    per-image Python loop. The per-image values feed the bootstrap intervals.
+    per-image Python loop. The per-image values feed the bootstrap intervals. A VAE's batches
+    are shared out over `workers` processes (CPU only), each starting from the generator state
+    the sequential pass reaches there (shards.py): the same bytes for any count.
     `progress(images done)` is called after every batch."""
-    per_image: dict[str, list[torch.Tensor]] = {}
-    mus, kl_dims = [], []
+    from vaectl import shards
+
+    sizes = [len(x[start : start + params.batch_size]) for start in range(0, len(x), params.batch_size)]
+    inputs = {"model": model, "x": x, "x_pixels": x_pixels, "params": params}
+    generators, iw_device = [], torch.device("cpu")
     if model.variational:
         iw_model, iw_generator, iw_device = accelerated(model, generator, params.seed)
-        components = model.prior_components()  # fixed in evaluation: encoded once, not per batch
-    iw_dtype = {"bfloat16": torch.bfloat16, "float32": None}[params.iw_precision]
-
-    def add(name: str, values: torch.Tensor) -> None:
-        per_image.setdefault(name, []).append(values.double())
-
-    for start in range(0, len(x), params.batch_size):
-        xb, pb = x[start : start + params.batch_size], x_pixels[start : start + params.batch_size]
-        mu, logvar = model.encode(xb)
-        logits = model.decode(mu)
-        add("recon_bce", bernoulli_nll(logits, xb))
-        add("recon_mse", (torch.sigmoid(logits) - pb).pow(2).mean(-1))
-        mus.append(mu)
-        if logvar is not None:  # the VAE
-            recon = expected_bernoulli_nll(model, xb, ELBO_SAMPLES, generator)
-            kl = kl_to_prior(components, mu, logvar, ELBO_SAMPLES, generator)
-            add("elbo_recon", recon)
-            add("elbo_kl", kl)
-            add("neg_elbo", recon + kl)
-            add(
-                "iw_nll",
-                -iwae_log_likelihood(
-                    iw_model, xb.to(iw_device), params.iw_samples, params.iw_chunk, iw_generator, iw_dtype
-                ).cpu(),
-            )
-            if components is None:  # the KL splits over dims only against N(0, I)
-                kl_dims.append(0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar))
-        progress(start + len(xb))
-    units = {name: torch.cat(values).numpy() for name, values in per_image.items()}
-    metrics = {name: float(values.mean()) for name, values in units.items()}
-    mu_all = torch.cat(mus)
+        inputs.update(components=model.prior_components(), iw_model=iw_model, iw_device=iw_device)
+        generators = [generator] if iw_generator is generator else [generator, iw_generator]
+    draws = functools.partial(batch_draws, model, params, inputs.get("components"), len(generators))
+    states = shards.states_at_batches(generators, draws, sizes, model.encode(x[:1])[0].dtype)
+    items = list(zip(range(0, len(x), params.batch_size), states, strict=True))
+    sharing = workers if model.variational and iw_device.type == "cpu" else 1
+    values = shards.map_items(batch_values, inputs, items, sharing, lambda done: progress(sum(sizes[:done])))
+    units = {
+        name: torch.cat([v[name] for v in values]).numpy() for name in values[0] if name not in LATENT_VALUES
+    }
+    metrics = {name: float(v.mean()) for name, v in units.items()}
+    mu_all = torch.cat([v["mu"] for v in values])
     variance = mu_all.var(0)
     latents: dict[str, object] = {"encoder_mean_variance": variance.tolist()}
     if model.variational:
@@ -137,10 +133,64 @@ def likelihood_metrics(
         metrics["bits_per_dim"] = float(units["bits_per_dim"].mean())
         metrics["iw_k"] = params.iw_samples
         metrics["active_units"] = int((variance > 0.01).sum())
-        if kl_dims:
-            latents["kl_per_dim"] = torch.cat(kl_dims).mean(0).tolist()
+        if "kl_dims" in values[0]:
+            latents["kl_per_dim"] = torch.cat([v["kl_dims"] for v in values]).mean(0).tolist()
         latents["active_units"] = metrics["active_units"]
     return metrics, latents, units
+
+
+@torch.no_grad()
+def batch_values(inputs: dict, item: tuple) -> dict[str, torch.Tensor]:
+    """One test batch's per-image values (float64), its encoder means (`mu`) and, against
+    N(0, I), its KL per latent dimension (`kl_dims`); `item`: (its first image, the state of
+    each generator at its start)."""
+    model, params = inputs["model"], inputs["params"]
+    start, states = item
+    generator, iw_generator = restored(states)
+    xb = inputs["x"][start : start + params.batch_size]
+    pb = inputs["x_pixels"][start : start + params.batch_size]
+    mu, logvar = model.encode(xb)
+    logits = model.decode(mu)
+    values = {
+        "recon_bce": bernoulli_nll(logits, xb),
+        "recon_mse": (torch.sigmoid(logits) - pb).pow(2).mean(-1),
+    }
+    if logvar is not None:  # the VAE
+        recon = expected_bernoulli_nll(model, xb, ELBO_SAMPLES, generator)
+        kl = kl_to_prior(inputs["components"], mu, logvar, ELBO_SAMPLES, generator)
+        iw_model, device = inputs["iw_model"], inputs["iw_device"]
+        iw_dtype = {"bfloat16": torch.bfloat16, "float32": None}[params.iw_precision]
+        iw_nll = -iwae_log_likelihood(
+            iw_model, xb.to(device), params.iw_samples, params.iw_chunk, iw_generator, iw_dtype
+        ).cpu()
+        values.update({"elbo_recon": recon, "elbo_kl": kl, "neg_elbo": recon + kl, "iw_nll": iw_nll})
+    values = {name: v.double() for name, v in values.items()}
+    values["mu"] = mu
+    if logvar is not None and inputs["components"] is None:  # the KL splits over dims only against N(0, I)
+        values["kl_dims"] = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
+    return values
+
+
+def batch_draws(model, params: EvalParams, components, generators: int, size: int) -> list[list[tuple]]:
+    """The shapes of the standard-normal draws `batch_values` makes for a batch of `size`, per
+    generator, in order: the ELBO's, then the IW-NLL's (on the same generator, or on the GPU's)."""
+    if not generators:
+        return []
+    elbo = elbo_draw_shapes(ELBO_SAMPLES, size, model.latent_dim, components is not None)
+    iw = iw_draw_shapes(params.iw_samples, params.iw_chunk, size, model.latent_dim)
+    return [elbo + iw] if generators == 1 else [elbo, iw]
+
+
+def restored(states: list) -> tuple:
+    """(the ELBO's generator, the IW-NLL's) at a batch's start: one CPU generator for both, or
+    a CPU one and the GPU's."""
+    if not states:
+        return None, None
+    generators = []
+    for state, device in zip(states, ("cpu", "cuda"), strict=False):
+        generators.append(torch.Generator(device=device))
+        generators[-1].set_state(state)
+    return generators[0], generators[-1]
 
 
 def pick_pairs(labels: np.ndarray, n: int, same_class: bool, rng: np.random.Generator) -> np.ndarray:
@@ -199,10 +249,12 @@ def run(
     figures_dir: Path,
     tracking_experiment: str,
     echo=print,
+    workers: int = 1,
 ) -> tuple[dict, str]:
     """Evaluate, write the reports, and log it all in one MLflow run that spans the work.
     Every input is checked against its writer's record first; the reports and figures are
-    replaced together at the end, or not at all. Returns (metrics.json's report, the run id)."""
+    replaced together at the end, or not at all. The likelihoods run on `workers` processes
+    (the same bytes for any count). Returns (metrics.json's report, the run id)."""
     from vaectl import tracking
 
     data_sha = manifest_sha256(prepared)
@@ -247,6 +299,7 @@ def run(
                 staged_figures,
                 curves,
                 echo,
+                workers,
             )
             log_evaluation(mlrun, report, list(staged.values()), written)
             log_model_metrics(mlrun, report, loaded, test_images, test_labels, prepared)
@@ -296,16 +349,19 @@ def training_curves(path: Path, kind: str, run: tuple[str, dict]) -> list[dict]:
     return history
 
 
-def score_model(name, model, x, x_pixels, train_x, pairs, params: EvalParams, classifier, echo) -> tuple:
+def score_model(
+    name, model, x, x_pixels, train_x, pairs, params: EvalParams, classifier, echo, workers
+) -> tuple:
     """One model's test numbers: (metrics, latents, per-unit values, samples, interpolation
-    paths by pair kind), all drawn from one generator seeded by the eval seed."""
+    paths by pair kind), all drawn from one generator seeded by the eval seed; the likelihoods
+    on `workers` processes."""
     generator = torch.Generator().manual_seed(params.seed)
     echo(
         f"evaluate: {name}: likelihoods of {len(x)} test images"
         + (f" (IW-NLL, k={params.iw_samples})" if model.variational else "")
     )
     metrics, latents, units = likelihood_metrics(
-        model, x, x_pixels, params, generator, ImageProgress(f"evaluate: {name}:", len(x), echo)
+        model, x, x_pixels, params, generator, ImageProgress(f"evaluate: {name}:", len(x), echo), workers
     )
     echo(
         f"evaluate: {name}: {params.interp_pairs} same-class and {params.interp_pairs} "
@@ -336,6 +392,7 @@ def _evaluate(
     figures_dir: Path,
     curves: dict,
     echo,
+    workers: int,
 ) -> tuple[dict, list[Path]]:
     from vaectl import figures
 
@@ -350,7 +407,7 @@ def _evaluate(
     results, latents, paths, samples, units = {}, {}, {}, {}, {}
     for name, (model, _) in models.items():
         results[name], latents[name], units[name], samples[name], model_paths = score_model(
-            name, model, x, x_pixels, train_x, pairs, params, classifier, echo
+            name, model, x, x_pixels, train_x, pairs, params, classifier, echo, workers
         )
         paths.update({(name, kind): kind_paths for kind, kind_paths in model_paths.items()})
     echo(f"evaluate: {RESAMPLES}-resample bootstrap intervals; figures")

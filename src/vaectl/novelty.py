@@ -47,8 +47,11 @@ def neg_elbo(model, x: torch.Tensor, samples: int, generator: torch.Generator) -
     return recon + kl_to_prior(model.prior_components(), mu, logvar, samples, generator)
 
 
+IW_CHUNK = 25  # samples decoded at once per batch by `iw_nll`
+
+
 @torch.no_grad()
-def iw_nll(model, x: torch.Tensor, k: int, generator: torch.Generator, chunk: int = 25) -> torch.Tensor:
+def iw_nll(model, x: torch.Tensor, k: int, generator: torch.Generator, chunk: int = IW_CHUNK) -> torch.Tensor:
     return -iwae_log_likelihood(model, x, k, chunk, generator)
 
 

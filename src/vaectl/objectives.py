@@ -122,15 +122,26 @@ def iwae_log_likelihood(
         else (lambda logits: bernoulli_nll(logits, x))
     )
     total = torch.full((len(x),), -math.inf, device=x.device)
-    done = 0
-    while done < k:
-        s = min(chunk, k - done)
-        eps = torch.randn((s, *mu.shape), device=x.device, dtype=mu.dtype, generator=generator)
+    for shape in iw_draw_shapes(k, chunk, *mu.shape):
+        eps = torch.randn(shape, device=x.device, dtype=mu.dtype, generator=generator)
         total = torch.logaddexp(
             total, torch.logsumexp(log_weights(decode, nll, mu, std, logvar, eps, components), 0)
         )
-        done += s
     return total - math.log(k)
+
+
+def iw_draw_shapes(k: int, chunk: int, batch: int, latent: int) -> list[tuple[int, int, int]]:
+    """The standard-normal draws `iwae_log_likelihood` makes for a batch, in order (shards.py
+    replays them to start a batch where the sequential pass would)."""
+    return [(min(chunk, k - done), batch, latent) for done in range(0, k, chunk)]
+
+
+def elbo_draw_shapes(
+    samples: int, batch: int, latent: int, prior_mixture: bool
+) -> list[tuple[int, int, int]]:
+    """The draws `expected_bernoulli_nll` then `kl_to_prior` make for a batch, in order (the KL
+    draws only against a mixture prior; against N(0, I) it is closed-form)."""
+    return [(samples, batch, latent)] * (2 if prior_mixture else 1)
 
 
 def log_weights(decode, nll, mu, std, logvar, eps, components) -> torch.Tensor:
@@ -164,7 +175,7 @@ def expected_bernoulli_nll(model, x: torch.Tensor, samples: int, generator: torc
     reconstruction term."""
     mu, logvar = model.encode(x)
     assert logvar is not None, "an expectation over q(z|x) is the VAE's alone"
-    eps = torch.randn((samples, *mu.shape), generator=generator)
+    eps = torch.randn((samples, *mu.shape), generator=generator, dtype=mu.dtype, device=mu.device)
     return bernoulli_nll(model.decode(mu + eps * torch.exp(0.5 * logvar)), x).mean(0)
 
 

@@ -20,16 +20,18 @@ histograms and ROC curves), and logs an MLflow run with both.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vaectl import custody, novelty, scoring
+from vaectl import custody, novelty, scoring, shards
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import binarize, to_unit
 from vaectl.files import atomic_path, folder_sha256, sha256_file, shared_dir, temporary_dir, write_json
+from vaectl.objectives import elbo_draw_shapes, iw_draw_shapes
 from vaectl.params import EvalParams, OodParams
 from vaectl.report import LEVEL, RESAMPLES
 
@@ -38,6 +40,7 @@ CATALOGUE = ("mnist", "fashion-mnist", "kmnist", *SHIFTS)  # every novel set the
 VAE_SCORES = ("neg_elbo", "iw_nll", "complexity_corrected")
 AE_SCORE = "reconstruction"
 SCORE_NAMES = tuple(f"vae.{s}" for s in VAE_SCORES) + (f"ae.{AE_SCORE}",)
+NORMAL = "test split"  # the normal set's name in the report and the figures
 
 
 def shifted(pixels: torch.Tensor, shift: str, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -74,22 +77,67 @@ def other_test_set(dataset: str, mirrors: list[str]) -> np.ndarray:
     return images
 
 
-def score_set(
-    models: dict, x: torch.Tensor, params: OodParams, batch: int, seed: int
-) -> dict[str, np.ndarray]:
-    """Every score of every image of `x` (binary), batched, each score with its own seeded
-    generator so that adding a score changes no other."""
-    vae, ae = models["vae"], models["ae"]
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in SCORE_NAMES}
-    elbo_gen, iw_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
-    for start in range(0, len(x), batch):
-        xb = x[start : start + batch]
-        iw = novelty.iw_nll(vae, xb, params.iw_samples, iw_gen).numpy()
-        parts["vae.neg_elbo"].append(novelty.neg_elbo(vae, xb, params.elbo_samples, elbo_gen).numpy())
-        parts["vae.iw_nll"].append(iw)
-        parts["vae.complexity_corrected"].append(scoring.complexity_corrected(iw, xb.numpy()))
-        parts["ae.reconstruction"].append(novelty.reconstruction(ae, xb).numpy())
-    return {name: np.concatenate(values).astype(np.float64) for name, values in parts.items()}
+def score_sets(
+    models: dict, sets: dict[str, torch.Tensor], params: OodParams, batch: int, seed: int, workers: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """Every score of every image of each set (binary), batched, the batches of all sets shared
+    out over `workers` processes. Each set's scores draw from the same seeded generators, one a
+    score, so that adding a score or a set changes no other; a batch starts from the states the
+    sequential pass reaches there (shards.py), so the bytes do not depend on `workers`."""
+    vae = models["vae"]
+    draws = functools.partial(
+        batch_draws,
+        vae.latent_dim,
+        vae.prior_components() is not None,
+        params.elbo_samples,
+        params.iw_samples,
+    )
+    items = []
+    for name, x in sets.items():
+        generators = [torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)]
+        sizes = [len(x[start : start + batch]) for start in range(0, len(x), batch)]
+        states = shards.states_at_batches(generators, draws, sizes, torch.float32)
+        items += [(name, start, state) for start, state in zip(range(0, len(x), batch), states, strict=True)]
+    inputs = {"models": models, "sets": sets, "params": params, "batch": batch}
+    values = shards.map_items(score_batch, inputs, items, workers)
+    return {
+        name: {
+            score: np.concatenate(
+                [v[score] for (set_name, _, _), v in zip(items, values, strict=True) if set_name == name]
+            )
+            for score in SCORE_NAMES
+        }
+        for name in sets
+    }
+
+
+def batch_draws(latent: int, prior_mixture: bool, elbo_samples: int, iw_samples: int, size: int) -> list:
+    """The shapes of the draws `score_batch` makes for a batch of `size`: the -ELBO's generator's,
+    then the IW-NLL's."""
+    return [
+        elbo_draw_shapes(elbo_samples, size, latent, prior_mixture),
+        iw_draw_shapes(iw_samples, novelty.IW_CHUNK, size, latent),
+    ]
+
+
+@torch.no_grad()
+def score_batch(inputs: dict, item: tuple) -> dict[str, np.ndarray]:
+    """Every score (float64) of one batch; `item`: (its set, its first image, the states of the
+    -ELBO's and the IW-NLL's generators at its start)."""
+    name, start, states = item
+    vae, ae, params = inputs["models"]["vae"], inputs["models"]["ae"], inputs["params"]
+    elbo_gen, iw_gen = torch.Generator(), torch.Generator()
+    elbo_gen.set_state(states[0])
+    iw_gen.set_state(states[1])
+    xb = inputs["sets"][name][start : start + inputs["batch"]]
+    iw = novelty.iw_nll(vae, xb, params.iw_samples, iw_gen).numpy()
+    scores = {
+        "vae.neg_elbo": novelty.neg_elbo(vae, xb, params.elbo_samples, elbo_gen).numpy(),
+        "vae.iw_nll": iw,
+        "vae.complexity_corrected": scoring.complexity_corrected(iw, xb.numpy()),
+        "ae.reconstruction": novelty.reconstruction(ae, xb).numpy(),
+    }
+    return {score: values.astype(np.float64) for score, values in scores.items()}
 
 
 def set_seed(seed: int, name: str) -> int:
@@ -125,7 +173,10 @@ def run(
     report_path: Path,
     figures_dir: Path,
     experiment: str,
+    workers: int = 1,
 ) -> dict:
+    """Score the test split and each novel set, write the report and figures, log the run;
+    the scoring on `workers` processes (the same bytes for any count)."""
     from vaectl import figures
 
     data_sha = manifest_sha256(prepared)
@@ -136,19 +187,21 @@ def run(
         }
     pixels = to_unit(load_split(prepared, "test")[0], torch.device("cpu"))
     x = binarize(pixels, torch.Generator().manual_seed(evaluation.seed))  # evaluate's test x
-    normal = score_set(models, x, params, evaluation.batch_size, evaluation.seed)
+    novel = novel_sets(pixels, params, mirrors, evaluation.seed)
+    all_scores = score_sets(
+        models, {NORMAL: x, **novel}, params, evaluation.batch_size, evaluation.seed, workers
+    )
+    normal = all_scores[NORMAL]
     report: dict = {
-        "normal": {"set": "test split", "images": len(pixels)},
+        "normal": {"set": NORMAL, "images": len(pixels)},
         "scores": {name: "nats per image; higher = more novel" for name in SCORE_NAMES},
         "sets": {},
         "bootstrap": {"resamples": RESAMPLES, "level": LEVEL, "seed": evaluation.seed},
         "equivalence_margin": novelty.MARGIN.size,
     }
-    all_scores = {"test split": normal}
     pairs = [(f"vae.{s}", f"ae.{AE_SCORE}") for s in VAE_SCORES]
-    for name, x in novel_sets(pixels, params, mirrors, evaluation.seed).items():
-        scores = score_set(models, x, params, evaluation.batch_size, evaluation.seed)
-        all_scores[name] = scores
+    for name, x in novel.items():
+        scores = all_scores[name]
         rng = np.random.default_rng(set_seed(evaluation.seed, name))
         report["sets"][name] = {
             "images": len(x),
