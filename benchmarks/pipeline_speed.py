@@ -5,9 +5,12 @@ at each --jobs, one after the other, and whether every run wrote the same dvc.lo
 Per run: the wall time, the busy cores (CPU seconds of every process it started over the wall
 time), and each stage's wall time as vaectl repro reports it. On --params tiny (the test
 suite's configuration, seconds of work a stage) a stage's time is almost all fixed cost:
-starting DVC, importing torch and mlflow, opening the store.
+starting DVC, importing torch and mlflow, opening the store. With --workers, the last copy
+then runs the stages with per-image work (evaluate, ood) again alone on each count of worker
+processes (VAECTL_WORKERS): their wall time, and whether their reports kept their bytes.
 
     make bench   # or: python benchmarks/pipeline_speed.py --params default --jobs 1 2 --out F.json
+    python benchmarks/pipeline_speed.py --params default --jobs 2 --workers 1 2 --out F.json
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,6 +33,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_DONE = re.compile(r"^pipeline: \[\d+/\d+\] (\S+) done \((\d+) s\)$")
+SHARDED = {  # the stages whose per-image work shards.py shares out, and the reports they write
+    "evaluate": ("reports/metrics.json", "reports/summary.json", "reports/latents.json"),
+    "ood": ("reports/ood.json",),
+}
 
 
 def fresh_copy(dest: Path, tiny: bool) -> dict:
@@ -54,7 +62,33 @@ def fresh_copy(dest: Path, tiny: bool) -> dict:
     return env
 
 
-def measure(jobs: int, tiny: bool) -> dict:
+def measure_workers(root: Path, env: dict, counts: list[int]) -> dict:
+    """{stage: [{workers, wall_s, reports_sha256}]}: each sharded stage's command (as dvc.yaml
+    gives it) run again in the up-to-date copy at `root` on each count of worker processes."""
+    commands = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    found: dict[str, list] = {}
+    for stage, reports in SHARDED.items():
+        for workers in counts:
+            start = time.perf_counter()
+            done = subprocess.run(
+                shlex.split(commands[stage]["cmd"]),
+                cwd=root,
+                env={**env, "VAECTL_WORKERS": str(workers)},
+                capture_output=True,
+                text=True,
+            )
+            wall = time.perf_counter() - start
+            if done.returncode:
+                sys.exit(f"{stage} on {workers} workers failed:\n{done.stderr[-3000:]}")
+            digest = hashlib.sha256(b"".join((root / name).read_bytes() for name in reports)).hexdigest()
+            found.setdefault(stage, []).append(
+                {"workers": workers, "wall_s": round(wall, 1), "reports_sha256": digest}
+            )
+            print(f"{stage} on {workers} workers: {wall:.0f} s", flush=True)
+    return found
+
+
+def measure(jobs: int, tiny: bool, workers: list[int]) -> dict:
     with tempfile.TemporaryDirectory(prefix="vaectl-bench-") as tmp:
         env = fresh_copy(Path(tmp), tiny)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -68,6 +102,7 @@ def measure(jobs: int, tiny: bool) -> dict:
             sys.exit(f"vaectl repro --jobs {jobs} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
         stages = dict(m.groups() for m in map(STAGE_DONE.match, done.stdout.splitlines()) if m)
         cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        sharded = measure_workers(Path(tmp), env, workers) if workers else {}
         return {
             "jobs": jobs,
             "wall_s": round(wall, 1),
@@ -78,6 +113,7 @@ def measure(jobs: int, tiny: bool) -> dict:
             "dvc_lock_sha256": hashlib.sha256(
                 json.dumps(yaml.safe_load((Path(tmp) / "dvc.lock").read_text()), sort_keys=True).encode()
             ).hexdigest(),
+            **({"sharded_stages": sharded} if sharded else {}),
         }
 
 
@@ -85,11 +121,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", choices=("tiny", "default"), default="tiny")
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--workers", type=int, nargs="*", default=[], help="then evaluate and ood on these counts"
+    )
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
     args = parser.parse_args()
     runs = []
-    for jobs in args.jobs:
-        runs.append(measure(jobs, args.params == "tiny"))
+    for i, jobs in enumerate(args.jobs):
+        runs.append(measure(jobs, args.params == "tiny", args.workers if i == len(args.jobs) - 1 else []))
         r = runs[-1]
         print(f"--jobs {jobs}: {r['wall_s']:.0f} s, {r['busy_cores']:.2f} cores busy", flush=True)
         print(f"  stages (s): {r['stages_s']}", flush=True)
@@ -98,6 +137,12 @@ def main() -> None:
         print(f"--jobs {r['jobs']} against --jobs {base['jobs']}: {base['wall_s'] / r['wall_s']:.2f}x faster")
     same = len({r["dvc_lock_sha256"] for r in runs}) == 1
     print(f"the same dvc.lock at every --jobs: {'yes' if same else 'NO'}")
+    same_reports = {
+        stage: len({f["reports_sha256"] for f in found}) == 1
+        for stage, found in runs[-1].get("sharded_stages", {}).items()
+    }
+    for stage, alike in same_reports.items():
+        print(f"{stage}: the same reports on every worker count: {'yes' if alike else 'NO'}")
     result = {
         "params": args.params,
         "cpu": _cpu_model(),
@@ -105,10 +150,11 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "runs": runs,
         "same_dvc_lock": same,
+        **({"same_reports_on_every_worker_count": same_reports} if same_reports else {}),
     }
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
-    if not same:
+    if not same or not all(same_reports.values()):
         sys.exit(1)
 
 

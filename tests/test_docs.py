@@ -115,6 +115,28 @@ def test_the_pipeline_speed_figures_are_the_benchmarks():
         assert pipeline_speed_claims(params)[1] in doc
 
 
+def stage_worker_rows() -> list[str]:
+    """docs/reproducibility.md's rows of per-image work on 1 and N workers, formatted from
+    docs/benchmarks/stage_workers_default.json as `benchmarks/pipeline_speed.py --workers` wrote it."""
+    import json
+
+    bench = json.loads((REPO / "docs" / "benchmarks" / "stage_workers_default.json").read_text())
+    rows = []
+    for stage, (one, many) in bench["runs"][-1]["sharded_stages"].items():
+        same = bench["same_reports_on_every_worker_count"][stage]
+        rows.append(
+            f"| {stage} | {bench['cpu']}, {bench['cores']} cores, {bench['date']} | {one['wall_s']:.0f} s | "
+            f"{many['wall_s']:.0f} s | {one['wall_s'] / many['wall_s']:.2f}× | {'yes' if same else 'no'} |"
+        )
+    return rows
+
+
+def test_the_stage_worker_figures_are_the_benchmarks():
+    doc = (REPO / "docs" / "reproducibility.md").read_text()
+    missing = [row for row in stage_worker_rows() if row not in doc]
+    assert not missing, missing
+
+
 def pin_candidate_rows(name: str) -> list[str]:
     """The rows of docs/reproducibility.md's table of candidate pins, formatted from
     docs/benchmarks/pins_{name}.json as `benchmarks/pin_candidates.py` wrote it."""

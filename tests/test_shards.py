@@ -68,3 +68,8 @@ def test_an_interrupted_caller_stops_its_workers_at_once():
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_worker_is_started_only_for_work_worth_its_start_up():
+    per = shards.DECODES_PER_WORKER
+    assert [shards.useful_workers(4, n) for n in (0, per - 1, per, 3 * per, 40 * per)] == [1, 1, 1, 3, 4]

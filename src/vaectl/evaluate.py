@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaectl import UserError, custody, metric_table
+from vaectl import UserError, custody, metric_table, shards
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256, split_label
 from vaectl.data.tensors import binarize, to_unit
@@ -107,8 +107,6 @@ def likelihood_metrics(
     are shared out over `workers` processes (CPU only), each starting from the generator state
     the sequential pass reaches there (shards.py): the same bytes for any count.
     `progress(images done)` is called after every batch."""
-    from vaectl import shards
-
     sizes = [len(x[start : start + params.batch_size]) for start in range(0, len(x), params.batch_size)]
     inputs = {"model": model, "x": x, "x_pixels": x_pixels, "params": params}
     generators, iw_device = [], torch.device("cpu")
@@ -361,7 +359,13 @@ def score_model(
         + (f" (IW-NLL, k={params.iw_samples})" if model.variational else "")
     )
     metrics, latents, units = likelihood_metrics(
-        model, x, x_pixels, params, generator, ImageProgress(f"evaluate: {name}:", len(x), echo), workers
+        model,
+        x,
+        x_pixels,
+        params,
+        generator,
+        ImageProgress(f"evaluate: {name}:", len(x), echo),
+        shards.useful_workers(workers, len(x) * (ELBO_SAMPLES + params.iw_samples)),
     )
     echo(
         f"evaluate: {name}: {params.interp_pairs} same-class and {params.interp_pairs} "

@@ -188,8 +188,10 @@ def run(
     pixels = to_unit(load_split(prepared, "test")[0], torch.device("cpu"))
     x = binarize(pixels, torch.Generator().manual_seed(evaluation.seed))  # evaluate's test x
     novel = novel_sets(pixels, params, mirrors, evaluation.seed)
+    sets = {NORMAL: x, **novel}
+    decodes = sum(map(len, sets.values())) * (params.elbo_samples + params.iw_samples)
     all_scores = score_sets(
-        models, {NORMAL: x, **novel}, params, evaluation.batch_size, evaluation.seed, workers
+        models, sets, params, evaluation.batch_size, evaluation.seed, shards.useful_workers(workers, decodes)
     )
     normal = all_scores[NORMAL]
     report: dict = {

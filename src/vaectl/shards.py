@@ -43,6 +43,17 @@ def worker_count(threads: int) -> int:
     return int(raw)
 
 
+# A spawned worker takes a few seconds to start (it imports torch and is sent the model and
+# the images): measured on 2 cores, ood's 290k decodes (~10 s) took 3 s longer on 2 workers,
+# evaluate's 2.55M took 40 s less (docs/benchmarks/stage_workers_default.json).
+DECODES_PER_WORKER = 500_000  # ~15 s of one core on the default MLP
+
+
+def useful_workers(workers: int, decodes: int) -> int:
+    """At most `workers`, and no more than leave each at least DECODES_PER_WORKER decodes."""
+    return max(1, min(workers, decodes // DECODES_PER_WORKER))
+
+
 def states_at_batches(
     generators: Sequence, draws: Callable[[int], Sequence], sizes: Sequence[int], dtype
 ) -> list:
