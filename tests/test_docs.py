@@ -132,9 +132,16 @@ def stage_worker_rows() -> list[str]:
 
 
 def test_the_stage_worker_figures_are_the_benchmarks():
+    import json
+
     doc = (REPO / "docs" / "reproducibility.md").read_text()
     missing = [row for row in stage_worker_rows() if row not in doc]
     assert not missing, missing
+    bench = json.loads((REPO / "docs" / "benchmarks" / "stage_workers_default.json").read_text())
+    one, many = bench["runs"][-1]["sharded_stages"]["evaluate"]
+    readme = re.sub(r"\s+", " ", (REPO / "README.md").read_text())
+    claim = f"{one['wall_s']:.0f} s on {one['workers']} worker, {many['wall_s']:.0f} s on {many['workers']}"
+    assert f"{claim}, the same bytes" in readme
 
 
 def pin_candidate_rows(name: str) -> list[str]:

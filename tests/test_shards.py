@@ -13,7 +13,9 @@ from vaectl import UserError, pipeline, shards
 @pytest.mark.parametrize("raw", ["0", "-1", "two", "65", "1.5"])
 def test_a_worker_count_that_is_not_1_to_64_is_refused_in_one_line(monkeypatch, raw):
     monkeypatch.setenv(shards.WORKERS_ENV, raw)
-    with pytest.raises(UserError, match=f"VAECTL_WORKERS={raw!r}: expected a whole number of processes from 1 to 64"):
+    with pytest.raises(
+        UserError, match=f"VAECTL_WORKERS={raw!r}: expected a whole number of processes from 1 to 64"
+    ):
         shards.worker_count(1)
 
 
