@@ -75,3 +75,24 @@ def test_an_interrupted_caller_stops_its_workers_at_once():
 def test_a_worker_is_started_only_for_work_worth_its_start_up():
     per = shards.DECODES_PER_WORKER
     assert [shards.useful_workers(4, n) for n in (0, per - 1, per, 3 * per, 40 * per)] == [1, 1, 1, 3, 4]
+
+
+def test_workers_run_this_code_even_with_another_copy_first_on_the_path(tmp_path, monkeypatch):
+    """Loading a registered model puts its code copy (a vaectl without shards.py) first on
+    sys.path; workers spawned after that must still import the vaectl this process runs.
+    Seen red (BrokenProcessPool: no module named 'vaectl.shards') without _this_code_first."""
+    (tmp_path / "vaectl").mkdir()
+    (tmp_path / "vaectl" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert shards.map_items(failing, 10, [0, 1, 3], 2) == [0, 10, 30]
+
+
+def suicide(shared, item):
+    if item == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return item
+
+
+def test_a_worker_killed_is_one_line_naming_the_way_around():
+    with pytest.raises(UserError, match="a worker process died .* VAECTL_WORKERS=1 computes in this process"):
+        shards.map_items(suicide, None, [0, 1, 2], 2)

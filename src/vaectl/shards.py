@@ -5,7 +5,7 @@ The work is cut at the batches the single process uses, so every matrix multiply
 same rows; each worker computes on the same pinned numerics (inherited environment, the same
 thread count). The random draws are keyed to the batch: a batch starts from the generator
 state that the sequential pass reaches at it, found by making and dropping the draws of the
-batches before it (`states_at_batches`, ~0.1 s a batch against ~10 s of decoding). So the
+batches before it (`states_at_batches`, ~0.06 s a default batch against ~10 s of decoding). So the
 bytes are those of the sequential pass, for any number of workers; the committed results, made
 before there were workers, keep theirs. tests/test_evaluate.py and tests/test_novelty.py
 compare 1, 2 and 3 workers.
@@ -16,8 +16,13 @@ cores among the stages they run at once), else one a core for the torch threads 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from vaectl import UserError
 
 WORKERS_ENV = "VAECTL_WORKERS"
 MAX_WORKERS = 64
@@ -31,8 +36,6 @@ def cores() -> int:
 def worker_count(threads: int) -> int:
     """Processes for per-image work when each computes on `threads` torch threads (0: torch's
     default, every core, so one process)."""
-    from vaectl import UserError
-
     raw = os.environ.get(WORKERS_ENV, "").strip()
     if not raw:
         return max(1, cores() // threads) if threads else 1
@@ -78,7 +81,6 @@ def _start_worker(threads: int, shared) -> None:
     """A worker: dies with its parent (Linux), computes on the parent's thread count."""
     import ctypes
     import signal
-    import sys
 
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
@@ -90,6 +92,28 @@ def _start_worker(threads: int, shared) -> None:
 
 def _work(task: Callable, item):
     return task(_SHARED["shared"], item)
+
+
+def _terminate(pool) -> None:
+    """Stop a pool's workers now, not after the batch in hand (Python 3.14's
+    `pool.terminate_workers()` does this)."""
+    for process in dict(getattr(pool, "_processes", None) or {}).values():
+        process.terminate()
+
+
+@contextlib.contextmanager
+def _this_code_first():
+    """A spawned worker imports with this process's sys.path: put the folder this process's
+    vaectl came from first while workers start, so that they run the same code even when
+    something has put another copy in front since (MLflow does, loading a model's code)."""
+    import vaectl
+
+    saved = list(sys.path)
+    sys.path.insert(0, str(Path(vaectl.__file__).resolve().parents[1]))
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 def map_items(task: Callable, shared, items: Sequence, workers: int, progress=lambda done: None) -> list:
@@ -104,6 +128,7 @@ def map_items(task: Callable, shared, items: Sequence, workers: int, progress=la
         return results
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     import torch
 
@@ -114,16 +139,20 @@ def map_items(task: Callable, shared, items: Sequence, workers: int, progress=la
         initargs=(torch.get_num_threads(), shared),
     )
     try:
-        futures = [pool.submit(_work, task, item) for item in items]
+        with _this_code_first():  # the workers start here, with this sys.path
+            futures = [pool.submit(_work, task, item) for item in items]
         results = []
         for future in futures:
             results.append(future.result())
             progress(len(results))
         return results
-    except BaseException:  # Ctrl-C, SIGTERM, a worker's error: stop the workers now, not
-        # after the batch in hand (Python 3.14's pool.terminate_workers() does this)
-        for process in dict(getattr(pool, "_processes", None) or {}).values():
-            process.terminate()
+    except BrokenProcessPool:
+        _terminate(pool)
+        raise UserError(
+            f"a worker process died (killed, or out of memory); {WORKERS_ENV}=1 computes in this process"
+        ) from None
+    except BaseException:  # Ctrl-C, SIGTERM, a worker's error
+        _terminate(pool)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
