@@ -308,6 +308,35 @@ def test_a_bundle_changed_in_the_artifact_store_is_refused_before_it_runs(deploy
     assert pull().returncode == 0
 
 
+def test_bytecode_python_wrote_into_the_store_is_dropped_not_run(deployed):
+    """`mlflow.pyfunc.load_model("models:/...")` on a local store imports the bundle's code in
+    place, and Python leaves __pycache__ beside it there. pull takes the bundle all the same
+    and drops the caches from its copy, so that the verified sources are what runs: here a
+    planted .pyc that would write a file. Seen red without drop_bytecode ("unexpected
+    code/vaectl/__pycache__/...")."""
+    root = deployed["root"]
+    caches = []
+    for code in sorted((root / "mlruns" / "artifacts").rglob("code/vaectl")):
+        cache = code / "__pycache__"
+        cache.mkdir(exist_ok=True)
+        (cache / "pyfunc_planted.cpython-311.pyc").write_bytes(b"open('/tmp/pwned', 'w')")
+        caches.append(cache)
+    assert caches
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest", str(root / "cached")],
+            cwd=root,
+            env=deployed["env"],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        assert not list((root / "cached").rglob("pyfunc_planted*"))
+    finally:
+        for cache in caches:
+            (cache / "pyfunc_planted.cpython-311.pyc").unlink()
+
+
 def test_a_listing_rewritten_to_match_a_changed_bundle_is_refused(deployed):
     """The bundle's checksums are an artifact of the register run; whoever rewrites that file
     in the artifact store (to cover a changed bundle) no longer matches the version's tag."""

@@ -271,3 +271,14 @@ def tree_listing(root: Path) -> dict[str, str]:
     return {
         p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(Path(root).rglob("*")) if p.is_file()
     }
+
+
+def drop_bytecode(root: Path) -> list[str]:
+    """Remove every `__pycache__` folder under `root` (a downloaded copy of our own) and name
+    them. Python writes one beside code it imports, into the artifact store too when MLflow
+    loads a model from a local store in place; the copy must load the verified sources, not
+    compiled files no listing covers."""
+    dropped = sorted(p for p in Path(root).rglob("__pycache__") if p.is_dir() and not p.is_symlink())
+    for cache in dropped:
+        shutil.rmtree(cache)
+    return [p.relative_to(root).as_posix() for p in dropped]

@@ -27,6 +27,7 @@ from vaectl import UserError, custody
 from vaectl.files import (
     atomic_path,
     check_destination,
+    drop_bytecode,
     read_json,
     sha256_file,
     temporary_dir,
@@ -325,7 +326,10 @@ def verify_bundle(root: Path, recorded: str | None, ref: str) -> int:
     missing, added or changed. Returns how many files were checked."""
     if not recorded:
         raise UserError(f"{ref} was registered without bundle checksums; register it again")
-    expected, found = json.loads(recorded), tree_listing(root)
+    found = tree_listing(root)  # `root` holds no __pycache__ (download_verified drops them)
+    expected = {  # a listing recorded with bytecode on holds caches too: never run, not checked
+        path: digest for path, digest in json.loads(recorded).items() if "__pycache__" not in path.split("/")
+    }
     problems = (
         [f"missing {p}" for p in sorted(set(expected) - set(found))]
         + [f"unexpected {p}" for p in sorted(set(found) - set(expected))]
@@ -346,6 +350,7 @@ def download_verified(ref: str, into: Path) -> tuple[str, str, Path, int]:
 
     name, version = registry_client.resolve_model(ref)
     downloaded = registry_client.download_model(name, version, into)
+    drop_bytecode(downloaded)  # caches of a load from the store in place: never run
     recorded = registry_client.bundle_listing(name, version)
     checked = verify_bundle(downloaded, recorded, f"{name}/{version}")
     return name, version, downloaded, checked

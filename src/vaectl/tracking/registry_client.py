@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from vaectl import UserError
-from vaectl.files import sha256_file, temporary_dir, tree_listing
+from vaectl.files import drop_bytecode, sha256_file, temporary_dir, tree_listing
 from vaectl.tracking import (
     client,
     find_runs,
@@ -186,7 +186,9 @@ def _log_bundle_listing(run, name: str, version: str, verified: dict[str, str]) 
         temporary_dir("vaectl-bundle-") as tmp,
         temporary_dir("vaectl-listing-") as out,
     ):
-        listing = tree_listing(download_model(name, version, Path(tmp)))
+        downloaded = download_model(name, version, Path(tmp))
+        drop_bytecode(downloaded)  # Python's caches of the code MLflow loaded while logging
+        listing = tree_listing(downloaded)
         _check_stored_artifacts(listing, verified, f"{name}/{version}")
         path = Path(out) / LISTING_ARTIFACT
         path.write_text(json.dumps(listing, sort_keys=True, indent=1))
