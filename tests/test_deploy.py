@@ -270,6 +270,18 @@ def test_pull_in_a_fresh_process_gives_the_trained_models_outputs(deployed):
         np.testing.assert_allclose(np.load(root / out), expected, atol=1e-6)
 
 
+def pull_champion(deployed: dict, dest: str) -> subprocess.CompletedProcess:
+    """`vaectl pull vae-mnist@champion --dest ROOT/dest` in a fresh process."""
+    root = deployed["root"]
+    return subprocess.run(
+        [sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest", str(root / dest)],
+        cwd=root,
+        env=deployed["env"],
+        capture_output=True,
+        text=True,
+    )
+
+
 def test_a_bundle_changed_in_the_artifact_store_is_refused_before_it_runs(deployed):
     """A line added to the bundled code in the artifact store, or a file slipped in: pull
     compares every file with the listing the registry recorded, before loading anything."""
@@ -279,13 +291,7 @@ def test_a_bundle_changed_in_the_artifact_store_is_refused_before_it_runs(deploy
     original = {p: p.read_bytes() for p in stored}
 
     def pull():
-        return subprocess.run(
-            [sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest", str(root / "tampered")],
-            cwd=root,
-            env=deployed["env"],
-            capture_output=True,
-            text=True,
-        )
+        return pull_champion(deployed, "tampered")
 
     try:
         for p in stored:
@@ -323,13 +329,7 @@ def test_bytecode_python_wrote_into_the_store_is_dropped_not_run(deployed):
         caches.append(cache)
     assert caches
     try:
-        out = subprocess.run(
-            [sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest", str(root / "cached")],
-            cwd=root,
-            env=deployed["env"],
-            capture_output=True,
-            text=True,
-        )
+        out = pull_champion(deployed, "cached")
         assert out.returncode == 0, out.stderr
         assert not list((root / "cached").rglob("pyfunc_planted*"))
     finally:
@@ -347,13 +347,7 @@ def test_a_listing_rewritten_to_match_a_changed_bundle_is_refused(deployed):
     try:
         for p in listings:
             p.write_text(p.read_text().replace('"MLmodel": "', '"MLmodel": "0'))
-        out = subprocess.run(
-            [sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest", str(root / "relisted")],
-            cwd=root,
-            env=deployed["env"],
-            capture_output=True,
-            text=True,
-        )
+        out = pull_champion(deployed, "relisted")
         assert out.returncode == 1 and "Traceback" not in out.stderr
         assert "are missing or not the ones its version recorded; refusing to load it" in out.stderr
         assert not (root / "relisted").exists()
