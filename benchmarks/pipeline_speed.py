@@ -31,6 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from vaectl import environment
+
 REPO = Path(__file__).resolve().parents[1]
 STAGE_DONE = re.compile(r"^pipeline: \[\d+/\d+\] (\S+) done \((\d+) s\)$")
 SHARDED = {  # the stages whose per-image work shards.py shares out, and the reports they write
@@ -145,7 +147,7 @@ def main() -> None:
         print(f"{stage}: the same reports on every worker count: {'yes' if alike else 'NO'}")
     result = {
         "params": args.params,
-        "cpu": _cpu_model(),
+        "cpu": environment.cpu()[0],
         "cores": len(os.sched_getaffinity(0)),
         "date": time.strftime("%Y-%m-%d"),
         "runs": runs,
@@ -156,13 +158,6 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     if not same or not all(same_reports.values()):
         sys.exit(1)
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -233,16 +233,22 @@ def test_promotion_rule_both_ways(value, champion, smooth_ci, require_smooth, pr
     ).promote
 
 
-def test_pull_in_a_fresh_process_gives_the_trained_models_outputs(deployed):
+def pull_champion(deployed: dict, dest: str) -> subprocess.CompletedProcess:
+    """`vaectl pull vae-mnist@champion --dest ROOT/dest` in a fresh process."""
     root = deployed["root"]
-    dest = root / "bundle"
-    pulled = subprocess.run(
-        [sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest", str(dest)],
+    return subprocess.run(
+        [sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest", str(root / dest)],
         cwd=root,
         env=deployed["env"],
         capture_output=True,
         text=True,
     )
+
+
+def test_pull_in_a_fresh_process_gives_the_trained_models_outputs(deployed):
+    root = deployed["root"]
+    dest = root / "bundle"
+    pulled = pull_champion(deployed, "bundle")
     assert pulled.returncode == 0, pulled.stderr
     assert "files verified" in pulled.stdout and (dest / "artifacts" / "decoder.onnx").exists()
     x = np.random.default_rng(1).random((5, 784), dtype=np.float32)
@@ -268,18 +274,6 @@ def test_pull_in_a_fresh_process_gives_the_trained_models_outputs(deployed):
         expected = torch.sigmoid(model.decode(model.encode(torch.from_numpy(x))[0])).numpy()
     for out in ("y_registry.npy", "y_bundle.npy"):
         np.testing.assert_allclose(np.load(root / out), expected, atol=1e-6)
-
-
-def pull_champion(deployed: dict, dest: str) -> subprocess.CompletedProcess:
-    """`vaectl pull vae-mnist@champion --dest ROOT/dest` in a fresh process."""
-    root = deployed["root"]
-    return subprocess.run(
-        [sys.executable, "-m", "vaectl", "pull", "vae-mnist@champion", "--dest", str(root / dest)],
-        cwd=root,
-        env=deployed["env"],
-        capture_output=True,
-        text=True,
-    )
 
 
 def test_a_bundle_changed_in_the_artifact_store_is_refused_before_it_runs(deployed):

@@ -28,7 +28,7 @@ def test_workers_default_to_one_a_core_for_the_threads_each_uses(monkeypatch):
 
 
 def test_stages_run_side_by_side_share_the_cores_unless_the_user_chose(monkeypatch):
-    monkeypatch.setattr(pipeline, "cores", lambda: 8)
+    monkeypatch.setattr(shards, "cores", lambda: 8)
     for jobs, threads, expected in ((2, 1, "4"), (8, 1, "1"), (3, 2, "1"), (1, 0, "1")):
         monkeypatch.delenv(shards.WORKERS_ENV, raising=False)
         pipeline.share_cores(jobs, threads)

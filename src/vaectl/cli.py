@@ -598,10 +598,10 @@ def repro(
 
     Example: vaectl repro --jobs 2 && git status
     """
-    from vaectl import pipeline
+    from vaectl import pipeline, shards
 
     threads = load_params(params_path).numerics.threads
-    jobs = jobs or pipeline.default_jobs(threads)
+    jobs = jobs or shards.one_a_core(threads)
     pipeline.share_cores(jobs, threads)
     done = pipeline.reproduce(Path.cwd(), jobs, echo=typer.echo)
     if done["stages"]:
@@ -630,12 +630,12 @@ def study(
 
     Example: vaectl study && cat reports/study/study.md && dvc exp show
     """
-    from vaectl import pipeline
+    from vaectl import pipeline, shards
     from vaectl import study as grid
     from vaectl.params import study_grid
 
     params = study_grid(params_path, overlay_file) if overlay_file else load_params(params_path)
-    jobs = jobs or pipeline.default_jobs(params.numerics.threads)
+    jobs = jobs or shards.one_a_core(params.numerics.threads)
     pipeline.share_cores(jobs, params.numerics.threads)
     result = grid.run(params, out, jobs, echo=typer.echo)
     typer.echo(

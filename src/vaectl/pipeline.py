@@ -20,22 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vaectl import UserError
-from vaectl.shards import cores
-
-
-def default_jobs(threads: int) -> int:
-    """Processes to run side by side when each computes on `threads` torch threads (0: torch's
-    default, every core): one a core."""
-    return max(1, cores() // threads) if threads else 1
+from vaectl.shards import WORKERS_ENV, one_a_core
 
 
 def share_cores(jobs: int, threads: int) -> None:
     """Give each of `jobs` processes run side by side its share of the cores for its
     per-image work (shards.py), unless the user set VAECTL_WORKERS: the processes they start
     inherit it."""
-    from vaectl.shards import WORKERS_ENV
-
-    os.environ.setdefault(WORKERS_ENV, str(max(1, cores() // (jobs * threads)) if threads else 1))
+    os.environ.setdefault(WORKERS_ENV, str(max(1, one_a_core(threads) // jobs)))
 
 
 def stale_stages(root: Path) -> tuple[list[str], dict[str, set[str]]]:

@@ -33,12 +33,17 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def worker_count(threads: int) -> int:
-    """Processes for per-image work when each computes on `threads` torch threads (0: torch's
+def one_a_core(threads: int) -> int:
+    """Processes to run side by side when each computes on `threads` torch threads (0: torch's
     default, every core, so one process)."""
+    return max(1, cores() // threads) if threads else 1
+
+
+def worker_count(threads: int) -> int:
+    """Processes for per-image work: VAECTL_WORKERS, else one a core (`one_a_core`)."""
     raw = os.environ.get(WORKERS_ENV, "").strip()
     if not raw:
-        return max(1, cores() // threads) if threads else 1
+        return one_a_core(threads)
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_WORKERS:
         raise UserError(
             f"{WORKERS_ENV}={raw!r}: expected a whole number of processes from 1 to {MAX_WORKERS}"
