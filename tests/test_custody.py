@@ -282,34 +282,48 @@ def test_two_registrations_at_once_leave_candidate_on_the_newest_version(chain, 
     assert registry_client.resolve_model("vae-mnist@candidate") == ("vae-mnist", newest)
 
 
-@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
-def test_a_killed_export_leaves_the_previous_export_and_no_half_folder(chain, restored, how):
-    before = {
-        p.relative_to(restored): p.read_bytes() for p in (restored / "export").rglob("*") if p.is_file()
-    }
+def stopped_midway(root, env, prepared):
+    """A `vaectl export` frozen (SIGSTOP) while its VAE folder is staged with a graph in it;
+    None if it got past that before it was frozen (a loaded machine), so that the caller
+    tries again."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vaectl",
-            "export",
-            "--prepared",
-            str(chain["prepared"]),
-            "--metrics",
-            str(restored / "reports" / "metrics.json"),
-            "--out",
-            str(restored / "export"),
-        ],
-        cwd=restored,
-        env=chain["env"],
+        [sys.executable, "-m", "vaectl", "export", "--prepared", str(prepared)]
+        + ["--metrics", str(root / "reports" / "metrics.json"), "--out", str(root / "export")],
+        cwd=root,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     deadline = time.time() + 300
-    while not list((restored / "export").glob(".vae.*.tmp/vae/*.pt2")) and time.time() < deadline:
-        time.sleep(0.05)
+    while not list((root / "export").glob(".vae.*.tmp/vae/*.pt2")) and proc.poll() is None:
+        assert time.time() < deadline, "export staged nothing in 300 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGSTOP)
+    if list((root / "export").glob(".vae.*.tmp/vae/*.pt2")):
+        return proc
+    proc.kill()
+    proc.communicate()
+    return None
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_export_leaves_the_previous_export_and_no_half_folder(chain, restored, how):
+    saved = restored.parent / "export-before-kill"
+    shutil.rmtree(saved, ignore_errors=True)
+    shutil.copytree(restored / "export", saved)
+    before = {
+        p.relative_to(restored): p.read_bytes() for p in (restored / "export").rglob("*") if p.is_file()
+    }
+    for _ in range(5):
+        proc = stopped_midway(restored, chain["env"], chain["prepared"])
+        if proc is not None:
+            break
+        shutil.rmtree(restored / "export")
+        shutil.copytree(saved, restored / "export")
+    assert proc is not None, "the export finished before it could be stopped, five times"
     proc.send_signal(how)
+    proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
     after = {
         p.relative_to(restored): p.read_bytes()

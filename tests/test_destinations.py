@@ -199,6 +199,54 @@ def test_sigterm_in_a_staged_write_leaves_no_staging_folder(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+class Stopped(Exception):
+    pass
+
+
+def test_a_signal_between_the_two_renames_of_a_folder_swap_waits_for_both(tmp_path, monkeypatch):
+    """The old folder is moved aside before the new one moves in: a SIGTERM landing between the
+    two renames must not leave neither in place (the staging folder, old one inside, is removed)."""
+    write_folder(tmp_path / "out", ["a.txt"])
+    renames = []
+
+    def replace_then_signal(src, dst):
+        os.rename(src, dst)
+        renames.append(dst)
+        if len(renames) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def stop(signum, frame):
+        raise Stopped
+
+    monkeypatch.setattr(os, "replace", replace_then_signal)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(Stopped):
+            write_folder(tmp_path / "out", ["a.txt", "b.txt"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(renames) == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.txt", "b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_failed_second_rename_of_a_folder_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
+    write_folder(tmp_path / "out", ["a.txt"])
+    calls = []
+
+    def fail_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("disk gone")
+        os.rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_second)
+    with pytest.raises(OSError, match="disk gone"):
+        write_folder(tmp_path / "out", ["a.txt", "b.txt"])
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 def test_a_killed_commands_temporary_folder_goes_with_the_next_one(tmp_path, monkeypatch):
     import tempfile
 

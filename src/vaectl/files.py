@@ -160,13 +160,50 @@ def atomic_path(dest: Path, claim: Claim | None = None) -> Iterator[Path]:
         yield staged
         _check_swap(dest, staged, claim)
         if dest.is_dir():
-            old = tmp / (dest.name + ".old")
-            os.replace(dest, old)
-            os.replace(staged, dest)
+            _swap_dirs(dest, staged, tmp / (dest.name + ".old"))
         else:
             os.replace(staged, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_dirs(dest: Path, staged: Path, old: Path) -> None:
+    """Put folder `staged` where folder `dest` is, moving `dest` to `old` (inside the staging
+    folder, which is then removed). Two renames: a failed second one puts `dest` back, and
+    Ctrl-C and SIGTERM are held until both are done, so that no interruption can leave
+    neither folder in place."""
+    with _signals_held():
+        os.replace(dest, old)
+        try:
+            os.replace(staged, dest)
+        except BaseException:
+            os.replace(old, dest)
+            raise
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Record Ctrl-C and SIGTERM instead of acting on them for the block, then deliver them.
+    A handler swap, not a signal mask: Python runs its handlers in the main thread whichever
+    thread the kernel hands the signal to (torch's and MLflow's threads block nothing)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread runs Python's handlers, and only it may set them
+        return
+    received: list[int] = []
+    held = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not None:  # None: a handler Python cannot put back
+            held[signum] = signal.signal(signum, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
+        for number in received:
+            signal.raise_signal(number)
 
 
 @contextlib.contextmanager
