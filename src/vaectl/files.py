@@ -35,13 +35,22 @@ def _special(mode: int) -> str | None:
     return None
 
 
-def check_destination(dest: Path, claim: Claim | None = None) -> None:
+def check_destination(dest: Path, claim: Claim | None = None, folder: bool | None = None) -> None:
     """Refuse at once a destination no command replaces: a link, a device, a FIFO or socket,
-    the working folder (or one above it), or what `claim` says is not this command's own."""
+    the working folder (or one above it), a file where the output is a folder (`folder`) or
+    the reverse, or what `claim` says is not this command's own."""
     dest = Path(dest)
     _check_place(dest)
+    if folder is not None:
+        _check_kind(dest, folder)
     if claim and dest.exists():
         _refuse_foreign(dest, claim(dest))
+
+
+def _check_kind(dest: Path, folder: bool) -> None:
+    if dest.exists() and dest.is_dir() != folder:
+        what = ("a folder", "a file") if dest.is_dir() else ("a file", "a folder")
+        raise UserError(f"{dest} is {what[0]}, and this output is {what[1]}; write elsewhere")
 
 
 def _check_place(dest: Path) -> None:
@@ -89,9 +98,7 @@ def _check_swap(dest: Path, staged: Path, claim: Claim | None) -> None:
     _check_place(dest)
     if not dest.exists():
         return
-    if dest.is_dir() != staged.is_dir():
-        what = ("a folder", "a file") if dest.is_dir() else ("a file", "a folder")
-        raise UserError(f"{dest} is {what[0]}, and this output is {what[1]}; write elsewhere")
+    _check_kind(dest, staged.is_dir())
     _refuse_foreign(dest, claim(dest) if claim else (foreign_entry(dest, staged) if dest.is_dir() else None))
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from vaectl import UserError, custody
 from vaectl.data import SPLITS, load_manifest, load_split, manifest_sha256
-from vaectl.files import atomic_path, sha256_file, temporary_dir, write_json
+from vaectl.files import atomic_path, check_destination, sha256_file, temporary_dir, write_json
 from vaectl.params import ValidateParams
 
 RUN_NAME = "vaectl-validate"
@@ -228,6 +228,8 @@ def run(
 ) -> ValidationOutcome:
     """Check the prepared data, write the report and Data Docs, and record the report's sha256
     on an MLflow run of kind validate (custody.VALIDATION), which `vaectl report` checks."""
+    check_destination(report_path, folder=False)  # refused before the data are read
+    check_destination(docs_dir, folder=True)
     manifest = load_manifest(prepared)
     tables = {split: image_table(*load_split(prepared, split)) for split in SPLITS}
     if len(tables["train"]) == 0:
