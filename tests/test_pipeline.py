@@ -71,6 +71,16 @@ def pipeline_copy(tmp_path_factory):
     return root, env, first
 
 
+def queried(root: Path, env: dict, **expressions: str) -> dict[str, str]:
+    """Each Python expression's repr, evaluated in the copy in one process (MLflow's import and
+    store start once, not once an expression), with vaectl's tracking modules imported."""
+    program = (
+        "import json; from vaectl import tracking; from vaectl.tracking import registry_client\n"
+        f"print(json.dumps({{name: repr(eval(e)) for name, e in {expressions!r}.items()}}))"
+    )
+    return json.loads(sh(sys.executable, "-c", program, cwd=root, env=env).strip().splitlines()[-1])
+
+
 def fresh_clone(root: Path, dest: Path, env: dict) -> tuple[Path, dict]:
     """A clone in another directory, running its own code: whatever records where it ran
     (paths in a TorchScript trace, say) shows up as a changed dvc.lock."""
@@ -85,12 +95,15 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
     assert json.loads((root / "reports" / "validation.json").read_text())["success"]
     assert len(list((root / "reports" / "figures").glob("*.png"))) == 6
     assert (root / "dvc.lock").exists()
-    code = (
-        "from vaectl import tracking; runs = tracking.find_runs('vaectl'); "
-        "print(sorted((r.info.run_name, r.info.status) for r in runs))"
+    found = queried(
+        root,
+        env,
+        runs="sorted((r.info.run_name, r.info.status) for r in tracking.find_runs('vaectl'))",
+        evaluate_artifacts="sorted(f.path for f in tracking.client().list_artifacts("
+        "tracking.find_runs('vaectl', \"tags.`vaectl.kind` = 'evaluate'\")[0].info.run_id))",
+        candidate="registry_client.resolve_model('vae-mnist@candidate')",
     )
-    runs = sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1]
-    assert runs == (
+    assert found["runs"] == (
         "[('classifier', 'FINISHED'), ('evaluate', 'FINISHED'), ('export-ae', 'FINISHED'), "
         "('export-vae', 'FINISHED'), ('holes-2d', 'FINISHED'), ('ood', 'FINISHED'), "
         "('register-ae-mnist', 'FINISHED'), ('register-vae-mnist', 'FINISHED'), "
@@ -117,20 +130,10 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
     headline = shown[""]["data"]["reports/summary.json"]["data"]
     assert headline["vae"]["iw_nll"] == metrics["vae"]["iw_nll"]
     assert 'src="data:image/png;base64,' in (root / "reports" / "index.html").read_text()
-    code = (
-        "from vaectl import tracking; "
-        "r = tracking.find_runs('vaectl', \"tags.`vaectl.kind` = 'evaluate'\")[0]; "
-        "print(sorted(f.path for f in tracking.client().list_artifacts(r.info.run_id)))"
-    )
-    artifacts = sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1]
-    assert "'index.html'" in artifacts and "'summary.json'" in artifacts
+    assert "'index.html'" in found["evaluate_artifacts"] and "'summary.json'" in found["evaluate_artifacts"]
     registered = json.loads((root / "reports" / "registry.json").read_text())
     assert registered["vae"]["name"] == "vae-mnist" and registered["vae"]["version"] == "1"
-    code = (
-        "from vaectl.tracking import registry_client; "
-        "print(registry_client.resolve_model('vae-mnist@candidate'))"
-    )
-    assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "('vae-mnist', '1')"
+    assert found["candidate"] == "('vae-mnist', '1')"
 
 
 def test_mlflow_itself_finds_the_registered_model_from_the_repo_root(pipeline_copy):
@@ -235,10 +238,7 @@ def test_a_clone_that_pulls_from_the_remote_is_up_to_date(pipeline_copy, tmp_pat
     assert sh("git", "status", "--porcelain", cwd=clone, env=env) == ""
 
 
-VERSIONS = (
-    "from vaectl.tracking import registry_client as r; "
-    "print(sorted(v.version for v in r.client().search_model_versions(\"name='vae-mnist'\")))"
-)
+VERSIONS = "sorted(v.version for v in registry_client.client().search_model_versions(\"name='vae-mnist'\"))"
 
 
 def test_second_repro_is_a_no_op_and_a_latent_size_experiment_retrains_only_the_vae(pipeline_copy):
@@ -250,14 +250,15 @@ def test_second_repro_is_a_no_op_and_a_latent_size_experiment_retrains_only_the_
         assert f"Running stage '{untouched}'" not in log
     assert "vae-mnist: not registered: DVC experiments register nothing" in log
     assert "tiny-latent3" in sh("dvc", "exp", "show", "--json", cwd=root, env=env)
-    code = (
-        "from vaectl import tracking; "
-        "print(len(tracking.find_runs('vaectl', \"tags.`dvc.exp_name` = 'tiny-latent3'\")))"
+    found = queried(
+        root,
+        env,
+        runs="len(tracking.find_runs('vaectl', \"tags.`dvc.exp_name` = 'tiny-latent3'\"))",
+        versions=VERSIONS,
     )
     # its train-vae, evaluate, ood and both export runs carry its name; the 2-D VAE does not
     # depend on train.vae.latent_dim (--latent-dim 2 replaces it); it registered nothing
-    assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "5"
-    assert sh(sys.executable, "-c", VERSIONS, cwd=root, env=env).strip().splitlines()[-1] == "[1]"
+    assert found == {"runs": "5", "versions": "[1]"}
 
 
 def _digest(path: Path) -> str:
@@ -274,7 +275,6 @@ def test_study_runs_the_grid_as_dvc_experiments_and_summarises_across_seeds(pipe
     sh("git", "checkout", "--", ".", cwd=root, env=env)  # undo what an earlier `dvc exp run` applied
     out = sh("vaectl", "study", "--jobs", "2", cwd=root, env=env)
     assert "[4/4]" in out
-    assert sh(sys.executable, "-c", VERSIONS, cwd=root, env=env).strip().splitlines()[-1] == "[1]"
     names = set(sh("dvc", "exp", "list", "--name-only", cwd=root, env=env).split())
     assert {f"study-b{b}-z2-s{s}" for b in (1, 2) for s in (0, 1)} <= names
     doc = json.loads((root / "reports" / "study" / "study.json").read_text())
@@ -295,22 +295,22 @@ def test_study_runs_the_grid_as_dvc_experiments_and_summarises_across_seeds(pipe
         "study.json",
         "study.md",
     ]
-    code = (
-        "from vaectl import tracking; "
-        "p = tracking.find_runs('vaectl', \"tags.`vaectl.kind` = 'study'\")[0]; "
-        "kids = tracking.find_runs('vaectl', f\"tags.`mlflow.parentRunId` = '{p.info.run_id}'\"); "
-        "print(len(kids), sorted({r.data.params['study.beta'] for r in kids}))"
+    vae_runs = "len(tracking.find_runs('vaectl', \"attributes.run_name = 'train-vae'\"))"
+    study_run = "tracking.find_runs('vaectl', \"tags.`vaectl.kind` = 'study'\")[0].info.run_id"
+    found = queried(
+        root,
+        env,
+        versions=VERSIONS,
+        children="sorted(r.data.params['study.beta'] for r in tracking.find_runs("
+        f"'vaectl', \"tags.`mlflow.parentRunId` = '\" + {study_run} + \"'\"))",
+        vae_runs=vae_runs,
     )
-    assert sh(sys.executable, "-c", code, cwd=root, env=env).strip().splitlines()[-1] == "4 ['1.0', '2.0']"
+    assert found["versions"] == "[1]"
+    assert found["children"] == "['1.0', '1.0', '2.0', '2.0']"
     # trained again one at a time (no run cache to restore from): the same bytes as two at once
     before = (root / "reports" / "study" / "study.json").read_bytes()
-    vae_runs = (
-        "from vaectl import tracking; "
-        "print(len(tracking.find_runs('vaectl', \"attributes.run_name = 'train-vae'\")))"
-    )
-    trained = int(sh(sys.executable, "-c", vae_runs, cwd=root, env=env).strip().splitlines()[-1])
     shutil.rmtree(root / ".dvc" / "cache" / "runs")
     sh("vaectl", "study", "--jobs", "1", cwd=root, env=env)
     # three VAEs trained again; the fourth trial (beta 1, seed 0) is the baseline's own VAE
-    assert int(sh(sys.executable, "-c", vae_runs, cwd=root, env=env).strip().splitlines()[-1]) == trained + 3
+    assert int(queried(root, env, vae_runs=vae_runs)["vae_runs"]) == int(found["vae_runs"]) + 3
     assert (root / "reports" / "study" / "study.json").read_bytes() == before
