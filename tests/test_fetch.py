@@ -6,8 +6,8 @@ import pytest
 import torchvision.datasets
 
 from vaectl import UserError
+from vaectl.data import download, load_split
 from vaectl.data import fetch as fetch_stage
-from vaectl.data import load_split
 from vaectl.data.idx import write_idx
 from vaectl.data.splits import stratified_split
 from vaectl.params import DataParams
@@ -68,7 +68,7 @@ def test_mirror_fallback_order_and_checksum(tmp_path):
     missing = tmp_path / "missing"
     dest = tmp_path / "dl"
     dest.mkdir()
-    fetched = fetch_stage.download_resources(
+    fetched = download.download_resources(
         "mnist", resources, [str(missing), str(corrupt), good.as_uri()], dest
     )
     assert set(fetched) == set(FILES)
@@ -83,12 +83,24 @@ def test_checksum_mismatch_everywhere_lists_what_was_tried(tmp_path):
     dest.mkdir()
     resources = [("train-images-idx3-ubyte.gz", "0" * 32)]
     with pytest.raises(UserError) as err:
-        fetch_stage.download_resources("mnist", resources, [str(tmp_path / "nope"), str(corrupt)], dest)
+        download.download_resources("mnist", resources, [str(tmp_path / "nope"), str(corrupt)], dest)
     message = str(err.value)
     assert "\n" not in message
     assert message.index("nope") < message.index("corrupt")
     assert "unreachable" in message and "checksum mismatch" in message
     assert not (dest / "train-images-idx3-ubyte.gz").exists()
+
+
+def test_ood_takes_another_datasets_test_images_as_fetch_does_and_only_those(tmp_path, local_mnist):
+    """`vaectl ood` scores ood.other's official test set, downloaded and checked as fetch does:
+    the t10k files only (the training archives are not fetched), the same images."""
+    from vaectl import ood
+
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (local_mnist / name).unlink()  # fetching them would now fail
+    np.testing.assert_array_equal(ood.other_test_set("mnist", [str(local_mnist)]), synthetic_digits(4, 2)[0])
+    parts, source = download.official_splits("mnist", ("test",), [str(local_mnist)], tmp_path)
+    assert list(parts) == ["test"] and sorted(source["files"]) == sorted(n for n in FILES if "t10k" in n)
 
 
 def test_failed_fetch_leaves_previous_outputs_untouched(tmp_path, local_mnist, monkeypatch):
@@ -176,7 +188,7 @@ def test_a_corrupt_mirror_falls_back_to_a_good_http_mirror(tmp_path):
     try:
         dest = tmp_path / "dl"
         dest.mkdir()
-        fetched = fetch_stage.download_resources("mnist", resources, [str(garbage), server.url], dest)
+        fetched = download.download_resources("mnist", resources, [str(garbage), server.url], dest)
     finally:
         server.close()
     assert set(fetched) == set(FILES) and server.requests == len(FILES)
@@ -196,10 +208,10 @@ def test_a_mirror_that_never_answers_times_out_and_the_next_one_serves(tmp_path,
     dest.mkdir()
     try:
         with pytest.raises(UserError, match=r"no answer within 0.3 s"):
-            fetch_stage.download_resources(
+            download.download_resources(
                 "mnist", resources, [f"http://127.0.0.1:{silent.getsockname()[1]}/"], dest
             )
-        fetched = fetch_stage.download_resources(
+        fetched = download.download_resources(
             "mnist", resources, [f"http://127.0.0.1:{silent.getsockname()[1]}/", str(good)], dest
         )
     finally:
@@ -207,7 +219,7 @@ def test_a_mirror_that_never_answers_times_out_and_the_next_one_serves(tmp_path,
     assert list(fetched) == [resources[0][0]]
     monkeypatch.setenv("VAECTL_FETCH_TIMEOUT", "soon")
     with pytest.raises(UserError, match="VAECTL_FETCH_TIMEOUT must be a positive number"):
-        fetch_stage.download_resources("mnist", resources, [str(good)], dest)
+        download.download_resources("mnist", resources, [str(good)], dest)
 
 
 def test_a_mirror_file_that_is_a_device_is_refused_unread(tmp_path):
@@ -220,8 +232,8 @@ def test_a_mirror_file_that_is_a_device_is_refused_unread(tmp_path):
     dest = tmp_path / "dl"
     dest.mkdir()
     with pytest.raises(UserError, match=r"unreachable: not a regular file"):
-        fetch_stage.download_resources("mnist", resources, [str(devices)], dest)
-    assert fetch_stage.download_resources("mnist", resources, [str(devices), str(good)], dest)
+        download.download_resources("mnist", resources, [str(devices)], dest)
+    assert download.download_resources("mnist", resources, [str(devices), str(good)], dest)
 
 
 def test_a_mirror_that_trickles_is_given_up_at_the_deadline(tmp_path, monkeypatch):
@@ -251,7 +263,7 @@ def test_a_mirror_that_trickles_is_given_up_at_the_deadline(tmp_path, monkeypatc
     started = time.monotonic()
     try:
         with pytest.raises(UserError, match=r"not complete within 3 s"):
-            fetch_stage.download_resources(
+            download.download_resources(
                 "mnist", [("f.gz", "0" * 32)], [f"http://127.0.0.1:{listener.getsockname()[1]}/"], dest
             )
     finally:
@@ -289,8 +301,8 @@ def test_an_archive_that_inflates_past_its_content_is_not_read_into_memory(tmp_p
         read_idx(bomb)
     with pytest.raises(UserError, match=r"declares shape \(1, 28, 28\) \(784 bytes\), more than the 100"):
         read_idx(bomb, max_bytes=100)
-    monkeypatch.setattr(fetch_stage, "MAX_IDX_BYTES", 1000)  # the content-hash path is bounded too
-    assert fetch_stage._content_sha256(bomb) is None
+    monkeypatch.setattr(download, "MAX_IDX_BYTES", 1000)  # the content-hash path is bounded too
+    assert download._content_sha256(bomb) is None
 
 
 def test_sigterm_during_a_hanging_download_leaves_no_temporary_folder(tmp_path):

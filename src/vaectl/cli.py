@@ -571,10 +571,10 @@ def register(
 
     Example: vaectl register && vaectl pull vae-mnist@champion --dest deploy/
     """
-    from vaectl import registry
+    from vaectl import registry as stage
 
     params = load_params(params_path)
-    result = registry.register(params.registry, exported, prepared, params.tracking.experiment, report)
+    result = stage.register(params.registry, exported, prepared, params.tracking.experiment, report)
     for r in result.values():
         if r["version"] is None:
             typer.echo(f"{r['name']}: {r['reason']}")

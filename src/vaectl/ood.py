@@ -29,6 +29,7 @@ import torch
 from vaectl import custody, novelty, scoring, shards
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
+from vaectl.data.download import official_splits
 from vaectl.data.tensors import binarize, to_unit
 from vaectl.files import atomic_path, folder_sha256, sha256_file, shared_dir, temporary_dir, write_json
 from vaectl.objectives import elbo_draw_shapes, iw_draw_shapes
@@ -60,21 +61,9 @@ def shifted(pixels: torch.Tensor, shift: str, count: int, generator: torch.Gener
 
 def other_test_set(dataset: str, mirrors: list[str]) -> np.ndarray:
     """The official test images of `dataset`, fetched and checked as `vaectl fetch` does."""
-    import torchvision.datasets
-
-    from vaectl.data.fetch import SPLIT_SIZES, TORCHVISION_CLASSES, download_resources
-    from vaectl.data.idx import read_images_labels
-
-    cls = getattr(torchvision.datasets, TORCHVISION_CLASSES[dataset])
-    resources = [(name, md5) for name, md5 in cls.resources if name.startswith("t10k")]
     with temporary_dir("vaectl-ood-") as workdir:
-        download_resources(dataset, resources, list(mirrors) + list(cls.mirrors), Path(workdir))
-        images, _ = read_images_labels(
-            Path(workdir) / "t10k-images-idx3-ubyte.gz",
-            Path(workdir) / "t10k-labels-idx1-ubyte.gz",
-            SPLIT_SIZES["test"],
-        )
-    return images
+        parts, _ = official_splits(dataset, ("test",), mirrors, Path(workdir))
+    return parts["test"][0]
 
 
 def score_sets(
