@@ -16,6 +16,12 @@ os.environ.update(PORTABLE_ENV)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# one intra-op thread a test process: `make test` runs a worker per core, and with more threads
+# than cores OpenMP's waiting threads spin on the cores the other workers need. Stages run as
+# commands set their own count (numerics.threads); tests that need another set it themselves.
+torch.set_num_threads(1)
 
 from vaectl.data import describe, self_sha256  # noqa: E402
 from vaectl.files import write_json  # noqa: E402
