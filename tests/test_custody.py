@@ -283,9 +283,9 @@ def test_two_registrations_at_once_leave_candidate_on_the_newest_version(chain, 
 
 
 def stopped_midway(root, env, prepared):
-    """A `vaectl export` frozen (SIGSTOP) while its VAE folder is staged with a graph in it;
-    None if it got past that before it was frozen (a loaded machine), so that the caller
-    tries again."""
+    """A `vaectl export` frozen (SIGSTOP) while its VAE folder is staged with a graph in it and
+    before its checksums.json, which is written last, just before the swap; None if it got
+    past that before it was frozen (a loaded machine), so that the caller tries again."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "vaectl", "export", "--prepared", str(prepared)]
         + ["--metrics", str(root / "reports" / "metrics.json"), "--out", str(root / "export")],
@@ -300,7 +300,8 @@ def stopped_midway(root, env, prepared):
         assert time.time() < deadline, "export staged nothing in 300 s"
         time.sleep(0.02)
     proc.send_signal(signal.SIGSTOP)
-    if list((root / "export").glob(".vae.*.tmp/vae/*.pt2")):
+    staged = list((root / "export").glob(".vae.*.tmp/vae"))
+    if staged and list(staged[0].glob("*.pt2")) and not (staged[0] / "checksums.json").exists():
         return proc
     proc.kill()
     proc.communicate()
