@@ -269,25 +269,25 @@ def _plant(dest: Path, what: str) -> None:
         os.mkfifo(dest)
     elif what == "link":
         dest.symlink_to(dest.parent / "elsewhere")
+    elif what == "file":  # where a folder goes
+        dest.write_text("mine")
     else:  # a folder of the user's
         dest.mkdir()
         (dest / "notes.txt").write_text("mine")
 
 
-@pytest.mark.parametrize("what", ["fifo", "link", "users-folder"])
-@pytest.mark.parametrize(
-    "command, option",
-    [("fetch", "--out"), ("validate", "--docs"), ("validate", "--report")],
-)
-def test_each_stage_refuses_a_destination_that_is_not_its_own_in_one_line(
-    tmp_path, prepared, command, option, what
-):
-    """The class, through the CLI as a user runs it: fetch and validate write folders and
-    files; a FIFO, a link or a folder of the user's at the destination is refused and kept."""
-    dest = tmp_path / "dest"
-    _plant(dest, what)
+REFUSALS = {
+    "fifo": "is a FIFO",
+    "link": "symbolic link",
+    "users-folder": "did not write",
+    "file": "is a file, and this output is a folder",
+}
+
+
+def refusal(tmp_path: Path, args: list[str]) -> str:
+    """stderr of `vaectl ARGS` run in `tmp_path` on its own store, which must fail with one
+    `error:` line and no traceback."""
     (tmp_path / "params.yaml").write_text("{}\n")
-    args = [command, option, str(dest)] + (["--prepared", str(prepared)] if command == "validate" else [])
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
@@ -306,12 +306,53 @@ def test_each_stage_refuses_a_destination_that_is_not_its_own_in_one_line(
         line for line in out.stderr.splitlines() if "mlflow.store.db.utils" not in line
     ]  # store creation
     assert len(errors) == 1 and errors[0].startswith("error: "), out.stderr
-    expected = {"fifo": "is a FIFO", "link": "symbolic link", "users-folder": "did not write"}[what]
+    return out.stderr
+
+
+@pytest.mark.parametrize("what", ["fifo", "link", "users-folder"])
+@pytest.mark.parametrize(
+    "command, option",
+    [("fetch", "--out"), ("validate", "--docs"), ("validate", "--report")],
+)
+def test_each_stage_refuses_a_destination_that_is_not_its_own_in_one_line(
+    tmp_path, prepared, command, option, what
+):
+    """The class, through the CLI as a user runs it: fetch and validate write folders and
+    files; a FIFO, a link or a folder of the user's at the destination is refused and kept."""
+    dest = tmp_path / "dest"
+    _plant(dest, what)
+    args = [command, option, str(dest)] + (["--prepared", str(prepared)] if command == "validate" else [])
+    expected = REFUSALS[what]
     if option == "--report" and what == "users-folder":
         expected = "is a folder, and this output is a file"
-    assert expected in out.stderr
+    assert expected in refusal(tmp_path, args)
     assert dest.is_symlink() or dest.exists()
     assert what != "users-folder" or (dest / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "command, option, what",
+    [
+        ("ood", "--report", "fifo"),
+        ("ood", "--figures", "file"),
+        ("holes", "--report", "link"),
+        ("holes", "--figures", "fifo"),
+        ("evaluate", "--reports", "fifo"),  # at reports/metrics.json
+    ],
+)
+def test_stages_that_score_models_refuse_a_destination_before_loading_any(
+    tmp_path, prepared, command, option, what
+):
+    """No model was trained here: a refusal naming the destination shows it came first, not
+    after the models were loaded and the scoring done."""
+    dest = tmp_path / "dest"
+    if command == "evaluate":
+        dest.mkdir()
+        _plant(dest / "metrics.json", what)
+    else:
+        _plant(dest, what)
+    assert REFUSALS[what] in refusal(tmp_path, [command, option, str(dest), "--prepared", str(prepared)])
+    assert dest.is_symlink() or dest.exists()
 
 
 def test_a_folder_whose_outputs_vary_with_the_params_is_claimed_by_its_names(tmp_path):

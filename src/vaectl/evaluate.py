@@ -24,7 +24,15 @@ from vaectl import UserError, custody, metric_table, shards
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256, split_label
 from vaectl.data.tensors import binarize, to_unit
-from vaectl.files import atomic_path, folder_sha256, read_json, sha256_file, shared_dir, write_json
+from vaectl.files import (
+    atomic_path,
+    check_destination,
+    folder_sha256,
+    read_json,
+    sha256_file,
+    shared_dir,
+    write_json,
+)
 from vaectl.interpolation import decode_path, path_metrics, path_ppl
 from vaectl.judge import judge_images, load_classifier, scores
 from vaectl.layout import ModelFiles
@@ -255,6 +263,9 @@ def run(
     (the same bytes for any count). Returns (metrics.json's report, the run id)."""
     from vaectl import tracking
 
+    for name in REPORT_FILES:  # refused before any work
+        check_destination(reports / name, folder=False)
+    check_destination(figures_dir, folder=True)
     data_sha = manifest_sha256(prepared)
     test_images, test_labels = load_split(prepared, "test")
     train_images, _ = load_split(prepared, "train")

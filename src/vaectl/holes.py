@@ -26,7 +26,7 @@ from vaectl import UserError, custody
 from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
 from vaectl.data.tensors import to_unit
-from vaectl.files import atomic_path, folder_sha256, sha256_file, shared_dir, write_json
+from vaectl.files import atomic_path, check_destination, folder_sha256, sha256_file, shared_dir, write_json
 from vaectl.judge import judge_images, load_classifier
 from vaectl.params import EvalParams
 from vaectl.prior import latent_prior, moment_matched, sample_latents
@@ -56,6 +56,8 @@ def run(
 ) -> dict:
     from vaectl import figures
 
+    check_destination(report_path, folder=False)  # refused before any work
+    check_destination(figures_dir, folder=True)
     data_sha = manifest_sha256(prepared)
     test_images, test_labels = load_split(prepared, "test")
     train_x = to_unit(load_split(prepared, "train")[0], torch.device("cpu"))

@@ -31,7 +31,15 @@ from vaectl.checkpoints import load_trained
 from vaectl.data import load_split, manifest_sha256
 from vaectl.data.download import official_splits
 from vaectl.data.tensors import binarize, to_unit
-from vaectl.files import atomic_path, folder_sha256, sha256_file, shared_dir, temporary_dir, write_json
+from vaectl.files import (
+    atomic_path,
+    check_destination,
+    folder_sha256,
+    sha256_file,
+    shared_dir,
+    temporary_dir,
+    write_json,
+)
 from vaectl.objectives import elbo_draw_shapes, iw_draw_shapes
 from vaectl.params import EvalParams, OodParams
 from vaectl.report import LEVEL, RESAMPLES
@@ -168,6 +176,8 @@ def run(
     the scoring on `workers` processes (the same bytes for any count)."""
     from vaectl import figures
 
+    check_destination(report_path, folder=False)  # refused before any work
+    check_destination(figures_dir, folder=True)
     data_sha = manifest_sha256(prepared)
     with shared_dir(vae_dir, "`vaectl train`"), shared_dir(ae_dir, "`vaectl train`"):
         models = {
