@@ -22,7 +22,7 @@ PIP_CAP ?= $(wildcard /etc/xdg/pip/constraints.txt)
 # The lock goes in as two halves of about 3 GB at once (torch with most of its CUDA libraries,
 # and the rest), each hash-checked; `pip check` then confirms the halves make one consistent
 # whole, and the byte-compiling pip would do file by file runs on every core (what does not
-# compile is what pip skips too: templates shipped as .py). 160 s -> 115 s on 2 cores.
+# compile is what pip skips too: templates shipped as .py). 160 s -> 121 s on 2 cores.
 TORCH_HALF := ^(torch==|nvidia-(cublas|cufft|nccl|cusolver|cusparse|curand|nvjitlink|nvshmem|cuda|cufile|nvtx))
 PIP_EXACT  := $(BIN)/pip install --disable-pip-version-check --quiet --no-deps --no-compile --require-hashes
 

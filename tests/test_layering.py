@@ -76,11 +76,16 @@ def closure(start: set[str]) -> set[str]:
     return seen
 
 
+def cli_tree() -> tuple[ast.Module, dict[str, ast.FunctionDef]]:
+    """cli.py parsed, and its module-level functions (the commands among them) by name."""
+    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    return tree, {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+
+
 def command_modules(command: str) -> set[str]:
     """What `vaectl COMMAND` imports: cli.py's module-level imports, plus the imports inside
     the command's function and inside the cli.py functions it calls."""
-    tree = ast.parse((PACKAGE / "cli.py").read_text())
-    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    tree, functions = cli_tree()
     top_level = [n for n in tree.body if not isinstance(n, ast.FunctionDef | ast.ClassDef)]
     assert command in functions, f"no command {command!r} in cli.py"
     bodies, todo = [], [command]
@@ -113,8 +118,7 @@ def stage_source_deps() -> dict[str, tuple[str, set[str]]]:
 def stage_modules() -> dict[str, str]:
     """{stage: its module}, read from dvc.yaml and cli.py: the module the stage's command
     imports as `stage` (the CLI's one convention for the module that does a stage's work)."""
-    tree = ast.parse((PACKAGE / "cli.py").read_text())
-    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    _, functions = cli_tree()
     found = {}
     for name, (command, _) in stage_source_deps().items():
         modules = [
