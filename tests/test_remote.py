@@ -40,6 +40,10 @@ def tracking_server(tmp_path):
     )
     try:
         wait_until_up(f"http://127.0.0.1:{port}/health", timeout_s=120)
+        # sized for a small machine: MLflow's launcher and one web worker, no job runners
+        # (MLflow 3's default: 4 workers and 4 job consumers, 15 processes and 2.6 GiB)
+        session = subprocess.run(["ps", "-o", "args=", "-s", str(server.pid)], capture_output=True, text=True)
+        assert len([p for p in session.stdout.splitlines() if "python" in p]) == 2, session.stdout
         yield f"http://127.0.0.1:{port}", store
     finally:
         os.killpg(server.pid, 15)
