@@ -136,6 +136,30 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
     assert found["candidate"] == "('vae-mnist', '1')"
 
 
+def test_evaluate_by_hand_answers_from_current_reports_and_recomputes_others(pipeline_copy):
+    """As dvc.yaml runs it, `vaectl evaluate` by hand prints the comparison from the reports
+    `dvc status` vouches for, logging nothing; a report that is not what dvc.lock records
+    (here: edited numbers) is evaluated again, with the reason, in a run tagged as by hand."""
+    root, env, _ = pipeline_copy
+    metrics = root / "reports" / "metrics.json"
+    written = metrics.read_text()
+    answered = sh("vaectl", "evaluate", "--baseline", "ae", cwd=root, env=env)
+    assert "evaluate is up to date with dvc.lock" in answered and "VAE vs AE" in answered
+    assert "MLflow run" not in answered
+    report = json.loads(written)
+    report["vae"]["iw_nll"] = 1.0  # a better number than the models earned
+    metrics.write_text(json.dumps(report))
+    redone = sh("vaectl", "evaluate", "--baseline", "ae", cwd=root, env=env)
+    assert "not up to date with dvc.lock (changed outs reports/metrics.json (modified))" in redone
+    assert metrics.read_text() == written and "MLflow run" in redone
+    assert "up to date" in sh("dvc", "status", "evaluate", cwd=root, env=env)
+    invoked = (
+        "[r.data.tags['vaectl.invoked_by'] for r in "
+        "tracking.find_runs('vaectl', \"tags.`vaectl.kind` = 'evaluate'\")]"
+    )
+    assert queried(root, env, invoked=invoked)["invoked"] == "['by hand', 'dvc repro']"
+
+
 def test_mlflow_itself_finds_the_registered_model_from_the_repo_root(pipeline_copy):
     """The store is where MLflow 3 looks when nothing is set: its own pyfunc loader, in a
     shell with no MLFLOW_TRACKING_URI, resolves the alias and scores an image."""

@@ -219,6 +219,15 @@ def dvc_experiment() -> str:
     return os.environ.get("DVC_EXP_NAME", "")
 
 
+def invoked_by() -> str:
+    """Who ran the command that logs this run: `dvc exp run` (a DVC experiment, a study's trial
+    among them), `dvc repro` (DVC sets DVC_STAGE in every stage's command), or a user by hand,
+    so that an evaluation asked for again is not mistaken for the pipeline's."""
+    if "DVC_STAGE" not in os.environ:
+        return "by hand"
+    return "dvc exp run" if dvc_experiment() else "dvc repro"
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(
@@ -241,6 +250,7 @@ def standard_tags(kind: str, data_sha: str) -> dict[str, str]:
         "mlflow.source.git.commit": commit,
         "vaectl.data_sha256": data_sha,
         "vaectl.pipeline": os.environ.get("VAECTL_PIPELINE") or exp_name or f"{commit[:12]}-{data_sha[:12]}",
+        "vaectl.invoked_by": invoked_by(),
     }
     if exp_name:
         tags["dvc.exp_name"] = exp_name
