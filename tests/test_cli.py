@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import free_port
+
 
 def vaectl(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "vaectl", *args], capture_output=True, text=True, cwd=cwd)
@@ -206,6 +208,39 @@ def test_doctor_refuses_a_lock_that_is_binary_or_too_large_in_one_line(tmp_path,
 
     with pytest.raises(Exception, match="not a text requirements file|more than a lock file holds"):
         locked_versions(tmp_path / "lock.bin")
+
+
+def test_doctor_checks_the_tracking_store_and_the_dvc_remote(tmp_path):
+    """A server that does not answer is an error naming the store, after the remote's line;
+    outside a DVC project, with no store yet, both say so and nothing is an error."""
+    lock = Path(__file__).resolve().parents[1] / "requirements.lock"
+    project, elsewhere, remote = tmp_path / "project", tmp_path / "elsewhere", tmp_path / "remote"
+    for place in (project / ".dvc", elsewhere, remote):
+        place.mkdir(parents=True)
+    for place in (project, elsewhere):
+        (place / "params.yaml").write_text("{}\n")
+    (project / ".dvc" / "config").write_text(
+        f"[core]\n    no_scm = true\n    remote = shared\n['remote \"shared\"']\n    url = {remote}\n"
+    )
+
+    def doctor(cwd: Path, **store: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "VAECTL_ROOT")}
+        command = [sys.executable, "-m", "vaectl", "doctor", "--lock", str(lock)]
+        return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env={**env, **store})
+
+    refused = doctor(project, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert f"DVC remote: shared -> {remote}: answers" in refused.stdout
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: tracking store: no MLflow tracking server answers at http://127.0.0.1:")
+    )
+    fine = doctor(elsewhere)
+    assert fine.returncode == 0, fine.stderr
+    assert f"tracking store: sqlite:///{elsewhere}/mlflow.db: none yet" in fine.stdout
+    assert f"DVC remote: none: {elsewhere} is not in a DVC project" in fine.stdout
+    assert not (elsewhere / "mlflow.db").exists()
 
 
 def test_serve_refuses_a_port_out_of_range_before_anything_loads():

@@ -167,15 +167,18 @@ def doctor(
     params_path: Path = PARAMS,
     lock: Path = typer.Option(Path("requirements.lock"), help="the lock `make setup` installs"),
 ):
-    """What a result's bytes depend on here: package versions against the lock, the CPU's
-    instruction sets, and the kernels and threads that params.yaml's numerics put in force.
-    Exits 1 when the installed packages differ from the lock.
+    """What a result's bytes depend on here (package versions against the lock, the CPU's
+    instruction sets, the kernels and threads that params.yaml's numerics put in force), and
+    the tracking store and DVC remote the commands would use. Exits 1 when the installed
+    packages differ from the lock, the store cannot be read or the remote does not answer.
 
     Example: vaectl doctor   (run it on both machines when two runs disagree)
     """
     from vaectl import environment, numerics
 
     params = load_computing(params_path)
+    from vaectl import pipeline, tracking
+
     model, flags = environment.cpu()
     native = numerics.native_capability()
     state = numerics.in_force()
@@ -187,19 +190,28 @@ def doctor(
         f"{state['torch_threads']} thread{'' if state['torch_threads'] == '1' else 's'}; "
         + ", ".join(f"{k}={os.environ.get(k, '')!r}" for k in numerics.PORTABLE_ENV)
     )
+    problems = []
+    try:
+        typer.echo(f"tracking store: {tracking.store_summary(params.tracking.experiment)}")
+    except UserError as err:
+        problems.append(f"tracking store: {err}")
+    remote, failed = pipeline.remote_summary(Path.cwd())
+    (problems.append if failed else typer.echo)(f"DVC remote: {remote}")
     if not lock.is_file():
         raise UserError(f"lock file not found: {lock} (`make lock` writes it)")
     drift = environment.lock_drift(lock)
     pins = len(environment.locked_versions(lock))
+    for name, (locked, found) in drift.items():
+        problem = f"differs from {lock}: {name} {found or 'not installed'} (locked {locked})"
+        typer.secho(problem, fg="red", err=True)
     if drift:
-        for name, (locked, found) in drift.items():
-            typer.secho(
-                f"differs from {lock}: {name} {found or 'not installed'} (locked {locked})",
-                fg="red",
-                err=True,
-            )
-        raise UserError(f"{len(drift)} of {pins} packages differ from {lock}; `make setup` installs it")
-    typer.echo(f"packages: all {pins} pins of {lock} installed exactly")
+        problems.append(f"{len(drift)} of {pins} packages differ from {lock}; `make setup` installs it")
+    else:
+        typer.echo(f"packages: all {pins} pins of {lock} installed exactly")
+    for line in problems[:-1]:
+        typer.secho(line, fg="red", err=True)
+    if problems:
+        raise UserError(problems[-1])
 
 
 @app.command()

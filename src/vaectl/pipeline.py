@@ -30,6 +30,43 @@ def share_cores(jobs: int, threads: int) -> None:
     os.environ.setdefault(WORKERS_ENV, str(max(1, one_a_core(threads) // jobs)))
 
 
+REMOTE_PROBE_TIMEOUT_S = 10.0
+
+
+def remote_summary(root: Path) -> tuple[str, bool]:
+    """One line on the DVC remote `dvc push` and `dvc pull` would use (`vaectl doctor`): its
+    name, where it is and whether it answers within REMOTE_PROBE_TIMEOUT_S; and whether
+    that is a problem (no remote set is not: a fresh clone has none)."""
+    import concurrent.futures
+
+    from dvc.config import NoRemoteError
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    from vaectl.tracking import masked
+
+    where = "the default remote"
+    try:
+        with Repo(str(root)) as repo:
+            remote = repo.cloud.get_remote()
+            where = f"{remote.name} -> {masked(repo.config['remote'][remote.name]['url'])}"
+            probe = concurrent.futures.ThreadPoolExecutor(1)
+            try:
+                there = probe.submit(remote.fs.exists, remote.path).result(REMOTE_PROBE_TIMEOUT_S)
+            finally:
+                probe.shutdown(wait=False)
+    except NotDvcRepoError:
+        return f"none: {root} is not in a DVC project", False
+    except NoRemoteError:
+        return "none set (`make remote` makes a local one; `dvc push` has nowhere to go)", False
+    except concurrent.futures.TimeoutError:
+        return f"{where}: no answer within {REMOTE_PROBE_TIMEOUT_S:g} s", True
+    except Exception as err:  # noqa: BLE001 - DVC's or the remote's own failure, in one line
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        return f"{where}: {reason}", True
+    return f"{where}: {'answers' if there else 'not there yet (`dvc push` creates it)'}", False
+
+
 def stale_stages(root: Path) -> tuple[list[str], dict[str, set[str]]]:
     """The stages `dvc status` finds changed and every stage downstream of them, with the
     stages among them that each must wait for. Listed in the order to start them when several

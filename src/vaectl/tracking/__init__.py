@@ -409,6 +409,35 @@ def require_store() -> None:
         )
 
 
+STORE_COUNT_CAP = 1000  # doctor counts runs and models up to this, then says "1000+"
+
+
+def store_summary(experiment: str) -> str:
+    """One line on the tracking store this project's commands would use (`vaectl doctor`):
+    where it is and what it holds, read without creating one where none is; a store MLflow
+    cannot read, or a server that does not answer, is a UserError naming it."""
+    refuse_former_store()
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return f"{masked(uri)}: none yet (the first stage that runs creates it)"
+    try:
+        store = client()
+        found = store.get_experiment_by_name(experiment)
+        runs = store.search_runs([found.experiment_id], max_results=STORE_COUNT_CAP) if found else []
+        models = store.search_registered_models(max_results=STORE_COUNT_CAP)
+    except Exception as err:  # noqa: BLE001 - the store's own failure, in one line
+        line = store_failure(err)
+        if line is None:
+            raise
+        raise UserError(line) from None
+
+    def counted(items, what: str) -> str:
+        return f"{len(items)}{'+' if len(items) >= STORE_COUNT_CAP else ''} {what}"
+
+    held = f"{counted(runs, 'runs')} in experiment {experiment!r}, {counted(models, 'registered models')}"
+    return f"{masked(uri)}: {held}"
+
+
 def latest_run(experiment: str, tags: dict[str, str]) -> tuple[str, dict[str, str]] | None:
     """(id, tags) of the newest run carrying all `tags`, or None. DVC-tracked files hold no
     run ids (they differ on every machine); they hold content hashes, and this finds the run
