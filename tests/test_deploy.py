@@ -416,16 +416,28 @@ def _post(port: int, body: bytes) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
+def wait_for_line(path: Path, word: str, timeout_s: float = 30) -> str:
+    """The first line of the file at `path` holding `word`, once it is written."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = [line for line in path.read_text().splitlines() if word in line]
+        if found:
+            return found[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no line with {word!r} in {path}: {path.read_text()!r}")
+
+
 @contextlib.contextmanager
 def serving(deployed, *options):
-    """`vaectl serve vae-mnist@champion OPTIONS` on a free loopback port, for the block."""
+    """`vaectl serve vae-mnist@champion OPTIONS` on a free loopback port, for the block; its
+    stderr goes to serve-PORT.err in the deployment's root."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "vaectl", "serve", "vae-mnist@champion", "--port", str(port), *options],
         cwd=deployed["root"],
         env=deployed["env"],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(deployed["root"] / f"serve-{port}.err", "w"),  # noqa: SIM115 - the child holds it
         start_new_session=True,
     )
     try:
@@ -462,6 +474,9 @@ def test_sigterm_while_serve_loads_the_bundle_leaves_no_copy(deployed):
 def test_serve_smoke_on_loopback(deployed):
     with serving(deployed, "--max-body", "100000", "--max-samples", "50") as port:
         wait_until_up(f"http://127.0.0.1:{port}/ping")
+        said = wait_for_line(deployed["root"] / f"serve-{port}.err", "listening")
+        assert said.startswith("serve: vae-mnist v") and "n up to 50" in said
+        assert f" listening on http://127.0.0.1:{port}/invocations " in said
         status, body = _post(port, json.dumps({"inputs": [[0.5] * 784]}).encode())
         assert status == 200 and np.array(body["predictions"]).shape == (1, 784)
         for bad, message in [
@@ -617,6 +632,12 @@ def test_predict_scores_npz_and_png_folders_through_the_verified_pyfunc(deployed
         done = vaectl("--input", source, "--output", out)
         assert done.returncode == 0, done.stderr
         assert f"reconstruct of 3 rows -> {out} (output 3 x 784)" in done.stdout
+    # each step on stderr as it comes: which array of the .npz, the fetch, the load, the rows
+    steps = [line for line in done.stderr.splitlines() if line.startswith("predict: ")]
+    assert len(steps) == 4 and steps[0] == "predict: 3 rows from 3 PNGs in pngs", done.stderr
+    assert steps[1] == "predict: fetching vae-mnist@champion from the registry and checking its files"
+    assert steps[2].startswith("predict: loading vae-mnist v") and "files verified" in steps[2]
+    assert steps[3] == "predict: reconstruct: 3/3 rows"
     a, b = np.load(root / "a.npz"), np.load(root / "b.npz")
     assert str(a["mode"]) == "reconstruct" and str(a["model"]).startswith("vae-mnist/")
     assert list(b["names"]) == ["d0.png", "d1.png", "d2.png"] and "names" not in a
@@ -630,11 +651,16 @@ def test_predict_scores_npz_and_png_folders_through_the_verified_pyfunc(deployed
     np.testing.assert_allclose(a["output"], direct, atol=1e-6)
     with deployed_env(deployed) as mp:  # rows scored a batch at a time: the same numbers
         mp.setattr(registry, "PREDICT_BATCH_ROWS", 2)
-        registry.predict("vae-mnist@champion", root / "digits.npz", root / "batched.npz", "reconstruct", 0, 0)
+        said: list[str] = []
+        registry.predict(
+            "vae-mnist@champion", root / "digits.npz", root / "batched.npz", "reconstruct", 0, 0, said.append
+        )
+    assert said[0] == f"predict: 3 rows from array images of {root / 'digits.npz'}"
+    assert said[-2:] == ["predict: reconstruct: 2/3 rows", "predict: reconstruct: 3/3 rows"]
     # equal to float rounding: a matrix product's blocking depends on the batch's rows
     np.testing.assert_allclose(np.load(root / "batched.npz")["output"], a["output"], atol=1e-6)
     np.save(root / "wide.npy", np.full((2, 10), 0.5, np.float32))
-    failed = vaectl("--input", "wide.npy", "--output", "bad.npz")  # a user's mistake, in a fresh process
+    failed = vaectl("--input", "wide.npy", "--output", "bad.npz", "--quiet")  # a user's mistake
     assert failed.returncode == 1 and "mode reconstruct expects N x 784 input" in failed.stderr, failed.stderr
     assert "Traceback" not in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
     assert not (root / "bad.npz").exists()

@@ -47,8 +47,9 @@ def test_a_sparse_file_is_refused_without_reading_it(tmp_path):
 
 def test_an_npy_is_memory_mapped_not_loaded(tmp_path):
     np.save(tmp_path / "x.npy", np.full((5, 784), 0.5, np.float32))
-    x, names = read_inputs(tmp_path / "x.npy", "reconstruct")
+    x, names, source = read_inputs(tmp_path / "x.npy", "reconstruct")
     assert isinstance(x, np.memmap) and names is None and x.shape == (5, 784)
+    assert source == str(tmp_path / "x.npy")
 
 
 def test_an_npz_zip_bomb_and_an_object_array_are_refused_unread(tmp_path):
@@ -186,8 +187,9 @@ def test_no_rows_and_a_link_loop_are_one_line_each(tmp_path):
 
 
 def test_the_projects_own_prepared_split_is_an_input(tmp_path, prepared):
-    """data/prepared/test.npz holds images and labels: predict scores its images."""
-    x, names = read_inputs(prepared / "test.npz", "reconstruct")
+    """data/prepared/test.npz holds images and labels: predict scores its images, and says so."""
+    x, names, source = read_inputs(prepared / "test.npz", "reconstruct")
     assert x.shape == (50, 28, 28) and x.dtype == np.uint8 and names is None
+    assert source == f"array images of {prepared / 'test.npz'}"
     np.savez(tmp_path / "both.npz", x=np.zeros((2, 784), np.float32), images=np.ones((3, 784), np.float32))
     assert read_inputs(tmp_path / "both.npz", "reconstruct")[0].shape == (2, 784)  # x first

@@ -28,6 +28,14 @@ app = typer.Typer(
 
 MODELS = ("vae", "ae")  # vaectl.models.KINDS, without importing torch for --help
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (YAML)")
+QUIET = typer.Option(
+    False, "--quiet", "-q", help="no progress lines on stderr (errors and the result still print)"
+)
+
+
+def progress(quiet: bool):
+    """What a long command says on stderr as it goes (one line a step), or nothing with --quiet."""
+    return (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
 
 
 def stop_with_dvc() -> None:
@@ -778,6 +786,7 @@ def predict(
     mode: str = typer.Option("reconstruct", metavar="reconstruct|encode|decode|sample|score"),
     n: int = typer.Option(16, help="sample mode: how many images"),
     seed: int = typer.Option(0, help="sample mode: the seed"),
+    quiet: bool = QUIET,
 ):
     """Batch scoring through a registered model's verified pyfunc, as `serve` does.
 
@@ -790,7 +799,7 @@ def predict(
     """
     from vaectl import registry
 
-    summary = registry.predict(ref, input_path, output, mode, n, seed)
+    summary = registry.predict(ref, input_path, output, mode, n, seed, progress(quiet))
     flagged = (
         f"; {summary['out_of_distribution']} out of distribution (score > {summary['threshold']:.4f})"
         if mode == "score"
@@ -827,6 +836,7 @@ def serve(
     body_timeout: float = typer.Option(
         30.0, "--body-timeout", min=0.1, help="seconds a request may take to send its body; slower get 408"
     ),
+    quiet: bool = QUIET,
 ):
     """Serve a registered model over HTTP: MLflow's scoring server on a copy of the bundle
     verified file by file, with bounded requests and short error replies.
@@ -840,16 +850,18 @@ def serve(
     from vaectl.files import temporary_dir
     from vaectl.tracking import serving
 
+    echo = progress(quiet)
     with temporary_dir("vaectl-serve-") as tmp:
+        echo(f"serve: fetching {ref} from the registry and checking its files")
         name, version, bundle, checked = registry.download_verified(ref, Path(tmp))
-        typer.echo(
-            f"serving {name} v{version} ({checked} files verified) on http://{host}:{port}"
-            f"/invocations (bodies up to {max_body} bytes, sample n up to {max_samples})",
-            err=True,
-        )
+        echo(f"serve: loading {name} v{version} ({checked} files verified)")
         serving.serve(
             bundle,
             host,
             port,
             serving.Limits(max_body, max_samples, max_connections, header_timeout, body_timeout),
+            on_listening=lambda: echo(
+                f"serve: {name} v{version} listening on http://{host}:{port}/invocations "
+                f"(bodies up to {max_body} bytes, sample n up to {max_samples}); Ctrl-C stops it"
+            ),
         )

@@ -428,22 +428,25 @@ PREDICT_BATCH_ROWS = 4096
 PNG_MAX_BYTES = 1 << 20  # a 28 x 28 PNG is under 2 kB
 
 
-def read_inputs(path: Path, mode: str) -> tuple[np.ndarray, list[str] | None]:
-    """(rows for the pyfunc, PNG file names or None) from an .npz (its one array, or `x`), an
-    .npy, or a folder of 28 x 28 PNGs, each checked against the bounds above from its header.
-    uint8 pixels (and PNGs) are divided by 255; float arrays go to the pyfunc's own checks."""
+def read_inputs(path: Path, mode: str) -> tuple[np.ndarray, list[str] | None, str]:
+    """(rows for the pyfunc, PNG file names or None, where the rows came from in words) from
+    an .npz (its one array, `x`, or `images` as `vaectl fetch` writes), an .npy, or a folder
+    of 28 x 28 PNGs, each checked against the bounds above from its header. uint8 pixels (and
+    PNGs) are divided by 255; float arrays go to the pyfunc's own checks."""
     if path.is_dir():
-        return read_pngs(path)
+        rows, names = read_pngs(path)
+        return rows, names, f"{len(names):,} PNGs in {path}"
     if not path.exists():
         raise UserError(f"input not found: {path}")
-    x = _read_array(path, _regular_file(path).st_size)
+    x, member = _read_array(path, _regular_file(path).st_size)
     if x.dtype.kind != "f" and x.dtype != np.uint8:  # float pixels or latents, or uint8 pixels
         raise UserError(
             f"{path}: {x.dtype} values; give floats (pixels in [0, 1] or latents) or uint8 pixels (0-255)"
         )
     if x.dtype == np.uint8 and mode == "decode":  # a latent is a real vector, never a byte image
         raise UserError(f"{path}: uint8 latents; decode takes float latents")
-    return x, None  # uint8 pixels are divided by 255 batch by batch, as the rows are scored
+    source = f"array {member} of {path}" if member else str(path)
+    return x, None, source  # uint8 pixels are divided by 255 batch by batch, as the rows are scored
 
 
 def _regular_file(path: Path) -> os.stat_result:
@@ -458,8 +461,9 @@ def _regular_file(path: Path) -> os.stat_result:
     return status
 
 
-def _read_array(path: Path, size: int) -> np.ndarray:
-    """The array of an .npy (memory-mapped) or .npz, its header checked before the data."""
+def _read_array(path: Path, size: int) -> tuple[np.ndarray, str | None]:
+    """The array of an .npy (memory-mapped) or .npz, its header checked before the data, and
+    the .npz member it came from."""
     try:
         with open(path, "rb") as handle:
             if handle.read(4) == b"PK\x03\x04":  # a zip: an .npz, as np.load tells them apart
@@ -467,7 +471,7 @@ def _read_array(path: Path, size: int) -> np.ndarray:
             handle.seek(0)
             shape, dtype = _npy_header(handle, path)
         _check_rows(path, shape, dtype, size)
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False), None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         if isinstance(err, OSError) and err.errno is not None:
             raise  # the file system's own refusal: the CLI names the place
@@ -484,7 +488,7 @@ INPUT_ARRAYS = (
 )  # the input of an .npz with several arrays: x, or images as `vaectl fetch` writes
 
 
-def _read_npz_member(path: Path) -> np.ndarray:
+def _read_npz_member(path: Path) -> tuple[np.ndarray, str]:
     with zipfile.ZipFile(path) as archive:
         arrays = {n.removesuffix(".npy"): n for n in archive.namelist() if n.endswith(".npy")}
         keys = list(arrays)  # np.savez's members; any other file in a zip is no array
@@ -492,12 +496,13 @@ def _read_npz_member(path: Path) -> np.ndarray:
         if len(keys) != 1 and named is None:
             shown = ", ".join(keys[:10]) + (", ..." if len(keys) > 10 else "")
             raise UserError(f"{path} holds arrays {shown or 'none'}; name the input x")
-        member = archive.getinfo(arrays[keys[0] if len(keys) == 1 else str(named)])
+        taken = keys[0] if len(keys) == 1 else str(named)
+        member = archive.getinfo(arrays[taken])
         with archive.open(member) as handle:
             shape, dtype = _npy_header(handle, path)
         _check_rows(path, shape, dtype, member.file_size)
         with archive.open(member) as handle:
-            return np.lib.format.read_array(handle, allow_pickle=False)
+            return np.lib.format.read_array(handle, allow_pickle=False), taken
 
 
 def _npy_header(handle, path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -599,10 +604,13 @@ def _scaled(file: Path, pixels: np.ndarray, full_scale: int) -> np.ndarray:
     return (pixels / full_scale).astype(np.float32).reshape(PIXELS)
 
 
-def predict(ref: str, input_path: Path | None, output: Path, mode: str, n: int, seed: int) -> dict:
+def predict(
+    ref: str, input_path: Path | None, output: Path, mode: str, n: int, seed: int, echo=lambda line: None
+) -> dict:
     """Score `input_path` (or draw `n` samples) with NAME[@alias|/version] through the same
     verified bundle and pyfunc as `pull` and `serve`, PREDICT_BATCH_ROWS rows at a time; write
-    `output` (.npz) atomically. The output's place is taken before any scoring."""
+    `output` (.npz) atomically. The output's place is taken before any scoring; `echo` hears
+    each step (reading, fetching, loading, scoring batch by batch)."""
     from vaectl.tracking import registry_client
 
     if mode not in PREDICT_MODES:
@@ -617,15 +625,21 @@ def predict(ref: str, input_path: Path | None, output: Path, mode: str, n: int, 
     if mode == "sample" or input_path is None:  # sample mode reads no input
         x, names = np.zeros((1, 1), np.float32), None
     else:
-        x, names = read_inputs(input_path, mode)
+        x, names, source = read_inputs(input_path, mode)
+        echo(f"predict: {len(x):,} rows from {source}")
     with (
         atomic_path(output, claim=earlier_prediction) as staged,
         temporary_dir("vaectl-predict-") as tmp,
     ):
-        name, version, bundle, _ = download_verified(ref, Path(tmp))
+        echo(f"predict: fetching {ref} from the registry and checking its files")
+        name, version, bundle, checked = download_verified(ref, Path(tmp))
+        echo(f"predict: loading {name} v{version} ({checked} files verified)")
         model = registry_client.load_pyfunc(str(bundle))
         params = {"mode": mode, "n": n, "seed": seed}
-        y = registry_client.predict(model, x, params) if mode == "sample" else _score(model, x, params)
+        if mode == "sample":
+            y = registry_client.predict(model, x, params)
+        else:
+            y = _score(model, x, params, lambda done: echo(f"predict: {mode}: {done:,}/{len(x):,} rows"))
         arrays = {"output": y, "mode": np.array(mode), "model": np.array(f"{name}/{version}")}
         if names is not None:
             arrays["names"] = np.array(names)
@@ -660,16 +674,19 @@ def flagged_arrays(y: np.ndarray, bundle: Path) -> dict[str, np.ndarray]:
     return {"score": y[:, 0], "out_of_distribution": y[:, 1] > 0, "threshold": np.array(threshold)}
 
 
-def _score(model, x: np.ndarray, params: dict) -> np.ndarray:
+def _score(model, x: np.ndarray, params: dict, progress) -> np.ndarray:
     """The pyfunc's output for every row of x, PREDICT_BATCH_ROWS at a time, written into
-    one output array (memory: x's pages in use, one batch, the output)."""
+    one output array (memory: x's pages in use, one batch, the output); `progress` hears the
+    rows done after each batch."""
     from vaectl.tracking import registry_client
 
     first = registry_client.predict(model, _batch(x, 0), params)
     y = np.empty((len(x), *first.shape[1:]), first.dtype)
     y[: len(first)] = first
+    progress(len(first))
     for start in range(PREDICT_BATCH_ROWS, len(x), PREDICT_BATCH_ROWS):
         y[start : start + PREDICT_BATCH_ROWS] = registry_client.predict(model, _batch(x, start), params)
+        progress(min(start + PREDICT_BATCH_ROWS, len(x)))
     return y
 
 

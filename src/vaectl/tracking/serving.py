@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vaectl import UserError
+
 MAX_ERROR_CHARS = 500
 KEEP_ALIVE_S = 5  # an idle connection after a reply is closed (uvicorn's default)
 
@@ -224,16 +226,23 @@ def header_deadline_protocol(timeout_s: float, max_connections: int):
     return WithHeaderDeadline
 
 
-def serve(model_dir: Path, host: str, port: int, limits: Limits) -> None:
-    """Load the (verified) bundle in `model_dir` and serve it until SIGINT / SIGTERM."""
+def serve(model_dir: Path, host: str, port: int, limits: Limits, on_listening=lambda: None) -> None:
+    """Load the (verified) bundle in `model_dir` and serve it until SIGINT / SIGTERM;
+    `on_listening` is called once the socket is bound (uvicorn's own line is silenced)."""
     import uvicorn
     from mlflow.pyfunc import scoring_server
 
     from vaectl.tracking.pyfunc import MAX_SAMPLES_ENV
 
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                on_listening()
+
     os.environ[MAX_SAMPLES_ENV] = str(limits.max_samples)  # read by the pyfunc's predict
     app = scoring_server.init(scoring_server.load_model_with_mlflow_config(str(model_dir)))
-    uvicorn.run(
+    config = uvicorn.Config(
         Guard(app, limits.max_body, limits.body_timeout_s),
         host=host,
         port=port,
@@ -242,3 +251,12 @@ def serve(model_dir: Path, host: str, port: int, limits: Limits) -> None:
         limit_concurrency=limits.max_connections,
         timeout_keep_alive=KEEP_ALIVE_S,
     )
+    server = Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        if not server.started:
+            raise  # stopped before it listened: interrupted, like a stop while loading
+        return  # uvicorn shut down cleanly, then re-raised the signal it caught
+    if not server.started:  # uvicorn logged why (an address in use, say)
+        raise UserError(f"serve could not listen on {host}:{port} (uvicorn's message above says why)")
