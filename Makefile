@@ -102,8 +102,8 @@ quickstart: setup ## Every stage on params/quickstart.yaml (8 epochs, small samp
 	@echo "'dvc exp apply quickstart' puts its outputs in the workspace (git checkout . && dvc checkout undoes it)"
 
 # summary.json's headline, always; params only where experiments differ; no dependency hashes
-exps: setup ## dvc exp show on the headline: the metrics of summary.json and the params each experiment changed
-	$(BIN)/dvc exp show --only-changed --drop 'Created|.*/.*' --keep '(vae|ae|comparisons)\..*' $(ARGS)
+exps: setup ## The experiments at 120 columns: the params each changed, the headline of summary.json (vaectl exps)
+	$(BIN)/vaectl exps $(ARGS)
 
 repro: setup ## Run the whole DVC pipeline on params.yaml, independent stages side by side (vaectl repro)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/vaectl repro

@@ -274,6 +274,9 @@ def test_second_repro_is_a_no_op_and_a_latent_size_experiment_retrains_only_the_
         assert f"Running stage '{untouched}'" not in log
     assert "vae-mnist: not registered: DVC experiments register nothing" in log
     assert "tiny-latent3" in sh("dvc", "exp", "show", "--json", cwd=root, env=env)
+    table = sh("vaectl", "exps", cwd=root, env=env)  # `make exps`: 120 columns, the change named
+    assert "tiny-latent3" in table and "train.vae.latent_dim=3" in table
+    assert max(len(line) for line in table.splitlines()) <= 120
     found = queried(
         root,
         env,

@@ -725,6 +725,25 @@ def study(
 
 @app.command()
 @user_errors
+def exps(
+    width: int = typer.Option(120, min=60, max=1000, help="columns the table fits"),
+):
+    """DVC experiments in one table that fits WIDTH columns: each experiment's params that
+    differ from its baseline commit, and the headline of reports/summary.json (IW-NLL, −ELBO,
+    active units, reconstruction BCE of both models, and the counts of VAE-better, AE-better,
+    equivalent and inconclusive comparisons). `dvc exp show` has every column.
+
+    Example: vaectl exps   (make exps)
+    """
+    from rich.console import Console
+
+    from vaectl import experiments
+
+    Console(width=width).print(experiments.table(experiments.rows(experiments.shown()), width))
+
+
+@app.command()
+@user_errors
 def overlay(
     overlay_file: Path = typer.Argument(
         ..., help="YAML naming only the keys that differ, e.g. params/fashion-literature.yaml"
