@@ -8,7 +8,7 @@ SERVER_DIR ?= $(CURDIR)/mlflow-server
 SERVER_PORT ?= 5001
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-cpu lock test test-fast lint quickstart exps repro study study-full literature ui screenshots server remote bench clean
+.PHONY: help setup setup-cpu lock test test-fast lint quickstart exps repro study study-full literature ui screenshots server remote plots-template bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -139,6 +139,36 @@ server: setup ## Shared MLflow tracking server on 127.0.0.1:5001 (sqlite + artif
 	$(MLFLOW_NO_JOBS) $(BIN)/mlflow server --host 127.0.0.1 --port $(SERVER_PORT) --workers $(SERVER_WORKERS) \
 		--backend-store-uri sqlite:///$(SERVER_DIR)/mlflow.db \
 		--artifacts-destination $(SERVER_DIR)/artifacts
+
+# `dvc plots show`'s page loads vega, vega-lite and vega-embed from a CDN: offline its Vega plots
+# are blank. .dvc/plots/offline.html (`plots.html_template` in .dvc/config) is DVC's page with
+# the versions DVC loads inlined, each as npm packs it, its sha512 checked against the registry's.
+VEGA_LIBS := vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
+PLOTS_TEMPLATE := .dvc/plots/offline.html
+define OFFLINE_TEMPLATE
+import base64, hashlib, json, pathlib, subprocess, sys, tarfile, tempfile
+scripts = []
+with tempfile.TemporaryDirectory() as tmp:
+    for spec in sys.argv[2:]:
+        name = spec.rsplit("@", 1)[0]
+        packed = json.loads(subprocess.run(["npm", "pack", "--json", "--pack-destination", tmp, spec], capture_output=True, text=True, check=True).stdout)[0]
+        data = pathlib.Path(tmp, packed["filename"]).read_bytes()
+        if "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode() != packed["integrity"]:
+            sys.exit(f"{spec}: the tarball does not match npm's integrity")
+        with tarfile.open(pathlib.Path(tmp, packed["filename"])) as archive:
+            js = archive.extractfile(f"package/build/{name}.min.js").read().decode()
+            licence = archive.extractfile("package/LICENSE").read().decode()
+        scripts.append(f"<!-- {spec} ({packed['integrity']}), build/{name}.min.js; its LICENSE:\n{licence.strip()}\n-->\n<script>{js}</script>")
+page = ("<!DOCTYPE html>\n<html>\n<head>\n{refresh_tag}\n<title>DVC plots (offline)</title>\n"
+        + "\n".join(scripts)
+        + "\n<style>table { border-spacing: 15px; }</style>\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n")
+pathlib.Path(sys.argv[1]).write_text(page)
+endef
+export OFFLINE_TEMPLATE
+
+plots-template: ## Rebuild .dvc/plots/offline.html (dvc plots show offline) from npm: make plots-template
+	mkdir -p $(dir $(PLOTS_TEMPLATE))
+	$(PYTHON) -c "$$OFFLINE_TEMPLATE" $(PLOTS_TEMPLATE).tmp $(VEGA_LIBS) && mv $(PLOTS_TEMPLATE).tmp $(PLOTS_TEMPLATE)
 
 remote: setup ## Make DVC_REMOTE (a local directory) this clone's default DVC remote
 	mkdir -p $(DVC_REMOTE)

@@ -166,3 +166,22 @@ def test_the_candidate_pins_table_is_the_benchmarks():
     doc = (REPO / "docs" / "reproducibility.md").read_text()
     missing = [row for row in pin_candidate_rows("amd-epyc-zen4") if row not in doc]
     assert not missing, missing
+
+
+def test_dvc_plots_page_inlines_the_vega_libraries_dvc_itself_loads():
+    """`dvc plots show` offline: .dvc/config names a page template that fetches no script and
+    carries exactly the vega, vega-lite and vega-embed versions of DVC's own page."""
+    import configparser
+
+    from dvc_render.vega import VegaRenderer
+
+    config = configparser.ConfigParser()
+    config.read(REPO / ".dvc" / "config")
+    template = REPO / ".dvc" / config["plots"]["html_template"]
+    page = template.read_text()
+    wanted = re.findall(r"npm/([\w-]+@[\d.]+)", VegaRenderer.SCRIPTS)
+    assert sorted(wanted) == ["vega-embed@6.18.2", "vega-lite@5.2.0", "vega@5.20.2"]
+    assert re.findall(r"<!-- ([\w-]+@[\d.]+) \(sha512-", page) == wanted
+    assert page.count("<script>") == page.count("</script>") == len(wanted)
+    assert not re.search(r"<(script|link)[^>]*(src|href)=", page)
+    assert "{plot_divs}" in page

@@ -88,7 +88,7 @@ def fresh_clone(root: Path, dest: Path, env: dict) -> tuple[Path, dict]:
     return dest, {**env, "PYTHONPATH": str(dest / "src")}
 
 
-def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
+def test_repro_produces_metrics_figures_and_runs(pipeline_copy, tmp_path):
     root, env, _ = pipeline_copy
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
     assert metrics["vae"]["iw_k"] == 50 and metrics["vae"]["iw_nll"] > 0
@@ -130,6 +130,10 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy):
     headline = shown[""]["data"]["reports/summary.json"]["data"]
     assert headline["vae"]["iw_nll"] == metrics["vae"]["iw_nll"]
     assert 'src="data:image/png;base64,' in (root / "reports" / "index.html").read_text()
+    # `dvc plots show` on the offline template: the curves' Vega plots, no script fetched
+    sh("dvc", "plots", "show", "-o", str(tmp_path / "plots"), cwd=root, env=env)
+    plots_page = (tmp_path / "plots" / "index.html").read_text()
+    assert plots_page.count("vegaEmbed('#") == 5 and "<script src=" not in plots_page
     assert "'index.html'" in found["evaluate_artifacts"] and "'summary.json'" in found["evaluate_artifacts"]
     registered = json.loads((root / "reports" / "registry.json").read_text())
     assert registered["vae"]["name"] == "vae-mnist" and registered["vae"]["version"] == "1"
