@@ -3,15 +3,18 @@ quickstart`, whose runs one shot lists): the train-vae run at the URL MLflow pri
 (the training view, its logged model), the experiment's Models tab with each model's test
 metrics, the runs of DVC experiment `quickstart`, the compare view of train-vae vs train-ae,
 the evaluate run (params, metrics, its artifacts), the registered VAE version (its Source Run
-the training run), and reports/index.html rendered with the network cut off (every request
-goes to a dead proxy, so anything the page fetched would be missing).
+the training run), and reports/index.html and `dvc plots show`'s page rendered with the
+network cut off (every request goes to a dead proxy, so anything a page fetched would be
+missing).
 
     apt-get install -y chromium-headless-shell   # or chromium
     python benchmarks/screenshots.py [--out docs/screenshots]
 
 It serves this repo's MLflow store (mlflow.db, artifacts in mlruns/) on a free loopback port
 for the shots and stops it afterwards. Each shot is checked for being more than a blank page
-(at least a few distinct colours), and the script exits non-zero if one is not.
+(at least a few distinct colours) and, in the page Chromium rendered, for an empty preview
+and for what it is for (the comparison's text, Vega's drawn marks); the script exits
+non-zero if one fails.
 """
 
 from __future__ import annotations
@@ -48,8 +51,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def shoot(url: str, dest: Path, size: tuple[int, int], offline: bool = False) -> None:
-    """One screenshot; JavaScript gets 20 s of virtual time to render the page."""
+# what a page shows when the part a shot is for did not render (MLflow 3.17's artifact view
+# when its URL selects no file)
+EMPTY_MARKS = ("Select a file to preview",)
+
+
+def chromium(url: str, size: tuple[int, int], offline: bool, *action: str) -> str:
+    """Headless Chromium on `url` with JavaScript given 20 s of virtual time; its stdout."""
     with tempfile.TemporaryDirectory(prefix="vaectl-chromium-") as profile:
         args = [
             browser(),
@@ -59,14 +67,30 @@ def shoot(url: str, dest: Path, size: tuple[int, int], offline: bool = False) ->
             f"--user-data-dir={profile}",
             f"--window-size={size[0]},{size[1]}",
             "--virtual-time-budget=20000",
-            f"--screenshot={dest}",
+            *action,
         ]
         if offline:  # every network request goes to a closed port: nothing can be fetched
             args += ["--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>"]
-        subprocess.run([*args, url], check=True, capture_output=True, timeout=120)
+        return subprocess.run([*args, url], check=True, capture_output=True, timeout=120, text=True).stdout
+
+
+def shoot(
+    url: str, dest: Path, size: tuple[int, int], offline: bool = False, shows: tuple[str, ...] = ()
+) -> None:
+    """One screenshot, refused (exit 1) when it is blank (few colours), when the rendered page
+    shows an empty preview (EMPTY_MARKS), or when it lacks any of `shows` (the markup the
+    shot is for: a file's text, a drawn chart)."""
+    chromium(url, size, offline, f"--screenshot={dest}")
     colours = len(np.unique(np.asarray(Image.open(dest).convert("RGB")).reshape(-1, 3), axis=0))
     if colours < 20:
         sys.exit(f"{dest.name}: the page rendered blank ({colours} colours): {url}")
+    dom = chromium(url, size, offline, "--dump-dom")
+    empty = [mark for mark in EMPTY_MARKS if mark in dom]
+    missing = [text for text in shows if text not in dom]
+    if empty:
+        sys.exit(f"{dest.name}: the page shows {empty[0]!r}: {url}")
+    if missing:
+        sys.exit(f"{dest.name}: no {missing[0]!r} in the rendered page: {url}")
     print(f"{dest}: {url} ({colours} colours)")
 
 
@@ -135,7 +159,7 @@ def main() -> None:
                 (1400, 1400),
             ),
             "evaluate_run.png": (evaluate, (1400, 2600)),
-            "evaluate_run_artifacts.png": (f"{evaluate}/artifacts?artifactPath=comparison.md", (1400, 1000)),
+            "evaluate_run_artifacts.png": (f"{evaluate}/artifacts/comparison.md", (1400, 1000)),
             "model_version.png": (
                 f"{base}/#/models/{registered['name']}/versions/{registered['version']}",
                 (1400, 1200),
@@ -145,12 +169,17 @@ def main() -> None:
         for name, (url, size) in shots.items():
             if view not in url:
                 shots[name] = (url + ("&" if "?" in url.split("#")[-1] else "?") + view, size)
+        shows = {"evaluate_run_artifacts.png": ("VAE vs AE on",)}  # the file's text, previewed
         for name, (url, size) in shots.items():
-            shoot(url, args.out / name, size)
+            shoot(url, args.out / name, size, shows=shows.get(name, ()))
     finally:
         server.terminate()
         server.wait(timeout=30)
     shoot(report.as_uri(), args.out / "report_offline.png", (1200, 1600), offline=True)
+    with tempfile.TemporaryDirectory(prefix="vaectl-plots-") as plots:  # Vega drawn offline
+        subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "-o", plots], cwd=ROOT, check=True)
+        page = (Path(plots) / "index.html").as_uri()
+        shoot(page, args.out / "dvc_plots_offline.png", (1600, 1000), offline=True, shows=('class="marks"',))
 
 
 if __name__ == "__main__":
