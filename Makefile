@@ -184,5 +184,10 @@ bench: setup ## Benchmarks: training throughput, IWAE cost, serving, 1 vs 2 proc
 	$(BIN)/python benchmarks/memory_estimates.py
 	$(BIN)/python benchmarks/pipeline_speed.py --params tiny --jobs 1 2
 
-clean: ## Remove produced data, models, reports and MLflow runs (keeps .venv)
-	rm -rf data/prepared models reports mlflow.db mlruns/artifacts .pytest_cache
+# only what git ignores (the outputs DVC, MLflow and the tools write) under these paths: every
+# tracked file (the committed reports and study results) and every file of yours stays
+REBUILT := data/prepared models export deploy reports mlruns mlflow.db mlflow.register.lock \
+	predictions.npz dvc_plots .pytest_cache .ruff_cache .mypy_cache
+
+clean: ## Remove what the pipeline rebuilds: git-ignored outputs, the MLflow store, caches (keeps .venv, tracked files and yours)
+	git clean -fdXq -- $(REBUILT)
