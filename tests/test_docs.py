@@ -185,3 +185,23 @@ def test_dvc_plots_page_inlines_the_vega_libraries_dvc_itself_loads():
     assert page.count("<script>") == page.count("</script>") == len(wanted)
     assert not re.search(r"<(script|link)[^>]*(src|href)=", page)
     assert "{plot_divs}" in page
+
+
+def test_the_cli_page_lists_every_command_and_option_the_cli_has():
+    """docs/cli.md's synopsis against the Typer app: the same commands, each with the same
+    long options (a line indented under a command continues it)."""
+    import typer
+
+    from vaectl.cli import app
+
+    block = re.search(r"```\n(.*?)```", (REPO / "docs" / "cli.md").read_text(), re.S).group(1)
+    documented: dict[str, set[str]] = {}
+    for line in block.splitlines():
+        if line.startswith("vaectl "):
+            command = documented.setdefault(line.split()[1], set())
+        command |= set(re.findall(r"--[a-z][a-z0-9-]*", line))
+    actual = {
+        name: {o for p in cmd.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")}
+        for name, cmd in typer.main.get_command(app).commands.items()
+    }
+    assert documented == actual
