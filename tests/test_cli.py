@@ -74,13 +74,6 @@ def test_unreachable_mirror_lists_what_was_tried(tmp_path):
     assert line.index("/m0/") < line.index("/m1/") < line.index("/m2/") < line.index("codh.rois")
 
 
-def test_the_cli_model_choices_are_the_model_kinds():
-    from vaectl.cli import MODELS
-    from vaectl.models import KINDS
-
-    assert MODELS == KINDS
-
-
 def test_nproc_forwards_every_option_given_and_the_resume_hint_repeats_them(monkeypatch, tmp_path):
     """Each training process gets the options as given, whatever they are (none is named in
     the forwarding code), but --nproc; an interrupted run's hint repeats them with --resume."""

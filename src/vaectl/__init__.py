@@ -1,6 +1,11 @@
 """vaectl: a tracked, reproducible VAE vs AE pipeline on MNIST-family images."""
 
-__version__ = "0.2.0"
+from importlib import metadata
+
+try:  # the version is pyproject.toml's, as the installed package records it
+    __version__ = metadata.version("vaectl")
+except metadata.PackageNotFoundError:  # source on sys.path, never installed
+    __version__ = "unknown (not installed)"
 
 
 class UserError(Exception):

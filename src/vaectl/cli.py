@@ -16,7 +16,7 @@ from pathlib import Path
 import typer
 
 from vaectl import UserError, __version__
-from vaectl.layout import DEFAULT_MODELS, DEFAULT_MODELS_2D, LAYOUT
+from vaectl.layout import DEFAULT_MODELS, DEFAULT_MODELS_2D, KINDS, LAYOUT
 from vaectl.params import Params, load_params
 
 app = typer.Typer(
@@ -26,7 +26,6 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # docstring lines join into paragraphs instead of breaking mid-sentence
 )
 
-MODELS = ("vae", "ae")  # vaectl.models.KINDS, without importing torch for --help
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (YAML)")
 QUIET = typer.Option(
     False, "--quiet", "-q", help="no progress lines on stderr (errors and the result still print)"
@@ -311,9 +310,9 @@ def train(
     files = LAYOUT.model(model)  # a name that stays one folder under models/, checked first
     named_kind = kind is None
     kind = kind or model.split("-")[0]
-    if kind not in MODELS:  # a choice, checked here to keep the error on one line
+    if kind not in KINDS:  # a choice, checked here to keep the error on one line
         raise UserError(
-            f"--kind must be one of {', '.join(MODELS)}, got {kind!r}"
+            f"--kind must be one of {', '.join(KINDS)}, got {kind!r}"
             + (f" (from --model {model}; give --kind)" if named_kind else "")
         )
     params = load_computing(params_path)

@@ -17,6 +17,8 @@ from vaectl import UserError
 CLASSIFIER_FILE = "classifier.pt"  # what `vaectl classifier` writes in its folder
 
 
+KINDS = ("vae", "ae")  # the two latent heads of one skeleton (vaectl.models builds them)
+
 # the models the pipeline compares, by name (`--model` / `--baseline` of evaluate, ood, report)
 DEFAULT_MODELS = ("vae", "ae")
 DEFAULT_MODELS_2D = ("vae-2d", "ae-2d")  # the 2-D experiment's (`vaectl holes`)

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from vaectl.archs import PIXELS, architecture
+from vaectl.layout import KINDS
 from vaectl.params import ModelParams
 
-KINDS = ("vae", "ae")
 LOG_2PI = math.log(2 * math.pi)
 
 
