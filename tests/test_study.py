@@ -197,3 +197,9 @@ def test_queue_poll_rides_out_a_transient_status_failure(flaky_dvc):
 def test_queue_status_failing_past_its_retries_names_dvc_s_error_line(flaky_dvc):
     with pytest.raises(UserError, match=r"`dvc queue status` failed: ERROR: unexpected error - Extra data"):
         study.queue_status(flaky_dvc(3), retries=2)
+
+
+def test_the_queue_is_asked_less_often_the_longer_no_trial_has_finished():
+    """A tenth of the time since the last trial finished, from 2 s (short trials heard at once)
+    to 20 s (long ones: a `dvc queue status`, a CPU-second each, every 20 s at most)."""
+    assert [study.poll_wait(s) for s in (0, 25, 100, 3600)] == [2.0, 2.5, 10.0, 20.0]
