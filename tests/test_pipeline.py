@@ -141,15 +141,19 @@ def test_repro_produces_metrics_figures_and_runs(pipeline_copy, tmp_path):
 
 
 def test_evaluate_by_hand_answers_from_current_reports_and_recomputes_others(pipeline_copy):
-    """As dvc.yaml runs it, `vaectl evaluate` by hand prints the comparison from the reports
-    `dvc status` vouches for, logging nothing; a report that is not what dvc.lock records
-    (here: edited numbers) is evaluated again, with the reason, in a run tagged as by hand."""
+    """As dvc.yaml runs them, `vaectl evaluate` (and ood, holes) by hand prints the results
+    from the reports `dvc status` vouches for, logging nothing; a report that is not what
+    dvc.lock records (here: edited numbers) is evaluated again, with the reason, in a run
+    tagged as by hand."""
     root, env, _ = pipeline_copy
     metrics = root / "reports" / "metrics.json"
     written = metrics.read_text()
     answered = sh("vaectl", "evaluate", "--baseline", "ae", cwd=root, env=env)
     assert "evaluate is up to date with dvc.lock" in answered and "VAE vs AE" in answered
     assert "MLflow run" not in answered
+    for command, shown in (("ood", "test split vs noise"), ("holes", "grid.unrecognised: VAE")):
+        answered = sh("vaectl", command, cwd=root, env=env)  # as dvc.yaml runs them
+        assert f"{command} is up to date with dvc.lock" in answered and shown in answered
     report = json.loads(written)
     report["vae"]["iw_nll"] = 1.0  # a better number than the models earned
     metrics.write_text(json.dumps(report))

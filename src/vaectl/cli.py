@@ -27,6 +27,9 @@ app = typer.Typer(
 )
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (YAML)")
+RECOMPUTE = typer.Option(
+    False, "--recompute", help="compute again even when the outputs are up to date with dvc.lock"
+)
 QUIET = typer.Option(
     False, "--quiet", "-q", help="no progress lines on stderr (errors and the result still print)"
 )
@@ -384,6 +387,7 @@ def classifier(
 @user_errors
 @interruptible
 def evaluate(
+    ctx: typer.Context,
     model: str = typer.Option(
         DEFAULT_MODELS[0], metavar="NAME", help="the VAE (`vaectl train --model NAME`)"
     ),
@@ -393,9 +397,7 @@ def evaluate(
     params_path: Path = PARAMS,
     prepared: Path = typer.Option(LAYOUT.prepared, help="prepared data from `vaectl fetch`"),
     reports: Path = typer.Option(LAYOUT.reports, help="where summary.json, metrics.json and figures/ go"),
-    recompute: bool = typer.Option(
-        False, "--recompute", help="evaluate again even when the reports are up to date with dvc.lock"
-    ),
+    recompute: bool = RECOMPUTE,
 ):
     """Compare the VAE with the AE baseline on the test split: likelihood, reconstruction,
     interpolation smoothness, realism of midpoints and samples.
@@ -406,21 +408,9 @@ def evaluate(
 
     Example: vaectl evaluate --baseline ae && dvc metrics diff
     """
-    as_the_stage = (model, baseline, params_path, prepared, reports) == EVALUATE_STAGE_ARGS
-    if as_the_stage and not recompute and "DVC_STAGE" not in os.environ:
-        stale = stage_staleness("evaluate")
-        if stale is None:
-            from vaectl.files import read_json
-
-            metrics = reports / "metrics.json"
-            print_comparison(read_json(metrics, "vaectl evaluate", ("protocol", "vae", "ae", "comparison")))
-            typer.echo(
-                f"evaluate is up to date with dvc.lock: the comparison in {metrics} "
-                "(--recompute evaluates again)",
-                err=True,
-            )
-            return
-        typer.echo(f"evaluate: {stale}; evaluating again", err=True)
+    shown = ("protocol", "vae", "ae", "comparison")
+    if answered_from_outputs(ctx, recompute, reports / "metrics.json", shown, print_comparison):
+        return
     params = load_computing(params_path)
     from vaectl import evaluate as stage
 
@@ -445,15 +435,32 @@ def evaluate(
     )
 
 
-# `vaectl evaluate`'s options as dvc.yaml's evaluate stage runs it (all defaults)
-EVALUATE_STAGE_ARGS = (
-    DEFAULT_MODELS[0],
-    DEFAULT_MODELS[1],
-    Path("params.yaml"),
-    LAYOUT.prepared,
-    LAYOUT.reports,
-)
 DVC_STATUS_TIMEOUT_S = 120
+
+
+def answered_from_outputs(ctx: typer.Context, recompute: bool, report: Path, keys: tuple, show) -> bool:
+    """A stage command run by hand as dvc.yaml runs it (every option at its default; the
+    command's name is the stage's) shows its up-to-date results instead of computing them:
+    True when `dvc status` finds the stage's outputs those dvc.lock records for its inputs as
+    they are, and `show` printed them from `report`. Otherwise it says in one line why it
+    computes (nothing is said under DVC, or for other options, or with --recompute)."""
+    stage = ctx.command.name or ""
+    by_hand = "DVC_STAGE" not in os.environ and not recompute
+    as_the_stage = all(ctx.params[p.name] == p.default for p in ctx.command.params if p.name != "recompute")
+    if not (by_hand and as_the_stage):
+        return False
+    stale = stage_staleness(stage)
+    if stale is not None:
+        typer.echo(f"{stage}: {stale}; computing again", err=True)
+        return False
+    from vaectl.files import read_json
+
+    show(read_json(report, f"vaectl {stage}", keys))
+    typer.echo(
+        f"{stage} is up to date with dvc.lock: the results in {report} (--recompute computes again)",
+        err=True,
+    )
+    return True
 
 
 def stage_staleness(stage: str) -> str | None:
@@ -509,6 +516,7 @@ def print_comparison(report: dict) -> None:
 @user_errors
 @interruptible
 def ood(
+    ctx: typer.Context,
     model: str = typer.Option(
         DEFAULT_MODELS[0], metavar="NAME", help="the VAE (`vaectl train --model NAME`)"
     ),
@@ -517,6 +525,7 @@ def ood(
     prepared: Path = typer.Option(LAYOUT.prepared, help="prepared data from `vaectl fetch`"),
     report: Path = typer.Option(LAYOUT.ood, help="every detection metric with its interval"),
     figures_dir: Path = typer.Option(LAYOUT.ood_figures, "--figures", help="score histograms and ROC curves"),
+    recompute: bool = RECOMPUTE,
 ):
     """Out-of-distribution scoring: the test split against novel sets (ood.other, ood.shifts),
     scored by the VAE's likelihoods and the AE's reconstruction error; AUROC, AUPRC and FPR
@@ -525,6 +534,8 @@ def ood(
     Example: vaectl ood && cat reports/ood.json; VAECTL_MIRROR=/usr/share/datasets/fashion-mnist
     vaectl ood (with ood.other: fashion-mnist)
     """
+    if answered_from_outputs(ctx, recompute, report, ("sets",), print_ood):
+        return
     params = load_computing(params_path)
     from vaectl import ood as stage
 
@@ -540,25 +551,31 @@ def ood(
         params.tracking.experiment,
         worker_count(params),
     )
+    print_ood(result)
+    typer.echo(f"wrote {report} and {figures_dir}")
+
+
+def print_ood(result: dict) -> None:
     for name, found in result["sets"].items():
         cells = ", ".join(
             f"{score} {m['auroc']['value']:.3f} [{m['auroc']['ci'][0]:.3f}, {m['auroc']['ci'][1]:.3f}]"
             for score, m in found["scores"].items()
         )
         typer.echo(f"test split vs {name} ({found['images']} images), AUROC: {cells}")
-    typer.echo(f"wrote {report} and {figures_dir}")
 
 
 @app.command()
 @user_errors
 @interruptible
 def holes(
+    ctx: typer.Context,
     model: str = typer.Option(DEFAULT_MODELS_2D[0], metavar="NAME", help="a VAE with latent_dim 2, by name"),
     baseline: str = typer.Option(DEFAULT_MODELS_2D[1], metavar="NAME", help="an AE with latent_dim 2"),
     params_path: Path = PARAMS,
     prepared: Path = typer.Option(LAYOUT.prepared, help="prepared data from `vaectl fetch`"),
     report: Path = typer.Option(LAYOUT.holes, help="hole metrics (DVC metric)"),
     figures_dir: Path = typer.Option(LAYOUT.holes_figures, "--figures", help="the two figures"),
+    recompute: bool = RECOMPUTE,
 ):
     """The 2-D latent experiment: where test images land, what each latent region decodes to,
     and the share of latents whose decoded image is no recognisable digit, VAE vs AE.
@@ -566,9 +583,10 @@ def holes(
     Example: vaectl train --model vae-2d --latent-dim 2 (and ae-2d), then
     vaectl holes && open reports/holes/manifold_2d.png
     """
+    if answered_from_outputs(ctx, recompute, report, ("comparison",), print_holes):
+        return
     params = load_computing(params_path)
     from vaectl import holes as stage
-    from vaectl.report import verdict_word
 
     result = stage.run(
         params.eval,
@@ -580,6 +598,12 @@ def holes(
         figures_dir,
         params.tracking.experiment,
     )
+    print_holes(result)
+
+
+def print_holes(result: dict) -> None:
+    from vaectl.report import verdict_word
+
     for name, c in result["comparison"].items():
         typer.echo(
             f"{name}: VAE {c['vae']:.3f} [{c['vae_ci'][0]:.3f}, {c['vae_ci'][1]:.3f}], "
