@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -34,6 +35,11 @@ def test_good_data_passes_and_writes_report_and_docs(tmp_path, prepared):
     assert report["success"] and report["expectations_failed"] == 0
     assert report["expectations_evaluated"] == 31
     assert (tmp_path / "docs" / "index.html").exists()
+    # offline, each page points at the offline page beside the site (reports/index.html)
+    pointer = re.compile(r'CDNs\. Offline, .*?<a href="([^"]+)">reports/index\.html')
+    pages = {p: pointer.search(p.read_text()) for p in (tmp_path / "docs").rglob("*.html")}
+    assert len(pages) > 3 and all(pages.values())
+    assert {(p.parent / m.group(1)).resolve() for p, m in pages.items() if m} == {tmp_path / "index.html"}
     again = run_validate(ValidateParams(), prepared, tmp_path / "r" / "v.json", tmp_path / "docs")
     assert again.success  # a rerun does not trip over "already exists"
 

@@ -207,12 +207,22 @@ TIMESTAMP = re.compile(r"\b\d{8}T\d{6}\.\d{6}Z\b")  # GX's batch "ge_load_time"
 UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 
 
+# GX's pages load Bootstrap, jQuery and Vega from CDNs, so offline they render unstyled: each
+# page opens with this line (styled inline) pointing at the offline page's Data checks
+OFFLINE_POINTER = (
+    '<p style="margin:0;padding:8px 16px;background:#fff3cd;font:14px sans-serif">'
+    "This page loads its styles and scripts from CDNs. Offline, the same checks with their "
+    'observed values are under Data checks in <a href="{up}../index.html">reports/index.html</a>.</p>'
+)
+
+
 def pin_site(site: Path) -> None:
     """Make the Data Docs site a function of the data alone. GX writes three things that
     change on every run: each page's logo points at a remote image whose URL carries the
     render time and a random context id (point it at the copy in static/images, which also
     keeps the site offline), the batch's load time (pinned to the run time), and random ids
-    of collapsible sections (numbered in order of appearance instead)."""
+    of collapsible sections (numbered in order of appearance instead). Each page also gets
+    OFFLINE_POINTER after its <body>."""
     pinned = PINNED_RUN_TIME.strftime("%Y%m%dT%H%M%S.%fZ")
     ids: dict[str, str] = {}
     for page in sorted(site.rglob("*.html")):
@@ -220,6 +230,7 @@ def pin_site(site: Path) -> None:
         text = REMOTE_LOGO.sub(f"{up}static/images/logo-long.png", page.read_text())
         text = TIMESTAMP.sub(pinned, text)
         text = UUID.sub(lambda m: ids.setdefault(m.group(), f"section-{len(ids):04d}"), text)
+        text = text.replace("<body>", "<body>" + OFFLINE_POINTER.format(up=up), 1)
         page.write_text(text)
 
 
