@@ -251,6 +251,9 @@ def test_pull_in_a_fresh_process_gives_the_trained_models_outputs(deployed):
     pulled = pull_champion(deployed, "bundle")
     assert pulled.returncode == 0, pulled.stderr
     assert "files verified" in pulled.stdout and (dest / "artifacts" / "decoder.onnx").exists()
+    steps = [line for line in pulled.stderr.splitlines() if line.startswith("pull: ")]
+    assert steps[0] == "pull: fetching vae-mnist@champion from the registry and checking its files"
+    assert steps[1].startswith("pull: loading vae-mnist v") and len(steps) == 2, pulled.stderr
     x = np.random.default_rng(1).random((5, 784), dtype=np.float32)
     np.save(root / "x.npy", x)
     code = (

@@ -799,6 +799,7 @@ def pull(
     dest: Path = typer.Option(
         Path("deploy"), help="bundle folder: a new or empty one, or an earlier pull's (replaced atomically)"
     ),
+    quiet: bool = QUIET,
 ):
     """Download a registered model as a deploy bundle, verify checksums, load it once.
 
@@ -806,7 +807,7 @@ def pull(
     """
     from vaectl import registry
 
-    summary = registry.pull(ref, dest)
+    summary = registry.pull(ref, dest, progress(quiet))
     typer.echo(
         f"pulled {summary['name']} v{summary['version']} to {dest}: "
         f"{summary['files_verified']} files verified, smoke prediction ok"

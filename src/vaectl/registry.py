@@ -360,9 +360,10 @@ PULLED = "pulled.json"  # what `pull` writes beside the bundle: the version and 
 PULLED_MAX_BYTES = 1 << 20
 
 
-def pull(ref: str, dest: Path) -> dict:
+def pull(ref: str, dest: Path, echo=lambda line: None) -> dict:
     """Download NAME[@alias|/version] into `dest` (atomically), verify, load once. `dest` is
-    new, empty or an earlier pull's bundle (its pulled.json lists every file in it)."""
+    new, empty or an earlier pull's bundle (its pulled.json lists every file in it); `echo`
+    hears each step."""
     from vaectl.tracking import registry_client
 
     check_destination(dest)
@@ -372,7 +373,9 @@ def pull(ref: str, dest: Path) -> dict:
         atomic_path(dest, claim=earlier_pull) as staged,
         temporary_dir("vaectl-pull-") as tmp,
     ):
+        echo(f"pull: fetching {ref} from the registry and checking its files")
         name, version, downloaded, checked = download_verified(ref, Path(tmp))
+        echo(f"pull: loading {name} v{version} ({checked} files verified) for a smoke prediction")
         model = registry_client.load_pyfunc(str(downloaded))
         card = json.loads((downloaded / "artifacts" / "model_card.json").read_text())
         probe = np.full((1, 784), 0.5, dtype=np.float32)
