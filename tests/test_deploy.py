@@ -252,7 +252,7 @@ def test_pull_in_a_fresh_process_gives_the_trained_models_outputs(deployed):
     assert pulled.returncode == 0, pulled.stderr
     assert "files verified" in pulled.stdout and (dest / "artifacts" / "decoder.onnx").exists()
     steps = [line for line in pulled.stderr.splitlines() if line.startswith("pull: ")]
-    assert steps[0] == "pull: fetching vae-mnist@champion from the registry and checking its files"
+    assert steps[0].startswith("pull: fetching vae-mnist v") and "(vae-mnist@champion)" in steps[0]
     assert steps[1].startswith("pull: loading vae-mnist v") and len(steps) == 2, pulled.stderr
     x = np.random.default_rng(1).random((5, 784), dtype=np.float32)
     np.save(root / "x.npy", x)
@@ -637,8 +637,9 @@ def test_predict_scores_npz_and_png_folders_through_the_verified_pyfunc(deployed
         assert f"reconstruct of 3 rows -> {out} (output 3 x 784)" in done.stdout
     # each step on stderr as it comes: which array of the .npz, the fetch, the load, the rows
     steps = [line for line in done.stderr.splitlines() if line.startswith("predict: ")]
-    assert len(steps) == 4 and steps[0] == "predict: 3 rows from 3 PNGs in pngs", done.stderr
-    assert steps[1] == "predict: fetching vae-mnist@champion from the registry and checking its files"
+    assert len(steps) == 4 and steps[0].startswith("predict: fetching vae-mnist v"), done.stderr
+    assert steps[0].endswith(" (vae-mnist@champion) from the registry and checking its files")
+    assert steps[1] == "predict: 3 rows from 3 PNGs in pngs"
     assert steps[2].startswith("predict: loading vae-mnist v") and "files verified" in steps[2]
     assert steps[3] == "predict: reconstruct: 3/3 rows"
     a, b = np.load(root / "a.npz"), np.load(root / "b.npz")
@@ -658,8 +659,8 @@ def test_predict_scores_npz_and_png_folders_through_the_verified_pyfunc(deployed
         registry.predict(
             "vae-mnist@champion", root / "digits.npz", root / "batched.npz", "reconstruct", 0, 0, said.append
         )
-    assert said[0] == f"predict: 3 rows from array images of {root / 'digits.npz'}"
-    assert said[-2:] == ["predict: reconstruct: 2/3 rows", "predict: reconstruct: 3/3 rows"]
+    assert said[1] == f"3 rows from array images of {root / 'digits.npz'}"
+    assert said[-2:] == ["reconstruct: 2/3 rows", "reconstruct: 3/3 rows"]
     # equal to float rounding: a matrix product's blocking depends on the batch's rows
     np.testing.assert_allclose(np.load(root / "batched.npz")["output"], a["output"], atol=1e-6)
     np.save(root / "wide.npy", np.full((2, 10), 0.5, np.float32))

@@ -35,9 +35,10 @@ QUIET = typer.Option(
 )
 
 
-def progress(quiet: bool):
-    """What a long command says on stderr as it goes (one line a step), or nothing with --quiet."""
-    return (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
+def progress(quiet: bool, command: str):
+    """What a long command says on stderr as it goes, one line a step after its name, or
+    nothing with --quiet."""
+    return (lambda line: None) if quiet else (lambda line: typer.echo(f"{command}: {line}", err=True))
 
 
 def stop_with_dvc() -> None:
@@ -443,15 +444,18 @@ def answered_from_outputs(ctx: typer.Context, recompute: bool, report: Path, key
     command's name is the stage's) shows its up-to-date results instead of computing them:
     True when `dvc status` finds the stage's outputs those dvc.lock records for its inputs as
     they are, and `show` printed them from `report`. Otherwise it says in one line why it
-    computes (nothing is said under DVC, or for other options, or with --recompute)."""
+    computes (nothing is said under DVC, outside a DVC project, for other options, or with
+    --recompute)."""
     stage = ctx.command.name or ""
     by_hand = "DVC_STAGE" not in os.environ and not recompute
     as_the_stage = all(ctx.params[p.name] == p.default for p in ctx.command.params if p.name != "recompute")
     if not (by_hand and as_the_stage):
         return False
-    stale = stage_staleness(stage)
-    if stale is not None:
-        typer.echo(f"{stage}: {stale}; computing again", err=True)
+    changes = stage_changes(stage)
+    if changes is None:  # DVC cannot tell here: compute, saying nothing (errors stay one line)
+        return False
+    if changes:
+        typer.echo(f"{stage}: not up to date with dvc.lock ({'; '.join(changes)}); computing again", err=True)
         return False
     from vaectl.files import read_json
 
@@ -463,10 +467,10 @@ def answered_from_outputs(ctx: typer.Context, recompute: bool, report: Path, key
     return True
 
 
-def stage_staleness(stage: str) -> str | None:
-    """None when `dvc status STAGE` finds the stage's outputs those dvc.lock records for its
-    inputs as they are now; otherwise why not, in one line (what changed, or why DVC could
-    not tell)."""
+def stage_changes(stage: str) -> list[str] | None:
+    """What `dvc status STAGE` finds changed between the stage's inputs and outputs as they
+    are and what dvc.lock records, in words ([] when nothing); None when DVC cannot tell
+    (no DVC project here, no such stage, no answer within DVC_STATUS_TIMEOUT_S)."""
     import json
     import subprocess
 
@@ -474,14 +478,14 @@ def stage_staleness(stage: str) -> str | None:
     try:
         found = subprocess.run(command, capture_output=True, text=True, timeout=DVC_STATUS_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        return f"`dvc status {stage}` did not answer in {DVC_STATUS_TIMEOUT_S} s"
+        return None
     if found.returncode != 0:
-        return f"`dvc status {stage}` failed ({(found.stderr.strip().splitlines() or ['no output'])[-1]})"
+        return None
     changes = []
     for entry in json.loads(found.stdout or "{}").get(stage, []):
         for kind, paths in entry.items() if isinstance(entry, dict) else [(entry, {})]:
             changes.append(kind + "".join(f" {path} ({_words(state)})" for path, state in paths.items()))
-    return f"not up to date with dvc.lock ({'; '.join(changes)})" if changes else None
+    return changes
 
 
 def _words(state: str | dict) -> str:
@@ -807,7 +811,7 @@ def pull(
     """
     from vaectl import registry
 
-    summary = registry.pull(ref, dest, progress(quiet))
+    summary = registry.pull(ref, dest, progress(quiet, "pull"))
     typer.echo(
         f"pulled {summary['name']} v{summary['version']} to {dest}: "
         f"{summary['files_verified']} files verified, smoke prediction ok"
@@ -842,7 +846,7 @@ def predict(
     """
     from vaectl import registry
 
-    summary = registry.predict(ref, input_path, output, mode, n, seed, progress(quiet))
+    summary = registry.predict(ref, input_path, output, mode, n, seed, progress(quiet, "predict"))
     flagged = (
         f"; {summary['out_of_distribution']} out of distribution (score > {summary['threshold']:.4f})"
         if mode == "score"
@@ -893,18 +897,17 @@ def serve(
     from vaectl.files import temporary_dir
     from vaectl.tracking import serving
 
-    echo = progress(quiet)
+    echo = progress(quiet, "serve")
     with temporary_dir("vaectl-serve-") as tmp:
-        echo(f"serve: fetching {ref} from the registry and checking its files")
-        name, version, bundle, checked = registry.download_verified(ref, Path(tmp))
-        echo(f"serve: loading {name} v{version} ({checked} files verified)")
+        name, version, bundle, checked = registry.download_verified(ref, Path(tmp), echo)
+        echo(f"loading {name} v{version} ({checked} files verified)")
         serving.serve(
             bundle,
             host,
             port,
             serving.Limits(max_body, max_samples, max_connections, header_timeout, body_timeout),
             on_listening=lambda: echo(
-                f"serve: {name} v{version} listening on http://{host}:{port}/invocations "
+                f"{name} v{version} listening on http://{host}:{port}/invocations "
                 f"(bodies up to {max_body} bytes, sample n up to {max_samples}); Ctrl-C stops it"
             ),
         )

@@ -343,12 +343,14 @@ def verify_bundle(root: Path, recorded: str | None, ref: str) -> int:
     return len(found)
 
 
-def download_verified(ref: str, into: Path) -> tuple[str, str, Path, int]:
+def download_verified(ref: str, into: Path, echo=lambda line: None) -> tuple[str, str, Path, int]:
     """NAME[@alias|/version] downloaded under `into` and checked file by file:
-    (name, version, bundle directory, files checked)."""
+    (name, version, bundle directory, files checked). `echo` hears the fetch once the name
+    resolved (a store or name that is not there stays a one-line error)."""
     from vaectl.tracking import registry_client
 
     name, version = registry_client.resolve_model(ref)
+    echo(f"fetching {name} v{version} ({ref}) from the registry and checking its files")
     downloaded = registry_client.download_model(name, version, into)
     drop_bytecode(downloaded)  # caches of a load from the store in place: never run
     recorded = registry_client.bundle_listing(name, version)
@@ -373,9 +375,8 @@ def pull(ref: str, dest: Path, echo=lambda line: None) -> dict:
         atomic_path(dest, claim=earlier_pull) as staged,
         temporary_dir("vaectl-pull-") as tmp,
     ):
-        echo(f"pull: fetching {ref} from the registry and checking its files")
-        name, version, downloaded, checked = download_verified(ref, Path(tmp))
-        echo(f"pull: loading {name} v{version} ({checked} files verified) for a smoke prediction")
+        name, version, downloaded, checked = download_verified(ref, Path(tmp), echo)
+        echo(f"loading {name} v{version} ({checked} files verified) for a smoke prediction")
         model = registry_client.load_pyfunc(str(downloaded))
         card = json.loads((downloaded / "artifacts" / "model_card.json").read_text())
         probe = np.full((1, 784), 0.5, dtype=np.float32)
@@ -629,20 +630,20 @@ def predict(
         x, names = np.zeros((1, 1), np.float32), None
     else:
         x, names, source = read_inputs(input_path, mode)
-        echo(f"predict: {len(x):,} rows from {source}")
     with (
         atomic_path(output, claim=earlier_prediction) as staged,
         temporary_dir("vaectl-predict-") as tmp,
     ):
-        echo(f"predict: fetching {ref} from the registry and checking its files")
-        name, version, bundle, checked = download_verified(ref, Path(tmp))
-        echo(f"predict: loading {name} v{version} ({checked} files verified)")
+        name, version, bundle, checked = download_verified(ref, Path(tmp), echo)
+        if mode != "sample":
+            echo(f"{len(x):,} rows from {source}")
+        echo(f"loading {name} v{version} ({checked} files verified)")
         model = registry_client.load_pyfunc(str(bundle))
         params = {"mode": mode, "n": n, "seed": seed}
         if mode == "sample":
             y = registry_client.predict(model, x, params)
         else:
-            y = _score(model, x, params, lambda done: echo(f"predict: {mode}: {done:,}/{len(x):,} rows"))
+            y = _score(model, x, params, lambda done: echo(f"{mode}: {done:,}/{len(x):,} rows"))
         arrays = {"output": y, "mode": np.array(mode), "model": np.array(f"{name}/{version}")}
         if names is not None:
             arrays["names"] = np.array(names)
