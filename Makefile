@@ -94,7 +94,7 @@ lint: setup ## Ruff lint and format check, mypy on src/
 	$(BIN)/mypy
 
 # in a temporary copy of the repo (dvc exp run --temp), logging to this clone's MLflow store
-quickstart: setup ## Every stage on params/quickstart.yaml (8 epochs, small samples) as DVC experiment quickstart; ~3 min
+quickstart: setup ## Every stage on params/quickstart.yaml (8 epochs, small samples) as DVC experiment quickstart; ~2.5 min
 	flags="$$($(BIN)/vaectl overlay --dvc-flags params/quickstart.yaml)" && \
 		PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 		$(BIN)/dvc exp run --temp --force -n quickstart $$flags
