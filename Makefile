@@ -27,7 +27,7 @@ PIP_CAP ?= $(wildcard /etc/xdg/pip/constraints.txt)
 # wheels on local disk), --system-certs the system's CA store (pip's `cert`), and with every
 # hash pinned it may take a file from any index (unsafe-best-match: a look-alike cannot match).
 define PIP_SOURCES
-import subprocess, sys
+import os, subprocess, sys
 listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
 args = []
 for line in listing.splitlines():
@@ -35,6 +35,9 @@ for line in listing.splitlines():
     option = key.rsplit(".", 1)[-1]
     if option in ("index-url", "extra-index-url", "find-links"):
         for source in value.strip("'\"").split():
+            local = source.removeprefix("file://") if "://" not in source.removeprefix("file://") else None
+            if local is not None and not os.path.exists(local):
+                continue  # pip skips a local source that is not there; uv would stop on it
             if source not in args and not (option == "index-url" and "--index-url" in args):
                 args += [f"--{option}", source]
 print(" ".join(args))
