@@ -9,11 +9,9 @@ reports/summary.json (the DVC metric evaluate writes), a column a number.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from vaectl import UserError
 from vaectl.params import flatten
+from vaectl.pipeline import dvc
 
 SUMMARY = "reports/summary.json"
 # summary.json's headline as columns: (flattened key, header); other keys get their own name
@@ -25,21 +23,14 @@ COLUMNS = (
     ("ae.recon_bce", "BCE ae"),
 )
 VERDICTS = ("vae_better", "ae_better", "equivalent", "inconclusive")  # summary.json's comparisons
+VERDICT_KEYS = tuple(f"comparisons.{v}" for v in VERDICTS)  # the same, flattened
 VERDICTS_HEADER = "VAE/AE/≈/?"
 SHOW_TIMEOUT_S = 300
 
 
-def shown(env: dict | None = None) -> list[dict]:
+def shown() -> list[dict]:
     """`dvc exp show --json` of the repository here, or one line why not."""
-    command = [sys.executable, "-m", "dvc", "exp", "show", "--json"]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=SHOW_TIMEOUT_S, env=env)
-    except subprocess.TimeoutExpired:
-        raise UserError(f"`dvc exp show` did not answer in {SHOW_TIMEOUT_S} s") from None
-    if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"`dvc exp show` failed: {reason}")
-    return json.loads(done.stdout or "[]")
+    return json.loads(dvc("exp", "show", "--json", timeout_s=SHOW_TIMEOUT_S) or "[]")
 
 
 def _params(data: dict) -> dict[str, object]:
@@ -86,7 +77,7 @@ def table(found: list[dict], width: int):
     changed params folded into the space left."""
     from rich.table import Table
 
-    extra = sorted({k for r in found for k in r["headline"]} - {k for k, _ in COLUMNS} - _verdict_keys())
+    extra = sorted({k for r in found for k in r["headline"]} - {k for k, _ in COLUMNS} - set(VERDICT_KEYS))
     grid = Table(width=width, show_edge=False, pad_edge=False, title="DVC experiments (dvc exp show)")
     grid.add_column("experiment", no_wrap=True)
     grid.add_column("changed params", overflow="fold", ratio=1)
@@ -97,11 +88,7 @@ def table(found: list[dict], width: int):
         numbers = [_number(row["headline"].get(k)) for k, _ in COLUMNS] + [
             _number(row["headline"].get(k)) for k in extra
         ]
-        counts = [row["headline"].get(f"comparisons.{v}") for v in VERDICTS]
+        counts = [row["headline"].get(k) for k in VERDICT_KEYS]
         verdicts = "/".join(str(c) for c in counts) if all(c is not None for c in counts) else ""
         grid.add_row(row["name"], row["changed"], *numbers, verdicts)
     return grid
-
-
-def _verdict_keys() -> set[str]:
-    return {f"comparisons.{v}" for v in VERDICTS}

@@ -30,6 +30,29 @@ def share_cores(jobs: int, threads: int) -> None:
     os.environ.setdefault(WORKERS_ENV, str(max(1, one_a_core(threads) // jobs)))
 
 
+def dvc_env() -> dict[str, str]:
+    """This environment with this interpreter's scripts first on PATH: the `dvc` it runs, and
+    the `vaectl` of the stages DVC runs, are this venv's even where it is not activated."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def dvc(*args: str, env: dict | None = None, timeout_s: float | None = None) -> str:
+    """`dvc ARGS`' stdout (the `dvc` first on env's PATH; dvc_env() by default); a failure, or
+    no answer within `timeout_s`, is one line."""
+    try:
+        result = subprocess.run(
+            ["dvc", *args], capture_output=True, text=True, env=env or dvc_env(), timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired:
+        raise UserError(f"`dvc {' '.join(args[:3])}` did not answer in {timeout_s:g} s") from None
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        # DVC ends its errors with a support banner; the ERROR: line is the one that says why
+        reason = next((ln for ln in lines if ln.startswith("ERROR")), lines[-1] if lines else "")
+        raise UserError(f"`dvc {' '.join(args[:3])}` failed: {reason or result.returncode}")
+    return result.stdout
+
+
 REMOTE_PROBE_TIMEOUT_S = 10.0
 
 
@@ -98,11 +121,10 @@ def _relay(name: str, proc: subprocess.Popen, echo: Callable[[str], None]) -> No
 
 
 def _start(name: str, root: Path, echo: Callable[[str], None]) -> subprocess.Popen:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen(
         ["dvc", "--wait-for-lock", "repro", "--single-item", name],
         cwd=root,
-        env=env,
+        env=dvc_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -15,9 +15,7 @@ many seeds' own verdicts went each way.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from vaectl.files import atomic_path, only_files, write_json
 from vaectl.inference import Estimate
 from vaectl.metric_table import MEASURES, RELATIVE_5, measure
 from vaectl.params import Params
+from vaectl.pipeline import dvc
 from vaectl.report import LEVEL, VERDICT_WORDS, flatten_model_metrics
 
 # (column, what it is) for the table: comparisons are VAE/AE ratios, VAE - AE differences
@@ -259,16 +258,6 @@ def write_reports(rows: list[dict], params: Params, out_dir: Path) -> list[Path]
     return sorted(out_dir.iterdir())
 
 
-def dvc(*args: str, env: dict) -> str:
-    result = subprocess.run(["dvc", *args], capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        # DVC ends its errors with a support banner; the ERROR: line is the one that says why
-        reason = next((ln for ln in lines if ln.startswith("ERROR")), lines[-1] if lines else "")
-        raise UserError(f"`dvc {' '.join(args[:3])}` failed: {reason or result.returncode}")
-    return result.stdout
-
-
 # `dvc queue status` reads the queue's message files while a worker rewrites them, and now and
 # then fails on a half-written one ("Extra data: line 1 column 56"); a poll retries it this often
 STATUS_RETRIES, STATUS_RETRY_S = 5, 2.0
@@ -400,8 +389,7 @@ def run(params: Params, out_dir: Path, jobs: int, echo=print) -> dict:
 
     todo = trials(params)
     env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        **pipeline.dvc_env(),
         # the queue runs each trial in a temporary copy of the repo: log to this one's store
         "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
     }
