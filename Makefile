@@ -74,7 +74,7 @@ setup-cpu: ## setup with the CPU-only build of the locked torch (a ~2 GB venv in
 	touch $(STAMP)
 
 lock: setup ## Re-resolve requirements.lock from pyproject.toml; UPGRADE=pkg moves one package to its newest
-	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes $(LOCK_TARGET) \
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra team --generate-hashes $(LOCK_TARGET) \
 		--custom-compile-command "make lock" $(if $(PIP_CAP),--constraint $(PIP_CAP)) \
 		$(if $(UPGRADE),--upgrade-package $(UPGRADE)) --output-file $(LOCK)
 
