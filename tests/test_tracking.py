@@ -90,7 +90,9 @@ def test_a_server_failing_after_the_probe_is_one_line_within_its_retries(tmp_pat
         out, took = train_ae(tmp_path, prepared, uri)
     finally:
         server.shutdown()
-    assert_one_line(out, f"the MLflow tracking store {uri} failed: API request")
+    assert_one_line(
+        out, f"the MLflow tracking store {uri} failed: /api/2.0/mlflow/experiments/get-by-name: too many 503"
+    )
     assert took < 120  # MLflow's defaults retried for about 5 minutes
 
 
@@ -107,13 +109,18 @@ def test_a_database_another_process_holds_is_one_line(tmp_path, prepared):
     assert_one_line(out, "is locked by another process")
 
 
-def test_a_corrupt_store_and_a_missing_database_driver_are_one_line_without_the_password(tmp_path, prepared):
+def test_a_corrupt_store_a_missing_driver_and_a_closed_database_are_one_line_without_the_password(
+    tmp_path, prepared
+):
     (tmp_path / "mlflow.db").write_bytes(b"not a database " * 100)
     out, _ = train_ae(tmp_path, prepared, f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert_one_line(out, "failed: ")
-    out, _ = train_ae(tmp_path, prepared, "postgresql://team:secretpw@127.0.0.1:1/mlflow")
-    assert_one_line(out, "needs the Python database driver")
+    out, _ = train_ae(tmp_path, prepared, "postgresql+psycopg2://team:secretpw@127.0.0.1:1/mlflow")
+    assert_one_line(out, "needs the Python database driver psycopg2")
     assert "secretpw" not in out.stderr and "team:***@127.0.0.1" in out.stderr
+    out, _ = train_ae(tmp_path, prepared, "postgresql://team:secretpw@127.0.0.1:1/mlflow")
+    assert_one_line(out, "the database postgresql://team:***@127.0.0.1:1/mlflow does not let MLflow in: ")
+    assert "secretpw" not in out.stderr
 
 
 def test_credentials_in_a_server_uri_go_in_a_header_and_never_in_a_message(tmp_path, prepared):
@@ -167,3 +174,24 @@ def test_reading_from_a_store_that_is_not_there_creates_none_and_is_one_line(tmp
     )
     assert_one_line(out, "no MLflow store at")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_request_that_failed_every_try_is_cut_to_its_endpoint_and_cause():
+    """MLflow's own text for a server whose database stopped (it held the request until the
+    client gave up), as a client received it."""
+    said = (
+        "API request to http://127.0.0.1:45002/api/2.0/mlflow/registered-models/search failed with "
+        "exception HTTPConnectionPool(host='127.0.0.1', port=45002): Max retries exceeded with url: "
+        "/api/2.0/mlflow/registered-models/search?filter=tag.%60mlflow.prompt.is_prompt%60&max_results=100 "
+        "(Caused by ReadTimeoutError(\"HTTPConnectionPool(host='127.0.0.1', port=45002): Read timed out. "
+        '(read timeout=30)"))'
+    )
+    assert tracking.request_failure(said) == (
+        "/api/2.0/mlflow/registered-models/search: the server took the request but did not answer "
+        "in time (its log says why)"
+    )
+    refused = said.split(" (Caused by ")[0] + " (Caused by ResponseError('too many 500 error responses'))"
+    assert tracking.request_failure(refused) == (
+        "/api/2.0/mlflow/registered-models/search: too many 500 error responses"
+    )
+    assert tracking.request_failure("RESOURCE_DOES_NOT_EXIST: no run") == "RESOURCE_DOES_NOT_EXIST: no run"

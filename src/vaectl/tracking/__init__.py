@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,6 +122,37 @@ def check_database_driver(uri: str) -> None:
         return
 
 
+def check_database_answers(uri: str) -> None:
+    """A database that does not let us in within SERVER_PROBE_TIMEOUT_S is one line (MLflow
+    would retry for minutes, logging each try with its traceback)."""
+    import concurrent.futures
+
+    from sqlalchemy import create_engine
+
+    def connect() -> None:
+        engine = create_engine(uri)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+
+    probe = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        probe.submit(connect).result(SERVER_PROBE_TIMEOUT_S)
+    except concurrent.futures.TimeoutError:
+        reason = f"no answer within {SERVER_PROBE_TIMEOUT_S:g} s"
+    except Exception as err:  # noqa: BLE001 - the driver's own reason, in one line
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        password = urllib.parse.urlsplit(uri).password
+        reason = reason.replace(password, "***") if password else reason
+    else:
+        return
+    finally:
+        probe.shutdown(wait=False)
+    raise UserError(f"the database {masked(uri)} does not let MLflow in: {reason}")
+
+
 @functools.cache
 def check_store(uri: str) -> None:
     """Refuse, in one line and within SERVER_PROBE_TIMEOUT_S, a tracking URI MLflow cannot use
@@ -138,6 +170,7 @@ def check_store(uri: str) -> None:
         )
     if scheme in ("postgresql", "mysql", "mssql"):
         check_database_driver(uri)
+        check_database_answers(uri)
     if scheme not in ("http", "https"):
         return
     try:
@@ -170,12 +203,31 @@ def health_request(uri: str) -> urllib.request.Request:
     return request
 
 
+REQUEST_CAUSES = {  # urllib3's reason for a request that failed every try, as a user reads it
+    "ReadTimeoutError": "the server took the request but did not answer in time (its log says why)",
+    "NewConnectionError": "nothing answers at that address",
+    "ConnectTimeoutError": "no connection in time",
+}
+
+
+def request_failure(text: str) -> str:
+    """MLflow's message for a request that failed every retry, cut to the endpoint and the
+    cause: the retry wrapper, the query string and the pool's repr say nothing more."""
+    if "Caused by " not in text:
+        return text
+    endpoint = re.search(r"/api/[\w./-]+", text)
+    cause = text.rsplit("Caused by ", 1)[1].rstrip(")")
+    kind = cause.split("(", 1)[0]
+    said = REQUEST_CAUSES.get(kind) or cause.split("(", 1)[-1].strip("'\"")
+    return f"{endpoint.group(0) if endpoint else 'a request'}: {said}"
+
+
 def store_failure(err: BaseException) -> str | None:
     """The one line for an error of the tracking store that reached a command (a server that
     died mid-run, a database another process holds), or None if `err` is something else."""
     from mlflow.exceptions import MlflowException
 
-    text = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    text = request_failure(str(err).strip().splitlines()[0])[:300] if str(err).strip() else type(err).__name__
     with contextlib.suppress(ValueError):  # MLflow's messages quote the URI, password included
         password = urllib.parse.urlsplit(tracking_uri()).password
         text = text.replace(password, "***") if password else text
