@@ -8,7 +8,7 @@ SERVER_DIR ?= $(CURDIR)/mlflow-server
 SERVER_PORT ?= 5001
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-cpu lock test test-fast lint quickstart exps repro study study-full literature ui screenshots server remote plots-template bench clean
+.PHONY: help setup setup-cpu lock test test-fast lint quickstart exps repro study study-full literature ui screenshots server team-up team-down team-remote remote plots-template bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -142,6 +142,17 @@ server: setup ## Shared MLflow tracking server on 127.0.0.1:5001 (sqlite + artif
 	$(MLFLOW_NO_JOBS) $(BIN)/mlflow server --host 127.0.0.1 --port $(SERVER_PORT) --workers $(SERVER_WORKERS) \
 		--backend-store-uri sqlite:///$(SERVER_DIR)/mlflow.db \
 		--artifacts-destination $(SERVER_DIR)/artifacts
+
+# The team stack (src/vaectl/team.py; settings VAECTL_TEAM_* in the environment, docs/deployment.md):
+# real PostgreSQL, SeaweedFS and MLflow servers, their state in VAECTL_TEAM_DIR (.team by default)
+team-up: setup ## Team stack on this host: PostgreSQL + SeaweedFS (S3) + an MLflow server on both
+	$(BIN)/python -m vaectl.team up
+
+team-down: setup ## Stop the team stack (its data stays in VAECTL_TEAM_DIR)
+	$(BIN)/python -m vaectl.team down
+
+team-remote: setup ## The team stack's S3 bucket as this clone's DVC remote (keys in .dvc/config.local)
+	$(BIN)/python -m vaectl.team remote
 
 # `dvc plots show`'s page loads vega, vega-lite and vega-embed from a CDN: offline its Vega plots
 # are blank. .dvc/plots/offline.html (`plots.html_template` in .dvc/config) is DVC's page with

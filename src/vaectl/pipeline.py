@@ -54,6 +54,7 @@ def dvc(*args: str, env: dict | None = None, timeout_s: float | None = None) -> 
 
 
 REMOTE_PROBE_TIMEOUT_S = 10.0
+BUCKET_PROTOCOLS = ("s3", "gs", "azure", "oss")  # remotes whose first path part is a bucket
 
 
 def remote_summary(root: Path) -> tuple[str, bool]:
@@ -75,7 +76,7 @@ def remote_summary(root: Path) -> tuple[str, bool]:
             where = f"{remote.name} -> {masked(repo.config['remote'][remote.name]['url'])}"
             probe = concurrent.futures.ThreadPoolExecutor(1)
             try:
-                there = probe.submit(remote.fs.exists, remote.path).result(REMOTE_PROBE_TIMEOUT_S)
+                there = probe.submit(remote_state, remote).result(REMOTE_PROBE_TIMEOUT_S)
             finally:
                 probe.shutdown(wait=False)
     except NotDvcRepoError:
@@ -87,7 +88,21 @@ def remote_summary(root: Path) -> tuple[str, bool]:
     except Exception as err:  # noqa: BLE001 - DVC's or the remote's own failure, in one line
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         return f"{where}: {reason}", True
-    return f"{where}: {'answers' if there else 'not there yet (`dvc push` creates it)'}", False
+    if there == "no bucket":
+        return f"{where}: its bucket does not exist (`dvc push` does not make one; make it first)", True
+    return f"{where}: {'answers' if there == 'there' else 'not there yet (`dvc push` creates it)'}", False
+
+
+def remote_state(remote) -> str:
+    """"there", "missing" (`dvc push` makes the folder) or, for an object store, "no bucket"
+    (which `dvc push` does not make). Listing the bucket raises on keys the store refuses,
+    where `exists` would only say False."""
+    if remote.fs.protocol in BUCKET_PROTOCOLS:
+        try:
+            remote.fs.fs.ls(remote.path.split("/")[0])
+        except FileNotFoundError:
+            return "no bucket"
+    return "there" if remote.fs.exists(remote.path) else "missing"
 
 
 def stale_stages(root: Path) -> tuple[list[str], dict[str, set[str]]]:
