@@ -113,7 +113,11 @@ def main() -> None:
     if missing:
         sys.exit(f"no {', '.join(missing)} run in experiment {args.experiment}: run `make repro` first")
     experiment_id = runs["evaluate"].info.experiment_id
-    registered = json.loads((ROOT / "reports" / "registry.json").read_text())["vae"]
+    name = json.loads((ROOT / "reports" / "registry.json").read_text())["vae"]["name"]
+    registered = {
+        "name": name,
+        "version": tracking.client().get_model_version_by_alias(name, "candidate").version,
+    }
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"

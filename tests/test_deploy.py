@@ -105,6 +105,10 @@ def test_first_registration_promotes_and_the_same_model_again_does_not(deployed)
         from vaectl.tracking import registry_client
 
         assert again["vae"]["version"] == "2" and not again["vae"]["promoted"]
+        # the DVC output holds what the inputs decide: the store's version 2 and its refusal to
+        # promote leave its bytes as version 1 wrote them (no dvc.lock churn on a shared server)
+        written = [(root / "reports" / name).read_bytes() for name in ("registry.json", "registry2.json")]
+        assert written[0] == written[1] and b'"version"' not in written[0]
         assert registry_client.resolve_model("vae-mnist@champion") == ("vae-mnist", "1")
         assert registry_client.resolve_model("vae-mnist@candidate") == ("vae-mnist", "2")
         described = {v: registry_client.client().get_model_version("vae-mnist", v) for v in ("1", "2")}

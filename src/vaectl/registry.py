@@ -198,6 +198,12 @@ IN_EXPERIMENT = (
 )
 
 
+REGISTERED = (
+    "registered as a new version, @candidate: its number and whether @champion moved are the "
+    "MLflow registry's (`vaectl pull NAME@candidate`)"
+)
+
+
 def register(
     rule: RegistryParams, export_root: Path, prepared: Path, experiment: str, report_path: Path
 ) -> dict:
@@ -239,7 +245,7 @@ def _register_snapshot(
             kind: {"name": name, "version": None, "aliases": [], "promoted": False, "reason": IN_EXPERIMENT}
             for kind, name in names.items()
         }
-        write_json(report_path, report)
+        write_json(report_path, registration_record(names, exports, IN_EXPERIMENT))
         return report
     test_data = (*load_split(prepared, "test"), *split_label(prepared, "test"))
     example = test_data[0][:2].reshape(2, -1).astype(np.float32) / 255
@@ -259,8 +265,24 @@ def _register_snapshot(
                 "promoted": decision.promote,
                 "reason": decision.reason,
             }
-    write_json(report_path, report)
+    write_json(report_path, registration_record(names, exports, REGISTERED))
     return report
+
+
+def registration_record(names: dict[str, str], exports: dict, outcome: str) -> dict[str, dict]:
+    """reports/registry.json, a DVC output: which checkpoint went in under which name, or why
+    none did. The version numbers and the promotion follow the store's history, so they stay
+    in the store (and in what `vaectl register` prints): here each member of a team sharing one
+    server would rewrite dvc.lock with every registration."""
+    return {
+        kind: {
+            "name": name,
+            "checkpoint_sha256": exports[kind][0]["checkpoint_sha256"],
+            "registered": outcome == REGISTERED,
+            "outcome": outcome,
+        }
+        for kind, name in names.items()
+    }
 
 
 def _register_pair(
