@@ -95,8 +95,8 @@ def remote_summary(root: Path) -> tuple[str, bool]:
 
 def remote_state(remote) -> str:
     """Whether the remote is "there", "missing" (`dvc push` makes the folder) or, for an
-    object store, has "no bucket" (which `dvc push` does not make). Listing the bucket raises on keys the store refuses,
-    where `exists` would only say False."""
+    object store, has "no bucket" (which `dvc push` does not make). Listing the bucket
+    raises on keys the store refuses, where `exists` would only say False."""
     if remote.fs.protocol in BUCKET_PROTOCOLS:
         try:
             remote.fs.fs.ls(remote.path.split("/")[0])
