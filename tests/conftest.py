@@ -27,7 +27,7 @@ from vaectl.data import describe, self_sha256  # noqa: E402
 from vaectl.files import write_json  # noqa: E402
 
 # The modules whose tests run longest (measured with --durations), longest first.
-LONGEST_FIRST = ("test_pipeline.py", "test_distributed.py", "test_deploy.py", "test_remote.py")
+LONGEST_FIRST = ("test_pipeline.py", "test_distributed.py", "test_deploy.py", "test_team.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -280,3 +280,18 @@ def test_a_bad_setting_is_one_line_naming_it(tmp_path, variable, value, message)
 def test_a_missing_program_is_one_line_saying_how_to_install_it():
     with pytest.raises(UserError, match="needs `no-such-initdb`, which is not installed"):
         team.executable("no-such-initdb")
+
+
+def test_the_remote_takes_any_key_keeps_it_out_of_messages_and_leaves_a_foreign_remote(tmp_path, capsys):
+    (tmp_path / ".dvc").mkdir()
+    settings = team.settings({"VAECTL_TEAM_DIR": str(tmp_path / "state")}, tmp_path)
+    creds = {"s3_access_key": "-key", "s3_secret_key": "-secret-value"}  # a leading "-" is a value
+    team.remote(settings, creds, tmp_path)
+    local = (tmp_path / ".dvc" / "config.local").read_text()
+    assert "access_key_id = -key" in local and "secret_access_key = -secret-value" in local
+    assert "remote = team" in local and "-secret-value" not in capsys.readouterr().out
+    written = local.replace("s3://vaectl-dvc", "s3://someone-else")
+    (tmp_path / ".dvc" / "config.local").write_text(written)
+    with pytest.raises(UserError, match="points at s3://someone-else, not the team store"):
+        team.remote(settings, creds, tmp_path)
+    assert (tmp_path / ".dvc" / "config.local").read_text() == written

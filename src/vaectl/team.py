@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vaectl import UserError
+from vaectl.files import atomic_path
 
+SYSTEM_PROGRAMS = "/usr/sbin:/sbin"  # runuser and ip live here, often off a user's PATH
 MARKER = ".vaectl-team"  # the file that makes a state folder the stack's own
 DATABASE, DB_USER = "mlflow", "vaectl"
 MLFLOW_BUCKET, DVC_BUCKET = "vaectl-mlflow", "vaectl-dvc"
@@ -138,19 +140,17 @@ def credentials(state: Path, environ: Mapping[str, str]) -> dict[str, str]:
                     "with: unset it, or `make team-down` and remove that folder to start afresh"
                 )
         return kept
-    made = {key: given.get(key) or secrets.token_urlsafe(24) for key in CREDENTIALS_ENV}
+    made = {key: given.get(key) or secrets.token_hex(24) for key in CREDENTIALS_ENV}  # no leading "-"
     made["s3_access_key"] = given.get("s3_access_key") or "vaectl" + secrets.token_hex(8)
     write_private(path, json.dumps(made, indent=2) + "\n")
     return made
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner reads, whole or not at all."""
-    staged = path.with_name(f".{path.name}.tmp")
-    descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    os.replace(staged, path)
+    """Write a file only its owner reads, whole or not at all (files.atomic_path)."""
+    with atomic_path(path) as staged:
+        with os.fdopen(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+            handle.write(text)
 
 
 def claim_state(state: Path) -> None:
@@ -172,13 +172,15 @@ def executable(name: str) -> str:
     here = Path(sys.executable).parent / name
     if here.is_file() and os.access(here, os.X_OK):
         return str(here)
-    found = shutil.which(name)
+    found = shutil.which(name) or shutil.which(name, path=SYSTEM_PROGRAMS)
     if found:
         return found
     debian = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
     if debian:
         return str(debian[-1])
-    hint = "apt-get install postgresql" if name in ("initdb", "pg_ctl") else "make setup (the team extra)"
+    hint = {"initdb": "apt-get install postgresql", "pg_ctl": "apt-get install postgresql"}.get(
+        name, "make setup (the team extra)" if name in ("weed", "mlflow", "dvc") else f"install {name}"
+    )
     raise UserError(f"the team stack needs `{name}`, which is not installed: {hint}")
 
 
@@ -191,7 +193,7 @@ def check_port_free(port: int, part: str) -> None:
 
 def as_postgres(command: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root: there it runs as the `postgres` account."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+    return [executable("runuser"), "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
 def run_quietly(command: list[str], what: str, timeout_s: float = 120.0) -> None:
@@ -240,9 +242,9 @@ def start_postgres(s: Settings, creds: dict[str, str]) -> None:
 
 def prepare_postgres_folder(data: Path) -> None:
     """An empty data folder the server's account owns, inside a state folder it can enter."""
-    if data.exists():
-        shutil.rmtree(data)  # a half-made one: initdb did not finish
-    data.mkdir(mode=0o700)
+    if data.exists() and any(data.iterdir()):
+        raise UserError(f"{data} is half-made (initdb did not finish): remove it, then run this again")
+    data.mkdir(mode=0o700, exist_ok=True)
     if os.geteuid() != 0:
         return
     try:
@@ -251,7 +253,7 @@ def prepare_postgres_folder(data: Path) -> None:
         raise UserError(
             "PostgreSQL runs as the account `postgres`, which this host lacks: apt-get install postgresql"
         ) from None
-    if subprocess.run(["runuser", "-u", "postgres", "--", "test", "-w", str(data)]).returncode != 0:
+    if subprocess.run(as_postgres(["test", "-w", str(data)])).returncode != 0:
         raise UserError(
             f"the account `postgres` cannot reach {data}: set VAECTL_TEAM_DIR to a folder "
             "whose parents others may enter (e.g. under /srv or /var/tmp)"
@@ -490,37 +492,35 @@ def down(s: Settings, echo=print) -> None:
 
 
 def remote(s: Settings, creds: dict[str, str], root: Path, echo=print) -> None:
-    """The store's DVC bucket as this clone's default remote; the keys go to
-    .dvc/config.local, which git ignores."""
-    if not (root / ".dvc").is_dir():
-        raise UserError(f"{root} is not a DVC project: run this in a clone of vaectl")
+    """The store's DVC bucket as this clone's default remote, written with DVC's own config
+    code into .dvc/config.local, which git ignores (the keys with it); a remote of that name
+    that points elsewhere is left alone."""
+    from dvc.config import Config, ConfigError
+
     from vaectl.tracking import masked
 
+    if not (root / ".dvc").is_dir():
+        raise UserError(f"{root} is not a DVC project: run this in a clone of vaectl")
     url = f"s3://{DVC_BUCKET}"
-    dvc = executable("dvc")
-    listed = subprocess.run([dvc, "remote", "list"], cwd=root, capture_output=True, text=True, timeout=60)
-    for line in listed.stdout.splitlines():
-        name, other = (line.split() + ["", ""])[:2]  # NAME URL [(default)]
-        if name == REMOTE_NAME and other != url:
+    try:
+        config = Config(str(root / ".dvc"))
+        other = config["remote"].get(REMOTE_NAME, {}).get("url", url)
+        if other != url:
             raise UserError(
                 f"this clone's DVC remote {REMOTE_NAME!r} points at {masked(other)}, not the team "
                 f"store: remove it (`dvc remote remove {REMOTE_NAME}`) or keep it"
             )
-    settings_local = [
-        ["remote", "add", "--local", "--default", "--force", REMOTE_NAME, url],
-        ["remote", "modify", "--local", REMOTE_NAME, "endpointurl", s.s3_endpoint],
-        ["remote", "modify", "--local", REMOTE_NAME, "region", REGION],
-        ["remote", "modify", "--local", REMOTE_NAME, "access_key_id", creds["s3_access_key"]],
-        ["remote", "modify", "--local", REMOTE_NAME, "secret_access_key", creds["s3_secret_key"]],
-    ]
-    for args in settings_local:
-        done = subprocess.run(
-            [executable("dvc"), *args], cwd=root, capture_output=True, text=True, timeout=60
-        )
-        if done.returncode != 0:
-            raise UserError(
-                f"dvc remote {args[1]} failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:300]}"
-            )
+        with config.edit("local") as local:
+            local.setdefault("core", {})["remote"] = REMOTE_NAME
+            local.setdefault("remote", {})[REMOTE_NAME] = {
+                "url": url,
+                "endpointurl": s.s3_endpoint,
+                "region": REGION,
+                "access_key_id": creds["s3_access_key"],
+                "secret_access_key": creds["s3_secret_key"],
+            }
+    except ConfigError as err:
+        raise UserError(f"{root / '.dvc'}: {str(err).splitlines()[0][:300]}") from None
     echo(
         f"DVC remote {REMOTE_NAME!r} -> {url} at {s.s3_endpoint} (keys in .dvc/config.local): "
         "now dvc push / dvc pull"
