@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,8 +11,10 @@ import torch
 
 from vaectl import UserError, custody, tracking
 from vaectl import train as train_stage
+from vaectl.distributed import Launch
 from vaectl.files import sha256_file
 from vaectl.params import parse_params
+from vaectl.team import SYSTEM_PROGRAMS
 
 from .tiny import TINY, assert_same_weights, weights
 
@@ -103,5 +106,84 @@ def test_more_processes_than_gpus_is_caught_before_launch(tmp_path, prepared, mo
         }
     )
     with pytest.raises(UserError, match="--nproc 2 on CUDA needs 2 GPUs, this machine has 1"):
-        train_stage.preflight("vae", params, prepared, tmp_path / "m", False, 2)
-    train_stage.preflight("vae", params, prepared, tmp_path / "m", False, 1)  # one per GPU is fine
+        train_stage.preflight("vae", params, prepared, tmp_path / "m", False, Launch(2))
+    train_stage.preflight("vae", params, prepared, tmp_path / "m", False, Launch(1))  # one per GPU is fine
+
+
+@pytest.fixture
+def two_hosts():
+    """Two network namespaces joined by a veth pair, 10.231.N.1 and .2: two hosts on one
+    machine, each seeing the other only across that link (both keep the machine's name,
+    which resolves to loopback, as on many real hosts)."""
+    ip = shutil.which("ip") or shutil.which("ip", path=SYSTEM_PROGRAMS)
+    if os.geteuid() != 0 or ip is None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            "two hosts need root and iproute2 (`ip netns`)"
+        )
+    tag = os.getpid() % 100_000
+    hosts = [
+        (f"vaectl-{side}{tag}", f"vt{side}{tag}", f"10.231.{tag % 250}.{i + 1}")
+        for i, side in enumerate("ab")
+    ]
+    setup = [[ip, "link", "add", hosts[0][1], "type", "veth", "peer", "name", hosts[1][1]]]
+    for namespace, interface, address in hosts:
+        setup = [[ip, "netns", "add", namespace], *setup] + [
+            [ip, "link", "set", interface, "netns", namespace],
+            [ip, "-n", namespace, "addr", "add", f"{address}/24", "dev", interface],
+            [ip, "-n", namespace, "link", "set", interface, "up"],
+            [ip, "-n", namespace, "link", "set", "lo", "up"],
+        ]
+    try:
+        for command in setup:
+            subprocess.run(command, check=True, capture_output=True)
+        yield ip, hosts
+    finally:
+        for namespace, _, _ in hosts:  # its end of the veth pair goes with it
+            subprocess.run([ip, "netns", "del", namespace], capture_output=True)
+
+
+def test_two_hosts_train_the_bytes_of_two_processes_on_one(tmp_path, prepared, two_hosts):
+    """`vaectl train --nodes 2 --rendezvous A:PORT` on two hosts (one process each, gloo over
+    the veth link, the launcher's c10d rendezvous over TCP) writes, where rank 0 runs, the
+    checkpoint `--nproc 2` writes on one host."""
+    one_host = train(tmp_path, prepared, "together", "--nproc", "2", epochs=2)
+    assert one_host.returncode == 0, one_host.stderr
+    params = tmp_path / "params-2.yaml"
+    ip, hosts = two_hosts
+    rendezvous = f"{hosts[0][2]}:29400"
+    started = []
+    for namespace, _, _ in hosts:
+        (tmp_path / namespace).mkdir()
+        args = ["--model", "apart", "--kind", "vae", "--params", str(params), "--prepared", str(prepared)]
+        started.append(
+            subprocess.Popen(
+                [ip, "netns", "exec", namespace, sys.executable, "-m", "vaectl", "train", *args]
+                + ["--nodes", "2", "--rendezvous", rendezvous],
+                cwd=tmp_path / namespace,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = [host.communicate(timeout=300) for host in started]
+    assert [host.returncode for host in started] == [0, 0], outputs
+    written = [p for p in tmp_path.glob("vaectl-*/models/apart/best.pt")]
+    assert len(written) == 1  # where rank 0 ran; the other host writes nothing
+    assert_same_weights(weights(tmp_path / "models" / "together" / "best.pt"), weights(written[0]))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--nodes", "2"], "--nodes N needs --rendezvous HOST:PORT"),
+        (["--rendezvous", "host-a:29400"], "give --nodes N (N > 1) too"),
+        (["--nodes", "2", "--rendezvous", "host-a"], "give HOST:PORT"),
+        (["--nodes", "2", "--rendezvous", "host-a:99999"], "a port from 1 to 65535"),
+        (["--nodes", "2", "--rendezvous", "h:29400", "--resume"], "--resume runs on one host"),
+    ],
+)
+def test_a_several_host_launch_missing_its_meeting_point_is_one_line(tmp_path, prepared, args, message):
+    out = train(tmp_path, prepared, "apart", *args, epochs=2)
+    assert out.returncode == 1 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1, (
+        out.stderr
+    )

@@ -301,6 +301,15 @@ def train(
     latent_dim: int = typer.Option(
         None, "--latent-dim", min=1, help="instead of train.KIND.latent_dim (the 2-D experiment: 2)"
     ),
+    nodes: int = typer.Option(
+        1, "--nodes", min=1, max=64, help="hosts training together, each running this same command"
+    ),
+    rendezvous: str = typer.Option(
+        None,
+        "--rendezvous",
+        metavar="HOST:PORT",
+        help="with --nodes: a free port on one host, where all meet",
+    ),
 ):
     """Train the VAE or the AE baseline; checkpoints each epoch, logs the run to MLflow.
 
@@ -310,6 +319,9 @@ def train(
 
     Example: vaectl train --model vae --nproc 2   (same as `torchrun --standalone
     --nproc-per-node 2 -m vaectl train --model vae`; the global batch is split between them)
+
+    Example: vaectl train --model vae --nodes 2 --rendezvous host-a:29400   (on host-a and
+    host-b alike; the same bytes as --nproc 2 on one host; files and run where rank 0 runs)
     """
     files = LAYOUT.model(model)  # a name that stays one folder under models/, checked first
     named_kind = kind is None
@@ -321,15 +333,16 @@ def train(
         )
     params = load_computing(params_path)
     from vaectl import train as stage
-    from vaectl.distributed import launched
+    from vaectl.distributed import Launch, launched
 
     if latent_dim is not None:
         params = stage.with_latent_dim(params, kind, latent_dim)
     again = " ".join(["vaectl train", *given_options(ctx, drop=("resume",)), "--resume"])
     try:
-        if nproc > 1:
-            workers = given_options(ctx, drop=("nproc",))
-            stage.run_processes(kind, params, prepared, files.dir, resume, nproc, workers)
+        spec = Launch(nproc, nodes, rendezvous)
+        if spec.world > 1:
+            workers = given_options(ctx, drop=("nproc", "nodes", "rendezvous"))
+            stage.run_processes(kind, params, prepared, files.dir, resume, spec, workers)
             return
         summary = stage.run_exclusive(kind, params, prepared, files, resume)
     except KeyboardInterrupt:

@@ -74,28 +74,101 @@ def check_gpus(requested_device: str, nproc: int) -> None:
         )
 
 
-def launch(nproc: int, train_args: list[str]) -> int:
-    """`vaectl train --nproc N`: N processes of `vaectl train ARGS` under PyTorch's elastic
-    launcher (what torchrun runs): rendezvous, failure handling, signal forwarding. Threads
-    are split between processes unless OMP_NUM_THREADS says otherwise. Returns the exit
+MAX_NODES = 64
+RENDEZVOUS_TIMEOUT_S = 300  # how long the first host waits for the others
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How many training processes on this host (`--nproc`), on how many hosts (`--nodes`,
+    each running the same command) and where the hosts meet (`--rendezvous HOST:PORT`, a
+    free port on one of them: that host keeps the rendezvous store)."""
+
+    nproc: int = 1
+    nodes: int = 1
+    rendezvous: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.nodes > 1 and not self.rendezvous:
+            raise UserError("--nodes N needs --rendezvous HOST:PORT, the same on every host")
+        if self.rendezvous is not None and self.nodes == 1:
+            raise UserError("--rendezvous is where several hosts meet: give --nodes N (N > 1) too")
+        if self.rendezvous is not None:
+            host, _, port = self.rendezvous.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise UserError(f"--rendezvous {self.rendezvous!r}: give HOST:PORT, a port from 1 to 65535")
+
+    @property
+    def world(self) -> int:
+        return self.nproc * self.nodes
+
+    def run_id(self, train_args: list[str]) -> str:
+        """One id for the job on every host: from the command they all run (hosts that run
+        different commands do not meet); a job on one host gets a fresh one."""
+        if self.nodes == 1:
+            import uuid
+
+            return str(uuid.uuid4())
+        import hashlib
+
+        return "vaectl-" + hashlib.sha256(" ".join(train_args).encode()).hexdigest()[:16]
+
+
+def address_towards(host: str) -> tuple[str, str | None, bool]:
+    """This host's address on its route to `host`, the interface holding it (what the other
+    hosts reach it by) and whether it is `host`. The host name may resolve to loopback (as in
+    /etc/hosts on many machines), where the launcher's and gloo's own lookups would advertise
+    127.0.0.1."""
+    import fcntl
+    import socket
+    import struct
+
+    try:
+        target = socket.gethostbyname(host)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((target, 9))  # sends nothing: it only picks the route
+            address = probe.getsockname()[0]
+            for _, name in socket.if_nameindex():
+                with contextlib.suppress(OSError):  # SIOCGIFADDR: an interface's IPv4 address
+                    asked = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+                    if socket.inet_ntoa(asked[20:24]) == address:
+                        return address, name, address == target
+    except OSError as err:
+        raise UserError(f"--rendezvous host {host!r} cannot be reached from here: {err}") from None
+    return address, None, address == target
+
+
+def launch(spec: Launch, train_args: list[str]) -> int:
+    """`vaectl train --nproc N [--nodes M --rendezvous HOST:PORT]`: N processes of `vaectl
+    train ARGS` on this host under PyTorch's elastic launcher (what torchrun runs), meeting
+    the other hosts' at the rendezvous: failure handling, signal forwarding. Threads are split
+    between this host's processes unless OMP_NUM_THREADS says otherwise. Returns the exit
     code: 0, 130 when interrupted, else 1 (the failed process has printed why)."""
     import logging
-    import uuid
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // spec.nproc)))
+    local_addr, rendezvous = None, {"join_timeout": RENDEZVOUS_TIMEOUT_S}
+    if spec.nodes > 1 and spec.rendezvous:
+        local_addr, interface, hosting = address_towards(spec.rendezvous.rpartition(":")[0].strip("[]"))
+        rendezvous["is_host"] = hosting  # torch's own test compares host names only
+        if interface:  # gloo's own pick follows the host name, which may mean loopback
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # we report failures
     config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=nproc,
-        run_id=str(uuid.uuid4()),
+        min_nodes=spec.nodes,
+        max_nodes=spec.nodes,
+        nproc_per_node=spec.nproc,
+        run_id=spec.run_id(train_args),
         rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",
+        rdzv_endpoint=spec.rendezvous or "localhost:0",
+        rdzv_configs=rendezvous,
         max_restarts=0,
+        local_addr=local_addr,
     )
     try:
         elastic_launch(config, sys.executable)("-m", "vaectl", "train", *train_args)
@@ -103,6 +176,12 @@ def launch(nproc: int, train_args: list[str]) -> int:
         return 130
     except ChildFailedError as err:
         return 130 if any(f.exitcode == 130 for f in err.failures.values()) else 1
+    except RendezvousError as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(
+            f"the {spec.nodes} hosts did not meet at {spec.rendezvous} (each waits up to "
+            f"{RENDEZVOUS_TIMEOUT_S} s for the others): {reason}"
+        ) from None
     return 0
 
 

@@ -26,6 +26,7 @@ from vaectl.checkpoints import load_checkpoint, save_checkpoint
 from vaectl.data import load_manifest, load_split, manifest_sha256, split_label
 from vaectl.data.tensors import VAL_BINARIZE_SEED, binarize, to_unit
 from vaectl.distributed import (
+    Launch,
     Workers,
     check_gpus,
     from_main,
@@ -48,26 +49,36 @@ from vaectl.prior import generate
 RESUMABLE_CHANGES = ("epochs", "patience", "sample_every")  # train.<kind>.* a resume may change
 
 
-def preflight(kind: str, params: Params, prepared: Path, out_dir: Path, resume: bool, nproc: int) -> None:
+def preflight(kind: str, params: Params, prepared: Path, out_dir: Path, resume: bool, spec: Launch) -> None:
     """The user mistakes worth catching before N processes start: no data, nothing to resume
-    (or a resume with other params), fewer GPUs than processes (nccl wants one per process)."""
+    (or a resume with other params, or on several hosts, which would each need rank 0's
+    last.pt), fewer GPUs than processes (nccl wants one per process)."""
     load_manifest(prepared)
-    check_gpus(params.train.device, nproc)
+    check_gpus(params.train.device, spec.nproc)
+    if resume and spec.nodes > 1:
+        raise UserError("--resume runs on one host: continue a several-host run with --nodes 1")
     if resume:
-        resume_state(out_dir, nproc, kind, params, manifest_sha256(prepared))
+        resume_state(out_dir, spec.world, kind, params, manifest_sha256(prepared))
 
 
 def run_processes(
-    kind: str, params: Params, prepared: Path, out_dir: Path, resume: bool, nproc: int, train_args: list[str]
+    kind: str,
+    params: Params,
+    prepared: Path,
+    out_dir: Path,
+    resume: bool,
+    spec: Launch,
+    train_args: list[str],
 ) -> None:
-    """`vaectl train --nproc N`: the user mistakes checked once, `out_dir` held against a
-    second writer, then N processes of `vaectl train TRAIN_ARGS` (vaectl.distributed.launch).
-    An interrupted launch raises KeyboardInterrupt; a failed process, a UserError."""
+    """`vaectl train --nproc N [--nodes M ...]`: the user mistakes checked once, `out_dir` held
+    against a second writer, then N processes of `vaectl train TRAIN_ARGS` here, with the
+    other hosts' (vaectl.distributed.launch). The files and the MLflow run are written where
+    rank 0 runs. An interrupted launch raises KeyboardInterrupt; a failed process, a UserError."""
     if launched():
         raise UserError("--nproc launches torchrun; under torchrun the process count is its own")
-    preflight(kind, params, prepared, out_dir, resume, nproc)
+    preflight(kind, params, prepared, out_dir, resume, spec)
     with exclusive_dir(out_dir, "`vaectl train`"):
-        code = launch(nproc, train_args)
+        code = launch(spec, train_args)
     if code == 130:
         raise KeyboardInterrupt
     if code:
