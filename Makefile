@@ -189,7 +189,7 @@ remote: setup ## Make DVC_REMOTE (a local directory) this clone's default DVC re
 	$(BIN)/dvc remote add --local --default --force local $(DVC_REMOTE)
 	@echo "DVC remote 'local' -> $(DVC_REMOTE): now 'dvc push' / 'dvc pull'"
 
-bench: setup ## Benchmarks: training throughput, IWAE cost, serving, 1 vs 2 processes, portable vs fast numerics, memory estimates, the pipeline at 1 vs 2 jobs
+bench: setup ## Benchmarks: training throughput, IWAE cost, serving, 1 vs 2 processes, portable vs fast numerics, memory estimates, the pipeline at 1 vs 2 jobs, the team server under 8 clients
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/iwae_cost.py
 	$(BIN)/python benchmarks/serve_latency.py
@@ -197,6 +197,7 @@ bench: setup ## Benchmarks: training throughput, IWAE cost, serving, 1 vs 2 proc
 	$(BIN)/python benchmarks/numerics_cost.py
 	$(BIN)/python benchmarks/memory_estimates.py
 	$(BIN)/python benchmarks/pipeline_speed.py --params tiny --jobs 1 2
+	$(BIN)/python benchmarks/team_load.py --clients 8 --epochs 50
 
 # only what git ignores (the outputs DVC, MLflow and the tools write) under these paths: every
 # tracked file (the committed reports and study results) and every file of yours stays

@@ -195,3 +195,14 @@ def test_a_request_that_failed_every_try_is_cut_to_its_endpoint_and_cause():
         "/api/2.0/mlflow/registered-models/search: too many 500 error responses"
     )
     assert tracking.request_failure("RESOURCE_DOES_NOT_EXIST: no run") == "RESOURCE_DOES_NOT_EXIST: no run"
+
+
+def test_an_experiment_another_client_made_meanwhile_is_used_not_a_crash(local_store, monkeypatch):
+    """Two team members' first runs on a new server both find no experiment and both create
+    it; the second create fails with RESOURCE_ALREADY_EXISTS (benchmarks/team_load.py met it)."""
+    mlflow = tracking.mlflow_module()
+    made = mlflow.create_experiment("shared")
+    real = mlflow.get_experiment_by_name
+    looks = iter([None])  # the first look misses it, as it did before the other client made it
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", lambda name: next(looks, real(name)))
+    assert tracking.ensure_experiment("shared") == made

@@ -258,11 +258,19 @@ def ensure_experiment(name: str) -> str:
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):  # a local database keeps its artifacts beside it
         location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).as_uri()
-    # the experiment kind MLflow 3's UI reads to open an experiment on its training-run tabs
-    # (runs, models, compare) instead of its GenAI ones
-    return mlflow.create_experiment(
-        name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
-    )
+    from mlflow.exceptions import MlflowException
+
+    try:
+        # the experiment kind MLflow 3's UI reads to open an experiment on its training-run
+        # tabs (runs, models, compare) instead of its GenAI ones
+        return mlflow.create_experiment(
+            name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
+        )
+    except MlflowException as err:  # another client made it meanwhile (a team's first runs)
+        made = mlflow.get_experiment_by_name(name) if err.error_code == "RESOURCE_ALREADY_EXISTS" else None
+        if made is None:
+            raise
+        return made.experiment_id
 
 
 def dvc_experiment() -> str:
