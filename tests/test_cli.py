@@ -105,6 +105,28 @@ def test_nproc_forwards_every_option_given_and_the_resume_hint_repeats_them(monk
 
 
 @pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--nodes", "2"], "--nodes N needs --rendezvous HOST:PORT"),
+        (["--rendezvous", "host-a:29400"], "give --nodes N (N > 1) too"),
+        (["--nodes", "2", "--rendezvous", "host-a"], "give HOST:PORT"),
+        (["--nodes", "2", "--rendezvous", "host-a:99999"], "a port from 1 to 65535"),
+        (["--nodes", "2", "--rendezvous", "h:29400", "--resume"], "--resume runs on one host"),
+    ],
+)
+def test_a_several_host_launch_missing_its_meeting_point_is_one_line(monkeypatch, prepared, args, message):
+    from typer.testing import CliRunner
+
+    from vaectl import cli
+    from vaectl.params import parse_params
+
+    monkeypatch.setattr(cli, "load_computing", lambda path: parse_params({}))
+    result = CliRunner().invoke(cli.app, ["train", "--model", "vae", "--prepared", str(prepared), *args])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
     "code, filename, line",
     [
         (errno.ENOSPC, None, "error: out/x: No space left on device; free some space or write elsewhere"),

@@ -170,20 +170,3 @@ def test_two_hosts_train_the_bytes_of_two_processes_on_one(tmp_path, prepared, t
     written = [p for p in tmp_path.glob("vaectl-*/models/apart/best.pt")]
     assert len(written) == 1  # where rank 0 ran; the other host writes nothing
     assert_same_weights(weights(tmp_path / "models" / "together" / "best.pt"), weights(written[0]))
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--nodes", "2"], "--nodes N needs --rendezvous HOST:PORT"),
-        (["--rendezvous", "host-a:29400"], "give --nodes N (N > 1) too"),
-        (["--nodes", "2", "--rendezvous", "host-a"], "give HOST:PORT"),
-        (["--nodes", "2", "--rendezvous", "host-a:99999"], "a port from 1 to 65535"),
-        (["--nodes", "2", "--rendezvous", "h:29400", "--resume"], "--resume runs on one host"),
-    ],
-)
-def test_a_several_host_launch_missing_its_meeting_point_is_one_line(tmp_path, prepared, args, message):
-    out = train(tmp_path, prepared, "apart", *args, epochs=2)
-    assert out.returncode == 1 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1, (
-        out.stderr
-    )
