@@ -101,7 +101,9 @@ quickstart: setup ## Every stage on params/quickstart.yaml (8 epochs, small samp
 	flags="$$($(BIN)/vaectl overlay --dvc-flags params/quickstart.yaml)" && \
 		PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 		$(BIN)/dvc exp run --temp --force -n quickstart $$flags
-	@echo "quickstart done: 'dvc exp show' lists it, 'make ui' shows its runs (tag dvc.exp_name=quickstart);"
+	@where="the local store ('make ui' shows them)"; [ -z "$${MLFLOW_TRACKING_URI:-}" ] || \
+		where="the store MLFLOW_TRACKING_URI names"; \
+		echo "quickstart done: 'dvc exp show' lists it; its runs (tag dvc.exp_name=quickstart) are in $$where;"
 	@echo "'dvc exp apply quickstart' puts its outputs in the workspace (git checkout . && dvc checkout undoes it)"
 
 # summary.json's headline, always; params only where experiments differ; no dependency hashes
