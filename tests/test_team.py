@@ -295,3 +295,10 @@ def test_the_remote_takes_any_key_keeps_it_out_of_messages_and_leaves_a_foreign_
     with pytest.raises(UserError, match="points at s3://someone-else, not the team store"):
         team.remote(settings, creds, tmp_path)
     assert (tmp_path / ".dvc" / "config.local").read_text() == written
+
+
+def test_a_malformed_credentials_file_is_one_line_and_left_as_it_is(tmp_path):
+    (tmp_path / "credentials.json").write_text('{"db_password": 1')
+    with pytest.raises(UserError, match="credentials.json is malformed: restore it"):
+        team.credentials(tmp_path, {})
+    assert (tmp_path / "credentials.json").read_text() == '{"db_password": 1'

@@ -100,6 +100,8 @@ CREDENTIALS_ENV = {
 
 
 def settings(environ: Mapping[str, str], root: Path) -> Settings:
+    """The stack's settings from `environ` (SETTINGS_ENV), each checked; a relative state
+    folder is under `root`, the project."""
     values: dict[str, object] = {}
     for field, (variable, default) in SETTINGS_ENV.items():
         text = environ.get(variable) or default
@@ -110,7 +112,7 @@ def settings(environ: Mapping[str, str], root: Path) -> Settings:
                 raise UserError(f"{variable}={text!r} is not a host name or address")
             values[field] = text
         else:
-            values[field] = port_setting(variable, text, top=65535 if field != "workers" else 64)
+            values[field] = bounded_int(variable, text, top=65535 if field != "workers" else 64)
     found = Settings(**values)  # type: ignore[arg-type]
     if found.weed_port + len(WEED_PORTS) > 65536:
         raise UserError(
@@ -119,7 +121,7 @@ def settings(environ: Mapping[str, str], root: Path) -> Settings:
     return found
 
 
-def port_setting(variable: str, text: str, top: int) -> int:
+def bounded_int(variable: str, text: str, top: int) -> int:
     if not text.isdigit() or not 1 <= int(text) <= top:
         raise UserError(f"{variable}={text!r}: give a whole number from 1 to {top}")
     return int(text)
@@ -132,7 +134,15 @@ def credentials(state: Path, environ: Mapping[str, str]) -> dict[str, str]:
     path = state / "credentials.json"
     given = {key: environ[variable] for key, variable in CREDENTIALS_ENV.items() if environ.get(variable)}
     if path.is_file():
-        kept = json.loads(path.read_text())
+        try:
+            kept = json.loads(path.read_text())
+        except ValueError:
+            kept = None
+        if not (isinstance(kept, dict) and all(isinstance(kept.get(key), str) for key in CREDENTIALS_ENV)):
+            raise UserError(
+                f"{path} is malformed: restore it (the database and the store hold the keys it "
+                "had), or start afresh with a new VAECTL_TEAM_DIR"
+            )
         for key, value in given.items():
             if kept.get(key) != value:
                 raise UserError(
