@@ -136,7 +136,11 @@ def test_the_pipeline_tracks_to_the_team_server_and_a_second_clone_deploys_its_c
 
 @pytest.mark.e2e
 def test_the_server_answers_only_to_the_names_it_was_given(stack):
-    settings, _ = stack
+    settings, env = stack
+    running = "PostgreSQL running, SeaweedFS running, MLflow server running"
+    assert team.summary(env, settings.state.parent).endswith(
+        f"{running}; its tracking URI: {settings.tracking_uri}"
+    )
     url = f"http://127.0.0.1:{settings.mlflow_port}/api/2.0/mlflow/experiments/search?max_results=1"
     for host, expected in (
         (f"{settings.host}:{settings.mlflow_port}", 200),
@@ -302,3 +306,10 @@ def test_a_malformed_credentials_file_is_one_line_and_left_as_it_is(tmp_path):
     with pytest.raises(UserError, match="credentials.json is malformed: restore it"):
         team.credentials(tmp_path, {})
     assert (tmp_path / "credentials.json").read_text() == '{"db_password": 1'
+
+
+def test_doctors_line_on_the_stack_says_which_servers_run(tmp_path):
+    assert team.summary({}, tmp_path) is None  # no stack was ever started here
+    team.claim_state(tmp_path / ".team")
+    stopped = "PostgreSQL stopped, SeaweedFS stopped, MLflow server stopped (`make team-up`)"
+    assert team.summary({}, tmp_path) == f"{tmp_path / '.team'}: {stopped}"

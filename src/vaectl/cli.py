@@ -180,8 +180,9 @@ def doctor(
 ):
     """What a result's bytes depend on here (package versions against the lock, the CPU's
     instruction sets, the kernels and threads that params.yaml's numerics put in force), and
-    the tracking store and DVC remote the commands would use. Exits 1 when the installed
-    packages differ from the lock, the store cannot be read or the remote does not answer.
+    the tracking store and DVC remote the commands would use, and which servers of a team
+    stack started here run. Exits 1 when the installed packages differ from the lock, the
+    store cannot be read or the remote does not answer.
 
     Example: vaectl doctor   (run it on both machines when two runs disagree)
     """
@@ -208,6 +209,14 @@ def doctor(
         problems.append(f"tracking store: {err}")
     remote, failed = pipeline.remote_summary(Path.cwd())
     (problems.append if failed else typer.echo)(f"DVC remote: {remote}")
+    from vaectl import team
+
+    try:
+        stack = team.summary(os.environ, Path.cwd())
+        if stack:
+            typer.echo(f"team stack: {stack}")
+    except UserError as err:  # a VAECTL_TEAM_* setting it cannot read
+        problems.append(f"team stack: {err}")
     if not lock.is_file():
         raise UserError(f"lock file not found: {lock} (`make lock` writes it)")
     drift = environment.lock_drift(lock)

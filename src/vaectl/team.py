@@ -537,6 +537,23 @@ def remote(s: Settings, creds: dict[str, str], root: Path, echo=print) -> None:
     )
 
 
+def summary(environ: Mapping[str, str], root: Path) -> str | None:
+    """One line on the team stack in this project's state folder (`vaectl doctor`): which
+    parts run; None where no stack was ever started there."""
+    s = settings(environ, root)
+    if not (s.state / MARKER).is_file():
+        return None
+    running = {}
+    for part in PARTS:
+        try:
+            running[part.name] = part.running(s)
+        except UserError:  # e.g. pg_ctl gone since: it cannot be running
+            running[part.name] = False
+    parts = ", ".join(f"{name} {'running' if up else 'stopped'}" for name, up in running.items())
+    uri = f"; its tracking URI: {s.tracking_uri}" if all(running.values()) else " (`make team-up`)"
+    return f"{s.state}: {parts}{uri}"
+
+
 def known_credentials(s: Settings, environ: Mapping[str, str]) -> dict[str, str]:
     """The stack's keys for a clone: from its state folder on this host, else the environment."""
     if (s.state / "credentials.json").is_file():
