@@ -17,12 +17,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vaectl import UserError, team, tracking
 from vaectl.pipeline import remote_summary
 
 from .conftest import free_port
-from .tiny import train_to_registry
+from .tiny import TINY_DEPLOY, train_to_registry
 
 REPO = Path(__file__).resolve().parents[1]
 VAECTL = [sys.executable, "-m", "vaectl"]
@@ -132,6 +133,44 @@ def test_the_pipeline_tracks_to_the_team_server_and_a_second_clone_deploys_its_c
         assert done.returncode == 0, done.stderr  # no S3 keys here: the server proxies artifacts
     assert (second / "deploy" / "artifacts" / "decoder.onnx").is_file()
     assert (second / "predictions.npz").is_file() and not (second / "mlruns").exists()
+    two_registrations_at_once_take_turns(
+        tmp_path / "first", {**client_env, "VAECTL_ROOT": str(tmp_path / "first")}
+    )
+
+
+def two_registrations_at_once_take_turns(root, env):
+    """Two members' `vaectl register` of the same exports, started together against the
+    server: the store's lock (a registered model only one can create) runs them one after
+    the other, so each reads the champion the other left; the lock is gone after."""
+    from vaectl.tracking import registry_client
+
+    params = {**TINY_DEPLOY, "registry": {"require_smoother_than_baseline": False}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    args = ["register", "--prepared", str(root / "prepared"), "--exported", str(root / "export")]
+    started = [
+        subprocess.Popen(
+            VAECTL + args + ["--report", str(root / f"r{i}.json")],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [process.communicate(timeout=300) for process in started]
+    assert [process.returncode for process in started] == [0, 0], outputs
+    runs = [run.info for run in tracking.find_runs("vaectl", "tags.`vaectl.kind` LIKE 'register-%'")]
+    last_four = sorted(runs, key=lambda run: run.start_time)[-4:]  # each process's vae and ae runs
+    # one after another: no registration run starts before the one before it has ended
+    assert all(a.end_time <= b.start_time for a, b in zip(last_four[:-1], last_four[1:], strict=True)), (
+        last_four
+    )
+    assert registry_client.resolve_model("vae-mnist@candidate") == ("vae-mnist", "3")
+    assert registry_client.resolve_model("vae-mnist@champion") == ("vae-mnist", "1")  # not beaten
+    assert registry_client.LOCK_MODEL not in {
+        m.name for m in registry_client.client().search_registered_models()
+    }
 
 
 @pytest.mark.e2e
@@ -313,3 +352,19 @@ def test_doctors_line_on_the_stack_says_which_servers_run(tmp_path):
     team.claim_state(tmp_path / ".team")
     stopped = "PostgreSQL stopped, SeaweedFS stopped, MLflow server stopped (`make team-up`)"
     assert team.summary({}, tmp_path) == f"{tmp_path / '.team'}: {stopped}"
+
+
+def test_the_store_lock_waits_says_who_holds_it_and_takes_over_a_killed_ones(local_store, monkeypatch):
+    """On any store (a local one here): a held lock makes the next register wait, then say in
+    one line what to do; one older than STALE_AFTER_S (a killed register's) is taken over."""
+    from vaectl.tracking import registry_client
+
+    store = registry_client.client()
+    store.create_registered_model(registry_client.LOCK_MODEL)  # another register holds it
+    with pytest.raises(UserError, match="another `vaectl register` has held the registry lock"):
+        with registry_client.store_lock(timeout_s=0.6):
+            pass
+    monkeypatch.setattr(registry_client, "STALE_AFTER_S", 0)  # ... and was killed
+    with registry_client.store_lock(timeout_s=0.6):
+        assert registry_client.LOCK_MODEL in {m.name for m in store.search_registered_models()}
+    assert registry_client.LOCK_MODEL not in {m.name for m in store.search_registered_models()}

@@ -249,9 +249,9 @@ def _register_snapshot(
         return report
     test_data = (*load_split(prepared, "test"), *split_label(prepared, "test"))
     example = test_data[0][:2].reshape(2, -1).astype(np.float32) / 255
-    with registry_client.registration_lock() as serialised:
+    with registry_client.registration_lock():
         for name in names.values():
-            registry_client.remove_interrupted(name, experiment, serialised)
+            registry_client.remove_interrupted(name, experiment)
         registered = _register_pair(rule, names, exports, export_root, example, test_data, experiment)
         report = {}
         for kind, (version, decision) in registered.items():  # aliases move once both are in

@@ -141,30 +141,25 @@ def register_model(r: Registration, experiment: str) -> str:
     return version
 
 
-STALE_AFTER_S = 3600  # a registration takes seconds: one this old on a server was killed
+STALE_AFTER_S = 3600  # a registration takes seconds: a lock this old was left by a killed one
 
 
-def remove_interrupted(name: str, experiment: str, serialised: bool) -> list[str]:
+def remove_interrupted(name: str, experiment: str) -> list[str]:
     """Delete the versions of `name` a killed `vaectl register` left (created with a register
-    run's id, never given their bundle checksums) and end its runs as KILLED. Under the local
-    lock (`serialised`) every such version is stale; on a server, those older than
-    STALE_AFTER_S. Versions registered by other means carry no register run id: never touched."""
-    c, oldest_ms = client(), (time.time() - STALE_AFTER_S) * 1000
+    run's id, never given their bundle checksums) and end its runs as KILLED. Called under
+    `registration_lock`, so no other registration is under way: every such version is stale.
+    Versions registered by other means carry no register run id: never touched."""
+    c = client()
     removed = []
     for v in c.search_model_versions(f"name='{name}'"):
         tags = v.tags or {}
-        if (
-            LISTING_RUN_TAG in tags
-            and BUNDLE_TAG not in tags
-            and (serialised or v.creation_timestamp < oldest_ms)
-        ):
+        if LISTING_RUN_TAG in tags and BUNDLE_TAG not in tags:
             c.delete_model_version(name, v.version)
             removed.append(str(v.version))
     for run in find_runs(
         experiment, "attributes.status = 'RUNNING' and tags.`vaectl.kind` LIKE 'register-%'"
     ):
-        if serialised or run.info.start_time < oldest_ms:
-            c.set_terminated(run.info.run_id, "KILLED")
+        c.set_terminated(run.info.run_id, "KILLED")
     return removed
 
 
@@ -247,16 +242,16 @@ def point_candidate(name: str) -> None:
 
 
 @contextlib.contextmanager
-def registration_lock(timeout_s: float = 600) -> Iterator[bool]:
-    """One `vaectl register` at a time on a local store (a lock file beside its database), so
-    that champion's value is read and @champion moved without another registration between;
-    yields whether it serialises: a tracking server serialises nothing, and `point_candidate`
-    copes with that."""
+def registration_lock(timeout_s: float = 600) -> Iterator[None]:
+    """One `vaectl register` at a time, so that champion's value is read and @champion moved
+    without another registration between: on a local store a lock file beside its database,
+    on a server or a shared database `store_lock`."""
     import fcntl
 
     uri = tracking_uri()
     if not uri.startswith("sqlite:///"):
-        yield False
+        with store_lock(timeout_s):
+            yield
         return
     lock = Path(uri.removeprefix("sqlite:///")).with_suffix(".register.lock")
     with open(lock, "a") as handle:
@@ -272,7 +267,44 @@ def registration_lock(timeout_s: float = 600) -> Iterator[bool]:
                         "wait for it, or remove the file if no register runs"
                     ) from None
                 time.sleep(0.5)
-        yield True
+        yield
+
+
+LOCK_MODEL = "vaectl-register-lock"  # a registered model that exists while a register runs
+
+
+@contextlib.contextmanager
+def store_lock(timeout_s: float) -> Iterator[None]:
+    """The store's own lock, for every client of a shared server: creating a registered model
+    is atomic (its name is unique in the store), so the `vaectl register` that creates
+    LOCK_MODEL holds it, and deletes it when it ends. One older than STALE_AFTER_S was left
+    by a killed register and is taken over."""
+    from mlflow.exceptions import MlflowException
+
+    c, waited = client(), time.monotonic()
+    while True:
+        try:
+            c.create_registered_model(LOCK_MODEL, description="held by a running `vaectl register`")
+            break
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        with contextlib.suppress(MlflowException):  # released meanwhile: try again at once
+            held_s = time.time() - c.get_registered_model(LOCK_MODEL).creation_timestamp / 1000
+            if held_s > STALE_AFTER_S:
+                c.delete_registered_model(LOCK_MODEL)
+                continue
+            if time.monotonic() - waited > timeout_s:
+                raise UserError(
+                    f"another `vaectl register` has held the registry lock (registered model "
+                    f"{LOCK_MODEL}) for {held_s:.0f} s; wait, or delete that model if none runs"
+                )
+            time.sleep(0.5)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(MlflowException):
+            c.delete_registered_model(LOCK_MODEL)
 
 
 def describe_version(name: str, version: str, text: str) -> None:
