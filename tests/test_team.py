@@ -163,9 +163,12 @@ def two_registrations_at_once_take_turns(root, env):
     runs = [run.info for run in tracking.find_runs("vaectl", "tags.`vaectl.kind` LIKE 'register-%'")]
     last_four = sorted(runs, key=lambda run: run.start_time)[-4:]  # each process's vae and ae runs
     # one after another: no registration run starts before the one before it has ended
-    assert all(a.end_time <= b.start_time for a, b in zip(last_four[:-1], last_four[1:], strict=True)), (
-        last_four
-    )
+    pairs = zip(last_four[:-1], last_four[1:], strict=True)
+    assert all(a.end_time <= b.start_time for a, b in pairs), last_four
+    for run in last_four:  # what a member's machine looks like stays on it: no local path
+        tags = tracking.run_tags(run.run_id)
+        assert tags["mlflow.source.name"] == "vaectl register"
+        assert not [key for key, value in tags.items() if str(root) in value or "/.venv/" in value], tags
     assert registry_client.resolve_model("vae-mnist@candidate") == ("vae-mnist", "3")
     assert registry_client.resolve_model("vae-mnist@champion") == ("vae-mnist", "1")  # not beaten
     assert registry_client.LOCK_MODEL not in {

@@ -288,6 +288,17 @@ def invoked_by() -> str:
     return "dvc exp run" if dvc_experiment() else "dvc repro"
 
 
+def source_name() -> str:
+    """What ran, for MLflow's Source column: `vaectl train`, say. MLflow's own value is the
+    script's absolute path (the venv's `vaectl`), which a shared server would keep for every
+    member's machine."""
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if script not in ("vaectl", "__main__.py"):
+        return script
+    command = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else ""
+    return f"vaectl {command}".strip()
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(
@@ -311,6 +322,7 @@ def standard_tags(kind: str, data_sha: str) -> dict[str, str]:
         "vaectl.data_sha256": data_sha,
         "vaectl.pipeline": os.environ.get("VAECTL_PIPELINE") or exp_name or f"{commit[:12]}-{data_sha[:12]}",
         "vaectl.invoked_by": invoked_by(),
+        "mlflow.source.name": source_name(),
     }
     if exp_name:
         tags["dvc.exp_name"] = exp_name
