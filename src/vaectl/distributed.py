@@ -74,7 +74,6 @@ def check_gpus(requested_device: str, nproc: int) -> None:
         )
 
 
-MAX_NODES = 64
 RENDEZVOUS_TIMEOUT_S = 300  # how long the first host waits for the others
 
 

@@ -294,10 +294,14 @@ def pid_file(s: Settings, name: str) -> Path:
     return s.state / f"{name}.pid"
 
 
+def proc_stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (which may hold spaces): state first."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def started_at(pid: int) -> str:
     """When a process started (clock ticks since boot): with its pid, it names one process."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[19]
+    return proc_stat(pid)[19]
 
 
 def running_pid(s: Settings, name: str) -> int | None:
@@ -312,8 +316,7 @@ def running_pid(s: Settings, name: str) -> int | None:
 
 def launch(s: Settings, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
     """A server in its own session, its output in logs/NAME.log, its pid in NAME.pid."""
-    log = open(s.state / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-    with log:
+    with open(s.state / "logs" / f"{name}.log", "ab") as log:  # the child keeps its own copy
         server = subprocess.Popen(
             command,
             stdout=log,
@@ -339,10 +342,9 @@ def wait_until(ready: Callable[[], bool], server: subprocess.Popen, part: str, l
         time.sleep(0.25)
 
 
-def answers(url: str, host: str | None = None) -> bool:
-    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+def answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(request, timeout=2):
+        with urllib.request.urlopen(url, timeout=2):
             return True
     except urllib.error.HTTPError:
         return True  # it answers, if only to say no
@@ -423,7 +425,7 @@ def start_mlflow(s: Settings, creds: dict[str, str]) -> None:
 def alive(pid: int) -> bool:
     """A process that has not exited (a zombie awaiting its parent has)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return proc_stat(pid)[0] != "Z"
     except OSError:
         return False
 
